@@ -1,0 +1,210 @@
+//! Numeric kernels. `scalar` holds the plain reference versions (the test
+//! oracle); the functions here are the fast ones the model calls.
+
+pub mod scalar;
+
+use rayon::prelude::*;
+
+/// RMSNorm of each `dim`-long row of `x` into `out`, scaled by `weight`.
+pub fn rmsnorm(out: &mut [f32], x: &[f32], weight: &[f32], eps: f32) {
+    let dim = weight.len();
+    for (o, xr) in out.chunks_exact_mut(dim).zip(x.chunks_exact(dim)) {
+        let ss = dot(xr, xr) / dim as f32;
+        let inv = 1.0 / (ss + eps).sqrt();
+        for ((o, &v), &w) in o.iter_mut().zip(xr).zip(weight) {
+            *o = w * (v * inv);
+        }
+    }
+}
+
+/// In-place softmax.
+pub fn softmax(x: &mut [f32]) {
+    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0.0f32;
+    for v in x.iter_mut() {
+        *v = (*v - max).exp();
+        sum += *v;
+    }
+    let inv = 1.0 / sum;
+    for v in x.iter_mut() {
+        *v *= inv;
+    }
+}
+
+#[inline]
+pub fn silu(x: f32) -> f32 {
+    x / (1.0 + (-x).exp())
+}
+
+/// Dot product with 8 independent accumulators so the compiler vectorizes it.
+#[inline]
+pub fn dot(a: &[f32], b: &[f32]) -> f32 {
+    debug_assert_eq!(a.len(), b.len());
+    let mut acc = [0.0f32; 8];
+    let ca = a.chunks_exact(8);
+    let cb = b.chunks_exact(8);
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for i in 0..8 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    let mut s = (acc[0] + acc[4]) + (acc[1] + acc[5]) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+    for (x, y) in ra.iter().zip(rb) {
+        s += x * y;
+    }
+    s
+}
+
+/// Four dot products of one weight row against four activation rows: each
+/// weight value is loaded once for four tokens.
+#[inline]
+fn dot4(w: &[f32], x: [&[f32]; 4]) -> [f32; 4] {
+    let n = w.len();
+    let mut acc = [[0.0f32; 8]; 4];
+    let full = n / 8 * 8;
+    let mut i = 0;
+    while i < full {
+        let wv = &w[i..i + 8];
+        for t in 0..4 {
+            let xv = &x[t][i..i + 8];
+            for l in 0..8 {
+                acc[t][l] += wv[l] * xv[l];
+            }
+        }
+        i += 8;
+    }
+    let mut out = [0.0f32; 4];
+    for t in 0..4 {
+        let a = &acc[t];
+        let mut s = (a[0] + a[4]) + (a[1] + a[5]) + ((a[2] + a[6]) + (a[3] + a[7]));
+        for j in full..n {
+            s += w[j] * x[t][j];
+        }
+        out[t] = s;
+    }
+    out
+}
+
+/// A raw output pointer shared by threads that write disjoint elements.
+#[derive(Clone, Copy)]
+struct SharedOut(*mut f32);
+unsafe impl Send for SharedOut {}
+unsafe impl Sync for SharedOut {}
+
+/// `out[t][o] = sum_i x[t][i] * w[o][i]` for `n_tok` rows of `x`; `w` is
+/// `[n_out][n_in]` (the Hugging Face Linear layout). Output rows are
+/// `out_stride` apart. Work is split over blocks of weight rows, so each block
+/// is read from memory once and reused for every token from cache.
+pub fn matmul(out: &mut [f32], out_stride: usize, x: &[f32], w: &[f32], n_tok: usize, n_in: usize, n_out: usize) {
+    assert!(x.len() >= n_tok * n_in && w.len() >= n_out * n_in);
+    assert!(n_tok == 0 || out.len() >= (n_tok - 1) * out_stride + n_out);
+    if n_tok == 0 || n_out == 0 {
+        return;
+    }
+    let threads = rayon::current_num_threads().max(1);
+    // Small blocks keep every thread busy; ~16 KiB of weights keeps a block in L1.
+    let rows_per_block = (16384 / (n_in * 4)).clamp(4, 64).min(n_out.div_ceil(threads * 4).max(1));
+    let n_blocks = n_out.div_ceil(rows_per_block);
+    let dst = SharedOut(out.as_mut_ptr());
+    (0..n_blocks).into_par_iter().for_each(|b| {
+        let dst = dst;
+        let r0 = b * rows_per_block;
+        let r1 = (r0 + rows_per_block).min(n_out);
+        let mut t = 0;
+        while t + 4 <= n_tok {
+            let xs = [0, 1, 2, 3].map(|k| &x[(t + k) * n_in..(t + k + 1) * n_in]);
+            for r in r0..r1 {
+                let v = dot4(&w[r * n_in..(r + 1) * n_in], xs);
+                for (k, val) in v.into_iter().enumerate() {
+                    // SAFETY: (t+k, r) is written by this block only; bounds asserted above.
+                    unsafe { *dst.0.add((t + k) * out_stride + r) = val };
+                }
+            }
+            t += 4;
+        }
+        for t in t..n_tok {
+            let xr = &x[t * n_in..(t + 1) * n_in];
+            for r in r0..r1 {
+                let val = dot(&w[r * n_in..(r + 1) * n_in], xr);
+                // SAFETY: as above.
+                unsafe { *dst.0.add(t * out_stride + r) = val };
+            }
+        }
+    });
+}
+
+/// Rotate-half RoPE (Hugging Face convention) on one head, in place:
+/// dims i and i + rot/2 form a pair, for i < rot/2; dims past `rot` pass.
+#[inline]
+pub fn rope_rotate_half(head: &mut [f32], cos: &[f32], sin: &[f32]) {
+    let half = cos.len();
+    let (a, b) = head.split_at_mut(half);
+    for i in 0..half {
+        let (x0, x1) = (a[i], b[i]);
+        a[i] = x0 * cos[i] - x1 * sin[i];
+        b[i] = x1 * cos[i] + x0 * sin[i];
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rand_vec(n: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (0..n)
+            .map(|_| {
+                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                ((s >> 33) as f32 / (1u64 << 31) as f32) * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    #[test]
+    fn matmul_matches_scalar() {
+        for &(t, k, n) in &[(1, 8, 3), (5, 37, 19), (9, 64, 130), (4, 256, 70), (13, 3, 1)] {
+            let x = rand_vec(t * k, 1);
+            let w = rand_vec(n * k, 2);
+            let mut fast = vec![0.0; t * n];
+            let mut slow = vec![0.0; t * n];
+            matmul(&mut fast, n, &x, &w, t, k, n);
+            scalar::matmul(&mut slow, &x, &w, t, k, n);
+            for (a, b) in fast.iter().zip(&slow) {
+                assert!((a - b).abs() <= 1e-5 * (1.0 + b.abs()), "{a} vs {b} for shape {t}x{k}x{n}");
+            }
+        }
+    }
+
+    #[test]
+    fn strided_output_leaves_gaps_untouched() {
+        let (t, k, n, stride) = (3, 16, 5, 8);
+        let x = rand_vec(t * k, 3);
+        let w = rand_vec(n * k, 4);
+        let mut out = vec![7.0; (t - 1) * stride + n];
+        matmul(&mut out, stride, &x, &w, t, k, n);
+        assert_eq!(out[n..stride], [7.0, 7.0, 7.0]);
+    }
+
+    #[test]
+    fn rmsnorm_softmax_dot_match_scalar() {
+        let x = rand_vec(3 * 20, 5);
+        let w = rand_vec(20, 6);
+        let mut a = vec![0.0; 60];
+        let mut b = vec![0.0; 60];
+        rmsnorm(&mut a, &x, &w, 1e-5);
+        scalar::rmsnorm(&mut b, &x, &w, 1e-5);
+        for (p, q) in a.iter().zip(&b) {
+            assert!((p - q).abs() < 1e-5);
+        }
+        let mut s1 = rand_vec(33, 7);
+        let mut s2 = s1.clone();
+        softmax(&mut s1);
+        scalar::softmax(&mut s2);
+        for (p, q) in s1.iter().zip(&s2) {
+            assert!((p - q).abs() < 1e-6);
+        }
+        let (u, v) = (rand_vec(101, 8), rand_vec(101, 9));
+        assert!((dot(&u, &v) - scalar::dot(&u, &v)).abs() < 1e-4);
+    }
+}

@@ -1,0 +1,24 @@
+//! pyffi: a Llama-family inference engine with a flat C ABI.
+//!
+//! Data flow: files -> `loader` -> `model::Model` (immutable, shared) ->
+//! `session::Session` (KV cache, threads; `forward`, `generate`) -> `ffi`.
+//! Nothing below `ffi` knows about C.
+
+pub mod config;
+pub mod error;
+pub mod ffi;
+pub mod generate;
+pub mod kernels;
+pub mod loader;
+pub mod model;
+pub mod pool;
+pub mod sampling;
+pub mod session;
+pub mod tensor;
+
+pub use config::ModelConfig;
+pub use error::{Error, ErrorKind, Result};
+pub use generate::{FinishReason, GenerateRequest};
+pub use model::Model;
+pub use sampling::SamplingParams;
+pub use session::{Session, SessionParams};

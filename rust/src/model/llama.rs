@@ -1,0 +1,189 @@
+//! The forward pass of the Llama-family decoder (Llama, Mistral, Qwen2, Phi-3),
+//! written to read like the math: embed, then per layer RMSNorm -> fused QKV
+//! -> RoPE -> causal (optionally sliding-window) GQA attention -> output
+//! projection -> residual, RMSNorm -> fused gate/up -> SwiGLU -> down ->
+//! residual; final norm and the output head.
+//!
+//! All rows of a ragged batch go through every matmul together (one matrix of
+//! `total_tokens x hidden`); only attention looks at rows separately.
+
+use rayon::prelude::*;
+
+use super::kv_cache::KvCache;
+use super::Model;
+use crate::kernels::{dot, matmul, rmsnorm, rope_rotate_half, silu, softmax};
+
+/// A ragged batch: row `b` has `lengths[b]` tokens (concatenated in `tokens`)
+/// at positions `start_pos[b]..`; it reads and fills KV-cache slot `b`.
+pub struct Batch<'a> {
+    pub tokens: &'a [u32],
+    pub lengths: &'a [usize],
+    pub start_pos: &'a [usize],
+}
+
+/// Activations reused from call to call; they only grow, so a steady decode
+/// loop allocates nothing.
+#[derive(Default)]
+pub struct Scratch {
+    x: Vec<f32>,
+    xn: Vec<f32>,
+    qkv: Vec<f32>,
+    att: Vec<f32>,
+    gate_up: Vec<f32>,
+    ffn: Vec<f32>,
+    cos: Vec<f32>,
+    sin: Vec<f32>,
+    pos: Vec<usize>,
+    seq_of: Vec<usize>,
+}
+
+fn grow(v: &mut Vec<f32>, n: usize) {
+    if v.len() < n {
+        v.resize(n, 0.0);
+    }
+}
+
+fn add_bias(rows: &mut [f32], bias: &Option<Vec<f32>>) {
+    if let Some(b) = bias {
+        for row in rows.chunks_exact_mut(b.len()) {
+            for (v, bv) in row.iter_mut().zip(b) {
+                *v += bv;
+            }
+        }
+    }
+}
+
+/// Floats the output needs: `[rows][vocab]` for last-only, else
+/// `[rows][longest][vocab]` with padding after shorter rows.
+pub fn logits_len(vocab: usize, lengths: &[usize], last_only: bool) -> usize {
+    let rows = lengths.len();
+    let per_row = if last_only { 1 } else { lengths.iter().copied().max().unwrap_or(0) };
+    rows * per_row * vocab
+}
+
+/// Runs the batch and writes logits into `out` (sized by `logits_len`).
+/// The caller has validated tokens, positions and sizes.
+pub fn forward(model: &Model, cache: &mut KvCache, s: &mut Scratch, batch: &Batch, last_only: bool, out: &mut [f32]) {
+    let cfg = &model.config;
+    let w = &model.weights;
+    let (h, hd, qd, kvd, ffn) = (cfg.hidden_size, cfg.head_dim, cfg.q_dim(), cfg.kv_dim(), cfg.intermediate_size);
+    let qkv_dim = qd + 2 * kvd;
+    let n_heads = cfg.num_attention_heads;
+    let group = n_heads / cfg.num_key_value_heads;
+    let eps = cfg.rms_norm_eps as f32;
+    let scale = 1.0 / (hd as f32).sqrt();
+    let rot = cfg.rotary_dim();
+    let half = rot / 2;
+    let n_tok = batch.tokens.len();
+
+    s.pos.clear();
+    s.seq_of.clear();
+    for (b, (&len, &start)) in batch.lengths.iter().zip(batch.start_pos).enumerate() {
+        s.pos.extend(start..start + len);
+        s.seq_of.extend(std::iter::repeat(b).take(len));
+    }
+    grow(&mut s.x, n_tok * h);
+    grow(&mut s.xn, n_tok * h);
+    grow(&mut s.qkv, n_tok * qkv_dim);
+    grow(&mut s.att, n_tok * qd);
+    grow(&mut s.gate_up, n_tok * 2 * ffn);
+    grow(&mut s.ffn, n_tok * ffn);
+    grow(&mut s.cos, n_tok * half);
+    grow(&mut s.sin, n_tok * half);
+
+    for (t, &tok) in batch.tokens.iter().enumerate() {
+        let tok = tok as usize;
+        s.x[t * h..(t + 1) * h].copy_from_slice(&w.embed[tok * h..(tok + 1) * h]);
+        model.rope.angles(s.pos[t], &mut s.cos[t * half..(t + 1) * half], &mut s.sin[t * half..(t + 1) * half]);
+    }
+
+    let x = &mut s.x[..n_tok * h];
+    let xn = &mut s.xn[..n_tok * h];
+    let qkv = &mut s.qkv[..n_tok * qkv_dim];
+    let att = &mut s.att[..n_tok * qd];
+    let (pos, seq_of, cos, sin) = (&s.pos, &s.seq_of, &s.cos, &s.sin);
+
+    for (l, lw) in w.layers.iter().enumerate() {
+        // Attention block.
+        rmsnorm(xn, x, &lw.attn_norm, eps);
+        matmul(qkv, qkv_dim, xn, &lw.wqkv, n_tok, h, qkv_dim);
+        add_bias(qkv, &lw.bqkv);
+        qkv.par_chunks_mut(qkv_dim).enumerate().for_each(|(t, row)| {
+            let (c, sn) = (&cos[t * half..(t + 1) * half], &sin[t * half..(t + 1) * half]);
+            for head in row[..qd + kvd].chunks_exact_mut(hd) {
+                rope_rotate_half(&mut head[..rot], c, sn);
+            }
+        });
+        for t in 0..n_tok {
+            let row = &qkv[t * qkv_dim..(t + 1) * qkv_dim];
+            cache.store(seq_of[t], l, pos[t], &row[qd..qd + kvd], &row[qd + kvd..]);
+        }
+        let window = if cfg.sliding_layers[l] { cfg.sliding_window } else { None };
+        let cache_ref = &*cache;
+        let qkv_ref = &*qkv;
+        att.par_chunks_mut(hd).enumerate().for_each_init(Vec::new, |scores: &mut Vec<f32>, (i, out)| {
+            let (t, head) = (i / n_heads, i % n_heads);
+            let kv_off = (head / group) * hd;
+            let q = &qkv_ref[t * qkv_dim + head * hd..][..hd];
+            let n = pos[t] + 1;
+            let first = window.map_or(0, |w| n.saturating_sub(w));
+            let keys = cache_ref.keys(seq_of[t], l, n);
+            let values = cache_ref.values(seq_of[t], l, n);
+            scores.clear();
+            scores.extend((first..n).map(|j| dot(q, &keys[j * kvd + kv_off..][..hd]) * scale));
+            softmax(scores);
+            out.fill(0.0);
+            for (j, &p) in (first..n).zip(scores.iter()) {
+                for (o, v) in out.iter_mut().zip(&values[j * kvd + kv_off..][..hd]) {
+                    *o += p * v;
+                }
+            }
+        });
+        matmul(xn, h, att, &lw.wo, n_tok, qd, h);
+        add_bias(xn, &lw.bo);
+        for (a, b) in x.iter_mut().zip(xn.iter()) {
+            *a += b;
+        }
+
+        // Feed-forward block (SwiGLU).
+        rmsnorm(xn, x, &lw.ffn_norm, eps);
+        let gate_up = &mut s.gate_up[..n_tok * 2 * ffn];
+        let hidden = &mut s.ffn[..n_tok * ffn];
+        matmul(gate_up, 2 * ffn, xn, &lw.w_gate_up, n_tok, h, 2 * ffn);
+        add_bias(gate_up, &lw.b_gate_up);
+        hidden.par_chunks_mut(ffn).zip(gate_up.par_chunks(2 * ffn)).for_each(|(hrow, gu)| {
+            let (g, u) = gu.split_at(ffn);
+            for ((o, &gv), &uv) in hrow.iter_mut().zip(g).zip(u) {
+                *o = silu(gv) * uv;
+            }
+        });
+        matmul(xn, h, hidden, &lw.w_down, n_tok, ffn, h);
+        add_bias(xn, &lw.b_down);
+        for (a, b) in x.iter_mut().zip(xn.iter()) {
+            *a += b;
+        }
+    }
+
+    // Output head: only the rows the caller asked for.
+    let vocab = cfg.vocab_size;
+    let head = w.output();
+    if last_only {
+        let mut off = 0;
+        for (b, &len) in batch.lengths.iter().enumerate() {
+            let r = off + len - 1;
+            rmsnorm(&mut xn[b * h..(b + 1) * h], &x[r * h..(r + 1) * h], &w.norm, eps);
+            off += len;
+        }
+        matmul(out, vocab, xn, head, batch.lengths.len(), h, vocab);
+    } else {
+        rmsnorm(xn, x, &w.norm, eps);
+        let longest = batch.lengths.iter().copied().max().unwrap_or(0);
+        let mut off = 0;
+        for (b, &len) in batch.lengths.iter().enumerate() {
+            let rows = &mut out[b * longest * vocab..(b + 1) * longest * vocab];
+            matmul(rows, vocab, &xn[off * h..], head, len, h, vocab);
+            rows[len * vocab..].fill(0.0);
+            off += len;
+        }
+    }
+}

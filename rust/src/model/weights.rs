@@ -1,0 +1,212 @@
+//! The model's weights, laid out for the kernels (`[out][in]`, float32, q/k/v
+//! and gate/up fused into one matrix each), and the mapping from Hugging Face
+//! tensor names onto that layout. Every way of filling weights (safetensors
+//! files, a caller's state dict) goes through `Weights::set`.
+
+use std::collections::HashMap;
+
+use crate::config::ModelConfig;
+use crate::error::{invalid_weights, Result};
+use crate::tensor::{zeroed_f32, TensorView};
+
+pub struct LayerWeights {
+    pub attn_norm: Vec<f32>,
+    /// Rows: q (q_dim), then k (kv_dim), then v (kv_dim).
+    pub wqkv: Vec<f32>,
+    pub bqkv: Option<Vec<f32>>,
+    pub wo: Vec<f32>,
+    pub bo: Option<Vec<f32>>,
+    pub ffn_norm: Vec<f32>,
+    /// Rows: gate (intermediate), then up (intermediate).
+    pub w_gate_up: Vec<f32>,
+    pub b_gate_up: Option<Vec<f32>>,
+    pub w_down: Vec<f32>,
+    pub b_down: Option<Vec<f32>>,
+}
+
+pub struct Weights {
+    pub embed: Vec<f32>,
+    pub layers: Vec<LayerWeights>,
+    pub norm: Vec<f32>,
+    /// None when the output head is tied to the embedding.
+    pub lm_head: Option<Vec<f32>>,
+}
+
+impl Weights {
+    /// The output projection, `[vocab][hidden]`.
+    pub fn output(&self) -> &[f32] {
+        self.lm_head.as_deref().unwrap_or(&self.embed)
+    }
+}
+
+/// Which buffer a named tensor fills.
+#[derive(Debug, Clone, Copy)]
+enum Field {
+    Embed,
+    Norm,
+    LmHead,
+    AttnNorm,
+    Wqkv,
+    Bqkv,
+    Wo,
+    Bo,
+    FfnNorm,
+    WGateUp,
+    BGateUp,
+    WDown,
+    BDown,
+}
+
+/// One tensor the checkpoint must provide: its HF name, shape, and where it goes.
+#[derive(Debug, Clone)]
+pub struct TensorSpec {
+    pub name: String,
+    pub shape: Vec<usize>,
+    field: Field,
+    layer: usize,
+    /// Element offset inside the target buffer (for fused matrices).
+    offset: usize,
+}
+
+/// The expected tensors of a model with this config, in checkpoint order.
+pub fn tensor_specs(cfg: &ModelConfig) -> Vec<TensorSpec> {
+    let (h, q, kv, ffn) = (cfg.hidden_size, cfg.q_dim(), cfg.kv_dim(), cfg.intermediate_size);
+    let mut specs = Vec::new();
+    let mut add = |name: String, shape: Vec<usize>, field: Field, layer: usize, offset: usize| {
+        specs.push(TensorSpec { name, shape, field, layer, offset })
+    };
+    add("model.embed_tokens.weight".into(), vec![cfg.vocab_size, h], Field::Embed, 0, 0);
+    for i in 0..cfg.num_hidden_layers {
+        let p = format!("model.layers.{i}");
+        add(format!("{p}.input_layernorm.weight"), vec![h], Field::AttnNorm, i, 0);
+        if cfg.arch.fused_projections() {
+            add(format!("{p}.self_attn.qkv_proj.weight"), vec![q + 2 * kv, h], Field::Wqkv, i, 0);
+        } else {
+            add(format!("{p}.self_attn.q_proj.weight"), vec![q, h], Field::Wqkv, i, 0);
+            add(format!("{p}.self_attn.k_proj.weight"), vec![kv, h], Field::Wqkv, i, q * h);
+            add(format!("{p}.self_attn.v_proj.weight"), vec![kv, h], Field::Wqkv, i, (q + kv) * h);
+        }
+        if cfg.qkv_bias {
+            add(format!("{p}.self_attn.q_proj.bias"), vec![q], Field::Bqkv, i, 0);
+            add(format!("{p}.self_attn.k_proj.bias"), vec![kv], Field::Bqkv, i, q);
+            add(format!("{p}.self_attn.v_proj.bias"), vec![kv], Field::Bqkv, i, q + kv);
+        }
+        add(format!("{p}.self_attn.o_proj.weight"), vec![h, q], Field::Wo, i, 0);
+        if cfg.o_bias {
+            add(format!("{p}.self_attn.o_proj.bias"), vec![h], Field::Bo, i, 0);
+        }
+        add(format!("{p}.post_attention_layernorm.weight"), vec![h], Field::FfnNorm, i, 0);
+        if cfg.arch.fused_projections() {
+            add(format!("{p}.mlp.gate_up_proj.weight"), vec![2 * ffn, h], Field::WGateUp, i, 0);
+        } else {
+            add(format!("{p}.mlp.gate_proj.weight"), vec![ffn, h], Field::WGateUp, i, 0);
+            add(format!("{p}.mlp.up_proj.weight"), vec![ffn, h], Field::WGateUp, i, ffn * h);
+        }
+        if cfg.mlp_bias {
+            add(format!("{p}.mlp.gate_proj.bias"), vec![ffn], Field::BGateUp, i, 0);
+            add(format!("{p}.mlp.up_proj.bias"), vec![ffn], Field::BGateUp, i, ffn);
+        }
+        add(format!("{p}.mlp.down_proj.weight"), vec![h, ffn], Field::WDown, i, 0);
+        if cfg.mlp_bias {
+            add(format!("{p}.mlp.down_proj.bias"), vec![h], Field::BDown, i, 0);
+        }
+    }
+    add("model.norm.weight".into(), vec![h], Field::Norm, 0, 0);
+    if !cfg.tie_word_embeddings {
+        add("lm_head.weight".into(), vec![cfg.vocab_size, h], Field::LmHead, 0, 0);
+    }
+    specs
+}
+
+/// Names a checkpoint may carry that the model does not use.
+pub fn is_ignorable(cfg: &ModelConfig, name: &str) -> bool {
+    name.ends_with("rotary_emb.inv_freq") || (cfg.tie_word_embeddings && name == "lm_head.weight")
+}
+
+pub struct WeightMap {
+    pub specs: Vec<TensorSpec>,
+    index: HashMap<String, usize>,
+}
+
+impl WeightMap {
+    pub fn new(cfg: &ModelConfig) -> WeightMap {
+        let specs = tensor_specs(cfg);
+        let index = specs.iter().enumerate().map(|(i, s)| (s.name.clone(), i)).collect();
+        WeightMap { specs, index }
+    }
+
+    pub fn get(&self, name: &str) -> Option<&TensorSpec> {
+        self.index.get(name).map(|&i| &self.specs[i])
+    }
+}
+
+impl Weights {
+    /// All-zero weights of the right sizes (model_new: the caller fills them).
+    pub fn zeros(cfg: &ModelConfig) -> Result<Weights> {
+        let z = zeroed_f32;
+        let (h, q, kv, ffn) = (cfg.hidden_size, cfg.q_dim(), cfg.kv_dim(), cfg.intermediate_size);
+        let layers = (0..cfg.num_hidden_layers)
+            .map(|_| -> Result<LayerWeights> { Ok(LayerWeights {
+                attn_norm: z(h)?,
+                wqkv: z((q + 2 * kv) * h)?,
+                bqkv: cfg.qkv_bias.then(|| z(q + 2 * kv)).transpose()?,
+                wo: z(h * q)?,
+                bo: cfg.o_bias.then(|| z(h)).transpose()?,
+                ffn_norm: z(h)?,
+                w_gate_up: z(2 * ffn * h)?,
+                b_gate_up: cfg.mlp_bias.then(|| z(2 * ffn)).transpose()?,
+                w_down: z(h * ffn)?,
+                b_down: cfg.mlp_bias.then(|| z(h)).transpose()?,
+            }) })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Weights {
+            embed: z(cfg.vocab_size * h)?,
+            layers,
+            norm: z(h)?,
+            lm_head: (!cfg.tie_word_embeddings).then(|| z(cfg.vocab_size * h)).transpose()?,
+        })
+    }
+
+    /// Copy one named tensor into place, converting to float32. Name, shape and
+    /// data size are checked; nothing is written when a check fails.
+    pub fn set(&mut self, map: &WeightMap, cfg: &ModelConfig, name: &str, tensor: &TensorView) -> Result<()> {
+        let spec = match map.get(name) {
+            Some(s) => s,
+            None if is_ignorable(cfg, name) => return Ok(()),
+            None => {
+                return Err(invalid_weights(format!(
+                    "unexpected tensor '{name}': a {} model with this config has no such weight",
+                    cfg.arch.name()
+                )))
+            }
+        };
+        if tensor.shape != spec.shape {
+            return Err(invalid_weights(format!(
+                "tensor '{name}' has shape {:?}, expected {:?}",
+                tensor.shape, spec.shape
+            )));
+        }
+        let n: usize = spec.shape.iter().product();
+        let target = self.buffer(spec.field, spec.layer);
+        tensor.to_f32(&mut target[spec.offset..spec.offset + n])
+    }
+
+    fn buffer(&mut self, field: Field, layer: usize) -> &mut [f32] {
+        let missing = "bias buffer exists whenever the spec names a bias";
+        match field {
+            Field::Embed => &mut self.embed,
+            Field::Norm => &mut self.norm,
+            Field::LmHead => self.lm_head.as_mut().expect("untied model has lm_head"),
+            Field::AttnNorm => &mut self.layers[layer].attn_norm,
+            Field::Wqkv => &mut self.layers[layer].wqkv,
+            Field::Bqkv => self.layers[layer].bqkv.as_mut().expect(missing),
+            Field::Wo => &mut self.layers[layer].wo,
+            Field::Bo => self.layers[layer].bo.as_mut().expect(missing),
+            Field::FfnNorm => &mut self.layers[layer].ffn_norm,
+            Field::WGateUp => &mut self.layers[layer].w_gate_up,
+            Field::BGateUp => self.layers[layer].b_gate_up.as_mut().expect(missing),
+            Field::WDown => &mut self.layers[layer].w_down,
+            Field::BDown => self.layers[layer].b_down.as_mut().expect(missing),
+        }
+    }
+}

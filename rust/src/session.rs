@@ -1,0 +1,170 @@
+//! A session: the mutable state one user of a shared `Model` needs (KV cache,
+//! scratch activations, worker threads). Many sessions can run one model at
+//! the same time, each on its own thread.
+
+use std::sync::Arc;
+
+use crate::error::{invalid_argument, out_of_range, Error, ErrorKind, Result};
+use crate::model::kv_cache::KvCache;
+use crate::model::llama::{self, Batch, Scratch};
+use crate::model::Model;
+use crate::pool::Pool;
+
+#[derive(Debug, Clone)]
+pub struct SessionParams {
+    /// Context length in tokens; 0 picks the model's, capped to fit memory.
+    pub n_ctx: usize,
+    /// Worker threads; 0 follows the process-wide default.
+    pub n_threads: usize,
+    /// Most rows one batched forward may have (KV slots are made on first use).
+    pub n_seq_max: usize,
+}
+
+impl Default for SessionParams {
+    fn default() -> Self {
+        SessionParams { n_ctx: 0, n_threads: 0, n_seq_max: 64 }
+    }
+}
+
+/// Default context: the model's own, at most 4096 tokens and 1 GiB of KV per row.
+const DEFAULT_CTX_CAP: usize = 4096;
+const DEFAULT_SLOT_BYTES_CAP: usize = 1 << 30;
+
+pub struct Session {
+    pub(crate) model: Arc<Model>,
+    pub(crate) cache: KvCache,
+    scratch: Scratch,
+    pub(crate) pool: Pool,
+    n_seq_max: usize,
+    tokens: Vec<u32>,
+    starts: Vec<usize>,
+}
+
+impl Session {
+    pub fn new(model: Arc<Model>, params: &SessionParams) -> Result<Session> {
+        let cfg = &model.config;
+        let slot = |n: usize| KvCache::slot_bytes(n, cfg.num_hidden_layers, cfg.kv_dim());
+        let n_ctx = if params.n_ctx == 0 {
+            let mut n = cfg.max_position_embeddings.min(DEFAULT_CTX_CAP);
+            while n > 256 && slot(n) > DEFAULT_SLOT_BYTES_CAP {
+                n /= 2;
+            }
+            n
+        } else {
+            params.n_ctx
+        };
+        if (n_ctx as u128) * (slot(1) as u128) > (64u128 << 30) {
+            return Err(invalid_argument(format!("n_ctx {n_ctx} needs more than 64 GiB of KV cache per sequence")));
+        }
+        if params.n_seq_max == 0 {
+            return Err(invalid_argument("n_seq_max must be at least 1"));
+        }
+        if params.n_threads > 1024 {
+            return Err(invalid_argument(format!("n_threads {} is more than 1024", params.n_threads)));
+        }
+        let cache = KvCache::new(n_ctx, cfg.num_hidden_layers, cfg.kv_dim());
+        Ok(Session {
+            pool: Pool::new(params.n_threads)?,
+            model,
+            cache,
+            scratch: Scratch::default(),
+            n_seq_max: params.n_seq_max,
+            tokens: Vec::new(),
+            starts: Vec::new(),
+        })
+    }
+
+    pub fn model(&self) -> &Arc<Model> {
+        &self.model
+    }
+
+    pub fn n_ctx(&self) -> usize {
+        self.cache.n_ctx
+    }
+
+    /// Positions cached for batch row `seq`.
+    pub fn cached_len(&self, seq: usize) -> usize {
+        self.cache.len(seq)
+    }
+
+    pub fn logits_len(&self, lengths: &[usize], last_only: bool) -> usize {
+        llama::logits_len(self.model.config.vocab_size, lengths, last_only)
+    }
+
+    /// Forward a ragged batch: `tokens` holds the rows back to back,
+    /// `lengths[b]` tokens each; row b continues its KV slot from
+    /// `start_pos[b]` (0 when None: start fresh). Logits go into `out`:
+    /// `[rows][vocab]` when `last_only`, else `[rows][longest][vocab]`, padding
+    /// rows zero. Nothing changes when an argument is rejected.
+    pub fn forward(&mut self, tokens: &[i32], lengths: &[usize], start_pos: Option<&[usize]>, last_only: bool, out: &mut [f32]) -> Result<usize> {
+        let vocab = self.model.config.vocab_size;
+        let n_seq = lengths.len();
+        if n_seq == 0 {
+            return Err(invalid_argument("the batch has no sequences"));
+        }
+        if n_seq > self.n_seq_max {
+            return Err(invalid_argument(format!("batch of {n_seq} sequences is more than this session's n_seq_max ({})", self.n_seq_max)));
+        }
+        let total = lengths.iter().try_fold(0usize, |a, &l| a.checked_add(l));
+        if total != Some(tokens.len()) {
+            return Err(invalid_argument(format!(
+                "lengths add up to {} but {} tokens were given",
+                total.map_or("more than usize".to_string(), |t| t.to_string()),
+                tokens.len()
+            )));
+        }
+        if let Some(sp) = start_pos {
+            if sp.len() != n_seq {
+                return Err(invalid_argument(format!("{} start positions given for {n_seq} sequences", sp.len())));
+            }
+        }
+        self.starts.clear();
+        self.tokens.clear();
+        let mut off = 0;
+        for (b, &len) in lengths.iter().enumerate() {
+            if len == 0 {
+                return Err(invalid_argument(format!("sequence {b} is empty")));
+            }
+            let start = start_pos.map_or(0, |s| s[b]);
+            let cached = self.cache.len(b);
+            if start > cached {
+                return Err(out_of_range(format!(
+                    "start_pos {start} for sequence {b} skips positions: only {cached} are cached"
+                )));
+            }
+            if start + len > self.cache.n_ctx {
+                return Err(out_of_range(format!(
+                    "sequence {b} needs {} positions but the context is n_ctx={}",
+                    start + len,
+                    self.cache.n_ctx
+                )));
+            }
+            for (i, &t) in tokens[off..off + len].iter().enumerate() {
+                if t < 0 || t as usize >= vocab {
+                    return Err(out_of_range(format!(
+                        "token id {t} at sequence {b}, index {i} is outside the vocabulary (vocab_size {vocab})"
+                    )));
+                }
+                self.tokens.push(t as u32);
+            }
+            self.starts.push(start);
+            off += len;
+        }
+        let needed = self.logits_len(lengths, last_only);
+        if out.len() < needed {
+            return Err(Error::new(
+                ErrorKind::BufferTooSmall,
+                format!("logits buffer holds {} floats but {needed} are needed", out.len()),
+            ));
+        }
+        self.cache.ensure_slots(n_seq)?;
+
+        let batch = Batch { tokens: &self.tokens, lengths, start_pos: &self.starts };
+        let (model, cache, scratch) = (&*self.model, &mut self.cache, &mut self.scratch);
+        self.pool.get()?.install(|| llama::forward(model, cache, scratch, &batch, last_only, &mut out[..needed]));
+        for (b, (&len, &start)) in lengths.iter().zip(&self.starts).enumerate() {
+            self.cache.set_len(b, start + len);
+        }
+        Ok(needed)
+    }
+}

@@ -1,0 +1,100 @@
+//! Tensor storage types and borrowed views of raw tensor bytes (from a mapped
+//! file or a caller's buffer), with conversion to the float32 the kernels use.
+
+use half::{bf16, f16};
+
+use crate::error::{invalid_weights, Result};
+
+/// Element types, numbered as in the C ABI (`pyffi_dtype`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DType {
+    F32,
+    F16,
+    BF16,
+}
+
+impl DType {
+    pub fn size(self) -> usize {
+        match self {
+            DType::F32 => 4,
+            DType::F16 | DType::BF16 => 2,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            DType::F32 => "F32",
+            DType::F16 => "F16",
+            DType::BF16 => "BF16",
+        }
+    }
+}
+
+/// Little-endian tensor bytes with their type and shape; alignment is not assumed.
+pub struct TensorView<'a> {
+    pub dtype: DType,
+    pub shape: Vec<usize>,
+    pub data: &'a [u8],
+}
+
+impl TensorView<'_> {
+    /// Checked element count (shapes come from untrusted files).
+    pub fn numel(&self) -> Option<usize> {
+        self.shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d))
+    }
+
+    /// Convert into `out`, whose length must equal the element count.
+    pub fn to_f32(&self, out: &mut [f32]) -> Result<()> {
+        let n = self.numel().ok_or_else(|| invalid_weights(format!("shape {:?} overflows", self.shape)))?;
+        let expected = n.checked_mul(self.dtype.size());
+        if expected != Some(self.data.len()) || out.len() != n {
+            return Err(invalid_weights(format!(
+                "{} tensor of shape {:?} needs {} bytes but {} were given",
+                self.dtype.name(),
+                self.shape,
+                n.saturating_mul(self.dtype.size()),
+                self.data.len()
+            )));
+        }
+        match self.dtype {
+            DType::F32 => {
+                for (o, b) in out.iter_mut().zip(self.data.chunks_exact(4)) {
+                    *o = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+                }
+            }
+            DType::F16 => {
+                for (o, b) in out.iter_mut().zip(self.data.chunks_exact(2)) {
+                    *o = f16::from_le_bytes([b[0], b[1]]).to_f32();
+                }
+            }
+            DType::BF16 => {
+                for (o, b) in out.iter_mut().zip(self.data.chunks_exact(2)) {
+                    *o = bf16::from_le_bytes([b[0], b[1]]).to_f32();
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A zero-filled float32 buffer whose allocation failure is an error, not an
+/// abort. Pages come from the OS lazily, so untouched parts cost no memory.
+pub fn zeroed_f32(n: usize) -> Result<Vec<f32>> {
+    if n == 0 {
+        return Ok(Vec::new());
+    }
+    let layout = std::alloc::Layout::array::<f32>(n)
+        .map_err(|_| crate::error::invalid_argument(format!("buffer of {n} floats is too large")))?;
+    // SAFETY: layout has non-zero size; a non-null result is a zeroed block of
+    // n f32 values (all-zero bits are 0.0), owned by the Vec from here on.
+    unsafe {
+        let p = std::alloc::alloc_zeroed(layout) as *mut f32;
+        if p.is_null() {
+            return Err(crate::error::invalid_argument(format!(
+                "out of memory allocating {} MiB",
+                layout.size() >> 20
+            )));
+        }
+        Ok(Vec::from_raw_parts(p, n, n))
+    }
+}
