@@ -1,0 +1,104 @@
+"""Loads libpyffi and declares its C ABI to cffi, from the same header C and
+Go compile against. ABI mode: no compiler is needed at install time."""
+
+import os
+from pathlib import Path
+
+import cffi
+
+from .errors import BY_STATUS, InternalError
+
+_HERE = Path(__file__).resolve().parent
+_REPO = _HERE.parent
+
+
+def _first_existing(paths):
+    for p in paths:
+        if p and Path(p).is_file():
+            return Path(p)
+    return None
+
+
+def _cdef(header_text):
+    """The header without preprocessor lines and C++-only blocks, which cffi's
+    cdef cannot read."""
+    out, skipping = [], False
+    for line in header_text.splitlines():
+        s = line.strip()
+        if s.startswith("#ifdef __cplusplus"):
+            skipping = True
+            continue
+        if skipping:
+            if s.startswith("#endif"):
+                skipping = False
+            continue
+        if s.startswith("#"):
+            continue
+        out.append(line)
+    return "\n".join(out)
+
+
+_header = _first_existing([_HERE / "pyffi.h", _REPO / "include" / "pyffi.h"])
+if _header is None:
+    raise ImportError("pyffi.h not found next to the package or in include/")
+
+_library = _first_existing([
+    os.environ.get("PYFFI_LIBRARY"),
+    _HERE / "libpyffi.so",
+    _REPO / "rust" / "target" / "release" / "libpyffi.so",
+])
+if _library is None:
+    raise ImportError(
+        "libpyffi.so not found: install with `pip install .`, build with "
+        "`cargo build --release` in rust/, or set PYFFI_LIBRARY")
+
+ffi = cffi.FFI()
+ffi.cdef(_cdef(_header.read_text()))
+lib = ffi.dlopen(str(_library))
+LIBRARY_PATH = _library
+
+ABI_VERSION = 1
+if lib.pyffi_abi_version() != ABI_VERSION:
+    raise ImportError(
+        f"{_library} implements ABI {lib.pyffi_abi_version()}, this package expects {ABI_VERSION}")
+
+
+def raise_error(status, err_ptr):
+    """Turn a failed call's status and pyffi_error into a Python exception."""
+    if err_ptr != ffi.NULL:
+        message = ffi.string(lib.pyffi_error_message(err_ptr)).decode("utf-8", "replace")
+        lib.pyffi_error_free(err_ptr)
+    else:
+        message = ffi.string(lib.pyffi_status_name(status)).decode()
+    cls = BY_STATUS.get(status, InternalError)
+    exc = cls(message)
+    exc.status = status
+    raise exc
+
+
+def call(fn, *args):
+    """Call a fallible C function (its last parameter is pyffi_error **)."""
+    err = ffi.new("pyffi_error **")
+    status = fn(*args, err)
+    if status != lib.PYFFI_OK:
+        raise_error(status, err[0])
+
+
+def read_string(fn, *args):
+    """Call a string-returning function under the buffer rule: ask for the size,
+    then fill a buffer of exactly that size."""
+    n = ffi.new("size_t *")
+    err = ffi.new("pyffi_error **")
+    status = fn(*args, ffi.NULL, 0, n, err)
+    if status not in (lib.PYFFI_OK, lib.PYFFI_BUFFER_TOO_SMALL):
+        raise_error(status, err[0])
+    if err[0] != ffi.NULL:
+        lib.pyffi_error_free(err[0])
+    buf = ffi.new("char[]", n[0])
+    call(fn, *args, buf, n[0], n)
+    return ffi.string(buf).decode("utf-8")
+
+
+def path_arg(path):
+    """A filesystem path as the bytes the C side expects."""
+    return os.fsencode(os.fspath(path))

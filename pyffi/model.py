@@ -1,0 +1,383 @@
+"""Transformer and Session: the model API over the C ABI.
+
+A Transformer holds one immutable model; each Session holds a KV cache and
+worker threads over it. The Transformer's own forward/generate run on a
+default session; `new_session()` gives more, for use from other threads (the
+GIL is released inside every forward and generate).
+
+Logits are written by the engine straight into the numpy array returned.
+"""
+
+import json
+import os
+import queue
+import threading
+from pathlib import Path
+
+import numpy as np
+
+from . import errors
+from ._ffi import call, ffi, lib, path_arg, raise_error, read_string
+from .config import ModelArgs
+
+_INT32 = np.iinfo(np.int32)
+_SEED_RANDOM = 2**64 - 1
+
+
+def _token_array(seq, what):
+    a = np.asarray(seq)
+    if a.ndim != 1:
+        raise errors.InvalidArgumentError(f"{what} must be a 1-D sequence of token ids, got shape {a.shape}")
+    if a.size and not np.issubdtype(a.dtype, np.integer):
+        raise errors.InvalidArgumentError(f"{what} must hold integer token ids, got dtype {a.dtype}")
+    if a.size and (a.min() < _INT32.min or a.max() > _INT32.max):
+        raise errors.OutOfRangeError(f"{what} holds a token id outside the int32 range")
+    return np.ascontiguousarray(a, dtype=np.int32)
+
+
+def _as_batch(sequences):
+    """A list of int32 arrays from: one flat sequence, a 2-D array, or a list
+    of sequences of different lengths. Returns (rows, was_flat)."""
+    if isinstance(sequences, np.ndarray):
+        if sequences.ndim == 1:
+            return [_token_array(sequences, "tokens")], True
+        if sequences.ndim == 2:
+            return [_token_array(r, f"sequence {i}") for i, r in enumerate(sequences)], False
+        raise errors.InvalidArgumentError(f"tokens must be 1-D or 2-D, got shape {sequences.shape}")
+    seqs = list(sequences)
+    if not seqs:
+        raise errors.InvalidArgumentError("no sequences given")
+    if all(isinstance(t, (int, np.integer)) for t in seqs):
+        return [_token_array(seqs, "tokens")], True
+    return [_token_array(s, f"sequence {i}") for i, s in enumerate(seqs)], False
+
+
+def _u32_list(value, n, what):
+    vals = [value] * n if isinstance(value, (int, np.integer)) else list(value)
+    if len(vals) != n:
+        raise errors.InvalidArgumentError(f"{what} has {len(vals)} entries for {n} sequences")
+    for v in vals:
+        if not isinstance(v, (int, np.integer)) or v < 0 or v > 2**32 - 1:
+            raise errors.InvalidArgumentError(f"{what} must hold non-negative integers, got {v!r}")
+    return np.array(vals, dtype=np.uint32)
+
+
+class Session:
+    """A KV cache and worker threads over a shared model. One call at a time
+    per session; use one session per thread for parallel work."""
+
+    def __init__(self, transformer, n_ctx=None, n_threads=None, n_seq_max=None):
+        self._transformer = transformer
+        params = ffi.new("pyffi_session_params *", lib.pyffi_session_default_params())
+        if n_ctx is not None:
+            params.n_ctx = _positive(n_ctx, "n_ctx")
+        if n_threads is not None:
+            params.n_threads = _positive(n_threads, "n_threads")
+        if n_seq_max is not None:
+            params.n_seq_max = _positive(n_seq_max, "n_seq_max")
+        out = ffi.new("pyffi_session **")
+        call(lib.pyffi_session_new, transformer._handle(), params, out)
+        self._ptr = ffi.gc(out[0], lib.pyffi_session_free)
+        self.vocab_size = transformer.vocab_size
+        self.n_ctx = lib.pyffi_session_n_ctx(self._ptr)
+
+    def _handle(self):
+        if self._ptr is None:
+            raise errors.InvalidArgumentError("this session is closed")
+        return self._ptr
+
+    def close(self):
+        """Free the KV cache now. Safe to call twice."""
+        if getattr(self, "_ptr", None) is not None:
+            ffi.release(self._ptr)
+            self._ptr = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def cached_len(self, row=0):
+        """Positions held in the KV cache for batch row `row`."""
+        return lib.pyffi_session_cached_len(self._handle(), row)
+
+    def forward(self, sequences, start_pos=0, last_only=False):
+        """Logits, float32, `[batch, seq, vocab]` (`[batch, 1, vocab]` when
+        last_only). `sequences` is one sequence of ids, a 2-D array, or a list of
+        sequences of different lengths (padded in the output with zeros).
+        `start_pos` (an int, or one per row) continues each row from the KV
+        cache: 0 starts fresh, n continues after n cached positions."""
+        rows, _ = _as_batch(sequences)
+        n = len(rows)
+        lengths = np.array([len(r) for r in rows], dtype=np.uint32)
+        starts = _u32_list(start_pos, n, "start_pos")
+        tokens = np.concatenate(rows) if n > 1 else rows[0]
+        width = 1 if last_only else int(lengths.max())
+        logits = np.empty((n, width, self.vocab_size), dtype=np.float32)
+        needed = ffi.new("size_t *")
+        call(lib.pyffi_forward, self._handle(),
+             ffi.from_buffer("int32_t[]", tokens), ffi.from_buffer("uint32_t[]", lengths), n,
+             ffi.from_buffer("uint32_t[]", starts), bool(last_only),
+             ffi.from_buffer("float[]", logits, require_writable=True), logits.size, needed)
+        return logits
+
+    __call__ = forward
+
+    def generate(self, prompt_tokens, max_gen_len=None, temperature=0.6, top_p=0.9, top_k=None,
+                 min_p=None, repeat_penalty=1.0, repeat_last_n=64, seed=None, stop_tokens=None,
+                 stream=False):
+        """New tokens after each prompt (the prompt is not repeated).
+
+        `prompt_tokens` is one prompt (a list of ids: returns a list) or a list of
+        prompts (returns a list per prompt). temperature=0 is greedy. Generation
+        stops at the model's EOS ids, or at `stop_tokens` when given (the stop
+        token is not returned), or after `max_gen_len` tokens (default: until the
+        context is full). With stream=True returns an iterator of tokens (for a
+        batch: of (prompt_index, token) pairs). The same seed gives the same
+        tokens, for each prompt on its own."""
+        rows, flat = _as_batch(prompt_tokens)
+        params = self._sampling_params(temperature, top_p, top_k, min_p, repeat_penalty,
+                                       repeat_last_n, seed, stop_tokens)
+        jobs = [(r, self._max_new(r, max_gen_len)) for r in rows]
+        if stream:
+            it = self._stream(jobs, params)
+            return (tok for _, tok in it) if flat else it
+        results = [self._generate_one(r, m, params, None)[0] for r, m in jobs]
+        return results[0] if flat else results
+
+    def _max_new(self, prompt, max_gen_len):
+        if max_gen_len is None:
+            return max(self.n_ctx - len(prompt), 0)
+        if not isinstance(max_gen_len, (int, np.integer)) or max_gen_len < 0:
+            raise errors.InvalidArgumentError(f"max_gen_len must be a non-negative integer, got {max_gen_len!r}")
+        return int(max_gen_len)
+
+    def _sampling_params(self, temperature, top_p, top_k, min_p, repeat_penalty, repeat_last_n,
+                         seed, stop_tokens):
+        p = ffi.new("pyffi_sampling_params *", lib.pyffi_sampling_default_params())
+        p.temperature = float(temperature)
+        p.top_p = 1.0 if top_p is None else float(top_p)
+        p.top_k = 0 if top_k is None else _int_in(top_k, 0, _INT32.max, "top_k")
+        p.min_p = 0.0 if min_p is None else float(min_p)
+        p.repeat_penalty = float(repeat_penalty)
+        p.repeat_last_n = _int_in(repeat_last_n, -1, _INT32.max, "repeat_last_n")
+        p.seed = _SEED_RANDOM if seed is None else _int_in(seed, 0, 2**64 - 2, "seed")
+        keep = None
+        if stop_tokens is not None:
+            keep = _token_array(list(stop_tokens), "stop_tokens")
+            p.stop_at_eos = False
+            p.n_stop_tokens = len(keep)
+            p.stop_tokens = ffi.from_buffer("int32_t[]", keep) if len(keep) else ffi.NULL
+        return p, keep  # keep: the stop array must outlive the call
+
+    def _generate_one(self, prompt, max_new, params, on_token):
+        """One C generate call; `on_token(tok) -> bool` is called per token."""
+        out = np.empty(max(max_new, 1), dtype=np.int32)
+        n_out = ffi.new("size_t *")
+        finish = ffi.new("pyffi_finish_reason *")
+        failure = []
+
+        if on_token is None:
+            cb = ffi.NULL
+        else:
+            def _cb(_user, tok):
+                try:
+                    return bool(on_token(tok))
+                except BaseException as e:  # re-raised after the C call returns
+                    failure.append(e)
+                    return False
+            cb = ffi.callback("bool(void *, int32_t)", _cb)
+        call(lib.pyffi_generate, self._handle(), ffi.from_buffer("int32_t[]", prompt), len(prompt),
+             params[0], max_new, ffi.from_buffer("int32_t[]", out, require_writable=True),
+             len(out), n_out, finish, cb, ffi.NULL)
+        if failure:
+            raise failure[0]
+        return out[: n_out[0]].tolist(), int(finish[0])
+
+    def _stream(self, jobs, params):
+        """Runs generation on a worker thread; tokens come through a queue.
+        Closing the iterator early stops generation at the next token."""
+        q = queue.Queue()
+        cancelled = threading.Event()
+        done = object()
+
+        def worker():
+            try:
+                for i, (prompt, max_new) in enumerate(jobs):
+                    if cancelled.is_set():
+                        break
+                    self._generate_one(prompt, max_new, params,
+                                       lambda tok, i=i: (q.put((i, tok)), not cancelled.is_set())[1])
+                q.put(done)
+            except BaseException as e:
+                q.put(e)
+
+        t = threading.Thread(target=worker, daemon=True)
+        t.start()
+        try:
+            while True:
+                item = q.get()
+                if item is done:
+                    break
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            cancelled.set()
+            t.join()
+
+
+class Transformer:
+    """A Llama-family model (Llama, Mistral, Qwen2, Phi-3).
+
+    Transformer(config) starts with zero weights; fill them with
+    load_state_dict. Transformer.from_pretrained(folder) loads a Hugging Face
+    folder. forward/generate run on a default session."""
+
+    def __init__(self, config, n_ctx=None, n_threads=None):
+        if isinstance(config, dict):
+            config = ModelArgs.from_dict(config)
+        if not isinstance(config, ModelArgs):
+            raise TypeError(f"config must be a ModelArgs or a dict, got {type(config).__name__}")
+        cfg = config._to_handle()
+        try:
+            out = ffi.new("pyffi_model **")
+            call(lib.pyffi_model_new, cfg, out)
+        finally:
+            lib.pyffi_config_free(cfg)
+        self._init(out[0], n_ctx, n_threads)
+
+    def _init(self, ptr, n_ctx, n_threads):
+        self._ptr = ffi.gc(ptr, lib.pyffi_model_free)
+        self._session = None
+        self._n_ctx, self._n_threads = n_ctx, n_threads
+        self.config = ModelArgs._from_normalized(json.loads(read_string(lib.pyffi_model_config_json, ptr)))
+        self.params = self.config  # Meta's name
+        self.vocab_size = lib.pyffi_model_vocab_size(ptr)
+
+    @classmethod
+    def from_pretrained(cls, path, n_ctx=None, n_threads=None):
+        """Load a Hugging Face folder (config.json + model.safetensors or a sharded
+        index). n_ctx defaults to the model's context length, capped to fit memory."""
+        if not os.path.exists(os.fspath(path)):
+            raise errors.ModelNotFoundError(f"{path}: no such file or folder")
+        out = ffi.new("pyffi_model **")
+        call(lib.pyffi_model_load, path_arg(path), out)
+        self = cls.__new__(cls)
+        self._init(out[0], n_ctx, n_threads)
+        return self
+
+    def _handle(self):
+        if self._ptr is None:
+            raise errors.InvalidArgumentError("this model is closed")
+        return self._ptr
+
+    def tensor_specs(self):
+        """{name: shape} of every weight this model expects (HF names)."""
+        specs = json.loads(read_string(lib.pyffi_model_tensors_json, self._handle()))
+        return {s["name"]: tuple(s["shape"]) for s in specs}
+
+    def load_state_dict(self, state_dict, strict=True):
+        """Copy weights from a {HF name: array} dict (numpy, or anything with
+        .numpy() such as torch tensors). float32, float16 and bfloat16 (given as
+        a torch tensor or a numpy uint16 view with dtype 'bfloat16' unavailable)
+        are accepted. With strict, every expected tensor must be present and no
+        unknown one. Returns (missing, unexpected) names like torch does."""
+        specs = self.tensor_specs()
+        missing = [k for k in specs if k not in state_dict]
+        unexpected = [k for k in state_dict if k not in specs]
+        if strict and (missing or unexpected):
+            parts = []
+            if missing:
+                parts.append("missing: " + ", ".join(missing[:5]) + (" ..." if len(missing) > 5 else ""))
+            if unexpected:
+                parts.append("unexpected: " + ", ".join(unexpected[:5]) + (" ..." if len(unexpected) > 5 else ""))
+            raise errors.WeightsError("state_dict does not match the model; " + "; ".join(parts))
+        self._drop_default_session()
+        handle = self._handle()
+        for name, value in state_dict.items():
+            if name not in specs:
+                continue
+            arr, dtype = _tensor_bytes(name, value)
+            shape = ffi.new("int64_t[]", list(arr.shape))
+            call(lib.pyffi_model_set_tensor, handle, name.encode("utf-8"), dtype, shape, arr.ndim,
+                 ffi.from_buffer(arr), arr.nbytes)
+        return missing, unexpected
+
+    def new_session(self, n_ctx=None, n_threads=None, n_seq_max=None):
+        """Another session on the same weights, e.g. for another thread."""
+        return Session(self, n_ctx=n_ctx if n_ctx is not None else self._n_ctx,
+                       n_threads=n_threads if n_threads is not None else self._n_threads,
+                       n_seq_max=n_seq_max)
+
+    @property
+    def session(self):
+        if self._session is None:
+            self._session = self.new_session()
+        return self._session
+
+    @property
+    def n_ctx(self):
+        return self.session.n_ctx
+
+    def _drop_default_session(self):
+        if self._session is not None:
+            self._session.close()
+            self._session = None
+
+    def forward(self, sequences, start_pos=0, last_only=False):
+        return self.session.forward(sequences, start_pos=start_pos, last_only=last_only)
+
+    __call__ = forward
+
+    def generate(self, prompt_tokens, **kwargs):
+        return self.session.generate(prompt_tokens, **kwargs)
+
+    generate.__doc__ = Session.generate.__doc__
+    forward.__doc__ = Session.forward.__doc__
+
+    def close(self):
+        """Free the default session and this handle on the weights. Safe to call twice."""
+        self._drop_default_session()
+        if getattr(self, "_ptr", None) is not None:
+            ffi.release(self._ptr)
+            self._ptr = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def _positive(v, what):
+    if not isinstance(v, (int, np.integer)) or v <= 0 or v > 2**32 - 1:
+        raise errors.InvalidArgumentError(f"{what} must be a positive integer, got {v!r}")
+    return int(v)
+
+
+def _int_in(v, lo, hi, what):
+    if not isinstance(v, (int, np.integer)) or not lo <= v <= hi:
+        raise errors.InvalidArgumentError(f"{what} must be an integer in [{lo}, {hi}], got {v!r}")
+    return int(v)
+
+
+_DTYPES = {np.dtype(np.float32): 0, np.dtype(np.float16): 1}
+
+
+def _tensor_bytes(name, value):
+    """(contiguous little-endian array, pyffi_dtype code) for one tensor."""
+    if hasattr(value, "detach"):  # torch.Tensor, without importing torch
+        value = value.detach().cpu()
+        if str(value.dtype) == "torch.bfloat16":
+            return np.ascontiguousarray(value.view(dtype=__import__("torch").int16).numpy()).view(np.uint16), 2
+        value = value.numpy()
+    arr = np.asarray(value)
+    if arr.dtype.name == "bfloat16":  # ml_dtypes
+        return np.ascontiguousarray(arr).view(np.uint16), 2
+    code = _DTYPES.get(arr.dtype.newbyteorder("<") if arr.dtype.byteorder == ">" else arr.dtype)
+    if code is None:
+        raise errors.WeightsError(
+            f"tensor '{name}' has dtype {arr.dtype}; expected float32, float16 or bfloat16")
+    return np.ascontiguousarray(arr, dtype=arr.dtype.newbyteorder("<")), code
