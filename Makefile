@@ -1,0 +1,45 @@
+# pyffi: `make test` is the parity suite (what .ci/run runs).
+
+CARGO      ?= cargo
+PYTHON     ?= python3
+CC         ?= cc
+GO         ?= go
+CBINDGEN_VERSION := 0.29.2
+
+RELEASE    := rust/target/release
+LIB        := $(RELEASE)/libpyffi.so
+CFLAGS_EX  := -std=c11 -Wall -Wextra -Werror -Iinclude
+LDFLAGS_EX := -L$(RELEASE) -lpyffi -Wl,-rpath,$(abspath $(RELEASE))
+
+export PYFFI_LIBRARY := $(abspath $(LIB))
+
+.PHONY: all build header check-header examples test test-rust test-c test-go test-python clean
+
+all: build
+
+build:
+	$(CARGO) build --release --locked --manifest-path rust/Cargo.toml
+
+# Regenerate the committed C header from rust/src/ffi.
+header:
+	cd rust && cbindgen --config cbindgen.toml --crate pyffi --output ../include/pyffi.h
+
+examples: build
+	$(CC) $(CFLAGS_EX) examples/c/pyffi_example.c $(LDFLAGS_EX) -o examples/c/pyffi_example
+	$(CC) $(CFLAGS_EX) tests/c/test_errors.c $(LDFLAGS_EX) -o tests/c/test_errors
+	cd examples/go && $(GO) build -o pyffi-example .
+
+test-rust:
+	$(CARGO) test --release --locked --manifest-path rust/Cargo.toml
+
+test-go: examples
+	cd examples/go && PYFFI_TEST_MODEL=$(abspath $(or $(PYFFI_FIXTURES),../shared/fixtures))/models/stories260K $(GO) test ./...
+
+test-python: examples
+	$(PYTHON) -m pytest tests -q -p no:cacheprovider
+
+test: test-rust test-go test-python
+
+clean:
+	$(CARGO) clean --manifest-path rust/Cargo.toml
+	rm -f examples/c/pyffi_example tests/c/test_errors examples/go/pyffi-example

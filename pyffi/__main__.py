@@ -1,0 +1,67 @@
+"""Command line: `python -m pyffi generate ...` (also the `pyffi` script).
+
+Until the tokenizer lands, prompts and outputs are token ids."""
+
+import argparse
+import sys
+from pathlib import Path
+
+_PKG = Path(__file__).resolve().parent
+
+
+def default_model():
+    """The demo model bundled with the package (or with a source checkout)."""
+    for p in (_PKG / "demo", _PKG.parent / "fixtures" / "demo"):
+        if (p / "config.json").exists():
+            return p
+    return None
+
+
+def _ids(text):
+    try:
+        return [int(t) for t in text.replace(",", " ").split()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected token ids like '0 555 459', got {text!r}")
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="pyffi", description="pyffi: Llama-family inference on the CPU")
+    sub = parser.add_subparsers(dest="command", required=True)
+    g = sub.add_parser("generate", help="generate tokens after a prompt of token ids")
+    g.add_argument("prompt", type=_ids, nargs="?", default=None,
+                   help="prompt token ids, e.g. '0 555 459' (default: the model's BOS token)")
+    g.add_argument("--model", default=None, help="Hugging Face model folder (default: the bundled demo model)")
+    g.add_argument("--max-new-tokens", type=int, default=32)
+    g.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    g.add_argument("--top-k", type=int, default=None)
+    g.add_argument("--top-p", type=float, default=None)
+    g.add_argument("--min-p", type=float, default=None)
+    g.add_argument("--repeat-penalty", type=float, default=1.0)
+    g.add_argument("--seed", type=int, default=None)
+    g.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args(argv)
+
+    import pyffi
+
+    model_path = args.model or default_model()
+    if model_path is None:
+        parser.error("no --model given and the demo model is not installed")
+    try:
+        with pyffi.Transformer.from_pretrained(model_path, n_threads=args.threads) as model:
+            prompt = args.prompt
+            if prompt is None:
+                bos = model.config.bos_token_id
+                prompt = [bos if bos is not None else 0]
+            for tok in model.generate(prompt, max_gen_len=args.max_new_tokens, temperature=args.temperature,
+                                      top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
+                                      repeat_penalty=args.repeat_penalty, seed=args.seed, stream=True):
+                print(tok, end=" ", flush=True)
+            print()
+    except pyffi.PyffiError as e:
+        print(f"pyffi: error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

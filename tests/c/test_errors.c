@@ -1,0 +1,215 @@
+/*
+ * Every error path of the C ABI: each bad call must return the right status
+ * and a message that names the problem, write nothing it should not, and
+ * leave the handles usable. Prints one line per check and a closing
+ * "N passed, M failed" line; exits non-zero on any failure.
+ *
+ *   ./test_errors MODEL_DIR
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "pyffi.h"
+
+static int passed, failed;
+
+static void expect(int ok, const char *what) {
+    printf("%s - %s\n", ok ? "ok" : "not ok", what);
+    if (ok) passed++; else failed++;
+}
+
+/* The call returned `want`, its error carries the same code, and the message
+ * contains `needle`. Frees the error. */
+static void expect_error(pyffi_status got, pyffi_error *err, pyffi_status want, const char *needle,
+                         const char *what) {
+    int ok = got == want && err != NULL && pyffi_error_code(err) == want &&
+             strstr(pyffi_error_message(err), needle) != NULL;
+    if (!ok)
+        fprintf(stderr, "  %s: got %s (%s), want %s mentioning '%s'\n", what, pyffi_status_name(got),
+                err ? pyffi_error_message(err) : "no error object", pyffi_status_name(want), needle);
+    expect(ok, what);
+    pyffi_error_free(err);
+}
+
+static const char *CONFIG =
+    "{\"model_type\": \"llama\", \"vocab_size\": 32, \"hidden_size\": 16, \"intermediate_size\": 24,"
+    " \"num_hidden_layers\": 1, \"num_attention_heads\": 2, \"num_key_value_heads\": 1,"
+    " \"max_position_embeddings\": 64}";
+
+/* A streaming callback that asks to stop after two tokens. */
+static bool stop_after_two(void *user_data, int32_t token) {
+    (void)token;
+    int *count = user_data;
+    return ++*count < 2;
+}
+
+int main(int argc, char **argv) {
+    if (argc != 2) {
+        fprintf(stderr, "usage: %s MODEL_DIR\n", argv[0]);
+        return 2;
+    }
+    pyffi_error *err = NULL;
+    pyffi_status st;
+
+    /* Files and configs. */
+    pyffi_model *model = NULL;
+    st = pyffi_model_load("/nonexistent/model", &model, &err);
+    expect_error(st, err, PYFFI_NOT_FOUND, "/nonexistent/model", "missing model folder is NOT_FOUND");
+    expect(model == NULL, "failed load leaves the out handle untouched");
+    pyffi_config *cfg = NULL;
+    st = pyffi_config_load("/nonexistent/config.json", &cfg, &err);
+    expect_error(st, err, PYFFI_NOT_FOUND, "config.json", "missing config is NOT_FOUND");
+    st = pyffi_config_from_json("{not json", &cfg, &err);
+    expect_error(st, err, PYFFI_INVALID_CONFIG, "JSON", "malformed JSON is INVALID_CONFIG");
+    st = pyffi_config_from_json("{\"model_type\": \"llama\", \"vocab_size\": 8}", &cfg, &err);
+    expect_error(st, err, PYFFI_INVALID_CONFIG, "hidden_size", "missing field is named");
+    st = pyffi_config_from_json("{\"model_type\": \"gpt2\"}", &cfg, &err);
+    expect_error(st, err, PYFFI_UNSUPPORTED, "gpt2", "unknown architecture is UNSUPPORTED");
+    st = pyffi_config_from_json(NULL, &cfg, &err);
+    expect_error(st, err, PYFFI_INVALID_ARGUMENT, "json", "NULL string is INVALID_ARGUMENT");
+    st = pyffi_config_from_json(CONFIG, NULL, &err);
+    expect_error(st, err, PYFFI_INVALID_ARGUMENT, "out", "NULL out-param is INVALID_ARGUMENT");
+    expect(pyffi_config_from_json("{", &cfg, NULL) == PYFFI_INVALID_CONFIG, "err may be NULL");
+
+    /* The buffer rule. */
+    st = pyffi_config_from_json(CONFIG, &cfg, &err);
+    expect(st == PYFFI_OK && err == NULL, "valid config parses and clears err");
+    size_t need = 0;
+    char small[4];
+    st = pyffi_config_to_json(cfg, small, sizeof small, &need, &err);
+    expect_error(st, err, PYFFI_BUFFER_TOO_SMALL, "needed", "small string buffer is BUFFER_TOO_SMALL");
+    expect(need > sizeof small, "the size needed is reported");
+    char *json = malloc(need);
+    expect(pyffi_config_to_json(cfg, json, need, &need, &err) == PYFFI_OK && strlen(json) + 1 == need,
+           "a buffer of the reported size is enough");
+    free(json);
+
+    /* Weights set by the caller. */
+    st = pyffi_model_new(cfg, &model, &err);
+    expect(st == PYFFI_OK, "model_new from a config");
+    float w[16 * 32];
+    memset(w, 0, sizeof w);
+    int64_t shape[2] = {32, 16};
+    st = pyffi_model_set_tensor(model, "model.embed_tokens.weight", PYFFI_DTYPE_F32, shape, 2, w, sizeof w, &err);
+    expect(st == PYFFI_OK, "set_tensor with the right name and shape");
+    st = pyffi_model_set_tensor(model, "model.layers.9.mlp.up_proj.weight", PYFFI_DTYPE_F32, shape, 2, w,
+                                sizeof w, &err);
+    expect_error(st, err, PYFFI_INVALID_WEIGHTS, "model.layers.9.mlp.up_proj.weight", "unknown tensor name");
+    int64_t wrong[2] = {16, 32};
+    st = pyffi_model_set_tensor(model, "model.embed_tokens.weight", PYFFI_DTYPE_F32, wrong, 2, w, sizeof w, &err);
+    expect_error(st, err, PYFFI_INVALID_WEIGHTS, "shape", "wrong shape");
+    st = pyffi_model_set_tensor(model, "model.embed_tokens.weight", PYFFI_DTYPE_F32, shape, 2, w, 100, &err);
+    expect_error(st, err, PYFFI_INVALID_WEIGHTS, "bytes", "data size that does not match the shape");
+    st = pyffi_model_set_tensor(model, "model.embed_tokens.weight", 77, shape, 2, w, sizeof w, &err);
+    expect_error(st, err, PYFFI_INVALID_WEIGHTS, "dtype", "unknown dtype code");
+    int64_t negative[2] = {-32, 16};
+    st = pyffi_model_set_tensor(model, "model.embed_tokens.weight", PYFFI_DTYPE_F32, negative, 2, w, sizeof w,
+                                &err);
+    expect_error(st, err, PYFFI_INVALID_WEIGHTS, "negative", "negative dimension");
+
+    /* Sessions and forward. */
+    pyffi_session_params sp = pyffi_session_default_params();
+    sp.n_ctx = 8;
+    pyffi_session *session = NULL;
+    pyffi_session_params bad_sp = sp;
+    bad_sp.size = 3;
+    st = pyffi_session_new(model, &bad_sp, &session, &err);
+    expect_error(st, err, PYFFI_INVALID_ARGUMENT, "size", "params with a bad size field");
+    st = pyffi_session_new(model, &sp, &session, &err);
+    expect(st == PYFFI_OK && pyffi_session_n_ctx(session) == 8, "session with n_ctx 8");
+    st = pyffi_model_set_tensor(model, "model.embed_tokens.weight", PYFFI_DTYPE_F32, shape, 2, w, sizeof w, &err);
+    expect_error(st, err, PYFFI_INVALID_ARGUMENT, "session", "weights are immutable while a session uses them");
+
+    float logits[32 * 10];
+    size_t n_logits = 0;
+    const int32_t toks[] = {1, 2, 3};
+    const uint32_t len3[] = {3};
+    st = pyffi_forward(session, toks, len3, 1, NULL, false, logits, 32 * 3, &n_logits, &err);
+    expect(st == PYFFI_OK && n_logits == 32 * 3 && pyffi_session_cached_len(session, 0) == 3, "valid forward");
+    st = pyffi_forward(session, toks, len3, 1, NULL, false, logits, 10, &n_logits, &err);
+    expect_error(st, err, PYFFI_BUFFER_TOO_SMALL, "96", "small logits buffer");
+    expect(n_logits == 96, "forward reports the floats needed");
+    const int32_t out_of_vocab[] = {1, 32, 3};
+    const uint32_t start3[] = {3};
+    st = pyffi_forward(session, out_of_vocab, len3, 1, start3, false, logits, 96, &n_logits, &err);
+    expect_error(st, err, PYFFI_OUT_OF_RANGE, "32", "token id past the vocabulary");
+    expect(pyffi_session_cached_len(session, 0) == 3, "a rejected forward leaves the KV cache as it was");
+    const int32_t negative_tok[] = {-1};
+    const uint32_t len1[] = {1};
+    st = pyffi_forward(session, negative_tok, len1, 1, NULL, true, logits, 32, &n_logits, &err);
+    expect_error(st, err, PYFFI_OUT_OF_RANGE, "-1", "negative token id");
+    const int32_t nine[] = {1, 1, 1, 1, 1, 1, 1, 1, 1};
+    const uint32_t len9[] = {9};
+    st = pyffi_forward(session, nine, len9, 1, NULL, true, logits, 32, &n_logits, &err);
+    expect_error(st, err, PYFFI_OUT_OF_RANGE, "n_ctx", "sequence longer than n_ctx");
+    const uint32_t start6[] = {6};
+    st = pyffi_forward(session, toks, len3, 1, start6, true, logits, 32, &n_logits, &err);
+    expect_error(st, err, PYFFI_OUT_OF_RANGE, "start_pos", "start_pos past the cached positions");
+    const uint32_t len0[] = {0};
+    st = pyffi_forward(session, toks, len0, 1, NULL, true, logits, 32, &n_logits, &err);
+    expect_error(st, err, PYFFI_INVALID_ARGUMENT, "empty", "empty sequence");
+    st = pyffi_forward(session, toks, len3, 0, NULL, true, logits, 32, &n_logits, &err);
+    expect_error(st, err, PYFFI_INVALID_ARGUMENT, "no sequences", "batch of zero sequences");
+    st = pyffi_forward(session, NULL, len3, 1, NULL, true, logits, 32, &n_logits, &err);
+    expect_error(st, err, PYFFI_INVALID_ARGUMENT, "tokens", "NULL tokens");
+    st = pyffi_forward(NULL, toks, len3, 1, NULL, true, logits, 32, &n_logits, &err);
+    expect_error(st, err, PYFFI_INVALID_ARGUMENT, "session", "NULL session");
+    st = pyffi_forward(session, toks, len3, 1, start3, true, logits, 32, &n_logits, &err);
+    expect(st == PYFFI_OK && pyffi_session_cached_len(session, 0) == 6, "the session still works after errors");
+
+    /* Generate. */
+    pyffi_sampling_params p = pyffi_sampling_default_params();
+    int32_t out[8];
+    size_t n_out = 99;
+    pyffi_finish_reason finish;
+    st = pyffi_generate(session, toks, 0, &p, 4, out, 8, &n_out, &finish, NULL, NULL, &err);
+    expect_error(st, err, PYFFI_INVALID_ARGUMENT, "prompt", "empty prompt");
+    expect(n_out == 0, "a failed generate reports 0 tokens");
+    pyffi_sampling_params bad_p = p;
+    bad_p.temperature = -1.0f;
+    st = pyffi_generate(session, toks, 3, &bad_p, 4, out, 8, &n_out, &finish, NULL, NULL, &err);
+    expect_error(st, err, PYFFI_INVALID_ARGUMENT, "temperature", "negative temperature");
+    bad_p = p;
+    bad_p.size = sizeof(pyffi_sampling_params) + 64;
+    st = pyffi_generate(session, toks, 3, &bad_p, 4, out, 8, &n_out, &finish, NULL, NULL, &err);
+    expect_error(st, err, PYFFI_INVALID_ARGUMENT, "size", "params larger than the library knows");
+    bad_p = p;
+    bad_p.n_stop_tokens = 2;
+    bad_p.stop_tokens = NULL;
+    st = pyffi_generate(session, toks, 3, &bad_p, 4, out, 8, &n_out, &finish, NULL, NULL, &err);
+    expect_error(st, err, PYFFI_INVALID_ARGUMENT, "stop_tokens", "NULL stop_tokens with a count");
+    st = pyffi_generate(session, toks, 3, &p, 9, out, 8, &n_out, &finish, NULL, NULL, &err);
+    expect_error(st, err, PYFFI_BUFFER_TOO_SMALL, "max_new_tokens", "output smaller than max_new_tokens");
+    const int32_t long_prompt[] = {1, 1, 1, 1, 1, 1, 1, 1, 1};
+    st = pyffi_generate(session, long_prompt, 9, &p, 2, out, 8, &n_out, &finish, NULL, NULL, &err);
+    expect_error(st, err, PYFFI_OUT_OF_RANGE, "n_ctx", "prompt longer than n_ctx");
+    int count = 0;
+    p.stop_at_eos = false;
+    p.seed = 7;
+    st = pyffi_generate(session, toks, 3, &p, 5, out, 8, &n_out, &finish, stop_after_two, &count, &err);
+    expect(st == PYFFI_OK && n_out == 2 && finish == PYFFI_FINISH_CANCELLED, "the callback can stop generation");
+    st = pyffi_generate(session, toks, 3, &p, 4, NULL, 4, &n_out, &finish, NULL, NULL, &err);
+    expect_error(st, err, PYFFI_INVALID_ARGUMENT, "out_tokens", "NULL output array");
+
+    /* A real model folder from disk still loads after all of the above. */
+    pyffi_model *real = NULL;
+    st = pyffi_model_load(argv[1], &real, &err);
+    expect(st == PYFFI_OK && pyffi_model_vocab_size(real) > 0, "a fixture model loads");
+
+    /* Frees accept NULL; getters accept NULL. */
+    pyffi_model_free(NULL);
+    pyffi_session_free(NULL);
+    pyffi_config_free(NULL);
+    pyffi_error_free(NULL);
+    expect(pyffi_model_vocab_size(NULL) == 0 && pyffi_session_n_ctx(NULL) == 0 &&
+               strcmp(pyffi_error_message(NULL), "") == 0,
+           "NULL handles are safe everywhere");
+
+    pyffi_session_free(session);
+    pyffi_model_free(model); /* freeing the model after its session */
+    pyffi_model_free(real);
+    pyffi_config_free(cfg);
+    printf("%d passed, %d failed\n", passed, failed);
+    return failed != 0;
+}

@@ -1,0 +1,197 @@
+"""The Python API: configs in both styles, state dicts, sessions, streaming,
+stop tokens, threads, and the bundled CLI."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file, save_file
+
+import pyffi
+from conftest import REPO, golden, model_dir, rel_err
+
+
+def test_config_old_and_new_styles():
+    old = pyffi.ModelArgs.from_config_file(model_dir("tiny-llama") / "config.json")
+    assert (old.hidden_size, old.num_key_value_heads, old.head_dim, old.rope_theta) == (64, 2, 16, 10000.0)
+    assert old.torch_dtype == "float32" and old.tie_word_embeddings is False
+    new = pyffi.ModelArgs.from_config_file(model_dir("tiny-llama-tied-mha"))
+    assert (new.rope_theta, new.rms_norm_eps, new.tie_word_embeddings) == (500000.0, 1e-6, True)
+    assert new.n_heads == new.n_kv_heads == 6 and new.dim == 96 and new.n_layers == 3
+    assert pyffi.Config is pyffi.ModelArgs
+
+
+def test_config_round_trips_through_dict():
+    cfg = pyffi.ModelArgs.from_config_file(model_dir("tiny-qwen2"))
+    assert pyffi.ModelArgs.from_dict(cfg.to_dict()) == cfg
+    assert pyffi.ModelArgs.from_dict(cfg.to_hf_dict()) == cfg
+
+
+def test_load_state_dict_equals_from_pretrained():
+    path = model_dir("tiny-qwen2")
+    g = golden("tiny-qwen2")
+    with pyffi.Transformer.from_pretrained(path) as ref, \
+            pyffi.Transformer(pyffi.ModelArgs.from_config_file(path)) as model:
+        missing, unexpected = model.load_state_dict(load_file(path / "model.safetensors"))
+        assert missing == [] and unexpected == []
+        np.testing.assert_array_equal(model.forward([g["input_2"]]), ref.forward([g["input_2"]]))
+
+
+def test_state_dict_in_float16_is_converted():
+    path = model_dir("tiny-llama")
+    weights = load_file(path / "model.safetensors")
+    half = {k: v.astype(np.float16) for k, v in weights.items()}
+    rounded = {k: v.astype(np.float32) for k, v in half.items()}
+    a = pyffi.Transformer(pyffi.ModelArgs.from_config_file(path))
+    b = pyffi.Transformer(pyffi.ModelArgs.from_config_file(path))
+    a.load_state_dict(half)
+    b.load_state_dict(rounded)
+    np.testing.assert_array_equal(a.forward([[1, 2, 3]]), b.forward([[1, 2, 3]]))
+
+
+def test_sharded_safetensors_folder(tmp_path):
+    src = model_dir("tiny-llama")
+    weights = load_file(src / "model.safetensors")
+    names = sorted(weights)
+    shards = {"model-00001-of-00002.safetensors": names[::2], "model-00002-of-00002.safetensors": names[1::2]}
+    for fname, keys in shards.items():
+        save_file({k: weights[k] for k in keys}, tmp_path / fname)
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps(
+        {"metadata": {}, "weight_map": {k: f for f, ks in shards.items() for k in ks}}))
+    (tmp_path / "config.json").write_text((src / "config.json").read_text())
+    g = golden("tiny-llama")
+    with pyffi.Transformer.from_pretrained(tmp_path) as model:
+        assert rel_err(model.forward([g["input_3"]])[0], g["logits_3"]) <= 1e-4
+
+
+def test_bfloat16_safetensors_on_disk(tmp_path):
+    src = model_dir("tiny-llama")
+    weights = load_file(src / "model.safetensors")
+    # bfloat16 = the top 16 bits of a float32 (truncation here; exact either way).
+    bf16 = {k: (v.view(np.uint32) >> 16).astype(np.uint16) for k, v in weights.items()}
+    header = {k: {"dtype": "BF16", "shape": list(v.shape)} for k, v in bf16.items()}
+    blob, offset = b"", 0
+    for k in header:
+        data = bf16[k].tobytes()
+        header[k]["data_offsets"] = [offset, offset + len(data)]
+        blob += data
+        offset += len(data)
+    head = json.dumps(header).encode()
+    head += b" " * (-len(head) % 8)
+    (tmp_path / "model.safetensors").write_bytes(len(head).to_bytes(8, "little") + head + blob)
+    (tmp_path / "config.json").write_text((src / "config.json").read_text())
+    truncated = {k: ((v.view(np.uint32) >> 16) << 16).view(np.float32) for k, v in weights.items()}
+    ref = pyffi.Transformer(pyffi.ModelArgs.from_config_file(src))
+    ref.load_state_dict(truncated)
+    with pyffi.Transformer.from_pretrained(tmp_path) as model:
+        np.testing.assert_array_equal(model.forward([[5, 6, 7]]), ref.forward([[5, 6, 7]]))
+
+
+def test_forward_accepts_arrays_lists_and_ragged_batches():
+    with pyffi.Transformer.from_pretrained(model_dir("tiny-llama")) as model:
+        flat = model.forward([1, 2, 3])
+        assert flat.shape == (1, 3, model.vocab_size) and flat.dtype == np.float32
+        assert flat.flags.c_contiguous
+        np.testing.assert_array_equal(model.forward(np.array([[1, 2, 3], [4, 5, 6]]))[0], flat[0])
+        ragged = model.forward([[1, 2, 3], [4]])
+        assert ragged.shape == (2, 3, model.vocab_size)
+        assert not ragged[1, 1:].any()
+
+
+def test_start_pos_continues_from_the_cache():
+    with pyffi.Transformer.from_pretrained(model_dir("stories260K")) as model:
+        full = model.forward([[1, 10, 20, 30, 40]])[0]
+        model.forward([[1, 10]])
+        rest = model.forward([[20, 30, 40]], start_pos=2)[0]
+        np.testing.assert_allclose(rest, full[2:], rtol=0, atol=1e-5 * np.abs(full).max())
+        assert model.session.cached_len() == 5
+
+
+def test_stream_equals_plain_generate_and_stops_early():
+    with pyffi.Transformer.from_pretrained(model_dir("stories260K")) as model:
+        args = dict(max_gen_len=20, temperature=0.9, top_k=30, seed=5, stop_tokens=[])
+        plain = model.generate([1, 5], **args)
+        assert list(model.generate([1, 5], stream=True, **args)) == plain
+        it = model.generate([1, 5], stream=True, **args)
+        assert [next(it), next(it)] == plain[:2]
+        it.close()  # stops the worker; the session is free again
+        assert model.generate([1, 5], **args) == plain
+        pairs = list(model.generate([[1, 5], [1, 6]], stream=True, **args))
+        assert [t for i, t in pairs if i == 0] == plain
+
+
+def test_batch_generate_gives_each_prompt_its_own_result():
+    with pyffi.Transformer.from_pretrained(model_dir("stories260K")) as model:
+        args = dict(max_gen_len=12, temperature=0.8, seed=9, stop_tokens=[])
+        both = model.generate([[1, 5], [1, 6, 7]], **args)
+        assert both == [model.generate([1, 5], **args), model.generate([1, 6, 7], **args)]
+
+
+def test_stop_tokens_end_generation_and_are_not_returned():
+    g = golden("stories260K")
+    greedy = g["bos_greedy_tokens"].tolist()
+    with pyffi.Transformer.from_pretrained(model_dir("stories260K")) as model:
+        stop = greedy[7]
+        first = greedy.index(stop)
+        assert model.generate([1], max_gen_len=50, temperature=0, stop_tokens=[stop]) == greedy[:first]
+
+
+def test_eos_from_config_stops_generation():
+    """A config's eos_token_id (here: a token the greedy path reaches) ends generation."""
+    greedy = golden("stories260K")["bos_greedy_tokens"].tolist()
+    path = model_dir("stories260K")
+    cfg = pyffi.ModelArgs.from_config_file(path)
+    cfg.eos_token_id = [greedy[7], 0]
+    with pyffi.Transformer(cfg) as model:
+        model.load_state_dict(load_file(path / "model.safetensors"))
+        assert model.generate([1], max_gen_len=200, temperature=0) == greedy[:greedy.index(greedy[7])]
+        assert model.generate([1], max_gen_len=20, temperature=0, stop_tokens=[]) == greedy[:20]
+
+
+def test_generation_stops_at_the_end_of_the_context():
+    with pyffi.Transformer.from_pretrained(model_dir("stories260K"), n_ctx=16) as model:
+        out = model.generate([1, 2, 3], max_gen_len=100, temperature=0, stop_tokens=[])
+        assert len(out) == 16 - 3 + 1  # the last token is emitted but not fed back
+
+
+def test_threads_setting():
+    before = pyffi.get_threads()
+    try:
+        pyffi.set_threads(1)
+        assert pyffi.get_threads() == 1
+        with pyffi.Transformer.from_pretrained(model_dir("tiny-llama")) as model:
+            one = model.forward([[1, 2, 3, 4, 5]])
+            pyffi.set_threads(2)
+            np.testing.assert_array_equal(model.forward([[1, 2, 3, 4, 5]]), one)
+    finally:
+        pyffi.set_threads(0)
+    assert pyffi.get_threads() == before
+
+
+def test_sessions_share_one_model():
+    with pyffi.Transformer.from_pretrained(model_dir("tiny-llama")) as model:
+        s1, s2 = model.new_session(n_ctx=32), model.new_session(n_ctx=64)
+        assert (s1.n_ctx, s2.n_ctx) == (32, 64)
+        np.testing.assert_array_equal(s1.forward([[3, 4]]), s2.forward([[3, 4]]))
+        s1.close()
+        s1.close()
+        s2.close()
+
+
+def test_default_context_is_the_models_capped():
+    with pyffi.Transformer.from_pretrained(model_dir("stories260K")) as model:
+        assert model.n_ctx == 512
+
+
+def test_cli_generates_with_the_bundled_model():
+    out = subprocess.run([sys.executable, "-m", "pyffi", "generate", "0 555 459", "--max-new-tokens", "8"],
+                         cwd=REPO, capture_output=True, text=True, check=True).stdout
+    cases = json.loads((golden_dir() / "golden.json").read_text())["cases"]
+    assert [int(t) for t in out.split()] == cases[0]["greedy_ids"][:8]
+
+
+def golden_dir():
+    from conftest import FIXTURES
+    return FIXTURES / "demo"
