@@ -7,14 +7,15 @@ Python, through the same C ABI that C and Go programs use.
     tokens = model.generate([1, 2, 3], max_gen_len=20, temperature=0, seed=0)
 """
 
-from ._ffi import ffi as _ffi, lib as _lib
+from . import _ffi
+from ._ffi import lib as _lib
 from .config import Config, ModelArgs
 from .errors import (BufferTooSmallError, ConfigError, InternalError, InvalidArgumentError,
                      ModelNotFoundError, OutOfRangeError, PyffiError, PyffiIOError,
                      UnsupportedError, WeightsError)
 from .model import Session, Transformer
 
-__version__ = _ffi.string(_lib.pyffi_version()).decode()
+__version__ = _ffi.ffi.string(_lib.pyffi_version()).decode()
 
 
 def set_threads(n):

@@ -14,11 +14,12 @@
 
 #include "pyffi.h"
 
-/* Print the error, free it, and exit: for calls that must not fail here. */
-static void check(pyffi_status status, pyffi_error *err, const char *what) {
+/* Print the error, free it, and exit: for calls that must not fail here.
+ * Takes &err so the message is read after the call has filled it in. */
+static void check(pyffi_status status, pyffi_error **err, const char *what) {
     if (status == PYFFI_OK) return;
-    fprintf(stderr, "error %s: %s: %s\n", pyffi_status_name(status), what, pyffi_error_message(err));
-    pyffi_error_free(err);
+    fprintf(stderr, "error %s: %s: %s\n", pyffi_status_name(status), what, pyffi_error_message(*err));
+    pyffi_error_free(*err);
     exit(1);
 }
 
@@ -43,21 +44,21 @@ int main(int argc, char **argv) {
     printf("abi %u\n", pyffi_abi_version());
 
     pyffi_model *model = NULL;
-    check(pyffi_model_load(argv[1], &model, &err), err, "loading the model");
+    check(pyffi_model_load(argv[1], &model, &err), &err, "loading the model");
     uint32_t vocab = pyffi_model_vocab_size(model);
     printf("vocab %u\n", vocab);
 
     pyffi_session_params sp = pyffi_session_default_params();
     sp.n_ctx = 128;
     pyffi_session *session = NULL;
-    check(pyffi_session_new(model, &sp, &session, &err), err, "creating a session");
+    check(pyffi_session_new(model, &sp, &session, &err), &err, "creating a session");
 
     /* Forward: the caller owns the logits buffer; last_only gives [1][vocab]. */
     const int32_t tokens[] = {1, 2, 3, 4, 5};
     const uint32_t lengths[] = {5};
     float *logits = malloc(vocab * sizeof *logits);
     size_t n_logits = 0;
-    check(pyffi_forward(session, tokens, lengths, 1, NULL, true, logits, vocab, &n_logits, &err), err,
+    check(pyffi_forward(session, tokens, lengths, 1, NULL, true, logits, vocab, &n_logits, &err), &err,
           "forward");
     printf("logits");
     for (size_t i = 0; i < n_logits; i++) printf(" %.9g", logits[i]);
@@ -79,7 +80,7 @@ int main(int argc, char **argv) {
     pyffi_finish_reason finish;
     stream_state streamed = {.n = 0};
     check(pyffi_generate(session, prompt, 3, &p, 24, out, 24, &n_out, &finish, on_token, &streamed, &err),
-          err, "generate");
+          &err, "generate");
     printf("tokens");
     for (size_t i = 0; i < n_out; i++) printf(" %d", out[i]);
     printf("\nstreamed");
