@@ -4,15 +4,18 @@
 //! `set_default_threads` changes at any time.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::OnceLock;
 
 use crate::error::{invalid_argument, Result};
 
 static DEFAULT_THREADS: AtomicUsize = AtomicUsize::new(0);
+static CPUS: OnceLock<usize> = OnceLock::new();
 
 /// The process-wide default: set by `set_default_threads`, else the number of CPUs.
 pub fn default_threads() -> usize {
     match DEFAULT_THREADS.load(Ordering::Relaxed) {
-        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        // Asked once: the answer reads cgroup files, too slow for every call.
+        0 => *CPUS.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
         n => n,
     }
 }

@@ -35,6 +35,8 @@ pub struct Scratch {
     sin: Vec<f32>,
     pos: Vec<usize>,
     seq_of: Vec<usize>,
+    /// Attention scores: one n_ctx-long row per worker thread.
+    scores: Vec<f32>,
 }
 
 fn grow(v: &mut Vec<f32>, n: usize) {
@@ -50,6 +52,20 @@ fn add_bias(rows: &mut [f32], bias: &Option<Vec<f32>>) {
                 *v += bv;
             }
         }
+    }
+}
+
+/// Per-worker rows of the attention score buffer.
+#[derive(Clone, Copy)]
+struct ScoreRows(*mut f32, usize);
+unsafe impl Send for ScoreRows {}
+unsafe impl Sync for ScoreRows {}
+
+impl ScoreRows {
+    /// SAFETY: the caller must be the only user of row `worker` while it holds it.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn row(&self, worker: usize) -> &mut [f32] {
+        std::slice::from_raw_parts_mut(self.0.add(worker * self.1), self.1)
     }
 }
 
@@ -90,6 +106,10 @@ pub fn forward(model: &Model, cache: &mut KvCache, s: &mut Scratch, batch: &Batc
     grow(&mut s.ffn, n_tok * ffn);
     grow(&mut s.cos, n_tok * half);
     grow(&mut s.sin, n_tok * half);
+    let n_workers = rayon::current_num_threads();
+    let max_pos = s.pos.iter().copied().max().unwrap_or(0) + 1;
+    let score_row = max_pos.next_power_of_two().min(cache.n_ctx);
+    grow(&mut s.scores, n_workers * score_row);
 
     for (t, &tok) in batch.tokens.iter().enumerate() {
         let tok = tok as usize;
@@ -102,6 +122,7 @@ pub fn forward(model: &Model, cache: &mut KvCache, s: &mut Scratch, batch: &Batc
     let qkv = &mut s.qkv[..n_tok * qkv_dim];
     let att = &mut s.att[..n_tok * qd];
     let (pos, seq_of, cos, sin) = (&s.pos, &s.seq_of, &s.cos, &s.sin);
+    let scores_ptr = ScoreRows(s.scores.as_mut_ptr(), score_row);
 
     for (l, lw) in w.layers.iter().enumerate() {
         // Attention block.
@@ -121,7 +142,9 @@ pub fn forward(model: &Model, cache: &mut KvCache, s: &mut Scratch, batch: &Batc
         let window = if cfg.sliding_layers[l] { cfg.sliding_window } else { None };
         let cache_ref = &*cache;
         let qkv_ref = &*qkv;
-        att.par_chunks_mut(hd).enumerate().for_each_init(Vec::new, |scores: &mut Vec<f32>, (i, out)| {
+        att.par_chunks_mut(hd).enumerate().for_each(|(i, out)| {
+            // SAFETY: a worker runs one item at a time, so its row is exclusive.
+            let scores_all = unsafe { scores_ptr.row(rayon::current_thread_index().unwrap_or(0)) };
             let (t, head) = (i / n_heads, i % n_heads);
             let kv_off = (head / group) * hd;
             let q = &qkv_ref[t * qkv_dim + head * hd..][..hd];
@@ -129,8 +152,10 @@ pub fn forward(model: &Model, cache: &mut KvCache, s: &mut Scratch, batch: &Batc
             let first = window.map_or(0, |w| n.saturating_sub(w));
             let keys = cache_ref.keys(seq_of[t], l, n);
             let values = cache_ref.values(seq_of[t], l, n);
-            scores.clear();
-            scores.extend((first..n).map(|j| dot(q, &keys[j * kvd + kv_off..][..hd]) * scale));
+            let scores = &mut scores_all[..n - first];
+            for (sc, j) in scores.iter_mut().zip(first..n) {
+                *sc = dot(q, &keys[j * kvd + kv_off..][..hd]) * scale;
+            }
             softmax(scores);
             out.fill(0.0);
             for (j, &p) in (first..n).zip(scores.iter()) {
