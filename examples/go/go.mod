@@ -1,0 +1,3 @@
+module pyffi/examples/go
+
+go 1.22

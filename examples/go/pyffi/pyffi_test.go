@@ -1,0 +1,245 @@
+package pyffi
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"slices"
+	"testing"
+)
+
+// open loads the model named by PYFFI_TEST_MODEL and a small session on it,
+// both closed when the test ends.
+func open(t *testing.T) (*Model, *Session) {
+	t.Helper()
+	dir := os.Getenv("PYFFI_TEST_MODEL")
+	if dir == "" {
+		t.Skip("PYFFI_TEST_MODEL is not set")
+	}
+	m, err := LoadModel(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(m.Close)
+	s, err := m.NewSession(128, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(s.Close)
+	return m, s
+}
+
+// wantStatus checks that err is an *Error with the given status.
+func wantStatus(t *testing.T, err error, status uint32) {
+	t.Helper()
+	var perr *Error
+	if !errors.As(err, &perr) {
+		t.Fatalf("want *Error with status %d, got %v", status, err)
+	}
+	if perr.Status != status || perr.Name != statusName(status) || perr.Message == "" {
+		t.Fatalf("want status %d (%s) with a message, got %+v", status, statusName(status), perr)
+	}
+}
+
+func sampling() SamplingParams {
+	p := DefaultSamplingParams()
+	p.Temperature, p.TopK, p.TopP, p.MinP, p.Seed, p.StopAtEOS = 0.8, 40, 0.95, 0.05, 1234, false
+	return p
+}
+
+func TestInfo(t *testing.T) {
+	if ABIVersion() != 1 {
+		t.Errorf("ABIVersion() = %d, want 1", ABIVersion())
+	}
+	if Version() == "" {
+		t.Error("Version() is empty")
+	}
+	if Threads() < 1 {
+		t.Errorf("Threads() = %d, want >= 1", Threads())
+	}
+}
+
+func TestForwardLogits(t *testing.T) {
+	m, s := open(t)
+	vocab := m.VocabSize()
+	if vocab <= 0 {
+		t.Fatalf("VocabSize() = %d", vocab)
+	}
+	logits, err := s.Forward([][]int32{{1, 2, 3}}, nil, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(logits) != vocab {
+		t.Fatalf("got %d logits, want %d", len(logits), vocab)
+	}
+	all, err := s.Forward([][]int32{{1, 2, 3}}, nil, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(all) != 3*vocab || !slices.Equal(all[2*vocab:], logits) {
+		t.Fatalf("full logits: got %d values whose last row differs from lastOnly", len(all))
+	}
+}
+
+func TestRaggedBatchMatchesSingleRows(t *testing.T) {
+	m, s := open(t)
+	vocab := m.VocabSize()
+	rows := [][]int32{{1, 5, 9, 13, 2}, {7, 3}}
+	batch, err := s.Forward(rows, nil, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	maxLen := 5
+	if len(batch) != len(rows)*maxLen*vocab {
+		t.Fatalf("got %d logits, want %d", len(batch), len(rows)*maxLen*vocab)
+	}
+	for i, row := range rows {
+		alone, err := s.Forward([][]int32{row}, nil, false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := batch[i*maxLen*vocab : (i*maxLen+len(row))*vocab]
+		if !slices.Equal(got, alone) {
+			t.Errorf("row %d: batched logits differ from running it alone", i)
+		}
+		// Positions past a shorter row are zeros.
+		for _, v := range batch[(i*maxLen+len(row))*vocab : (i+1)*maxLen*vocab] {
+			if v != 0 {
+				t.Fatalf("row %d: padding is not zero", i)
+			}
+		}
+	}
+}
+
+func TestStartPosContinuesTheCache(t *testing.T) {
+	_, s := open(t)
+	whole, err := s.Forward([][]int32{{1, 2, 3, 4}}, nil, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Forward([][]int32{{1, 2}}, nil, true); err != nil {
+		t.Fatal(err)
+	}
+	rest, err := s.Forward([][]int32{{3, 4}}, []uint32{2}, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(whole, rest) {
+		t.Error("continuing from startPos 2 differs from one pass")
+	}
+	_, err = s.Forward([][]int32{{1}}, []uint32{0, 0}, true)
+	wantStatus(t, err, StatusInvalidArgument)
+}
+
+func TestSameSeedSameTokens(t *testing.T) {
+	_, s := open(t)
+	a, fa, err := s.Generate([]int32{1, 2, 3}, 16, sampling(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, fb, err := s.Generate([]int32{1, 2, 3}, 16, sampling(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(a) != 16 || fa != FinishLength {
+		t.Fatalf("got %d tokens (%s), want 16 (length)", len(a), fa)
+	}
+	if !slices.Equal(a, b) || fa != fb {
+		t.Errorf("same seed gave %v (%s) then %v (%s)", a, fa, b, fb)
+	}
+}
+
+func TestCallbackStreamsAndCancels(t *testing.T) {
+	_, s := open(t)
+	var seen []int32
+	tokens, finish, err := s.Generate([]int32{1, 2, 3}, 12, sampling(), func(tok int32) bool {
+		seen = append(seen, tok)
+		return true
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !slices.Equal(seen, tokens) || finish != FinishLength {
+		t.Fatalf("callback saw %v, Generate returned %v (%s)", seen, tokens, finish)
+	}
+
+	seen = nil
+	tokens, finish, err = s.Generate([]int32{1, 2, 3}, 12, sampling(), func(tok int32) bool {
+		seen = append(seen, tok)
+		return len(seen) < 3
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(tokens) != 3 || !slices.Equal(seen, tokens) || finish != FinishCancelled {
+		t.Fatalf("got %v (%s), callback saw %v; want 3 tokens, cancelled", tokens, finish, seen)
+	}
+}
+
+func TestStopTokens(t *testing.T) {
+	_, s := open(t)
+	full, _, err := s.Generate([]int32{1, 2, 3}, 12, sampling(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := sampling()
+	p.StopTokens = []int32{full[4]}
+	stopped, finish, err := s.Generate([]int32{1, 2, 3}, 12, p, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cut := slices.Index(full, full[4])
+	if finish != FinishStop || !slices.Equal(stopped, full[:cut]) {
+		t.Errorf("stop at %d: got %v (%s), want %v (stop)", full[4], stopped, finish, full[:cut])
+	}
+}
+
+func TestCallbackPanicIsReraised(t *testing.T) {
+	_, s := open(t)
+	defer func() {
+		if r := recover(); r != "boom" {
+			t.Errorf("recovered %v, want boom", r)
+		}
+	}()
+	s.Generate([]int32{1, 2, 3}, 8, sampling(), func(int32) bool { panic("boom") })
+}
+
+func TestErrors(t *testing.T) {
+	m, s := open(t)
+	_, err := LoadModel(filepath.Join(t.TempDir(), "missing"))
+	wantStatus(t, err, StatusNotFound)
+
+	_, err = s.Forward([][]int32{{1, int32(m.VocabSize())}}, nil, true)
+	wantStatus(t, err, StatusOutOfRange)
+
+	_, _, err = s.Generate(nil, 4, sampling(), nil)
+	wantStatus(t, err, StatusInvalidArgument)
+
+	p := sampling()
+	p.TopK = -1
+	_, _, err = s.Generate([]int32{1}, 4, p, nil)
+	wantStatus(t, err, StatusInvalidArgument)
+
+	// The session still works after errors.
+	if _, err := s.Forward([][]int32{{1}}, nil, true); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestCloseTwice(t *testing.T) {
+	m, s := open(t)
+	s2, err := m.NewSession(16, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Sessions keep the weights alive: the model handle can go first.
+	m.Close()
+	m.Close()
+	if _, err := s2.Forward([][]int32{{1, 2}}, nil, true); err != nil {
+		t.Fatal(err)
+	}
+	s2.Close()
+	s2.Close()
+	s.Close()
+	s.Close()
+}
