@@ -226,10 +226,9 @@ impl ModelConfig {
         self.num_key_value_heads * self.head_dim
     }
 
-    /// Number of leading dimensions of each head that are rotated.
+    /// Number of leading dimensions of each head that are rotated (even: checked at parse).
     pub fn rotary_dim(&self) -> usize {
-        let d = (self.head_dim as f64 * self.partial_rotary_factor) as usize;
-        d & !1
+        (self.head_dim as f64 * self.partial_rotary_factor) as usize
     }
 
     /// Normalized HF-style JSON (old style: top-level rope_theta/rope_scaling).
@@ -386,8 +385,11 @@ fn parse_rope(m: &Map<String, Value>, head_dim: usize) -> Result<(f64, RopeScali
         }
         (a, b) => a.or(b).unwrap_or(1.0),
     };
-    if !(prf > 0.0 && prf <= 1.0) || ((head_dim as f64 * prf) as usize) < 2 {
-        return Err(invalid_config(format!("partial_rotary_factor ({prf}) must be in (0, 1] and rotate at least 2 dims")));
+    let rotated = (head_dim as f64 * prf) as usize;
+    if !(prf > 0.0 && prf <= 1.0) || rotated < 2 || rotated % 2 != 0 {
+        return Err(invalid_config(format!(
+            "partial_rotary_factor ({prf}) must be in (0, 1] and rotate an even number of dims (head_dim {head_dim} gives {rotated})"
+        )));
     }
     Ok((theta, scaling, prf))
 }
