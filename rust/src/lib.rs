@@ -15,6 +15,7 @@ pub mod pool;
 pub mod sampling;
 pub mod session;
 pub mod tensor;
+pub mod tokenizer;
 
 pub use config::ModelConfig;
 pub use error::{Error, ErrorKind, Result};

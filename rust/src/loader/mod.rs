@@ -2,3 +2,4 @@
 //! hands tensors to `Model::set_tensor`; none of them computes.
 
 pub mod safetensors;
+pub mod gguf;
