@@ -142,7 +142,7 @@ class Session:
         jobs = [(r, self._max_new(r, max_gen_len)) for r in rows]
         if stream:
             it = self._stream(jobs, params)
-            return (tok for _, tok in it) if flat else it
+            return _TokensOnly(it) if flat else it
         results = [self._generate_one(r, m, params, None)[0] for r, m in jobs]
         return results[0] if flat else results
 
@@ -196,36 +196,77 @@ class Session:
         return out[: n_out[0]].tolist(), int(finish[0])
 
     def _stream(self, jobs, params):
-        """Runs generation on a worker thread; tokens come through a queue.
-        Closing the iterator early stops generation at the next token."""
-        q = queue.Queue()
-        cancelled = threading.Event()
-        done = object()
+        return TokenStream(self, jobs, params)
+
+
+_FINISH = {0: "stop", 1: "length", 2: "cancelled"}
+
+
+class TokenStream:
+    """Iterator over (prompt_index, token) while generation runs on a worker
+    thread. Closing it early (or breaking out of a for loop over it) stops
+    generation at the next token. After it is exhausted, `finish_reasons`
+    holds "stop", "length" or "cancelled" per prompt."""
+
+    _DONE = object()
+
+    def __init__(self, session, jobs, params):
+        self._queue = queue.Queue()
+        self._cancelled = threading.Event()
+        self.finish_reasons = []
 
         def worker():
             try:
                 for i, (prompt, max_new) in enumerate(jobs):
-                    if cancelled.is_set():
+                    if self._cancelled.is_set():
                         break
-                    self._generate_one(prompt, max_new, params,
-                                       lambda tok, i=i: (q.put((i, tok)), not cancelled.is_set())[1])
-                q.put(done)
-            except BaseException as e:
-                q.put(e)
 
-        t = threading.Thread(target=worker, daemon=True)
-        t.start()
-        try:
-            while True:
-                item = q.get()
-                if item is done:
-                    break
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
-        finally:
-            cancelled.set()
-            t.join()
+                    def on_token(tok, i=i):
+                        self._queue.put((i, tok))
+                        return not self._cancelled.is_set()
+                    _, finish = session._generate_one(prompt, max_new, params, on_token)
+                    self.finish_reasons.append(_FINISH.get(finish, "stop"))
+                self._queue.put(self._DONE)
+            except BaseException as e:
+                self._queue.put(e)
+
+        self._thread = threading.Thread(target=worker, daemon=True)
+        self._thread.start()
+        self._finished = False
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        if self._finished:
+            raise StopIteration
+        item = self._queue.get()
+        if item is self._DONE:
+            self._finish()
+            raise StopIteration
+        if isinstance(item, BaseException):
+            self._finish()
+            raise item
+        return item
+
+    def _finish(self):
+        self._finished = True
+        self._cancelled.set()
+        self._thread.join()
+
+    def close(self):
+        """Stop generation now (the tokens already made are discarded)."""
+        if not self._finished:
+            self._cancelled.set()
+            while self._thread.is_alive():  # drain so the worker never blocks
+                try:
+                    self._queue.get(timeout=0.05)
+                except queue.Empty:
+                    pass
+            self._finish()
+
+    def __del__(self):
+        self.close()
 
 
 class Transformer:
@@ -349,6 +390,27 @@ class Transformer:
 
     def __exit__(self, *exc):
         self.close()
+
+
+class _TokensOnly:
+    """A TokenStream of one prompt, yielding bare tokens."""
+
+    def __init__(self, stream):
+        self._stream = stream
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        return next(self._stream)[1]
+
+    def close(self):
+        self._stream.close()
+
+    @property
+    def finish_reason(self):
+        reasons = self._stream.finish_reasons
+        return reasons[0] if reasons else None
 
 
 def _positive(v, what):
