@@ -26,6 +26,24 @@
 #define PYFFI_SEED_RANDOM UINT64_MAX
 
 /**
+ * The version `GgufWriter` writes.
+ */
+#define WRITE_VERSION 3
+
+#define DEFAULT_ALIGNMENT 32
+
+/**
+ * ggml tensors have at most 4 dimensions.
+ */
+#define MAX_DIMS 4
+
+/**
+ * Deepest array-of-arrays nesting accepted. Real files use one level; the cap
+ * bounds recursion (and so the stack) on hostile input.
+ */
+#define MAX_ARRAY_DEPTH 8
+
+/**
  * Status of every fallible call. Codes are stable and never reused.
  */
 enum pyffi_status
@@ -122,6 +140,11 @@ typedef uint32_t pyffi_dtype;
 typedef struct pyffi_config pyffi_config;
 
 /**
+ * Streaming state over a tokenizer. One per generation; not thread-safe.
+ */
+typedef struct pyffi_detokenizer pyffi_detokenizer;
+
+/**
  * An error: a status code and a message. Free with `pyffi_error_free`.
  */
 typedef struct pyffi_error pyffi_error;
@@ -137,6 +160,12 @@ typedef struct pyffi_model pyffi_model;
  * session per thread to run in parallel.
  */
 typedef struct pyffi_session pyffi_session;
+
+/**
+ * A tokenizer. Immutable and shareable across threads. Free with
+ * `pyffi_tokenizer_free`.
+ */
+typedef struct pyffi_tokenizer pyffi_tokenizer;
 
 /**
  * Session settings. Get them from `pyffi_session_default_params()`, which
@@ -417,6 +446,133 @@ pyffi_status pyffi_generate(struct pyffi_session *session,
                             pyffi_token_callback callback,
                             void *user_data,
                             struct pyffi_error **err);
+
+/**
+ * Load a tokenizer: a tokenizer.json, a SentencePiece tokenizer.model, a
+ * .gguf file, or a model folder holding one.
+ */
+pyffi_status pyffi_tokenizer_load(const char *path,
+                                  struct pyffi_tokenizer **out,
+                                  struct pyffi_error **err);
+
+/**
+ * Free a tokenizer. NULL is a no-op.
+ */
+void pyffi_tokenizer_free(struct pyffi_tokenizer *tokenizer);
+
+/**
+ * Vocabulary size (0 for NULL).
+ */
+uint32_t pyffi_tokenizer_vocab_size(const struct pyffi_tokenizer *tokenizer);
+
+/**
+ * Special tokens and settings as JSON: bos/eos/pad/unk ids and text,
+ * eos_token_ids, add_bos_token, special_tokens {text: id}, chat_template.
+ */
+pyffi_status pyffi_tokenizer_info_json(const struct pyffi_tokenizer *tokenizer,
+                                       char *buf,
+                                       size_t cap,
+                                       size_t *len,
+                                       struct pyffi_error **err);
+
+/**
+ * Token ids of `text` (`text_len` bytes of UTF-8; may contain NUL). With
+ * `parse_special`, special-token text such as "<s>" becomes that token.
+ * `*n_ids` gets the number of ids.
+ */
+pyffi_status pyffi_tokenizer_encode(const struct pyffi_tokenizer *tokenizer,
+                                    const char *text,
+                                    size_t text_len,
+                                    bool add_bos,
+                                    bool add_eos,
+                                    bool parse_special,
+                                    int32_t *ids,
+                                    size_t cap,
+                                    size_t *n_ids,
+                                    struct pyffi_error **err);
+
+/**
+ * Text of `ids` as NUL-terminated UTF-8 (it may also contain NUL bytes:
+ * `*len` - 1 is its length in bytes).
+ */
+pyffi_status pyffi_tokenizer_decode(const struct pyffi_tokenizer *tokenizer,
+                                    const int32_t *ids,
+                                    size_t n_ids,
+                                    bool skip_special,
+                                    char *buf,
+                                    size_t cap,
+                                    size_t *len,
+                                    struct pyffi_error **err);
+
+/**
+ * The raw bytes one token contributes to text (not NUL-terminated; a byte
+ * token may be part of a multi-byte character). `*len` gets the byte count.
+ */
+pyffi_status pyffi_tokenizer_token_to_bytes(const struct pyffi_tokenizer *tokenizer,
+                                            int32_t id,
+                                            uint8_t *buf,
+                                            size_t cap,
+                                            size_t *len,
+                                            struct pyffi_error **err);
+
+/**
+ * The id of a token given by its exact text (e.g. "<|eot_id|>").
+ */
+pyffi_status pyffi_tokenizer_token_id(const struct pyffi_tokenizer *tokenizer,
+                                      const char *text,
+                                      int32_t *id,
+                                      struct pyffi_error **err);
+
+/**
+ * Render a chat with the tokenizer's template (or `chat_template`, a
+ * template source or the name of one of the tokenizer's templates; NULL for
+ * the default). `messages_json`: [{"role": ..., "content": ...}, ...];
+ * `extra_json` (may be NULL): an object of extra template variables
+ * (e.g. "tools"). Output: NUL-terminated UTF-8.
+ */
+pyffi_status pyffi_tokenizer_apply_chat_template(const struct pyffi_tokenizer *tokenizer,
+                                                 const char *messages_json,
+                                                 bool add_generation_prompt,
+                                                 const char *chat_template,
+                                                 const char *extra_json,
+                                                 char *buf,
+                                                 size_t cap,
+                                                 size_t *len,
+                                                 struct pyffi_error **err);
+
+/**
+ * A streaming detokenizer over `tokenizer` (which it keeps alive).
+ */
+pyffi_status pyffi_detokenizer_new(const struct pyffi_tokenizer *tokenizer,
+                                   bool skip_special,
+                                   struct pyffi_detokenizer **out,
+                                   struct pyffi_error **err);
+
+/**
+ * Feed one token; the text it completes (NUL-terminated, maybe empty) goes
+ * into `buf`. A character split across tokens is held back until complete.
+ * On PYFFI_BUFFER_TOO_SMALL the token is not consumed: call again.
+ */
+pyffi_status pyffi_detokenizer_feed(struct pyffi_detokenizer *detokenizer,
+                                    int32_t id,
+                                    char *buf,
+                                    size_t cap,
+                                    size_t *len,
+                                    struct pyffi_error **err);
+
+/**
+ * Whatever text is still held back (an incomplete character becomes U+FFFD).
+ */
+pyffi_status pyffi_detokenizer_flush(struct pyffi_detokenizer *detokenizer,
+                                     char *buf,
+                                     size_t cap,
+                                     size_t *len,
+                                     struct pyffi_error **err);
+
+/**
+ * Free a detokenizer. NULL is a no-op.
+ */
+void pyffi_detokenizer_free(struct pyffi_detokenizer *detokenizer);
 
 #ifdef __cplusplus
 }  // extern "C"

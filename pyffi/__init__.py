@@ -13,7 +13,9 @@ from .config import Config, ModelArgs
 from .errors import (BufferTooSmallError, ConfigError, InternalError, InvalidArgumentError,
                      ModelNotFoundError, OutOfRangeError, PyffiError, PyffiIOError,
                      UnsupportedError, WeightsError)
-from .model import Session, Transformer
+from .llama import Llama, create_llm, get_llm_type, load_checkpoint
+from .model import Session, TokenStream, Transformer
+from .tokenizer import Detokenizer, Tokenizer
 
 __version__ = _ffi.ffi.string(_lib.pyffi_version()).decode()
 
@@ -34,5 +36,6 @@ def get_threads():
 __all__ = [
     "BufferTooSmallError", "Config", "ConfigError", "InternalError", "InvalidArgumentError",
     "ModelArgs", "ModelNotFoundError", "OutOfRangeError", "PyffiError", "PyffiIOError",
-    "Session", "Transformer", "UnsupportedError", "WeightsError", "get_threads", "set_threads",
+    "Session", "TokenStream", "Transformer", "Tokenizer", "Detokenizer", "Llama", "create_llm", "get_llm_type",
+    "load_checkpoint", "UnsupportedError", "WeightsError", "get_threads", "set_threads",
 ]

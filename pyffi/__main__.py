@@ -1,6 +1,5 @@
-"""Command line: `python -m pyffi generate ...` (also the `pyffi` script).
-
-Until the tokenizer lands, prompts and outputs are token ids."""
+"""Command line: `python -m pyffi generate "The Python"` (also the `pyffi`
+script): text in, text out, on the bundled demo model unless --model is given."""
 
 import argparse
 import sys
@@ -27,9 +26,10 @@ def _ids(text):
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="pyffi", description="pyffi: Llama-family inference on the CPU")
     sub = parser.add_subparsers(dest="command", required=True)
-    g = sub.add_parser("generate", help="generate tokens after a prompt of token ids")
-    g.add_argument("prompt", type=_ids, nargs="?", default=None,
-                   help="prompt token ids, e.g. '0 555 459' (default: the model's BOS token)")
+    g = sub.add_parser("generate", help="generate text after a prompt")
+    g.add_argument("prompt", nargs="?", default="", help="the prompt text (default: empty, start from BOS)")
+    g.add_argument("--ids", type=_ids, default=None,
+                   help="a prompt of token ids instead of text, e.g. '0 555 459'; prints token ids")
     g.add_argument("--model", default=None, help="Hugging Face model folder (default: the bundled demo model)")
     g.add_argument("--max-new-tokens", type=int, default=32)
     g.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
@@ -39,6 +39,7 @@ def main(argv=None):
     g.add_argument("--repeat-penalty", type=float, default=1.0)
     g.add_argument("--seed", type=int, default=None)
     g.add_argument("--threads", type=int, default=None)
+    g.add_argument("--stop", action="append", default=None, help="a stop string (repeatable)")
     args = parser.parse_args(argv)
 
     import pyffi
@@ -46,16 +47,19 @@ def main(argv=None):
     model_path = args.model or default_model()
     if model_path is None:
         parser.error("no --model given and the demo model is not installed")
+    sampling = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
+                    repeat_penalty=args.repeat_penalty, seed=args.seed)
     try:
-        with pyffi.Transformer.from_pretrained(model_path, n_threads=args.threads) as model:
-            prompt = args.prompt
-            if prompt is None:
-                bos = model.config.bos_token_id
-                prompt = [bos if bos is not None else 0]
-            for tok in model.generate(prompt, max_gen_len=args.max_new_tokens, temperature=args.temperature,
-                                      top_k=args.top_k, top_p=args.top_p, min_p=args.min_p,
-                                      repeat_penalty=args.repeat_penalty, seed=args.seed, stream=True):
-                print(tok, end=" ", flush=True)
+        if args.ids is not None:
+            with pyffi.Transformer.from_pretrained(model_path, n_threads=args.threads) as model:
+                for tok in model.generate(args.ids, max_gen_len=args.max_new_tokens, stream=True, **sampling):
+                    print(tok, end=" ", flush=True)
+                print()
+            return 0
+        with pyffi.Llama(model_path, n_threads=args.threads) as llm:
+            for piece in llm.generate(args.prompt, max_new_tokens=args.max_new_tokens, stop=args.stop,
+                                      stream=True, **sampling):
+                print(piece, end="", flush=True)
             print()
     except pyffi.PyffiError as e:
         print(f"pyffi: error: {e}", file=sys.stderr)

@@ -186,7 +186,7 @@ def test_default_context_is_the_models_capped():
 
 
 def test_cli_generates_with_the_bundled_model():
-    out = subprocess.run([sys.executable, "-m", "pyffi", "generate", "0 555 459", "--max-new-tokens", "8"],
+    out = subprocess.run([sys.executable, "-m", "pyffi", "generate", "--ids", "0 555 459", "--max-new-tokens", "8"],
                          cwd=REPO, capture_output=True, text=True, check=True).stdout
     cases = json.loads((golden_dir() / "golden.json").read_text())["cases"]
     assert [int(t) for t in out.split()] == cases[0]["greedy_ids"][:8]

@@ -20,6 +20,7 @@ pub mod config;
 pub mod error;
 pub mod model;
 pub mod session;
+pub mod tokenizer;
 
 use std::ffi::{c_char, CStr};
 use std::panic::{catch_unwind, AssertUnwindSafe};
