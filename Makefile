@@ -33,7 +33,7 @@ test-rust:
 	$(CARGO) test --release --locked --manifest-path rust/Cargo.toml
 
 test-go: examples
-	cd examples/go && PYFFI_TEST_MODEL=$(abspath $(or $(PYFFI_FIXTURES),../shared/fixtures))/models/stories260K $(GO) test ./...
+	cd examples/go && PYFFI_TEST_MODEL=$(abspath $(or $(PYFFI_FIXTURES),../shared/fixtures))/models/stories260K PYFFI_TEST_TEXT_MODEL=$(abspath fixtures/demo) $(GO) test ./...
 
 test-python: examples
 	$(PYTHON) -m pytest tests -q -p no:cacheprovider

@@ -63,7 +63,7 @@ def test_example_reports_a_missing_model(language, tmp_path):
 
 
 def test_c_error_paths():
-    proc = run(REPO / "tests" / "c" / "test_errors", model_dir("tiny-llama"))
+    proc = run(REPO / "tests" / "c" / "test_errors", model_dir("tiny-llama"), REPO / "fixtures" / "demo")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert proc.stdout.rstrip().splitlines()[-1].endswith("passed, 0 failed")
 
@@ -73,5 +73,20 @@ def test_c_error_paths_under_valgrind():
     valgrind = shutil.which("valgrind")
     assert valgrind, "valgrind is required (apt-get install valgrind; .ci/run installs it)"
     proc = subprocess.run([valgrind, "-q", "--error-exitcode=99", str(REPO / "tests" / "c" / "test_errors"),
-                           str(model_dir("tiny-llama"))], capture_output=True, text=True, timeout=600)
+                           str(model_dir("tiny-llama")), str(REPO / "fixtures" / "demo")],
+                          capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+@pytest.mark.parametrize("language", sorted(PROGRAMS))
+def test_example_text_path_matches_python(language):
+    """Encode, generate with a streaming callback, detokenize: same text as pyffi.Llama."""
+    from pyffi.__main__ import default_model
+    proc = run(PROGRAMS[language], default_model())
+    assert proc.returncode == 0, proc.stderr
+    head, sep, completion = proc.stdout.partition("completion:\n")
+    assert sep, proc.stdout[-500:]
+    with pyffi.Llama(default_model(), n_ctx=128) as llm:
+        assert parse(head)["prompt_ids"].split() == [str(i) for i in llm.tokenize("The Python")]
+        want = llm.generate("The Python", max_new_tokens=24, temperature=0)
+    assert completion == want + "\n"

@@ -11,6 +11,7 @@
  */
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "pyffi.h"
 
@@ -26,12 +27,22 @@ static void check(pyffi_status status, pyffi_error **err, const char *what) {
 typedef struct {
     int32_t tokens[64];
     size_t n;
+    pyffi_detokenizer *detok; /* set for the text demo: tokens become text */
+    char text[4096];
+    size_t text_len;
 } stream_state;
 
 /* Called by the engine after each new token; returning false would stop it. */
 static bool on_token(void *user_data, int32_t token) {
     stream_state *s = user_data;
     if (s->n < sizeof s->tokens / sizeof s->tokens[0]) s->tokens[s->n++] = token;
+    if (s->detok) {
+        /* The detokenizer holds back a character split across tokens. */
+        size_t len = 0;
+        size_t room = sizeof s->text - s->text_len;
+        if (pyffi_detokenizer_feed(s->detok, token, s->text + s->text_len, room, &len, NULL) == PYFFI_OK)
+            s->text_len += len - 1; /* len counts the NUL */
+    }
     return true;
 }
 
@@ -94,6 +105,36 @@ int main(int argc, char **argv) {
     pyffi_status st = pyffi_forward(session, bad, one, 1, NULL, true, logits, vocab, &n_logits, &err);
     printf("error_check %s %s\n", pyffi_status_name(st), pyffi_error_message(err));
     pyffi_error_free(err);
+
+    /* Text in, text out, when the model folder has a tokenizer. */
+    pyffi_tokenizer *tok = NULL;
+    pyffi_status ts = pyffi_tokenizer_load(argv[1], &tok, &err);
+    if (ts == PYFFI_NOT_FOUND) {
+        printf("tokenizer none\n");
+        pyffi_error_free(err);
+    } else {
+        check(ts, &err, "loading the tokenizer");
+        const char *text = "The Python";
+        int32_t ids[64];
+        size_t n_ids = 0;
+        check(pyffi_tokenizer_encode(tok, text, strlen(text), true, false, false, ids, 64, &n_ids, &err), &err,
+              "encoding");
+        printf("prompt_ids");
+        for (size_t i = 0; i < n_ids; i++) printf(" %d", ids[i]);
+        printf("\n");
+        stream_state s = {.n = 0, .text_len = 0};
+        check(pyffi_detokenizer_new(tok, true, &s.detok, &err), &err, "creating a detokenizer");
+        pyffi_sampling_params greedy = pyffi_sampling_default_params();
+        greedy.temperature = 0;
+        check(pyffi_generate(session, ids, n_ids, &greedy, 24, out, 24, &n_out, &finish, on_token, &s, &err), &err,
+              "generating text");
+        size_t len = 0;
+        if (pyffi_detokenizer_flush(s.detok, s.text + s.text_len, sizeof s.text - s.text_len, &len, NULL) == PYFFI_OK)
+            s.text_len += len - 1;
+        printf("completion:\n%.*s\n", (int)s.text_len, s.text);
+        pyffi_detokenizer_free(s.detok);
+        pyffi_tokenizer_free(tok);
+    }
 
     free(logits);
     pyffi_session_free(session);

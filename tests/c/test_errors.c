@@ -4,7 +4,7 @@
  * leave the handles usable. Prints one line per check and a closing
  * "N passed, M failed" line; exits non-zero on any failure.
  *
- *   ./test_errors MODEL_DIR
+ *   ./test_errors MODEL_DIR TOKENIZER_DIR
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -45,8 +45,8 @@ static bool stop_after_two(void *user_data, int32_t token) {
 }
 
 int main(int argc, char **argv) {
-    if (argc != 2) {
-        fprintf(stderr, "usage: %s MODEL_DIR\n", argv[0]);
+    if (argc != 3) {
+        fprintf(stderr, "usage: %s MODEL_DIR TOKENIZER_DIR\n", argv[0]);
         return 2;
     }
     pyffi_error *err = NULL;
@@ -196,6 +196,49 @@ int main(int argc, char **argv) {
     pyffi_model *real = NULL;
     st = pyffi_model_load(argv[1], &real, &err);
     expect(st == PYFFI_OK && pyffi_model_vocab_size(real) > 0, "a fixture model loads");
+
+    /* Tokenizers. */
+    pyffi_tokenizer *tok = NULL;
+    st = pyffi_tokenizer_load("/nonexistent/tok", &tok, &err);
+    expect_error(st, err, PYFFI_NOT_FOUND, "/nonexistent/tok", "missing tokenizer is NOT_FOUND");
+    st = pyffi_tokenizer_load(argv[1], &tok, &err);
+    expect_error(st, err, PYFFI_NOT_FOUND, "tokenizer", "a folder without a tokenizer is NOT_FOUND");
+    st = pyffi_tokenizer_load(argv[2], &tok, &err);
+    expect(st == PYFFI_OK, "a tokenizer loads");
+    int32_t ids[4];
+    size_t n_ids = 0;
+    st = pyffi_tokenizer_encode(tok, "ab\xff", 3, false, false, false, ids, 4, &n_ids, &err);
+    expect_error(st, err, PYFFI_INVALID_ARGUMENT, "UTF-8", "invalid UTF-8 text");
+    const char *long_text = "The Python documentation";
+    st = pyffi_tokenizer_encode(tok, long_text, strlen(long_text), true, false, false, ids, 1, &n_ids, &err);
+    expect_error(st, err, PYFFI_BUFFER_TOO_SMALL, "needed", "small ids buffer");
+    expect(n_ids > 1, "encode reports the ids needed");
+    st = pyffi_tokenizer_encode(tok, "", 0, false, false, false, ids, 4, &n_ids, &err);
+    expect(st == PYFFI_OK && n_ids == 0, "empty text gives no ids");
+    const int32_t bad_ids[] = {1, 99999};
+    char text[64];
+    size_t text_len = 0;
+    st = pyffi_tokenizer_decode(tok, bad_ids, 2, true, text, sizeof text, &text_len, &err);
+    expect_error(st, err, PYFFI_OUT_OF_RANGE, "99999", "decoding an id past the vocabulary");
+    st = pyffi_tokenizer_apply_chat_template(tok, "[{\"role\": ", true, "{{ x }}", NULL, text, sizeof text,
+                                             &text_len, &err);
+    expect_error(st, err, PYFFI_INVALID_ARGUMENT, "JSON", "malformed messages JSON");
+    st = pyffi_tokenizer_apply_chat_template(tok, "[]", true, "{{ raise_exception('nope') }}", NULL, text,
+                                             sizeof text, &text_len, &err);
+    expect_error(st, err, PYFFI_INVALID_ARGUMENT, "nope", "a template's raise_exception comes back as the message");
+    pyffi_detokenizer *detok = NULL;
+    st = pyffi_detokenizer_new(tok, true, &detok, &err);
+    expect(st == PYFFI_OK, "detokenizer");
+    st = pyffi_detokenizer_feed(detok, 555, text, 1, &text_len, &err);
+    expect_error(st, err, PYFFI_BUFFER_TOO_SMALL, "needed", "small detokenizer buffer");
+    st = pyffi_detokenizer_feed(detok, 555, text, sizeof text, &text_len, &err);
+    expect(st == PYFFI_OK && text_len > 1 && strlen(text) == text_len - 1, "the token was not lost: retry works");
+    st = pyffi_detokenizer_feed(detok, -5, text, sizeof text, &text_len, &err);
+    expect_error(st, err, PYFFI_OUT_OF_RANGE, "vocabulary", "feeding an invalid id");
+    pyffi_detokenizer_free(detok);
+    pyffi_detokenizer_free(NULL);
+    pyffi_tokenizer_free(tok);
+    pyffi_tokenizer_free(NULL);
 
     /* Frees accept NULL; getters accept NULL. */
     pyffi_model_free(NULL);
