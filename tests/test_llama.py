@@ -103,3 +103,20 @@ def test_cli_text():
                          cwd=REPO, capture_output=True, text=True, check=True).stdout
     assert CASES[0]["greedy_text"].startswith(out.rstrip("\n"))
     assert len(out) > 20
+
+
+def test_generation_config_defaults_are_honoured(tmp_path):
+    """generation_config.json: several EOS ids and sampling defaults (greedy here)."""
+    import shutil
+    from pyffi.__main__ import default_model
+    for f in default_model().iterdir():
+        shutil.copy(f, tmp_path / f.name)
+    case = CASES[0]
+    stop_id = case["greedy_ids"][3]
+    (tmp_path / "generation_config.json").write_text(json.dumps(
+        {"eos_token_id": [1, stop_id], "do_sample": False, "top_p": 0.5}))
+    with pyffi.Llama(tmp_path, n_ctx=128) as llm:
+        assert stop_id in llm.eos_token_ids and 1 in llm.eos_token_ids
+        assert llm._defaults["temperature"] == 0.0 and llm._defaults["top_p"] == 0.5
+        out = llm.generate(case["prompt"], max_new_tokens=20)  # greedy by default now
+        assert out == llm.tokenizer.decode(case["greedy_ids"][:3])
