@@ -55,19 +55,21 @@ class _StopStrings:
 class Llama:
     """Llama(model_path, tokenizer_path=None, n_ctx=2048, n_threads=None, seed=None)
 
-    model_path: a Hugging Face folder (config.json + safetensors). The tokenizer
+    model_path: a Hugging Face folder (config.json + safetensors) or a .gguf
+    file (F32/F16/BF16/Q8_0/Q4_0/Q4_1 tensors, computed in float32). The tokenizer
     is found beside the model when tokenizer_path is not given. n_ctx is capped
     at the model's own context length."""
 
     def __init__(self, model_path, tokenizer_path=None, n_ctx=2048, n_threads=None, seed=None):
-        if str(model_path).endswith(".gguf"):
-            raise errors.UnsupportedError(f"{model_path}: GGUF models are not supported yet (HF folders only)")
         self.model_path = os.fspath(model_path)
-        config = ModelArgs.from_config_file(_model_folder(model_path))
+        gguf = self.model_path.endswith(".gguf")
         if not isinstance(n_ctx, int) or n_ctx <= 0:
             raise errors.InvalidArgumentError(f"n_ctx must be a positive integer, got {n_ctx!r}")
-        self.model = Transformer.from_pretrained(model_path, n_ctx=min(n_ctx, config.max_seq_len), n_threads=n_threads)
-        self.tokenizer = Tokenizer(tokenizer_path if tokenizer_path is not None else _model_folder(model_path))
+        self.model = Transformer.from_pretrained(model_path, n_threads=n_threads)
+        self.model._n_ctx = min(n_ctx, self.model.config.max_seq_len)  # before the session exists
+        if tokenizer_path is None:
+            tokenizer_path = model_path if gguf else _model_folder(model_path)
+        self.tokenizer = Tokenizer(tokenizer_path)
         if self.tokenizer.vocab_size > self.model.vocab_size:
             raise errors.InvalidArgumentError(
                 f"the tokenizer has {self.tokenizer.vocab_size} tokens but the model only {self.model.vocab_size}")
@@ -75,7 +77,7 @@ class Llama:
         self.n_ctx = self.model.n_ctx
         self._defaults = dict(_DEFAULTS)
         gen_path = _model_folder(model_path) / "generation_config.json"
-        if gen_path.exists():
+        if not gguf and gen_path.exists():
             gen = json.loads(gen_path.read_text())
             for ours, theirs in (("temperature", "temperature"), ("top_p", "top_p"), ("top_k", "top_k"),
                                  ("min_p", "min_p"), ("repeat_penalty", "repetition_penalty")):
@@ -206,7 +208,10 @@ def load_checkpoint(path):
 
 
 def get_llm_type(path):
-    """The architecture of a model folder: "llama", "mistral", "qwen2" or "phi3"."""
+    """The architecture of a model folder or GGUF file: "llama", "mistral", "qwen2" or "phi3"."""
+    if os.fspath(path).endswith(".gguf"):
+        with Transformer.from_pretrained(path) as model:
+            return model.config.model_type
     return ModelArgs.from_config_file(_model_folder(path)).model_type
 
 

@@ -84,8 +84,19 @@ def test_errors(llm, tmp_path):
         llm.generate("The Python " * 300, max_new_tokens=2)
     with pytest.raises(FileNotFoundError):
         pyffi.Llama(tmp_path / "missing")
-    with pytest.raises(ValueError, match="GGUF"):
-        pyffi.Llama(FIXTURES / "gguf" / "tiny-llama-f32.gguf")
+    with pytest.raises(pyffi.UnsupportedError, match="Q6_K"):
+        pyffi.Llama(FIXTURES / "gguf" / "small-llama-256-q6_k.gguf")
+
+
+def test_llama_from_a_gguf_file():
+    """The model, its tokenizer and its EOS id all come from the one file."""
+    path = FIXTURES / "gguf" / "tiny-llama-f32.gguf"
+    with pyffi.Llama(path, n_ctx=64) as llm, pyffi.Tokenizer(path) as tok:
+        assert llm.tokenizer.vocab_size == tok.vocab_size and llm.eos_token_ids == [tok.eos_token_id]
+        ids = tok.encode("abc")
+        want = llm.model.generate(ids, max_gen_len=6, temperature=0, stop_tokens=llm.eos_token_ids)
+        assert llm.generate("abc", max_new_tokens=6, temperature=0) == tok.decode(want)
+    assert pyffi.get_llm_type(FIXTURES / "gguf" / "tiny-qwen2-f32.gguf") == "qwen2"
 
 
 def test_seed_apis():

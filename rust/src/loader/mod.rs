@@ -3,3 +3,4 @@
 
 pub mod safetensors;
 pub mod gguf;
+pub mod gguf_model;

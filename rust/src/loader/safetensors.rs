@@ -69,7 +69,7 @@ fn dtype_of(d: Dtype, name: &str, file: &Path) -> Result<DType> {
 
 pub fn load_model(path: &Path) -> Result<Model> {
     if path.extension().is_some_and(|e| e == "gguf") {
-        return Err(unsupported(format!("{}: loading models from GGUF files is not implemented yet", path.display())));
+        return super::gguf_model::load_model(path);
     }
     let dir = model_dir(path)?;
     let config = ModelConfig::load(&dir)?;

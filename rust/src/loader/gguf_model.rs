@@ -1,0 +1,206 @@
+//! Models from GGUF files (llama.cpp's layout): the config from the file's
+//! metadata, tensors renamed to Hugging Face names, llama's q/k rows
+//! un-permuted back to rotate-half order, and weights converted once to the
+//! model's float32 layout. F32, F16, BF16, Q8_0, Q4_0 and Q4_1 tensors are
+//! read; the k-quants are not yet (a clear Unsupported error names them).
+
+use std::path::Path;
+
+use half::f16;
+use serde_json::json;
+
+use super::gguf::{GgmlType, Gguf, TensorInfo};
+use crate::config::ModelConfig;
+use crate::error::{invalid_weights, unsupported, Error, Result};
+use crate::model::Model;
+use crate::tensor::{DType, TensorView};
+
+fn ctx(path: &Path) -> impl Fn(Error) -> Error + '_ {
+    move |e| Error::new(e.kind, format!("{}: {}", path.display(), e.message))
+}
+
+/// HF config JSON from `{arch}.*` metadata.
+fn config_of(g: &Gguf) -> Result<ModelConfig> {
+    let arch = g.architecture().ok_or_else(|| invalid_weights("general.architecture is missing"))?.to_string();
+    let model_type = match arch.as_str() {
+        "llama" | "qwen2" | "phi3" => arch.as_str(),
+        other => return Err(unsupported(format!("GGUF architecture '{other}' is not supported (llama, qwen2, phi3)"))),
+    };
+    let u = |k: &str| g.get_u64(&format!("{arch}.{k}"));
+    let need = |k: &str| u(k).ok_or_else(|| invalid_weights(format!("{arch}.{k} is missing")));
+    let embd = g.tensor("token_embd.weight").ok_or_else(|| invalid_weights("token_embd.weight is missing"))?;
+    let vocab = embd.dims.get(1).copied().unwrap_or(0);
+    let heads = need("attention.head_count")?;
+    let hidden = need("embedding_length")?;
+    let head_dim = u("attention.key_length").unwrap_or(if heads > 0 { hidden / heads } else { 0 });
+    let rope_dims = u("rope.dimension_count").unwrap_or(head_dim);
+    let mut cfg = json!({
+        "model_type": model_type,
+        "vocab_size": vocab,
+        "hidden_size": hidden,
+        "intermediate_size": need("feed_forward_length")?,
+        "num_hidden_layers": need("block_count")?,
+        "num_attention_heads": heads,
+        "num_key_value_heads": u("attention.head_count_kv").unwrap_or(heads),
+        "head_dim": head_dim,
+        "max_position_embeddings": u("context_length").unwrap_or(2048),
+        "rms_norm_eps": g.get_f64(&format!("{arch}.attention.layer_norm_rms_epsilon")).unwrap_or(1e-5),
+        "rope_theta": g.get_f64(&format!("{arch}.rope.freq_base")).unwrap_or(10000.0),
+        "partial_rotary_factor": if head_dim > 0 { rope_dims as f64 / head_dim as f64 } else { 1.0 },
+        "tie_word_embeddings": g.tensor("output.weight").is_none(),
+        "attention_bias": g.tensor("blk.0.attn_q.bias").is_some(),
+        "bos_token_id": g.get_u64("tokenizer.ggml.bos_token_id"),
+        "eos_token_id": g.get_u64("tokenizer.ggml.eos_token_id"),
+    });
+    if let Some(w) = u("attention.sliding_window") {
+        cfg["sliding_window"] = json!(w);
+    }
+    match g.get_str(&format!("{arch}.rope.scaling.type")) {
+        None | Some("none") => {}
+        Some("linear") => {
+            cfg["rope_scaling"] = json!({"rope_type": "linear", "factor": g.get_f64(&format!("{arch}.rope.scaling.factor")).unwrap_or(1.0)})
+        }
+        Some(other) => return Err(unsupported(format!("{arch}.rope.scaling.type '{other}' is not supported"))),
+    }
+    ModelConfig::from_json(&cfg.to_string())
+}
+
+/// The Hugging Face name of a GGUF tensor.
+fn hf_name(name: &str) -> Option<String> {
+    let fixed = match name {
+        "token_embd.weight" => Some("model.embed_tokens.weight"),
+        "output_norm.weight" => Some("model.norm.weight"),
+        "output.weight" => Some("lm_head.weight"),
+        _ => None,
+    };
+    if let Some(f) = fixed {
+        return Some(f.to_string());
+    }
+    let rest = name.strip_prefix("blk.")?;
+    let (layer, part) = rest.split_once('.')?;
+    let hf = match part {
+        "attn_norm.weight" => "input_layernorm.weight",
+        "ffn_norm.weight" => "post_attention_layernorm.weight",
+        "attn_q.weight" => "self_attn.q_proj.weight",
+        "attn_k.weight" => "self_attn.k_proj.weight",
+        "attn_v.weight" => "self_attn.v_proj.weight",
+        "attn_q.bias" => "self_attn.q_proj.bias",
+        "attn_k.bias" => "self_attn.k_proj.bias",
+        "attn_v.bias" => "self_attn.v_proj.bias",
+        "attn_qkv.weight" => "self_attn.qkv_proj.weight",
+        "attn_output.weight" => "self_attn.o_proj.weight",
+        "ffn_gate.weight" => "mlp.gate_proj.weight",
+        "ffn_down.weight" => "mlp.down_proj.weight",
+        _ => return None,
+    };
+    Some(format!("model.layers.{layer}.{hf}"))
+}
+
+/// Float32 values of a tensor, dequantizing the block formats.
+fn dequantize(g: &Gguf, t: &TensorInfo) -> Result<Vec<f32>> {
+    let data = g.tensor_data(t);
+    let n = t.numel() as usize;
+    let mut out = vec![0.0f32; n];
+    let h = |b: &[u8]| f16::from_le_bytes([b[0], b[1]]).to_f32();
+    match t.ggml_type {
+        GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 => {
+            let dtype = match t.ggml_type {
+                GgmlType::F32 => DType::F32,
+                GgmlType::F16 => DType::F16,
+                _ => DType::BF16,
+            };
+            TensorView { dtype, shape: vec![n], data }.to_f32(&mut out)?;
+        }
+        GgmlType::Q8_0 => {
+            for (o, b) in out.chunks_exact_mut(32).zip(data.chunks_exact(34)) {
+                let d = h(b);
+                for (v, &q) in o.iter_mut().zip(&b[2..]) {
+                    *v = d * (q as i8) as f32;
+                }
+            }
+        }
+        GgmlType::Q4_0 => {
+            for (o, b) in out.chunks_exact_mut(32).zip(data.chunks_exact(18)) {
+                let d = h(b);
+                for (j, &q) in b[2..].iter().enumerate() {
+                    o[j] = d * ((q & 0x0f) as i32 - 8) as f32;
+                    o[j + 16] = d * ((q >> 4) as i32 - 8) as f32;
+                }
+            }
+        }
+        GgmlType::Q4_1 => {
+            for (o, b) in out.chunks_exact_mut(32).zip(data.chunks_exact(20)) {
+                let (d, m) = (h(b), h(&b[2..]));
+                for (j, &q) in b[4..].iter().enumerate() {
+                    o[j] = d * (q & 0x0f) as f32 + m;
+                    o[j + 16] = d * (q >> 4) as f32 + m;
+                }
+            }
+        }
+        other => {
+            return Err(unsupported(format!("tensor '{}' is {}, which pyffi cannot compute with yet", t.name, other.name())))
+        }
+    }
+    Ok(out)
+}
+
+/// llama.cpp stores llama's q/k rows interleaved (pairs of rotary dims next
+/// to each other); put them back in rotate-half order, head by head.
+fn unpermute(w: &[f32], heads: usize, cols: usize) -> Vec<f32> {
+    let rows = w.len() / cols;
+    let hd = rows / heads;
+    let mut out = vec![0.0; w.len()];
+    for h in 0..heads {
+        for i in 0..hd / 2 {
+            for (pair, target) in [(0, i), (1, i + hd / 2)] {
+                let src = h * hd + 2 * i + pair;
+                let dst = h * hd + target;
+                out[dst * cols..(dst + 1) * cols].copy_from_slice(&w[src * cols..(src + 1) * cols]);
+            }
+        }
+    }
+    out
+}
+
+pub fn load_model(path: &Path) -> Result<Model> {
+    let g = Gguf::open(path)?;
+    let config = config_of(&g).map_err(ctx(path))?;
+    let permuted = g.architecture() == Some("llama");
+    let (heads, kv_heads, hidden, ffn) =
+        (config.num_attention_heads, config.num_key_value_heads, config.hidden_size, config.intermediate_size);
+    let mut model = Model::new(config)?;
+    let mut seen = std::collections::HashSet::new();
+    for t in g.tensors() {
+        let shape = t.shape();
+        let mut values = dequantize(&g, t).map_err(ctx(path))?;
+        if t.name.ends_with(".ffn_up.weight") && shape.first() == Some(&(2 * ffn)) {
+            // Phi-3 keeps gate and up fused under ffn_up.
+            let name = hf_name(&t.name.replace("ffn_up", "ffn_gate")).expect("blk name").replace("gate_proj", "gate_up_proj");
+            set(&mut model, &name, &shape, &values).map_err(ctx(path))?;
+            seen.insert(name);
+            continue;
+        }
+        let name = match hf_name(&t.name) {
+            Some(n) => n,
+            None if t.name.ends_with("ffn_up.weight") => hf_name(&t.name.replace("ffn_up", "ffn_gate")).expect("blk").replace("gate_proj", "up_proj"),
+            None if t.name == "rope_freqs.weight" => continue,
+            None => return Err(invalid_weights(format!("{}: unexpected tensor '{}'", path.display(), t.name))),
+        };
+        if permuted && (name.ends_with("q_proj.weight") || name.ends_with("k_proj.weight")) {
+            let h = if name.ends_with("q_proj.weight") { heads } else { kv_heads };
+            values = unpermute(&values, h, hidden);
+        }
+        set(&mut model, &name, &shape, &values).map_err(ctx(path))?;
+        seen.insert(name);
+    }
+    let missing: Vec<&str> = model.weight_map.specs.iter().map(|s| s.name.as_str()).filter(|n| !seen.contains(*n)).collect();
+    if !missing.is_empty() {
+        return Err(invalid_weights(format!("{}: missing tensors: {}", path.display(), missing.join(", "))));
+    }
+    Ok(model)
+}
+
+fn set(model: &mut Model, name: &str, shape: &[usize], values: &[f32]) -> Result<()> {
+    let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+    model.set_tensor(name, &TensorView { dtype: DType::F32, shape: shape.to_vec(), data: &bytes })
+}
