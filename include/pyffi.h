@@ -25,6 +25,8 @@
  */
 #define PYFFI_SEED_RANDOM UINT64_MAX
 
+#define QK 32
+
 /**
  * The version `GgufWriter` writes.
  */

@@ -1,6 +1,7 @@
 //! Numeric kernels. `scalar` holds the plain reference versions (the test
 //! oracle); the functions here are the fast ones the model calls.
 
+pub mod quant;
 pub mod scalar;
 
 use rayon::prelude::*;

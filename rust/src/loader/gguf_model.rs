@@ -1,8 +1,10 @@
 //! Models from GGUF files (llama.cpp's layout): the config from the file's
 //! metadata, tensors renamed to Hugging Face names, llama's q/k rows
-//! un-permuted back to rotate-half order, and weights converted once to the
-//! model's float32 layout. F32, F16, BF16, Q8_0, Q4_0 and Q4_1 tensors are
-//! read; the k-quants are not yet (a clear Unsupported error names them).
+//! un-permuted back to rotate-half order. Q8_0, Q4_0 and Q4_1 matrices stay
+//! in their blocks and run on the quantized kernels (rows of q/k/v and of
+//! gate/up are fused when they share a format); F32/F16/BF16 tensors, and
+//! matrices that mix formats, are converted once to float32. The k-quants
+//! are not read yet (a clear Unsupported error names them).
 
 use std::path::Path;
 
@@ -12,6 +14,8 @@ use serde_json::json;
 use super::gguf::{GgmlType, Gguf, TensorInfo};
 use crate::config::ModelConfig;
 use crate::error::{invalid_weights, unsupported, Error, Result};
+use crate::kernels::quant::QuantType;
+use crate::model::weights::Matrix;
 use crate::model::Model;
 use crate::tensor::{DType, TensorView};
 
@@ -145,21 +149,78 @@ fn dequantize(g: &Gguf, t: &TensorInfo) -> Result<Vec<f32>> {
 }
 
 /// llama.cpp stores llama's q/k rows interleaved (pairs of rotary dims next
-/// to each other); put them back in rotate-half order, head by head.
-fn unpermute(w: &[f32], heads: usize, cols: usize) -> Vec<f32> {
-    let rows = w.len() / cols;
+/// to each other); for each destination row in rotate-half order, the source
+/// row it comes from. Whole rows move, so quantized rows move unchanged.
+fn unpermute_order(rows: usize, heads: usize) -> Vec<usize> {
     let hd = rows / heads;
-    let mut out = vec![0.0; w.len()];
+    let mut src = vec![0; rows];
     for h in 0..heads {
         for i in 0..hd / 2 {
-            for (pair, target) in [(0, i), (1, i + hd / 2)] {
-                let src = h * hd + 2 * i + pair;
-                let dst = h * hd + target;
-                out[dst * cols..(dst + 1) * cols].copy_from_slice(&w[src * cols..(src + 1) * cols]);
-            }
+            src[h * hd + i] = h * hd + 2 * i;
+            src[h * hd + i + hd / 2] = h * hd + 2 * i + 1;
         }
     }
+    src
+}
+
+fn permute_rows<T: Copy>(data: &[T], row_len: usize, order: &[usize]) -> Vec<T> {
+    let mut out = Vec::with_capacity(data.len());
+    for &r in order {
+        out.extend_from_slice(&data[r * row_len..(r + 1) * row_len]);
+    }
     out
+}
+
+fn quant_type(t: GgmlType) -> Option<QuantType> {
+    match t {
+        GgmlType::Q8_0 => Some(QuantType::Q8_0),
+        GgmlType::Q4_0 => Some(QuantType::Q4_0),
+        GgmlType::Q4_1 => Some(QuantType::Q4_1),
+        _ => None,
+    }
+}
+
+/// Which model matrix a GGUF weight belongs to, and its place in it.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+enum Target {
+    Embed,
+    Output,
+    Qkv(usize),
+    O(usize),
+    GateUp(usize),
+    Down(usize),
+}
+
+fn target_of(name: &str) -> Option<(Target, u8)> {
+    match name {
+        "token_embd.weight" => return Some((Target::Embed, 0)),
+        "output.weight" => return Some((Target::Output, 0)),
+        _ => {}
+    }
+    let (layer, part) = name.strip_prefix("blk.")?.split_once('.')?;
+    let l: usize = layer.parse().ok()?;
+    Some(match part {
+        "attn_q.weight" | "attn_qkv.weight" => (Target::Qkv(l), 0),
+        "attn_k.weight" => (Target::Qkv(l), 1),
+        "attn_v.weight" => (Target::Qkv(l), 2),
+        "attn_output.weight" => (Target::O(l), 0),
+        "ffn_gate.weight" => (Target::GateUp(l), 0),
+        "ffn_up.weight" => (Target::GateUp(l), 1),
+        "ffn_down.weight" => (Target::Down(l), 0),
+        _ => return None,
+    })
+}
+
+/// Matrices whose parts all share one block format stay quantized.
+fn quantized_targets(g: &Gguf) -> std::collections::HashMap<Target, QuantType> {
+    let mut types: std::collections::HashMap<Target, Option<QuantType>> = std::collections::HashMap::new();
+    for t in g.tensors() {
+        if let Some((target, _)) = target_of(&t.name) {
+            let q = quant_type(t.ggml_type);
+            types.entry(target).and_modify(|e| if *e != q { *e = None }).or_insert(q);
+        }
+    }
+    types.into_iter().filter_map(|(k, v)| v.map(|q| (k, q))).collect()
 }
 
 pub fn load_model(path: &Path) -> Result<Model> {
@@ -169,29 +230,66 @@ pub fn load_model(path: &Path) -> Result<Model> {
     let (heads, kv_heads, hidden, ffn) =
         (config.num_attention_heads, config.num_key_value_heads, config.hidden_size, config.intermediate_size);
     let mut model = Model::new(config)?;
+    let quantized = quantized_targets(&g);
+    // Raw rows of the matrices kept quantized, in fused order: (part, bytes).
+    let mut parts: std::collections::HashMap<Target, Vec<(u8, Vec<u8>)>> = std::collections::HashMap::new();
     let mut seen = std::collections::HashSet::new();
     for t in g.tensors() {
         let shape = t.shape();
-        let mut values = dequantize(&g, t).map_err(ctx(path))?;
-        if t.name.ends_with(".ffn_up.weight") && shape.first() == Some(&(2 * ffn)) {
-            // Phi-3 keeps gate and up fused under ffn_up.
-            let name = hf_name(&t.name.replace("ffn_up", "ffn_gate")).expect("blk name").replace("gate_proj", "gate_up_proj");
-            set(&mut model, &name, &shape, &values).map_err(ctx(path))?;
-            seen.insert(name);
-            continue;
-        }
-        let name = match hf_name(&t.name) {
-            Some(n) => n,
-            None if t.name.ends_with("ffn_up.weight") => hf_name(&t.name.replace("ffn_up", "ffn_gate")).expect("blk").replace("gate_proj", "up_proj"),
-            None if t.name == "rope_freqs.weight" => continue,
-            None => return Err(invalid_weights(format!("{}: unexpected tensor '{}'", path.display(), t.name))),
+        // Phi-3 keeps gate and up fused under ffn_up.
+        let fused_up = t.name.ends_with(".ffn_up.weight") && shape.first() == Some(&(2 * ffn));
+        let name = if fused_up {
+            hf_name(&t.name.replace("ffn_up", "ffn_gate")).expect("blk name").replace("gate_proj", "gate_up_proj")
+        } else {
+            match hf_name(&t.name) {
+                Some(n) => n,
+                None if t.name.ends_with("ffn_up.weight") => {
+                    hf_name(&t.name.replace("ffn_up", "ffn_gate")).expect("blk").replace("gate_proj", "up_proj")
+                }
+                None if t.name == "rope_freqs.weight" => continue,
+                None => return Err(invalid_weights(format!("{}: unexpected tensor '{}'", path.display(), t.name))),
+            }
         };
-        if permuted && (name.ends_with("q_proj.weight") || name.ends_with("k_proj.weight")) {
+        let order = if permuted && (name.ends_with("q_proj.weight") || name.ends_with("k_proj.weight")) {
             let h = if name.ends_with("q_proj.weight") { heads } else { kv_heads };
-            values = unpermute(&values, h, hidden);
+            Some(unpermute_order(shape[0], h))
+        } else {
+            None
+        };
+        let target = target_of(&t.name).filter(|(tg, _)| quantized.contains_key(tg));
+        if let Some((tg, part)) = target {
+            let spec = model.weight_map.get(&name).ok_or_else(|| invalid_weights(format!("{}: unexpected tensor '{name}'", path.display())))?;
+            if spec.shape != shape {
+                return Err(invalid_weights(format!("{}: tensor '{}' has shape {shape:?}, expected {:?}", path.display(), t.name, spec.shape)));
+            }
+            let data = g.tensor_data(t);
+            let bytes = match &order {
+                Some(o) => permute_rows(data, data.len() / shape[0], o),
+                None => data.to_vec(),
+            };
+            parts.entry(tg).or_default().push((part, bytes));
+        } else {
+            let mut values = dequantize(&g, t).map_err(ctx(path))?;
+            if let Some(o) = &order {
+                values = permute_rows(&values, hidden, o);
+            }
+            set(&mut model, &name, &shape, &values).map_err(ctx(path))?;
         }
-        set(&mut model, &name, &shape, &values).map_err(ctx(path))?;
         seen.insert(name);
+    }
+    for (tg, mut ps) in parts {
+        ps.sort_by_key(|(part, _)| *part);
+        let bytes: Vec<u8> = ps.into_iter().flat_map(|(_, b)| b).collect();
+        let m = Matrix::Quant(quantized[&tg], bytes);
+        let w = &mut model.weights;
+        match tg {
+            Target::Embed => w.embed = m,
+            Target::Output => w.lm_head = Some(m),
+            Target::Qkv(l) => w.layers[l].wqkv = m,
+            Target::O(l) => w.layers[l].wo = m,
+            Target::GateUp(l) => w.layers[l].w_gate_up = m,
+            Target::Down(l) => w.layers[l].w_down = m,
+        }
     }
     let missing: Vec<&str> = model.weight_map.specs.iter().map(|s| s.name.as_str()).filter(|n| !seen.contains(*n)).collect();
     if !missing.is_empty() {

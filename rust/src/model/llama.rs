@@ -11,7 +11,7 @@ use rayon::prelude::*;
 
 use super::kv_cache::KvCache;
 use super::Model;
-use crate::kernels::{dot, matmul, rmsnorm, rope_rotate_half, silu, softmax};
+use crate::kernels::{dot, rmsnorm, rope_rotate_half, silu, softmax};
 
 /// A ragged batch: row `b` has `lengths[b]` tokens (concatenated in `tokens`)
 /// at positions `start_pos[b]..`; it reads and fills KV-cache slot `b`.
@@ -113,7 +113,7 @@ pub fn forward(model: &Model, cache: &mut KvCache, s: &mut Scratch, batch: &Batc
 
     for (t, &tok) in batch.tokens.iter().enumerate() {
         let tok = tok as usize;
-        s.x[t * h..(t + 1) * h].copy_from_slice(&w.embed[tok * h..(tok + 1) * h]);
+        w.embed.row_f32(tok, h, &mut s.x[t * h..(t + 1) * h]);
         model.rope.angles(s.pos[t], &mut s.cos[t * half..(t + 1) * half], &mut s.sin[t * half..(t + 1) * half]);
     }
 
@@ -127,7 +127,7 @@ pub fn forward(model: &Model, cache: &mut KvCache, s: &mut Scratch, batch: &Batc
     for (l, lw) in w.layers.iter().enumerate() {
         // Attention block.
         rmsnorm(xn, x, &lw.attn_norm, eps);
-        matmul(qkv, qkv_dim, xn, &lw.wqkv, n_tok, h, qkv_dim);
+        lw.wqkv.matmul(qkv, qkv_dim, xn, n_tok, h, qkv_dim);
         add_bias(qkv, &lw.bqkv);
         qkv.par_chunks_mut(qkv_dim).enumerate().for_each(|(t, row)| {
             let (c, sn) = (&cos[t * half..(t + 1) * half], &sin[t * half..(t + 1) * half]);
@@ -164,7 +164,7 @@ pub fn forward(model: &Model, cache: &mut KvCache, s: &mut Scratch, batch: &Batc
                 }
             }
         });
-        matmul(xn, h, att, &lw.wo, n_tok, qd, h);
+        lw.wo.matmul(xn, h, att, n_tok, qd, h);
         add_bias(xn, &lw.bo);
         for (a, b) in x.iter_mut().zip(xn.iter()) {
             *a += b;
@@ -174,7 +174,7 @@ pub fn forward(model: &Model, cache: &mut KvCache, s: &mut Scratch, batch: &Batc
         rmsnorm(xn, x, &lw.ffn_norm, eps);
         let gate_up = &mut s.gate_up[..n_tok * 2 * ffn];
         let hidden = &mut s.ffn[..n_tok * ffn];
-        matmul(gate_up, 2 * ffn, xn, &lw.w_gate_up, n_tok, h, 2 * ffn);
+        lw.w_gate_up.matmul(gate_up, 2 * ffn, xn, n_tok, h, 2 * ffn);
         add_bias(gate_up, &lw.b_gate_up);
         hidden.par_chunks_mut(ffn).zip(gate_up.par_chunks(2 * ffn)).for_each(|(hrow, gu)| {
             let (g, u) = gu.split_at(ffn);
@@ -182,7 +182,7 @@ pub fn forward(model: &Model, cache: &mut KvCache, s: &mut Scratch, batch: &Batc
                 *o = silu(gv) * uv;
             }
         });
-        matmul(xn, h, hidden, &lw.w_down, n_tok, ffn, h);
+        lw.w_down.matmul(xn, h, hidden, n_tok, ffn, h);
         add_bias(xn, &lw.b_down);
         for (a, b) in x.iter_mut().zip(xn.iter()) {
             *a += b;
@@ -199,14 +199,14 @@ pub fn forward(model: &Model, cache: &mut KvCache, s: &mut Scratch, batch: &Batc
             rmsnorm(&mut xn[b * h..(b + 1) * h], &x[r * h..(r + 1) * h], &w.norm, eps);
             off += len;
         }
-        matmul(out, vocab, xn, head, batch.lengths.len(), h, vocab);
+        head.matmul(out, vocab, xn, batch.lengths.len(), h, vocab);
     } else {
         rmsnorm(xn, x, &w.norm, eps);
         let longest = batch.lengths.iter().copied().max().unwrap_or(0);
         let mut off = 0;
         for (b, &len) in batch.lengths.iter().enumerate() {
             let rows = &mut out[b * longest * vocab..(b + 1) * longest * vocab];
-            matmul(rows, vocab, &xn[off * h..], head, len, h, vocab);
+            head.matmul(rows, vocab, &xn[off * h..], len, h, vocab);
             rows[len * vocab..].fill(0.0);
             off += len;
         }

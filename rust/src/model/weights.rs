@@ -7,35 +7,71 @@ use std::collections::HashMap;
 
 use crate::config::ModelConfig;
 use crate::error::{invalid_weights, Result};
+use crate::kernels::{self, quant};
 use crate::tensor::{zeroed_f32, TensorView};
+
+/// A weight matrix `[rows][cols]`: float32, or raw ggml blocks used in place
+/// by the quantized kernels.
+pub enum Matrix {
+    F32(Vec<f32>),
+    Quant(quant::QuantType, Vec<u8>),
+}
+
+impl Matrix {
+    /// `out[t][o] = sum_i x[t][i] * self[o][i]`, output rows `stride` apart.
+    pub fn matmul(&self, out: &mut [f32], stride: usize, x: &[f32], n_tok: usize, n_in: usize, n_out: usize) {
+        match self {
+            Matrix::F32(w) => kernels::matmul(out, stride, x, w, n_tok, n_in, n_out),
+            Matrix::Quant(t, w) => quant::matmul(*t, out, stride, x, w, n_tok, n_in, n_out),
+        }
+    }
+
+    /// Row `r` as float32 (embedding lookup).
+    pub fn row_f32(&self, r: usize, cols: usize, out: &mut [f32]) {
+        match self {
+            Matrix::F32(w) => out.copy_from_slice(&w[r * cols..(r + 1) * cols]),
+            Matrix::Quant(t, w) => {
+                let rb = t.row_bytes(cols);
+                quant::dequantize_row(*t, &w[r * rb..(r + 1) * rb], out)
+            }
+        }
+    }
+
+    fn f32_mut(&mut self) -> Option<&mut [f32]> {
+        match self {
+            Matrix::F32(w) => Some(w),
+            Matrix::Quant(..) => None,
+        }
+    }
+}
 
 pub struct LayerWeights {
     pub attn_norm: Vec<f32>,
     /// Rows: q (q_dim), then k (kv_dim), then v (kv_dim).
-    pub wqkv: Vec<f32>,
+    pub wqkv: Matrix,
     pub bqkv: Option<Vec<f32>>,
-    pub wo: Vec<f32>,
+    pub wo: Matrix,
     pub bo: Option<Vec<f32>>,
     pub ffn_norm: Vec<f32>,
     /// Rows: gate (intermediate), then up (intermediate).
-    pub w_gate_up: Vec<f32>,
+    pub w_gate_up: Matrix,
     pub b_gate_up: Option<Vec<f32>>,
-    pub w_down: Vec<f32>,
+    pub w_down: Matrix,
     pub b_down: Option<Vec<f32>>,
 }
 
 pub struct Weights {
-    pub embed: Vec<f32>,
+    pub embed: Matrix,
     pub layers: Vec<LayerWeights>,
     pub norm: Vec<f32>,
     /// None when the output head is tied to the embedding.
-    pub lm_head: Option<Vec<f32>>,
+    pub lm_head: Option<Matrix>,
 }
 
 impl Weights {
     /// The output projection, `[vocab][hidden]`.
-    pub fn output(&self) -> &[f32] {
-        self.lm_head.as_deref().unwrap_or(&self.embed)
+    pub fn output(&self) -> &Matrix {
+        self.lm_head.as_ref().unwrap_or(&self.embed)
     }
 }
 
@@ -148,22 +184,22 @@ impl Weights {
         let layers = (0..cfg.num_hidden_layers)
             .map(|_| -> Result<LayerWeights> { Ok(LayerWeights {
                 attn_norm: z(h)?,
-                wqkv: z((q + 2 * kv) * h)?,
+                wqkv: Matrix::F32(z((q + 2 * kv) * h)?),
                 bqkv: cfg.qkv_bias.then(|| z(q + 2 * kv)).transpose()?,
-                wo: z(h * q)?,
+                wo: Matrix::F32(z(h * q)?),
                 bo: cfg.o_bias.then(|| z(h)).transpose()?,
                 ffn_norm: z(h)?,
-                w_gate_up: z(2 * ffn * h)?,
+                w_gate_up: Matrix::F32(z(2 * ffn * h)?),
                 b_gate_up: cfg.mlp_bias.then(|| z(2 * ffn)).transpose()?,
-                w_down: z(h * ffn)?,
+                w_down: Matrix::F32(z(h * ffn)?),
                 b_down: cfg.mlp_bias.then(|| z(h)).transpose()?,
             }) })
             .collect::<Result<Vec<_>>>()?;
         Ok(Weights {
-            embed: z(cfg.vocab_size * h)?,
+            embed: Matrix::F32(z(cfg.vocab_size * h)?),
             layers,
             norm: z(h)?,
-            lm_head: (!cfg.tie_word_embeddings).then(|| z(cfg.vocab_size * h)).transpose()?,
+            lm_head: (!cfg.tie_word_embeddings).then(|| z(cfg.vocab_size * h).map(Matrix::F32)).transpose()?,
         })
     }
 
@@ -187,26 +223,28 @@ impl Weights {
             )));
         }
         let n: usize = spec.shape.iter().product();
-        let target = self.buffer(spec.field, spec.layer);
+        let target = self
+            .buffer(spec.field, spec.layer)
+            .ok_or_else(|| invalid_weights(format!("tensor '{name}' is stored quantized and cannot be replaced")))?;
         tensor.to_f32(&mut target[spec.offset..spec.offset + n])
     }
 
-    fn buffer(&mut self, field: Field, layer: usize) -> &mut [f32] {
+    fn buffer(&mut self, field: Field, layer: usize) -> Option<&mut [f32]> {
         let missing = "bias buffer exists whenever the spec names a bias";
-        match field {
-            Field::Embed => &mut self.embed,
+        Some(match field {
+            Field::Embed => return self.embed.f32_mut(),
             Field::Norm => &mut self.norm,
-            Field::LmHead => self.lm_head.as_mut().expect("untied model has lm_head"),
+            Field::LmHead => return self.lm_head.as_mut().expect("untied model has lm_head").f32_mut(),
             Field::AttnNorm => &mut self.layers[layer].attn_norm,
-            Field::Wqkv => &mut self.layers[layer].wqkv,
+            Field::Wqkv => return self.layers[layer].wqkv.f32_mut(),
             Field::Bqkv => self.layers[layer].bqkv.as_mut().expect(missing),
-            Field::Wo => &mut self.layers[layer].wo,
+            Field::Wo => return self.layers[layer].wo.f32_mut(),
             Field::Bo => self.layers[layer].bo.as_mut().expect(missing),
             Field::FfnNorm => &mut self.layers[layer].ffn_norm,
-            Field::WGateUp => &mut self.layers[layer].w_gate_up,
+            Field::WGateUp => return self.layers[layer].w_gate_up.f32_mut(),
             Field::BGateUp => self.layers[layer].b_gate_up.as_mut().expect(missing),
-            Field::WDown => &mut self.layers[layer].w_down,
+            Field::WDown => return self.layers[layer].w_down.f32_mut(),
             Field::BDown => self.layers[layer].b_down.as_mut().expect(missing),
-        }
+        })
     }
 }
