@@ -25,26 +25,6 @@
  */
 #define PYFFI_SEED_RANDOM UINT64_MAX
 
-#define QK 32
-
-/**
- * The version `GgufWriter` writes.
- */
-#define WRITE_VERSION 3
-
-#define DEFAULT_ALIGNMENT 32
-
-/**
- * ggml tensors have at most 4 dimensions.
- */
-#define MAX_DIMS 4
-
-/**
- * Deepest array-of-arrays nesting accepted. Real files use one level; the cap
- * bounds recursion (and so the stack) on hostile input.
- */
-#define MAX_ARRAY_DEPTH 8
-
 /**
  * Status of every fallible call. Codes are stable and never reused.
  */
