@@ -92,6 +92,57 @@ func run(modelDir string, out *bufio.Writer) error {
 	if perr.Status != pyffi.StatusOutOfRange {
 		return fmt.Errorf("forward of token %d: want PYFFI_OUT_OF_RANGE, got %w", vocab, err)
 	}
+	return textDemo(modelDir, session, out)
+}
+
+// textDemo runs text in, text out when the model folder has a tokenizer:
+// encode, generate greedily with a callback that feeds a detokenizer, print.
+func textDemo(modelDir string, session *pyffi.Session, out *bufio.Writer) error {
+	tok, err := pyffi.LoadTokenizer(modelDir)
+	var perr *pyffi.Error
+	if errors.As(err, &perr) && perr.Status == pyffi.StatusNotFound {
+		fmt.Fprintln(out, "tokenizer none")
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	defer tok.Close()
+	ids, err := tok.Encode("The Python", true, false)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintln(out, "prompt_ids"+joinTokens(ids))
+	detok, err := tok.NewDetokenizer(true)
+	if err != nil {
+		return err
+	}
+	defer detok.Close()
+	var text []byte
+	var feedErr error
+	p := pyffi.DefaultSamplingParams()
+	p.Temperature = 0
+	p.StopAtEOS = true
+	_, _, err = session.Generate(ids, 24, p, func(t int32) bool {
+		piece, err := detok.Feed(t)
+		if err != nil {
+			feedErr = err
+			return false
+		}
+		text = append(text, piece...)
+		return true
+	})
+	if err != nil {
+		return err
+	}
+	if feedErr != nil {
+		return feedErr
+	}
+	rest, err := detok.Flush()
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(out, "completion:\n%s%s\n", text, rest)
 	return nil
 }
 

@@ -2,6 +2,7 @@ package pyffi
 
 import (
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
@@ -242,4 +243,51 @@ func TestCloseTwice(t *testing.T) {
 	s2.Close()
 	s.Close()
 	s.Close()
+}
+
+func TestTokenizerTextPath(t *testing.T) {
+	dir := os.Getenv("PYFFI_TEST_TEXT_MODEL")
+	if dir == "" {
+		t.Skip("PYFFI_TEST_TEXT_MODEL is not set")
+	}
+	tok, err := LoadTokenizer(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tok.Close()
+	ids, err := tok.Encode("The Python", true, false)
+	if err != nil || fmt.Sprint(ids) != "[0 555 459]" {
+		t.Fatalf("Encode = %v, %v", ids, err)
+	}
+	text := "naïve café 🦙 and <s> text"
+	ids, err = tok.Encode(text, false, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	decoded, err := tok.Decode(ids, true)
+	if err != nil || decoded != text {
+		t.Fatalf("Decode = %q, %v", decoded, err)
+	}
+	d, err := tok.NewDetokenizer(true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	streamed := ""
+	for _, id := range ids {
+		piece, err := d.Feed(id)
+		if err != nil {
+			t.Fatal(err)
+		}
+		streamed += piece
+	}
+	rest, _ := d.Flush()
+	if streamed+rest != text {
+		t.Fatalf("streamed %q, want %q", streamed+rest, text)
+	}
+	_, err = LoadTokenizer(dir + "/missing")
+	var perr *Error
+	if !errors.As(err, &perr) || perr.Status != StatusNotFound {
+		t.Fatalf("missing tokenizer: got %v", err)
+	}
 }
