@@ -102,3 +102,28 @@ def read_string(fn, *args):
 def path_arg(path):
     """A filesystem path as the bytes the C side expects."""
     return os.fsencode(os.fspath(path))
+
+
+class Handle:
+    """Base of the Python objects that own one C handle (`self._ptr`, made
+    with ffi.gc so a forgotten close() still frees it): close() frees it now
+    and is safe to call twice; `with` closes; use after close raises."""
+
+    _kind = "object"
+
+    def _handle(self):
+        if getattr(self, "_ptr", None) is None:
+            from .errors import InvalidArgumentError
+            raise InvalidArgumentError(f"this {self._kind} is closed")
+        return self._ptr
+
+    def close(self):
+        if getattr(self, "_ptr", None) is not None:
+            ffi.release(self._ptr)
+            self._ptr = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

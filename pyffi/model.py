@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from . import errors
-from ._ffi import call, ffi, lib, path_arg, raise_error, read_string
+from ._ffi import Handle, call, ffi, lib, path_arg, raise_error, read_string
 from .config import ModelArgs
 
 _INT32 = np.iinfo(np.int32)
@@ -62,9 +62,12 @@ def _u32_list(value, n, what):
     return np.array(vals, dtype=np.uint32)
 
 
-class Session:
+class Session(Handle):
     """A KV cache and worker threads over a shared model. One call at a time
-    per session; use one session per thread for parallel work."""
+    per session; use one session per thread for parallel work. close() frees
+    the KV cache now."""
+
+    _kind = "session"
 
     def __init__(self, transformer, n_ctx=None, n_threads=None, n_seq_max=None):
         self._transformer = transformer
@@ -80,23 +83,6 @@ class Session:
         self._ptr = ffi.gc(out[0], lib.pyffi_session_free)
         self.vocab_size = transformer.vocab_size
         self.n_ctx = lib.pyffi_session_n_ctx(self._ptr)
-
-    def _handle(self):
-        if self._ptr is None:
-            raise errors.InvalidArgumentError("this session is closed")
-        return self._ptr
-
-    def close(self):
-        """Free the KV cache now. Safe to call twice."""
-        if getattr(self, "_ptr", None) is not None:
-            ffi.release(self._ptr)
-            self._ptr = None
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
     def cached_len(self, row=0):
         """Positions held in the KV cache for batch row `row`."""
@@ -269,7 +255,7 @@ class TokenStream:
         self.close()
 
 
-class Transformer:
+class Transformer(Handle):
     """A Llama-family model (Llama, Mistral, Qwen2, Phi-3).
 
     Transformer(config) starts with zero weights; fill them with
@@ -288,6 +274,8 @@ class Transformer:
         finally:
             lib.pyffi_config_free(cfg)
         self._init(out[0], n_ctx, n_threads)
+
+    _kind = "model"
 
     def _init(self, ptr, n_ctx, n_threads):
         self._ptr = ffi.gc(ptr, lib.pyffi_model_free)
@@ -308,11 +296,6 @@ class Transformer:
         self = cls.__new__(cls)
         self._init(out[0], n_ctx, n_threads)
         return self
-
-    def _handle(self):
-        if self._ptr is None:
-            raise errors.InvalidArgumentError("this model is closed")
-        return self._ptr
 
     def tensor_specs(self):
         """{name: shape} of every weight this model expects (HF names)."""
@@ -380,16 +363,9 @@ class Transformer:
 
     def close(self):
         """Free the default session and this handle on the weights. Safe to call twice."""
-        self._drop_default_session()
-        if getattr(self, "_ptr", None) is not None:
-            ffi.release(self._ptr)
-            self._ptr = None
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
+        if getattr(self, "_session", None) is not None:
+            self._drop_default_session()
+        super().close()
 
 
 class _TokensOnly:

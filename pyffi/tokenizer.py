@@ -8,7 +8,7 @@ import os
 import numpy as np
 
 from . import errors
-from ._ffi import call, ffi, lib, path_arg, raise_error, read_string
+from ._ffi import Handle, call, ffi, lib, path_arg, raise_error, read_string
 
 
 def _text_bytes(text, what="text"):
@@ -80,8 +80,10 @@ class Detokenizer:
         return ffi.buffer(self._buf, n[0] - 1)[:].decode("utf-8")
 
 
-class Tokenizer:
+class Tokenizer(Handle):
     """Tokenizer(path): a tokenizer.json, tokenizer.model, .gguf file or a model folder."""
+
+    _kind = "tokenizer"
 
     def __init__(self, path):
         if not os.path.exists(os.fspath(path)):
@@ -102,22 +104,6 @@ class Tokenizer:
         self.special_tokens = info["special_tokens"]
         self.chat_template = info["chat_template"]
         self.chat_templates = info["chat_templates"]
-
-    def _handle(self):
-        if self._ptr is None:
-            raise errors.InvalidArgumentError("this tokenizer is closed")
-        return self._ptr
-
-    def close(self):
-        if getattr(self, "_ptr", None) is not None:
-            ffi.release(self._ptr)
-            self._ptr = None
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
     def __len__(self):
         return self.vocab_size
