@@ -8,7 +8,6 @@
 
 use std::path::Path;
 
-use half::f16;
 use serde_json::json;
 
 use super::gguf::{GgmlType, Gguf, TensorInfo};
@@ -105,7 +104,6 @@ fn dequantize(g: &Gguf, t: &TensorInfo) -> Result<Vec<f32>> {
     let data = g.tensor_data(t);
     let n = t.numel() as usize;
     let mut out = vec![0.0f32; n];
-    let h = |b: &[u8]| f16::from_le_bytes([b[0], b[1]]).to_f32();
     match t.ggml_type {
         GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 => {
             let dtype = match t.ggml_type {
@@ -115,31 +113,8 @@ fn dequantize(g: &Gguf, t: &TensorInfo) -> Result<Vec<f32>> {
             };
             TensorView { dtype, shape: vec![n], data }.to_f32(&mut out)?;
         }
-        GgmlType::Q8_0 => {
-            for (o, b) in out.chunks_exact_mut(32).zip(data.chunks_exact(34)) {
-                let d = h(b);
-                for (v, &q) in o.iter_mut().zip(&b[2..]) {
-                    *v = d * (q as i8) as f32;
-                }
-            }
-        }
-        GgmlType::Q4_0 => {
-            for (o, b) in out.chunks_exact_mut(32).zip(data.chunks_exact(18)) {
-                let d = h(b);
-                for (j, &q) in b[2..].iter().enumerate() {
-                    o[j] = d * ((q & 0x0f) as i32 - 8) as f32;
-                    o[j + 16] = d * ((q >> 4) as i32 - 8) as f32;
-                }
-            }
-        }
-        GgmlType::Q4_1 => {
-            for (o, b) in out.chunks_exact_mut(32).zip(data.chunks_exact(20)) {
-                let (d, m) = (h(b), h(&b[2..]));
-                for (j, &q) in b[4..].iter().enumerate() {
-                    o[j] = d * (q & 0x0f) as f32 + m;
-                    o[j + 16] = d * (q >> 4) as f32 + m;
-                }
-            }
+        other if quant_type(other).is_some() => {
+            crate::kernels::quant::dequantize_row(quant_type(other).expect("checked"), data, &mut out)
         }
         other => {
             return Err(unsupported(format!("tensor '{}' is {}, which pyffi cannot compute with yet", t.name, other.name())))
