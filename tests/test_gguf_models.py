@@ -62,3 +62,12 @@ def test_quantized_gguf_sits_closer_to_llama_cpp_than_llama_cpp_to_transformers(
     factor = 0.1 if name.endswith("q4_0") else 0.75
     assert to_llama_cpp <= factor * llama_cpp_to_hf, (to_llama_cpp, llama_cpp_to_hf)
     assert (ours.argmax(-1) == ref["logits_3"].argmax(-1)).mean() >= 0.9
+
+
+def test_quantized_matrices_cannot_be_overwritten_with_floats():
+    with pyffi.Transformer.from_pretrained(FIXTURES / "gguf" / "tiny-llama-q8_0.gguf") as model:
+        name = "model.layers.0.self_attn.q_proj.weight"
+        shape = model.tensor_specs()[name]
+        with pytest.raises(pyffi.WeightsError, match="quantized"):
+            model.load_state_dict({name: np.zeros(shape, np.float32)}, strict=False)
+        model.load_state_dict({"model.norm.weight": np.ones(64, np.float32)}, strict=False)  # floats still can
