@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 )
 
@@ -281,9 +282,23 @@ func TestTokenizerTextPath(t *testing.T) {
 		}
 		streamed += piece
 	}
-	rest, _ := d.Flush()
+	rest, err := d.Flush()
+	if err != nil {
+		t.Fatal(err)
+	}
 	if streamed+rest != text {
 		t.Fatalf("streamed %q, want %q", streamed+rest, text)
+	}
+	// A NUL byte is text like any other (the length is explicit), and a long
+	// text makes Decode and Feed retry with the size the engine asked for.
+	for _, text := range []string{"a\x00b", strings.Repeat("The Python interpreter. ", 40)} {
+		ids, err := tok.Encode(text, false, false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if decoded, err := tok.Decode(ids, true); err != nil || decoded != text {
+			t.Fatalf("Decode = %q, %v; want %q", decoded, err, text)
+		}
 	}
 	_, err = LoadTokenizer(dir + "/missing")
 	var perr *Error
