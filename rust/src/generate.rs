@@ -52,9 +52,11 @@ impl Session {
         if req.stop_at_eos {
             stops.extend(cfg.eos_token_ids.iter().map(|&e| e as i32));
         }
+        let prompt_len = u32::try_from(req.prompt.len())
+            .map_err(|_| invalid_argument(format!("a prompt of {} tokens is too long", req.prompt.len())))?;
         let mut logits = vec![0.0f32; vocab];
         // Prefill validates the prompt (ids, length) before anything else happens.
-        self.forward(req.prompt, &[req.prompt.len()], None, true, &mut logits)?;
+        self.forward(req.prompt, &[prompt_len], None, true, &mut logits)?;
         let mut history: Vec<u32> = Vec::with_capacity(req.prompt.len() + req.max_new_tokens);
         history.extend(req.prompt.iter().map(|&t| t as u32));
         let mut sampler = Sampler::new(req.sampling.clone());
@@ -77,7 +79,7 @@ impl Session {
             if n == req.max_new_tokens || pos + 1 > self.n_ctx() {
                 return Ok((n, FinishReason::Length));
             }
-            self.forward(&[tok], &[1], Some(&[pos]), true, &mut logits)?;
+            self.forward(&[tok], &[1], Some(&[pos as u32]), true, &mut logits)?;
         }
     }
 }

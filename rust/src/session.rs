@@ -36,7 +36,9 @@ pub struct Session {
     scratch: Scratch,
     pub(crate) pool: Pool,
     n_seq_max: usize,
+    // Per-call batch description, kept to avoid allocating on every token.
     tokens: Vec<u32>,
+    lengths: Vec<usize>,
     starts: Vec<usize>,
 }
 
@@ -70,6 +72,7 @@ impl Session {
             scratch: Scratch::default(),
             n_seq_max: params.n_seq_max,
             tokens: Vec::new(),
+            lengths: Vec::new(),
             starts: Vec::new(),
         })
     }
@@ -87,8 +90,10 @@ impl Session {
         self.cache.len(seq)
     }
 
-    pub fn logits_len(&self, lengths: &[usize], last_only: bool) -> usize {
-        llama::logits_len(self.model.config.vocab_size, lengths, last_only)
+    pub fn logits_len(&self, lengths: &[u32], last_only: bool) -> usize {
+        let rows = lengths.len();
+        let per_row = if last_only { 1 } else { lengths.iter().copied().max().unwrap_or(0) as usize };
+        rows * per_row * self.model.config.vocab_size
     }
 
     /// Forward a ragged batch: `tokens` holds the rows back to back,
@@ -96,7 +101,7 @@ impl Session {
     /// `start_pos[b]` (0 when None: start fresh). Logits go into `out`:
     /// `[rows][vocab]` when `last_only`, else `[rows][longest][vocab]`, padding
     /// rows zero. Nothing changes when an argument is rejected.
-    pub fn forward(&mut self, tokens: &[i32], lengths: &[usize], start_pos: Option<&[usize]>, last_only: bool, out: &mut [f32]) -> Result<usize> {
+    pub fn forward(&mut self, tokens: &[i32], lengths: &[u32], start_pos: Option<&[u32]>, last_only: bool, out: &mut [f32]) -> Result<usize> {
         let vocab = self.model.config.vocab_size;
         let n_seq = lengths.len();
         if n_seq == 0 {
@@ -105,7 +110,7 @@ impl Session {
         if n_seq > self.n_seq_max {
             return Err(invalid_argument(format!("batch of {n_seq} sequences is more than this session's n_seq_max ({})", self.n_seq_max)));
         }
-        let total = lengths.iter().try_fold(0usize, |a, &l| a.checked_add(l));
+        let total = lengths.iter().try_fold(0usize, |a, &l| a.checked_add(l as usize));
         if total != Some(tokens.len()) {
             return Err(invalid_argument(format!(
                 "lengths add up to {} but {} tokens were given",
@@ -119,13 +124,15 @@ impl Session {
             }
         }
         self.starts.clear();
+        self.lengths.clear();
         self.tokens.clear();
         let mut off = 0;
         for (b, &len) in lengths.iter().enumerate() {
+            let len = len as usize;
             if len == 0 {
                 return Err(invalid_argument(format!("sequence {b} is empty")));
             }
-            let start = start_pos.map_or(0, |s| s[b]);
+            let start = start_pos.map_or(0, |s| s[b] as usize);
             let cached = self.cache.len(b);
             if start > cached {
                 return Err(out_of_range(format!(
@@ -148,6 +155,7 @@ impl Session {
                 self.tokens.push(t as u32);
             }
             self.starts.push(start);
+            self.lengths.push(len);
             off += len;
         }
         let needed = self.logits_len(lengths, last_only);
@@ -159,10 +167,10 @@ impl Session {
         }
         self.cache.ensure_slots(n_seq)?;
 
-        let batch = Batch { tokens: &self.tokens, lengths, start_pos: &self.starts };
+        let batch = Batch { tokens: &self.tokens, lengths: &self.lengths, start_pos: &self.starts };
         let (model, cache, scratch) = (&*self.model, &mut self.cache, &mut self.scratch);
         self.pool.get()?.install(|| llama::forward(model, cache, scratch, &batch, last_only, &mut out[..needed]));
-        for (b, (&len, &start)) in lengths.iter().zip(&self.starts).enumerate() {
+        for (b, (&len, &start)) in self.lengths.iter().zip(&self.starts).enumerate() {
             self.cache.set_len(b, start + len);
         }
         Ok(needed)

@@ -98,3 +98,15 @@ pub fn zeroed_f32(n: usize) -> Result<Vec<f32>> {
         Ok(Vec::from_raw_parts(p, n, n))
     }
 }
+
+/// The little-endian bytes of `values`: borrowed (no copy) on little-endian
+/// hosts, converted on others.
+pub fn f32_le_bytes(values: &[f32]) -> std::borrow::Cow<'_, [u8]> {
+    if cfg!(target_endian = "little") {
+        // SAFETY: f32 has no padding and any byte is a valid u8; the length
+        // covers exactly the values' memory.
+        std::borrow::Cow::Borrowed(unsafe { std::slice::from_raw_parts(values.as_ptr() as *const u8, values.len() * 4) })
+    } else {
+        std::borrow::Cow::Owned(values.iter().flat_map(|v| v.to_le_bytes()).collect())
+    }
+}

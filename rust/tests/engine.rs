@@ -38,11 +38,11 @@ fn incremental_decoding_equals_full_forward() {
     let mut s = Session::new(model, &SessionParams { n_ctx: 64, ..Default::default() }).unwrap();
     let toks = [1, 50, 60, 70, 80, 90];
     let mut full = vec![0.0; toks.len() * vocab];
-    s.forward(&toks, &[toks.len()], None, false, &mut full).unwrap();
+    s.forward(&toks, &[toks.len() as u32], None, false, &mut full).unwrap();
     let mut step = vec![0.0; vocab];
     s.forward(&toks[..2], &[2], None, true, &mut step).unwrap();
     for (i, &t) in toks.iter().enumerate().skip(2) {
-        s.forward(&[t], &[1], Some(&[i]), true, &mut step).unwrap();
+        s.forward(&[t], &[1], Some(&[i as u32]), true, &mut step).unwrap();
         let want = &full[i * vocab..(i + 1) * vocab];
         let scale = want.iter().fold(0.0f32, |m, v| m.max(v.abs()));
         for (a, b) in step.iter().zip(want) {

@@ -157,6 +157,19 @@ pub(crate) unsafe fn write_string(s: &str, buf: *mut c_char, cap: usize, len_out
     Ok(())
 }
 
+/// Write `items` into a caller's array, under the one buffer rule.
+pub(crate) unsafe fn write_items<T>(items: impl ExactSizeIterator<Item = T>, buf: *mut T, cap: usize, len_out: *mut usize, what: &str) -> Result<()> {
+    let needed = items.len();
+    set(len_out, needed);
+    if cap < needed {
+        return Err(Error::new(ErrorKind::BufferTooSmall, format!("{what} holds {cap} but {needed} are needed")));
+    }
+    for (d, v) in slice_mut(buf, cap, what)?.iter_mut().zip(items) {
+        *d = v;
+    }
+    Ok(())
+}
+
 /// Read a versioned params struct whose first field is its size in bytes:
 /// an older, shorter struct keeps the defaults for the fields it lacks.
 pub(crate) unsafe fn read_params<T: Copy>(p: *const T, default: T, name: &str) -> Result<T> {

@@ -110,18 +110,14 @@ pub unsafe extern "C" fn pyffi_forward(
 ) -> pyffi_status {
     run(err, || {
         let s = arg(session, "session")?;
-        let lengths: Vec<usize> = slice(lengths, n_seq, "lengths")?.iter().map(|&l| l as usize).collect();
-        let total = lengths.iter().sum();
+        let lengths = slice(lengths, n_seq, "lengths")?;
+        let total = lengths.iter().map(|&l| l as usize).sum();
         let tokens = slice(tokens, total, "tokens")?;
-        let starts: Option<Vec<usize>> = if start_pos.is_null() {
-            None
-        } else {
-            Some(slice(start_pos, n_seq, "start_pos")?.iter().map(|&p| p as usize).collect())
-        };
+        let starts = if start_pos.is_null() { None } else { Some(slice(start_pos, n_seq, "start_pos")?) };
         let mut guard = lock(s)?;
-        set(logits_len, guard.logits_len(&lengths, last_only));
+        set(logits_len, guard.logits_len(lengths, last_only));
         let out = slice_mut(logits, logits_cap, "logits")?;
-        guard.forward(tokens, &lengths, starts.as_deref(), last_only, out).map(|_| ())
+        guard.forward(tokens, lengths, starts, last_only, out).map(|_| ())
     })
 }
 

@@ -4,8 +4,8 @@
 use std::ffi::c_char;
 use std::sync::Arc;
 
-use super::{arg, arg_mut, c_path, c_str, pyffi_error, pyffi_status, run, set, slice, slice_mut, write_string};
-use crate::error::{invalid_argument, Error, ErrorKind, Result};
+use super::{arg, arg_mut, c_path, c_str, pyffi_error, pyffi_status, run, set, slice, write_items, write_string};
+use crate::error::{invalid_argument, Result};
 use crate::tokenizer::{Detokenizer, Tokenizer};
 
 /// A tokenizer. Immutable and shareable across threads. Free with
@@ -90,14 +90,7 @@ pub unsafe extern "C" fn pyffi_tokenizer_encode(
         let t = &arg(tokenizer, "tokenizer")?.inner;
         let text = utf8(slice(text as *const u8, text_len, "text")?, "text")?;
         let out = t.encode(text, add_bos, add_eos, parse_special)?;
-        set(n_ids, out.len());
-        if cap < out.len() {
-            return Err(Error::new(ErrorKind::BufferTooSmall, format!("ids buffer holds {cap} but {} are needed", out.len())));
-        }
-        for (d, &s) in slice_mut(ids, cap, "ids")?.iter_mut().zip(&out) {
-            *d = s as i32;
-        }
-        Ok(())
+        write_items(out.iter().map(|&i| i as i32), ids, cap, n_ids, "ids")
     })
 }
 
@@ -128,13 +121,7 @@ pub unsafe extern "C" fn pyffi_tokenizer_token_to_bytes(tokenizer: *const pyffi_
     run(err, || {
         let t = &arg(tokenizer, "tokenizer")?.inner;
         let id = to_ids(&[id], t.vocab_size())?[0];
-        let bytes = t.token_to_bytes(id)?;
-        set(len, bytes.len());
-        if cap < bytes.len() {
-            return Err(Error::new(ErrorKind::BufferTooSmall, format!("buffer holds {cap} bytes but {} are needed", bytes.len())));
-        }
-        slice_mut(buf, cap, "buf")?[..bytes.len()].copy_from_slice(bytes);
-        Ok(())
+        write_items(t.token_to_bytes(id)?.iter().copied(), buf, cap, len, "buf")
     })
 }
 

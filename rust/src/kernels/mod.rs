@@ -89,7 +89,7 @@ fn dot4(w: &[f32], x: [&[f32]; 4]) -> [f32; 4] {
 
 /// A raw output pointer shared by threads that write disjoint elements.
 #[derive(Clone, Copy)]
-struct SharedOut(*mut f32);
+pub(crate) struct SharedOut(pub(crate) *mut f32);
 unsafe impl Send for SharedOut {}
 unsafe impl Sync for SharedOut {}
 

@@ -9,6 +9,8 @@ use std::cell::RefCell;
 use half::f16;
 use rayon::prelude::*;
 
+use super::SharedOut;
+
 pub const QK: usize = 32;
 
 /// Block layouts of the weight formats (bytes per 32 values).
@@ -138,11 +140,6 @@ thread_local! {
     /// Quantized activations, reused call to call (no allocation per token).
     static ACTIVATIONS: RefCell<Vec<BlockQ8>> = const { RefCell::new(Vec::new()) };
 }
-
-#[derive(Clone, Copy)]
-struct SharedOut(*mut f32);
-unsafe impl Send for SharedOut {}
-unsafe impl Sync for SharedOut {}
 
 /// `out[t][o] = dot(w[o], x[t])` with `w` in blocks of type `t`; the
 /// activations are quantized once per call and shared by all rows.

@@ -16,7 +16,7 @@ use crate::error::{invalid_weights, unsupported, Error, Result};
 use crate::kernels::quant::QuantType;
 use crate::model::weights::Matrix;
 use crate::model::Model;
-use crate::tensor::{DType, TensorView};
+use crate::tensor::{f32_le_bytes, DType, TensorView};
 
 fn ctx(path: &Path) -> impl Fn(Error) -> Error + '_ {
     move |e| Error::new(e.kind, format!("{}: {}", path.display(), e.message))
@@ -274,6 +274,5 @@ pub fn load_model(path: &Path) -> Result<Model> {
 }
 
 fn set(model: &mut Model, name: &str, shape: &[usize], values: &[f32]) -> Result<()> {
-    let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-    model.set_tensor(name, &TensorView { dtype: DType::F32, shape: shape.to_vec(), data: &bytes })
+    model.set_tensor(name, &TensorView { dtype: DType::F32, shape: shape.to_vec(), data: &f32_le_bytes(values) })
 }

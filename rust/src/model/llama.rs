@@ -69,14 +69,6 @@ impl ScoreRows {
     }
 }
 
-/// Floats the output needs: `[rows][vocab]` for last-only, else
-/// `[rows][longest][vocab]` with padding after shorter rows.
-pub fn logits_len(vocab: usize, lengths: &[usize], last_only: bool) -> usize {
-    let rows = lengths.len();
-    let per_row = if last_only { 1 } else { lengths.iter().copied().max().unwrap_or(0) };
-    rows * per_row * vocab
-}
-
 /// Runs the batch and writes logits into `out` (sized by `logits_len`).
 /// The caller has validated tokens, positions and sizes.
 pub fn forward(model: &Model, cache: &mut KvCache, s: &mut Scratch, batch: &Batch, last_only: bool, out: &mut [f32]) {

@@ -174,7 +174,7 @@ impl Tokenizer {
             let piece = plain.id_to_token(id).unwrap_or_default();
             let bytes = if byte_level {
                 piece.chars().map(|c| byte_decoder.get(&c).copied().unwrap_or(b'?')).collect()
-            } else if let Some(b) = byte_fallback.then(|| parse_byte_token(&piece)).flatten() {
+            } else if let Some(b) = byte_fallback.then(|| spm::parse_byte_piece(&piece)).flatten() {
                 vec![b]
             } else {
                 piece.replace('\u{2581}', " ").into_bytes()
@@ -389,15 +389,6 @@ impl Tokenizer {
         })
         .to_string()
     }
-}
-
-/// "<0x41>" -> 0x41: SentencePiece's byte-fallback pieces.
-pub(crate) fn parse_byte_token(piece: &str) -> Option<u8> {
-    let hex = piece.strip_prefix("<0x")?.strip_suffix('>')?;
-    if hex.len() != 2 {
-        return None;
-    }
-    u8::from_str_radix(hex, 16).ok()
 }
 
 /// GPT-2's byte-level alphabet, reversed: the printable character that

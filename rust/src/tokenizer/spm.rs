@@ -705,7 +705,7 @@ fn push_unescaped(out: &mut Vec<u8>, piece: &str) {
 }
 
 /// `<0xXX>` -> the byte.
-fn parse_byte_piece(piece: &str) -> Option<u8> {
+pub(crate) fn parse_byte_piece(piece: &str) -> Option<u8> {
     let hex = piece.strip_prefix("<0x")?.strip_suffix('>')?;
     if hex.len() != 2 {
         return None;
