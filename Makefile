@@ -13,7 +13,7 @@ LDFLAGS_EX := -L$(RELEASE) -lpyffi -Wl,-rpath,$(abspath $(RELEASE))
 
 export PYFFI_LIBRARY := $(abspath $(LIB))
 
-.PHONY: all build header check-header examples test test-rust test-c test-go test-python clean
+.PHONY: all build header check-header examples test test-rust test-c test-go test-python bench bench-quick clean
 
 all: build
 
@@ -39,6 +39,15 @@ test-python: examples
 	$(PYTHON) -m pytest tests -q -p no:cacheprovider
 
 test: test-rust test-go test-python
+
+# Speed against llama.cpp (python -m pyffi bench --help). Models, helpers and
+# llama-cpp-python come on first use; models are cached in $(PYFFI_BENCH_CACHE)
+# or ~/.cache/pyffi/bench. BENCH_ARGS passes options, e.g. BENCH_ARGS="--json bench.json".
+bench: build
+	$(PYTHON) -m pyffi bench $(BENCH_ARGS)
+
+bench-quick: build
+	$(PYTHON) -m pyffi bench --quick $(BENCH_ARGS)
 
 clean:
 	$(CARGO) clean --manifest-path rust/Cargo.toml

@@ -21,6 +21,21 @@
 #define PYFFI_ABI_VERSION 1
 
 /**
+ * `pyffi_session_params.kv_type`: the model's default.
+ */
+#define PYFFI_KV_DEFAULT 0
+
+/**
+ * `pyffi_session_params.kv_type`: float32 keys and values.
+ */
+#define PYFFI_KV_F32 1
+
+/**
+ * `pyffi_session_params.kv_type`: float16 keys and values (half the memory).
+ */
+#define PYFFI_KV_F16 2
+
+/**
  * Reserved seed value: draw a fresh random seed for this call.
  */
 #define PYFFI_SEED_RANDOM UINT64_MAX
@@ -70,6 +85,10 @@ enum pyffi_status
    * An internal error (a bug): the call was stopped safely.
    */
   PYFFI_PANIC = 9,
+  /**
+   * The caller stopped the work (a progress callback returned false).
+   */
+  PYFFI_CANCELLED = 10,
 };
 #ifndef __cplusplus
 typedef uint32_t pyffi_status;
@@ -150,6 +169,16 @@ typedef struct pyffi_session pyffi_session;
 typedef struct pyffi_tokenizer pyffi_tokenizer;
 
 /**
+ * Called before each tensor is written: `done` of `total` tensors are
+ * finished and `tensor` (NUL-terminated, valid during the call) is next;
+ * a last call has done == total and an empty name. Return false to stop.
+ */
+typedef bool (*pyffi_progress_callback)(void *user_data,
+                                        size_t done,
+                                        size_t total,
+                                        const char *tensor);
+
+/**
  * Session settings. Get them from `pyffi_session_default_params()`, which
  * sets `size`; change the fields you need.
  */
@@ -171,6 +200,11 @@ typedef struct pyffi_session_params {
    * Most sequences in one batched forward (KV memory is taken on first use).
    */
   uint32_t n_seq_max;
+  /**
+   * KV cache element type: PYFFI_KV_DEFAULT (float16 for GGUF models, as
+   * llama.cpp; float32 otherwise), PYFFI_KV_F32 or PYFFI_KV_F16.
+   */
+  uint32_t kv_type;
 } pyffi_session_params;
 
 /**
@@ -320,6 +354,17 @@ pyffi_status pyffi_model_new(const struct pyffi_config *config,
 pyffi_status pyffi_model_load(const char *path, struct pyffi_model **out, struct pyffi_error **err);
 
 /**
+ * Re-encode the model's float32 weight matrices in block format `qtype`
+ * ("q8_0", "q4_0", "q4_1", "q4_k", "q5_k", "q6_k"), in memory: the same
+ * blocks `pyffi_quantize_model` would write (4/5-bit formats put the output
+ * head in Q6_K). Matrices already quantized, or whose rows do not split into
+ * blocks, stay as they are. Fails while any session uses the model.
+ */
+pyffi_status pyffi_model_quantize(struct pyffi_model *model,
+                                  const char *qtype,
+                                  struct pyffi_error **err);
+
+/**
  * Copy one tensor, by its Hugging Face name (e.g.
  * "model.layers.0.self_attn.q_proj.weight"), into the model. `data` holds
  * `nbytes` little-endian values of `dtype` (a `pyffi_dtype`) in row-major
@@ -362,6 +407,47 @@ uint32_t pyffi_model_vocab_size(const struct pyffi_model *model);
  * Free a model handle. NULL is a no-op.
  */
 void pyffi_model_free(struct pyffi_model *model);
+
+/**
+ * Convert `src` (a .gguf file or a Hugging Face folder) into a GGUF file at
+ * `dst` with its weights in `qtype` (see the module's list; norms stay f32,
+ * 4/5-bit targets give the output matrix Q6_K as llama.cpp does). The
+ * tokenizer and chat template come along. `progress` may be NULL. A stop
+ * from `progress` returns PYFFI_CANCELLED and writes nothing.
+ */
+pyffi_status pyffi_quantize_model(const char *src,
+                                  const char *dst,
+                                  const char *qtype,
+                                  pyffi_progress_callback progress,
+                                  void *user_data,
+                                  struct pyffi_error **err);
+
+/**
+ * Bytes that `n` values take in block format `qtype`; 0 if `qtype` is not a
+ * block format or `n` is not a whole number of blocks.
+ */
+size_t pyffi_quantized_size(const char *qtype, size_t n);
+
+/**
+ * Quantize `n` floats into `dst` (`dst_len` bytes, at least
+ * `pyffi_quantized_size(qtype, n)`), exactly as the model quantizer does.
+ */
+pyffi_status pyffi_quantize_row(const char *qtype,
+                                const float *src,
+                                size_t n,
+                                uint8_t *dst,
+                                size_t dst_len,
+                                struct pyffi_error **err);
+
+/**
+ * The `n` floats that `src` (`src_len` bytes of `qtype` blocks) stands for.
+ */
+pyffi_status pyffi_dequantize_row(const char *qtype,
+                                  const uint8_t *src,
+                                  size_t src_len,
+                                  float *dst,
+                                  size_t n,
+                                  struct pyffi_error **err);
 
 struct pyffi_session_params pyffi_session_default_params(void);
 

@@ -10,11 +10,12 @@ Python, through the same C ABI that C and Go programs use.
 from . import _ffi
 from ._ffi import lib as _lib
 from .config import Config, ModelArgs
-from .errors import (BufferTooSmallError, ConfigError, InternalError, InvalidArgumentError,
-                     ModelNotFoundError, OutOfRangeError, PyffiError, PyffiIOError,
-                     UnsupportedError, WeightsError)
+from .errors import (BufferTooSmallError, CancelledError, ConfigError, InternalError,
+                     InvalidArgumentError, ModelNotFoundError, OutOfRangeError, PyffiError,
+                     PyffiIOError, UnsupportedError, WeightsError)
 from .llama import Llama, create_llm, get_llm_type, load_checkpoint
 from .model import Session, TokenStream, Transformer
+from .quantize import dequantize_row, quantize, quantize_row
 from .tokenizer import Detokenizer, Tokenizer
 
 __version__ = _ffi.ffi.string(_lib.pyffi_version()).decode()
@@ -34,8 +35,9 @@ def get_threads():
 
 
 __all__ = [
-    "BufferTooSmallError", "Config", "ConfigError", "InternalError", "InvalidArgumentError",
+    "BufferTooSmallError", "CancelledError", "Config", "ConfigError", "InternalError", "InvalidArgumentError",
     "ModelArgs", "ModelNotFoundError", "OutOfRangeError", "PyffiError", "PyffiIOError",
     "Session", "TokenStream", "Transformer", "Tokenizer", "Detokenizer", "Llama", "create_llm", "get_llm_type",
     "load_checkpoint", "UnsupportedError", "WeightsError", "get_threads", "set_threads",
+    "quantize", "quantize_row", "dequantize_row",
 ]

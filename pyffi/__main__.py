@@ -1,5 +1,7 @@
 """Command line: `python -m pyffi generate "The Python"` (also the `pyffi`
-script): text in, text out, on the bundled demo model unless --model is given."""
+script): text in, text out, on the bundled demo model unless --model is given.
+`python -m pyffi quantize SRC DST --type q4_0` writes a quantized GGUF file.
+`python -m pyffi bench` runs the benchmark against llama.cpp (pyffi/bench.py)."""
 
 import argparse
 import sys
@@ -40,9 +42,32 @@ def main(argv=None):
     g.add_argument("--seed", type=int, default=None)
     g.add_argument("--threads", type=int, default=None)
     g.add_argument("--stop", action="append", default=None, help="a stop string (repeatable)")
+    q = sub.add_parser("quantize", help="write a GGUF file with quantized weights")
+    q.add_argument("src", help="a Hugging Face model folder or a GGUF file")
+    q.add_argument("dst", help="the GGUF file to write")
+    q.add_argument("--type", dest="qtype", default="q8_0",
+                   choices=["f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q4_k", "q5_k", "q6_k"],
+                   help="weight format (default q8_0; norms stay f32, 4/5-bit types use Q6_K for the output)")
+    q.add_argument("--no-progress", action="store_true", help="no progress bar")
+    sub.add_parser("bench", add_help=False,
+                   help="speed against llama.cpp on generated GGUF models (see `pyffi bench --help`)")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["bench"]:
+        from . import bench
+        return bench.main(argv[1:])
     args = parser.parse_args(argv)
 
     import pyffi
+
+    if args.command == "quantize":
+        try:
+            pyffi.quantize(args.src, args.dst, args.qtype, progress=not args.no_progress)
+        except (pyffi.PyffiError, OSError) as e:
+            print(f"pyffi: error: {e}", file=sys.stderr)
+            return 1
+        size = Path(args.dst).stat().st_size
+        print(f"wrote {args.dst} ({size / 2**20:.1f} MiB, {args.qtype})")
+        return 0
 
     model_path = args.model or default_model()
     if model_path is None:

@@ -2,6 +2,7 @@
 Go compile against. ABI mode: no compiler is needed at install time."""
 
 import os
+import re
 from pathlib import Path
 
 import cffi
@@ -21,7 +22,7 @@ def _first_existing(paths):
 
 def _cdef(header_text):
     """The header without preprocessor lines and C++-only blocks, which cffi's
-    cdef cannot read."""
+    cdef cannot read; integer constants (`#define NAME 2`) stay."""
     out, skipping = [], False
     for line in header_text.splitlines():
         s = line.strip()
@@ -32,7 +33,7 @@ def _cdef(header_text):
             if s.startswith("#endif"):
                 skipping = False
             continue
-        if s.startswith("#"):
+        if s.startswith("#") and not re.fullmatch(r"#define [A-Z_][A-Z0-9_]* -?\d+", s):
             continue
         out.append(line)
     return "\n".join(out)

@@ -45,6 +45,10 @@ class InternalError(PyffiError, RuntimeError):
     """A bug inside the engine; the call was stopped safely."""
 
 
+class CancelledError(PyffiError):
+    """The work was stopped by its caller (a progress callback said stop)."""
+
+
 # Indexed by the C ABI's pyffi_status codes.
 BY_STATUS = {
     1: InvalidArgumentError,
@@ -56,4 +60,5 @@ BY_STATUS = {
     7: OutOfRangeError,
     8: UnsupportedError,
     9: InternalError,
+    10: CancelledError,
 }

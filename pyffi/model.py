@@ -69,9 +69,10 @@ class Session(Handle):
 
     _kind = "session"
 
-    def __init__(self, transformer, n_ctx=None, n_threads=None, n_seq_max=None):
+    def __init__(self, transformer, n_ctx=None, n_threads=None, n_seq_max=None, kv_type=None):
         self._transformer = transformer
         params = ffi.new("pyffi_session_params *", lib.pyffi_session_default_params())
+        params.kv_type = _kv_type(kv_type)
         if n_ctx is not None:
             params.n_ctx = _positive(n_ctx, "n_ctx")
         if n_threads is not None:
@@ -262,7 +263,7 @@ class Transformer(Handle):
     load_state_dict. Transformer.from_pretrained(folder) loads a Hugging Face
     folder. forward/generate run on a default session."""
 
-    def __init__(self, config, n_ctx=None, n_threads=None):
+    def __init__(self, config, n_ctx=None, n_threads=None, kv_type=None):
         if isinstance(config, dict):
             config = ModelArgs.from_dict(config)
         if not isinstance(config, ModelArgs):
@@ -273,29 +274,52 @@ class Transformer(Handle):
             call(lib.pyffi_model_new, cfg, out)
         finally:
             lib.pyffi_config_free(cfg)
-        self._init(out[0], n_ctx, n_threads)
+        self._init(out[0], n_ctx, n_threads, kv_type)
 
     _kind = "model"
 
-    def _init(self, ptr, n_ctx, n_threads):
+    def _init(self, ptr, n_ctx, n_threads, kv_type):
+        _kv_type(kv_type)  # refuse a bad value now, not at the first forward
         self._ptr = ffi.gc(ptr, lib.pyffi_model_free)
         self._session = None
-        self._n_ctx, self._n_threads = n_ctx, n_threads
+        self._n_ctx, self._n_threads, self._kv_type = n_ctx, n_threads, kv_type
         self.config = ModelArgs._from_normalized(json.loads(read_string(lib.pyffi_model_config_json, ptr)))
         self.params = self.config  # Meta's name
         self.vocab_size = lib.pyffi_model_vocab_size(ptr)
 
     @classmethod
-    def from_pretrained(cls, path, n_ctx=None, n_threads=None):
+    def from_pretrained(cls, path, n_ctx=None, n_threads=None, kv_type=None, dtype=None):
         """Load a Hugging Face folder (config.json + model.safetensors or a sharded
-        index). n_ctx defaults to the model's context length, capped to fit memory."""
+        index) or a GGUF file. n_ctx defaults to the model's context length,
+        capped to fit memory. kv_type: "f32" or "f16" KV cache; by default f16
+        for GGUF files (as llama.cpp), f32 otherwise. dtype: a block format
+        ("q8_0", "q4_0", "q4_1", "q4_k", "q5_k", "q6_k") to quantize the weight
+        matrices to while loading (the blocks pyffi.quantize would write)."""
         if not os.path.exists(os.fspath(path)):
             raise errors.ModelNotFoundError(f"{path}: no such file or folder")
+        if dtype is not None and (not isinstance(dtype, str) or dtype.lower() not in _BLOCK_TYPES):
+            raise errors.InvalidArgumentError(f"dtype must be one of {', '.join(_BLOCK_TYPES)} or None; got {dtype!r}")
         out = ffi.new("pyffi_model **")
         call(lib.pyffi_model_load, path_arg(path), out)
         self = cls.__new__(cls)
-        self._init(out[0], n_ctx, n_threads)
+        self._init(out[0], n_ctx, n_threads, kv_type)
+        self._source = os.fspath(path)
+        if dtype is not None:
+            call(lib.pyffi_model_quantize, self._handle(), dtype.lower().encode())
         return self
+
+    def save_lowbit_model(self, path, q_bit=4):
+        """Write this model as a quantized GGUF file at `path`, from the file
+        or folder it was loaded from. q_bit: 4 (q4_0), 8 (q8_0), 16 (f16), or
+        any type name pyffi.quantize takes (e.g. "q4_k")."""
+        from .quantize import quantize
+        qtype = {4: "q4_0", 8: "q8_0", 16: "f16", 32: "f32"}.get(q_bit, q_bit)
+        source = getattr(self, "_source", None)
+        if source is None:
+            raise errors.UnsupportedError(
+                "save_lowbit_model needs a model loaded with from_pretrained (its weights are read "
+                "again from that file or folder); this one was built from a config")
+        quantize(source, path, qtype)
 
     def tensor_specs(self):
         """{name: shape} of every weight this model expects (HF names)."""
@@ -329,11 +353,11 @@ class Transformer(Handle):
                  ffi.from_buffer(arr), arr.nbytes)
         return missing, unexpected
 
-    def new_session(self, n_ctx=None, n_threads=None, n_seq_max=None):
+    def new_session(self, n_ctx=None, n_threads=None, n_seq_max=None, kv_type=None):
         """Another session on the same weights, e.g. for another thread."""
         return Session(self, n_ctx=n_ctx if n_ctx is not None else self._n_ctx,
                        n_threads=n_threads if n_threads is not None else self._n_threads,
-                       n_seq_max=n_seq_max)
+                       n_seq_max=n_seq_max, kv_type=kv_type if kv_type is not None else self._kv_type)
 
     @property
     def session(self):
@@ -387,6 +411,16 @@ class _TokensOnly:
     def finish_reason(self):
         reasons = self._stream.finish_reasons
         return reasons[0] if reasons else None
+
+
+_BLOCK_TYPES = ("q8_0", "q4_0", "q4_1", "q4_k", "q5_k", "q6_k")
+_KV_TYPES = {None: "PYFFI_KV_DEFAULT", "auto": "PYFFI_KV_DEFAULT", "f32": "PYFFI_KV_F32", "f16": "PYFFI_KV_F16"}
+
+
+def _kv_type(v):
+    if not isinstance(v, (str, type(None))) or v not in _KV_TYPES:
+        raise errors.InvalidArgumentError(f"kv_type must be 'f32', 'f16' or None, got {v!r}")
+    return getattr(lib, _KV_TYPES[v])
 
 
 def _positive(v, what):

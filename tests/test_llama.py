@@ -5,6 +5,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 import pyffi
@@ -84,8 +85,32 @@ def test_errors(llm, tmp_path):
         llm.generate("The Python " * 300, max_new_tokens=2)
     with pytest.raises(FileNotFoundError):
         pyffi.Llama(tmp_path / "missing")
-    with pytest.raises(pyffi.UnsupportedError, match="Q6_K"):
-        pyffi.Llama(FIXTURES / "gguf" / "small-llama-256-q6_k.gguf")
+    with pytest.raises(pyffi.UnsupportedError, match="Q5_0"):
+        pyffi.Llama(gguf_with_a_q5_0_tensor(tmp_path))
+
+
+def gguf_with_a_q5_0_tensor(tmp_path):
+    """tiny-llama-f32.gguf with one matrix in Q5_0, a format pyffi does not compute with."""
+    import gguf
+    src = gguf.GGUFReader(FIXTURES / "gguf" / "tiny-llama-f32.gguf")
+    out = tmp_path / "q5_0.gguf"
+    w = gguf.GGUFWriter(out, "llama")
+    for name, field in src.fields.items():
+        if name.startswith("GGUF.") or name == "general.architecture":
+            continue
+        w.add_key_value(name, field.contents(), field.types[0], field.types[-1] if len(field.types) > 1 else None)
+    for t in src.tensors:
+        data = np.array(t.data).reshape(list(reversed(t.shape.tolist())))
+        if t.name == "blk.0.attn_q.weight":
+            q = gguf.quants.quantize(data, gguf.GGMLQuantizationType.Q5_0)
+            w.add_tensor(t.name, q, raw_shape=q.shape, raw_dtype=gguf.GGMLQuantizationType.Q5_0)
+        else:
+            w.add_tensor(t.name, data)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return out
 
 
 def test_llama_from_a_gguf_file():

@@ -21,6 +21,8 @@ pub enum ErrorKind {
     OutOfRange,
     /// A feature the engine does not implement (architecture, rope type...).
     Unsupported,
+    /// The caller asked to stop (a progress callback returned false).
+    Cancelled,
 }
 
 #[derive(Debug, Clone)]
@@ -58,6 +60,7 @@ ctor!(invalid_config, InvalidConfig);
 ctor!(invalid_weights, InvalidWeights);
 ctor!(out_of_range, OutOfRange);
 ctor!(unsupported, Unsupported);
+ctor!(cancelled, Cancelled);
 
 /// Map an I/O error on `path` to NotFound or Io, naming the path.
 pub fn io_error(path: &std::path::Path, e: std::io::Error) -> Error {

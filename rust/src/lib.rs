@@ -12,6 +12,7 @@ pub mod kernels;
 pub mod loader;
 pub mod model;
 pub mod pool;
+pub mod quantize;
 pub mod sampling;
 pub mod session;
 pub mod tensor;

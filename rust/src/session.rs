@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use crate::error::{invalid_argument, out_of_range, Error, ErrorKind, Result};
-use crate::model::kv_cache::KvCache;
+use crate::model::kv_cache::{KvCache, KvType};
 use crate::model::llama::{self, Batch, Scratch};
 use crate::model::Model;
 use crate::pool::Pool;
@@ -18,11 +18,14 @@ pub struct SessionParams {
     pub n_threads: usize,
     /// Most rows one batched forward may have (KV slots are made on first use).
     pub n_seq_max: usize,
+    /// KV cache element type; None picks the model's default (float16 for
+    /// GGUF files, as llama.cpp does; float32 otherwise).
+    pub kv_type: Option<KvType>,
 }
 
 impl Default for SessionParams {
     fn default() -> Self {
-        SessionParams { n_ctx: 0, n_threads: 0, n_seq_max: 64 }
+        SessionParams { n_ctx: 0, n_threads: 0, n_seq_max: 64, kv_type: None }
     }
 }
 
@@ -45,7 +48,8 @@ pub struct Session {
 impl Session {
     pub fn new(model: Arc<Model>, params: &SessionParams) -> Result<Session> {
         let cfg = &model.config;
-        let slot = |n: usize| KvCache::slot_bytes(n, cfg.num_hidden_layers, cfg.kv_dim());
+        let kv_type = params.kv_type.unwrap_or(model.kv_default);
+        let slot = |n: usize| KvCache::slot_bytes(n, cfg.num_hidden_layers, cfg.kv_dim(), kv_type);
         let n_ctx = if params.n_ctx == 0 {
             let mut n = cfg.max_position_embeddings.min(DEFAULT_CTX_CAP);
             while n > 256 && slot(n) > DEFAULT_SLOT_BYTES_CAP {
@@ -64,7 +68,7 @@ impl Session {
         if params.n_threads > 1024 {
             return Err(invalid_argument(format!("n_threads {} is more than 1024", params.n_threads)));
         }
-        let cache = KvCache::new(n_ctx, cfg.num_hidden_layers, cfg.kv_dim());
+        let cache = KvCache::new(n_ctx, cfg.num_hidden_layers, cfg.kv_dim(), kv_type);
         Ok(Session {
             pool: Pool::new(params.n_threads)?,
             model,

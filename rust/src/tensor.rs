@@ -80,15 +80,30 @@ impl TensorView<'_> {
 /// A zero-filled float32 buffer whose allocation failure is an error, not an
 /// abort. Pages come from the OS lazily, so untouched parts cost no memory.
 pub fn zeroed_f32(n: usize) -> Result<Vec<f32>> {
+    zeroed(n)
+}
+
+/// `n` float16 zeros, allocated the same way as `zeroed_f32`.
+pub fn zeroed_f16(n: usize) -> Result<Vec<half::f16>> {
+    zeroed(n)
+}
+
+/// Types whose all-zero bit pattern is the value zero.
+trait ZeroBits {}
+impl ZeroBits for f32 {}
+impl ZeroBits for half::f16 {}
+
+fn zeroed<T: ZeroBits>(n: usize) -> Result<Vec<T>> {
     if n == 0 {
         return Ok(Vec::new());
     }
-    let layout = std::alloc::Layout::array::<f32>(n)
-        .map_err(|_| crate::error::invalid_argument(format!("buffer of {n} floats is too large")))?;
+    let layout = std::alloc::Layout::array::<T>(n)
+        .map_err(|_| crate::error::invalid_argument(format!("buffer of {n} values is too large")))?;
     // SAFETY: layout has non-zero size; a non-null result is a zeroed block of
-    // n f32 values (all-zero bits are 0.0), owned by the Vec from here on.
+    // n values of T (all-zero bits are 0.0 for every ZeroBits type), owned by
+    // the Vec from here on.
     unsafe {
-        let p = std::alloc::alloc_zeroed(layout) as *mut f32;
+        let p = std::alloc::alloc_zeroed(layout) as *mut T;
         if p.is_null() {
             return Err(crate::error::invalid_argument(format!(
                 "out of memory allocating {} MiB",

@@ -19,6 +19,7 @@
 pub mod config;
 pub mod error;
 pub mod model;
+pub mod quantize;
 pub mod session;
 pub mod tokenizer;
 
@@ -54,6 +55,8 @@ pub enum pyffi_status {
     PYFFI_UNSUPPORTED = 8,
     /// An internal error (a bug): the call was stopped safely.
     PYFFI_PANIC = 9,
+    /// The caller stopped the work (a progress callback returned false).
+    PYFFI_CANCELLED = 10,
 }
 
 impl From<ErrorKind> for pyffi_status {
@@ -67,6 +70,7 @@ impl From<ErrorKind> for pyffi_status {
             ErrorKind::BufferTooSmall => pyffi_status::PYFFI_BUFFER_TOO_SMALL,
             ErrorKind::OutOfRange => pyffi_status::PYFFI_OUT_OF_RANGE,
             ErrorKind::Unsupported => pyffi_status::PYFFI_UNSUPPORTED,
+            ErrorKind::Cancelled => pyffi_status::PYFFI_CANCELLED,
         }
     }
 }
@@ -214,6 +218,7 @@ pub extern "C" fn pyffi_status_name(status: u32) -> *const c_char {
         7 => "PYFFI_OUT_OF_RANGE\0",
         8 => "PYFFI_UNSUPPORTED\0",
         9 => "PYFFI_PANIC\0",
+        10 => "PYFFI_CANCELLED\0",
         _ => "PYFFI_UNKNOWN_STATUS\0",
     };
     s.as_ptr() as *const c_char

@@ -56,6 +56,26 @@ pub unsafe extern "C" fn pyffi_model_load(path: *const c_char, out: *mut *mut py
     })
 }
 
+/// Re-encode the model's float32 weight matrices in block format `qtype`
+/// ("q8_0", "q4_0", "q4_1", "q4_k", "q5_k", "q6_k"), in memory: the same
+/// blocks `pyffi_quantize_model` would write (4/5-bit formats put the output
+/// head in Q6_K). Matrices already quantized, or whose rows do not split into
+/// blocks, stay as they are. Fails while any session uses the model.
+#[no_mangle]
+pub unsafe extern "C" fn pyffi_model_quantize(model: *mut pyffi_model, qtype: *const c_char, err: *mut *mut pyffi_error) -> pyffi_status {
+    run(err, || {
+        let handle = arg_mut(model, "model")?;
+        let t = super::quantize::block_format(c_str(qtype, "qtype")?)?;
+        let users = Arc::strong_count(&handle.inner) - 1;
+        let m = Arc::get_mut(&mut handle.inner).ok_or_else(|| {
+            invalid_argument(format!("the model's weights cannot change while {users} session(s) use it; free them first"))
+        })?;
+        let cfg = m.config.clone();
+        m.weights.quantize(t, &cfg);
+        Ok(())
+    })
+}
+
 /// Copy one tensor, by its Hugging Face name (e.g.
 /// "model.layers.0.self_attn.q_proj.weight"), into the model. `data` holds
 /// `nbytes` little-endian values of `dtype` (a `pyffi_dtype`) in row-major

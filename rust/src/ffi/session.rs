@@ -9,6 +9,7 @@ use super::{arg, read_params, run, set, slice, slice_mut, pyffi_error, pyffi_sta
 use crate::error::{invalid_argument, Error};
 use crate::generate::{FinishReason, GenerateRequest};
 use crate::sampling::SamplingParams;
+use crate::model::kv_cache::KvType;
 use crate::session::{Session, SessionParams};
 
 /// A session. One call runs on it at a time (a second thread waits); use one
@@ -31,7 +32,17 @@ pub struct pyffi_session_params {
     pub n_threads: u32,
     /// Most sequences in one batched forward (KV memory is taken on first use).
     pub n_seq_max: u32,
+    /// KV cache element type: PYFFI_KV_DEFAULT (float16 for GGUF models, as
+    /// llama.cpp; float32 otherwise), PYFFI_KV_F32 or PYFFI_KV_F16.
+    pub kv_type: u32,
 }
+
+/// `pyffi_session_params.kv_type`: the model's default.
+pub const PYFFI_KV_DEFAULT: u32 = 0;
+/// `pyffi_session_params.kv_type`: float32 keys and values.
+pub const PYFFI_KV_F32: u32 = 1;
+/// `pyffi_session_params.kv_type`: float16 keys and values (half the memory).
+pub const PYFFI_KV_F16: u32 = 2;
 
 #[no_mangle]
 pub extern "C" fn pyffi_session_default_params() -> pyffi_session_params {
@@ -41,6 +52,7 @@ pub extern "C" fn pyffi_session_default_params() -> pyffi_session_params {
         n_ctx: d.n_ctx as u32,
         n_threads: d.n_threads as u32,
         n_seq_max: d.n_seq_max as u32,
+        kv_type: PYFFI_KV_DEFAULT,
     }
 }
 
@@ -58,7 +70,18 @@ pub unsafe extern "C" fn pyffi_session_new(
         }
         let model = arg(model, "model")?.inner.clone();
         let p = read_params(params, pyffi_session_default_params(), "params")?;
-        let params = SessionParams { n_ctx: p.n_ctx as usize, n_threads: p.n_threads as usize, n_seq_max: p.n_seq_max as usize };
+        let kv_type = match p.kv_type {
+            PYFFI_KV_DEFAULT => None,
+            PYFFI_KV_F32 => Some(KvType::F32),
+            PYFFI_KV_F16 => Some(KvType::F16),
+            other => return Err(invalid_argument(format!("kv_type {other} is not one of PYFFI_KV_DEFAULT, PYFFI_KV_F32, PYFFI_KV_F16"))),
+        };
+        let params = SessionParams {
+            n_ctx: p.n_ctx as usize,
+            n_threads: p.n_threads as usize,
+            n_seq_max: p.n_seq_max as usize,
+            kv_type,
+        };
         let session = Session::new(model, &params)?;
         *out = Box::into_raw(Box::new(pyffi_session { inner: Mutex::new(session) }));
         Ok(())

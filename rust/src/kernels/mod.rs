@@ -1,8 +1,12 @@
 //! Numeric kernels. `scalar` holds the plain reference versions (the test
 //! oracle); the functions here are the fast ones the model calls.
 
+pub mod f16;
+pub mod kquant;
 pub mod quant;
 pub mod scalar;
+#[cfg(target_arch = "x86_64")]
+pub mod x86;
 
 use rayon::prelude::*;
 

@@ -1,10 +1,10 @@
 //! Models from GGUF files (llama.cpp's layout): the config from the file's
 //! metadata, tensors renamed to Hugging Face names, llama's q/k rows
-//! un-permuted back to rotate-half order. Q8_0, Q4_0 and Q4_1 matrices stay
-//! in their blocks and run on the quantized kernels (rows of q/k/v and of
-//! gate/up are fused when they share a format); F32/F16/BF16 tensors, and
-//! matrices that mix formats, are converted once to float32. The k-quants
-//! are not read yet (a clear Unsupported error names them).
+//! un-permuted back to rotate-half order. Matrices in block formats (Q8_0,
+//! Q4_0, Q4_1, Q4_K, Q5_K, Q6_K) stay in their blocks and run on the
+//! quantized kernels (q/k/v and gate/up are fused, as bands when their parts
+//! differ in format); F32/F16/BF16 tensors, and matrices that mix float and
+//! block parts, are converted once to float32.
 
 use std::path::Path;
 
@@ -100,7 +100,7 @@ fn hf_name(name: &str) -> Option<String> {
 }
 
 /// Float32 values of a tensor, dequantizing the block formats.
-fn dequantize(g: &Gguf, t: &TensorInfo) -> Result<Vec<f32>> {
+pub(crate) fn dequantize(g: &Gguf, t: &TensorInfo) -> Result<Vec<f32>> {
     let data = g.tensor_data(t);
     let n = t.numel() as usize;
     let mut out = vec![0.0f32; n];
@@ -146,11 +146,28 @@ fn permute_rows<T: Copy>(data: &[T], row_len: usize, order: &[usize]) -> Vec<T> 
     out
 }
 
+/// How a matrix part is kept: in its blocks, or as float16.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Kept {
+    Blocks(QuantType),
+    F16,
+}
+
+fn kept(t: GgmlType) -> Option<Kept> {
+    match t {
+        GgmlType::F16 => Some(Kept::F16),
+        other => quant_type(other).map(Kept::Blocks),
+    }
+}
+
 fn quant_type(t: GgmlType) -> Option<QuantType> {
     match t {
         GgmlType::Q8_0 => Some(QuantType::Q8_0),
         GgmlType::Q4_0 => Some(QuantType::Q4_0),
         GgmlType::Q4_1 => Some(QuantType::Q4_1),
+        GgmlType::Q4_K => Some(QuantType::Q4_K),
+        GgmlType::Q5_K => Some(QuantType::Q5_K),
+        GgmlType::Q6_K => Some(QuantType::Q6_K),
         _ => None,
     }
 }
@@ -186,16 +203,42 @@ fn target_of(name: &str) -> Option<(Target, u8)> {
     })
 }
 
-/// Matrices whose parts all share one block format stay quantized.
-fn quantized_targets(g: &Gguf) -> std::collections::HashMap<Target, QuantType> {
-    let mut types: std::collections::HashMap<Target, Option<QuantType>> = std::collections::HashMap::new();
+/// Matrices whose parts are all in block formats or float16 stay that way
+/// (parts in different formats become bands of a stacked matrix).
+fn quantized_targets(g: &Gguf) -> std::collections::HashSet<Target> {
+    let mut all_quant: std::collections::HashMap<Target, bool> = std::collections::HashMap::new();
     for t in g.tensors() {
         if let Some((target, _)) = target_of(&t.name) {
-            let q = quant_type(t.ggml_type);
-            types.entry(target).and_modify(|e| if *e != q { *e = None }).or_insert(q);
+            let q = kept(t.ggml_type).is_some();
+            all_quant.entry(target).and_modify(|e| *e &= q).or_insert(q);
         }
     }
-    types.into_iter().filter_map(|(k, v)| v.map(|q| (k, q))).collect()
+    all_quant.into_iter().filter_map(|(k, v)| v.then_some(k)).collect()
+}
+
+/// One matrix from its parts' raw rows, in fused order.
+fn stacked(mut parts: Vec<(u8, Kept, usize, Vec<u8>)>) -> Matrix {
+    parts.sort_by_key(|p| p.0);
+    let mut bands: Vec<(usize, Kept, Vec<u8>)> = Vec::new();
+    for (_, t, rows, bytes) in parts {
+        match bands.last_mut() {
+            Some((r, bt, b)) if *bt == t => {
+                *r += rows;
+                b.extend_from_slice(&bytes);
+            }
+            _ => bands.push((rows, t, bytes)),
+        }
+    }
+    let matrix = |t: Kept, bytes: Vec<u8>| match t {
+        Kept::Blocks(q) => Matrix::Quant(q, bytes),
+        Kept::F16 => Matrix::F16(bytes.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]])).collect()),
+    };
+    if bands.len() == 1 {
+        let (_, t, bytes) = bands.pop().expect("one band");
+        matrix(t, bytes)
+    } else {
+        Matrix::Stack(bands.into_iter().map(|(rows, t, bytes)| (rows, matrix(t, bytes))).collect())
+    }
 }
 
 pub fn load_model(path: &Path) -> Result<Model> {
@@ -206,8 +249,8 @@ pub fn load_model(path: &Path) -> Result<Model> {
         (config.num_attention_heads, config.num_key_value_heads, config.hidden_size, config.intermediate_size);
     let mut model = Model::new(config)?;
     let quantized = quantized_targets(&g);
-    // Raw rows of the matrices kept quantized, in fused order: (part, bytes).
-    let mut parts: std::collections::HashMap<Target, Vec<(u8, Vec<u8>)>> = std::collections::HashMap::new();
+    // Raw rows of the matrices kept quantized: (part, format, rows, bytes).
+    let mut parts: std::collections::HashMap<Target, Vec<(u8, Kept, usize, Vec<u8>)>> = std::collections::HashMap::new();
     let mut seen = std::collections::HashSet::new();
     for t in g.tensors() {
         let shape = t.shape();
@@ -231,7 +274,7 @@ pub fn load_model(path: &Path) -> Result<Model> {
         } else {
             None
         };
-        let target = target_of(&t.name).filter(|(tg, _)| quantized.contains_key(tg));
+        let target = target_of(&t.name).filter(|(tg, _)| quantized.contains(tg));
         if let Some((tg, part)) = target {
             let spec = model.weight_map.get(&name).ok_or_else(|| invalid_weights(format!("{}: unexpected tensor '{name}'", path.display())))?;
             if spec.shape != shape {
@@ -242,7 +285,8 @@ pub fn load_model(path: &Path) -> Result<Model> {
                 Some(o) => permute_rows(data, data.len() / shape[0], o),
                 None => data.to_vec(),
             };
-            parts.entry(tg).or_default().push((part, bytes));
+            let qt = kept(t.ggml_type).expect("kept target");
+            parts.entry(tg).or_default().push((part, qt, shape[0], bytes));
         } else {
             let mut values = dequantize(&g, t).map_err(ctx(path))?;
             if let Some(o) = &order {
@@ -252,10 +296,8 @@ pub fn load_model(path: &Path) -> Result<Model> {
         }
         seen.insert(name);
     }
-    for (tg, mut ps) in parts {
-        ps.sort_by_key(|(part, _)| *part);
-        let bytes: Vec<u8> = ps.into_iter().flat_map(|(_, b)| b).collect();
-        let m = Matrix::Quant(quantized[&tg], bytes);
+    for (tg, ps) in parts {
+        let m = stacked(ps);
         let w = &mut model.weights;
         match tg {
             Target::Embed => w.embed = m,
@@ -266,6 +308,10 @@ pub fn load_model(path: &Path) -> Result<Model> {
             Target::Down(l) => w.layers[l].w_down = m,
         }
     }
+    // llama.cpp's default cache; it also keeps our numbers next to its own.
+    model.kv_default = crate::model::kv_cache::KvType::F16;
+    let cfg = model.config.clone();
+    model.rope.use_ggml_angles(&cfg);
     let missing: Vec<&str> = model.weight_map.specs.iter().map(|s| s.name.as_str()).filter(|n| !seen.contains(*n)).collect();
     if !missing.is_empty() {
         return Err(invalid_weights(format!("{}: missing tensors: {}", path.display(), missing.join(", "))));

@@ -23,7 +23,7 @@ fn model_dir(path: &Path) -> Result<PathBuf> {
 }
 
 /// The safetensors files of a folder, in load order.
-fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
+pub(crate) fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
     let index = dir.join("model.safetensors.index.json");
     if index.exists() {
         let text = std::fs::read_to_string(&index).map_err(|e| io_error(&index, e))?;

@@ -1,32 +1,118 @@
 //! Per-session key/value cache: one slot per batch row, each holding
 //! `[layer][position][kv_dim]` keys and values. Slots are allocated the first
 //! time a row is used, so a session sized for many rows costs nothing until then.
+//!
+//! Entries are float32 or float16. float16 halves the memory and is what
+//! llama.cpp keeps by default; with it, attention also rounds the query and
+//! the attention weights to float16 before their products with keys and
+//! values, as llama.cpp's matmuls against a float16 cache do.
+
+use half::f16;
 
 use crate::error::Result;
-use crate::tensor::zeroed_f32;
+use crate::tensor::{zeroed_f16, zeroed_f32};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KvType {
+    F32,
+    F16,
+}
+
+impl KvType {
+    pub fn bytes(self) -> usize {
+        match self {
+            KvType::F32 => 4,
+            KvType::F16 => 2,
+        }
+    }
+}
+
+/// One cache element type.
+pub trait KvElem: Copy + Send + Sync + 'static {
+    /// The values themselves when they already are float32.
+    fn as_f32(src: &[Self]) -> Option<&[f32]>;
+    fn from_f32_slice(src: &[f32], dst: &mut [Self]);
+    fn to_f32_slice(src: &[Self], dst: &mut [f32]);
+    /// `x` as the cache would hold it (what the matmul against it sees).
+    fn round(x: f32) -> f32;
+}
+
+impl KvElem for f32 {
+    fn as_f32(src: &[f32]) -> Option<&[f32]> {
+        Some(src)
+    }
+    fn from_f32_slice(src: &[f32], dst: &mut [f32]) {
+        dst.copy_from_slice(src);
+    }
+    fn to_f32_slice(src: &[f32], dst: &mut [f32]) {
+        dst.copy_from_slice(src);
+    }
+    #[inline]
+    fn round(x: f32) -> f32 {
+        x
+    }
+}
+
+impl KvElem for f16 {
+    fn as_f32(_: &[f16]) -> Option<&[f32]> {
+        None
+    }
+    fn from_f32_slice(src: &[f32], dst: &mut [f16]) {
+        half::slice::HalfFloatSliceExt::convert_from_f32_slice(dst, src);
+    }
+    fn to_f32_slice(src: &[f16], dst: &mut [f32]) {
+        half::slice::HalfFloatSliceExt::convert_to_f32_slice(src, dst);
+    }
+    #[inline]
+    fn round(x: f32) -> f32 {
+        f16::from_f32(x).to_f32()
+    }
+}
+
+enum Store {
+    F32(Vec<f32>),
+    F16(Vec<f16>),
+}
+
+impl Store {
+    fn new(t: KvType, n: usize) -> Result<Store> {
+        Ok(match t {
+            // Zeroed pages arrive lazily, so unused context costs no resident memory.
+            KvType::F32 => Store::F32(zeroed_f32(n)?),
+            KvType::F16 => Store::F16(zeroed_f16(n)?),
+        })
+    }
+}
 
 pub struct SeqCache {
-    k: Vec<f32>,
-    v: Vec<f32>,
+    k: Store,
+    v: Store,
     /// Number of positions filled (valid) in this slot.
     pub len: usize,
 }
 
 pub struct KvCache {
     pub n_ctx: usize,
+    pub kv_type: KvType,
     n_layers: usize,
     kv_dim: usize,
     slots: Vec<SeqCache>,
 }
 
+/// Keys and values of one layer of one slot, positions `0..n`.
+pub enum LayerView<'a> {
+    F32(&'a [f32], &'a [f32]),
+    F16(&'a [f16], &'a [f16]),
+}
+
 impl KvCache {
-    pub fn new(n_ctx: usize, n_layers: usize, kv_dim: usize) -> KvCache {
-        KvCache { n_ctx, n_layers, kv_dim, slots: Vec::new() }
+    pub fn new(n_ctx: usize, n_layers: usize, kv_dim: usize, kv_type: KvType) -> KvCache {
+        KvCache { n_ctx, kv_type, n_layers, kv_dim, slots: Vec::new() }
     }
 
     /// Bytes one slot takes (keys and values, all layers, n_ctx positions).
-    pub fn slot_bytes(n_ctx: usize, n_layers: usize, kv_dim: usize) -> usize {
-        2 * n_ctx * n_layers * kv_dim * std::mem::size_of::<f32>()
+    pub fn slot_bytes(n_ctx: usize, n_layers: usize, kv_dim: usize, kv_type: KvType) -> usize {
+        2 * n_ctx * n_layers * kv_dim * kv_type.bytes()
     }
 
     /// Positions already cached for row `seq` (0 for a row never used).
@@ -37,8 +123,7 @@ impl KvCache {
     pub fn ensure_slots(&mut self, n: usize) -> Result<()> {
         while self.slots.len() < n {
             let size = self.n_layers * self.n_ctx * self.kv_dim;
-            // Zeroed pages arrive lazily, so unused context costs no resident memory.
-            self.slots.push(SeqCache { k: zeroed_f32(size)?, v: zeroed_f32(size)?, len: 0 });
+            self.slots.push(SeqCache { k: Store::new(self.kv_type, size)?, v: Store::new(self.kv_type, size)?, len: 0 });
         }
         Ok(())
     }
@@ -56,18 +141,27 @@ impl KvCache {
         let o = self.offset(layer, pos);
         let d = self.kv_dim;
         let slot = &mut self.slots[seq];
-        slot.k[o..o + d].copy_from_slice(k);
-        slot.v[o..o + d].copy_from_slice(v);
+        match (&mut slot.k, &mut slot.v) {
+            (Store::F32(ks), Store::F32(vs)) => {
+                f32::from_f32_slice(k, &mut ks[o..o + d]);
+                f32::from_f32_slice(v, &mut vs[o..o + d]);
+            }
+            (Store::F16(ks), Store::F16(vs)) => {
+                f16::from_f32_slice(k, &mut ks[o..o + d]);
+                f16::from_f32_slice(v, &mut vs[o..o + d]);
+            }
+            _ => unreachable!("keys and values share a type"),
+        }
     }
 
-    /// Keys (or values) of `layer` for positions `0..n`, as one contiguous slice.
-    pub fn keys(&self, seq: usize, layer: usize, n: usize) -> &[f32] {
+    /// Keys and values of `layer` for positions `0..n`, each one contiguous slice.
+    pub fn layer(&self, seq: usize, layer: usize, n: usize) -> LayerView<'_> {
         let o = self.offset(layer, 0);
-        &self.slots[seq].k[o..o + n * self.kv_dim]
-    }
-
-    pub fn values(&self, seq: usize, layer: usize, n: usize) -> &[f32] {
-        let o = self.offset(layer, 0);
-        &self.slots[seq].v[o..o + n * self.kv_dim]
+        let r = o..o + n * self.kv_dim;
+        match (&self.slots[seq].k, &self.slots[seq].v) {
+            (Store::F32(k), Store::F32(v)) => LayerView::F32(&k[r.clone()], &v[r]),
+            (Store::F16(k), Store::F16(v)) => LayerView::F16(&k[r.clone()], &v[r]),
+            _ => unreachable!("keys and values share a type"),
+        }
     }
 }

@@ -9,7 +9,7 @@
 
 use rayon::prelude::*;
 
-use super::kv_cache::KvCache;
+use super::kv_cache::{KvCache, KvElem, LayerView};
 use super::Model;
 use crate::kernels::{dot, rmsnorm, rope_rotate_half, silu, softmax};
 
@@ -69,6 +69,52 @@ impl ScoreRows {
     }
 }
 
+/// Which cached positions one query head attends to, and where its
+/// key/value head sits in a cache row.
+struct AttnSpan {
+    first: usize,
+    n: usize,
+    kvd: usize,
+    kv_off: usize,
+    scale: f32,
+}
+
+/// softmax(q . k_j * scale) . v_j over positions `first..n`. The query and
+/// the weights go through the cache's number type before their products, as
+/// in a matmul against that cache (llama.cpp rounds both to float16 for an
+/// float16 cache).
+fn attend<T: KvElem>(q: &[f32], keys: &[T], values: &[T], span: &AttnSpan, scratch: &mut [f32], out: &mut [f32]) {
+    let hd = q.len();
+    let (scores, rest) = scratch.split_at_mut(scratch.len() - 2 * hd);
+    let (qr, row) = rest.split_at_mut(hd);
+    for (a, &b) in qr.iter_mut().zip(q) {
+        *a = T::round(b);
+    }
+    let scores = &mut scores[..span.n - span.first];
+    for (sc, j) in scores.iter_mut().zip(span.first..span.n) {
+        *sc = dot(qr, as_f32(&keys[j * span.kvd + span.kv_off..][..hd], row)) * span.scale;
+    }
+    softmax(scores);
+    out.fill(0.0);
+    for (j, &p) in (span.first..span.n).zip(scores.iter()) {
+        let p = T::round(p);
+        for (o, v) in out.iter_mut().zip(as_f32(&values[j * span.kvd + span.kv_off..][..hd], row)) {
+            *o += p * v;
+        }
+    }
+}
+
+/// A cache row as float32: in place, or converted into `buf`.
+fn as_f32<'a, T: KvElem>(src: &'a [T], buf: &'a mut [f32]) -> &'a [f32] {
+    match T::as_f32(src) {
+        Some(v) => v,
+        None => {
+            T::to_f32_slice(src, buf);
+            buf
+        }
+    }
+}
+
 /// Runs the batch and writes logits into `out` (sized by `logits_len`).
 /// The caller has validated tokens, positions and sizes.
 pub fn forward(model: &Model, cache: &mut KvCache, s: &mut Scratch, batch: &Batch, last_only: bool, out: &mut [f32]) {
@@ -100,7 +146,8 @@ pub fn forward(model: &Model, cache: &mut KvCache, s: &mut Scratch, batch: &Batc
     grow(&mut s.sin, n_tok * half);
     let n_workers = rayon::current_num_threads();
     let max_pos = s.pos.iter().copied().max().unwrap_or(0) + 1;
-    let score_row = max_pos.next_power_of_two().min(cache.n_ctx);
+    // Per worker: scores, then the query and one key/value row as float32.
+    let score_row = max_pos.next_power_of_two().min(cache.n_ctx) + 2 * hd;
     grow(&mut s.scores, n_workers * score_row);
 
     for (t, &tok) in batch.tokens.iter().enumerate() {
@@ -136,24 +183,14 @@ pub fn forward(model: &Model, cache: &mut KvCache, s: &mut Scratch, batch: &Batc
         let qkv_ref = &*qkv;
         att.par_chunks_mut(hd).enumerate().for_each(|(i, out)| {
             // SAFETY: a worker runs one item at a time, so its row is exclusive.
-            let scores_all = unsafe { scores_ptr.row(rayon::current_thread_index().unwrap_or(0)) };
+            let scratch = unsafe { scores_ptr.row(rayon::current_thread_index().unwrap_or(0)) };
             let (t, head) = (i / n_heads, i % n_heads);
-            let kv_off = (head / group) * hd;
             let q = &qkv_ref[t * qkv_dim + head * hd..][..hd];
             let n = pos[t] + 1;
-            let first = window.map_or(0, |w| n.saturating_sub(w));
-            let keys = cache_ref.keys(seq_of[t], l, n);
-            let values = cache_ref.values(seq_of[t], l, n);
-            let scores = &mut scores_all[..n - first];
-            for (sc, j) in scores.iter_mut().zip(first..n) {
-                *sc = dot(q, &keys[j * kvd + kv_off..][..hd]) * scale;
-            }
-            softmax(scores);
-            out.fill(0.0);
-            for (j, &p) in (first..n).zip(scores.iter()) {
-                for (o, v) in out.iter_mut().zip(&values[j * kvd + kv_off..][..hd]) {
-                    *o += p * v;
-                }
+            let span = AttnSpan { first: window.map_or(0, |w| n.saturating_sub(w)), n, kvd, kv_off: (head / group) * hd, scale };
+            match cache_ref.layer(seq_of[t], l, n) {
+                LayerView::F32(k, v) => attend(q, k, v, &span, scratch, out),
+                LayerView::F16(k, v) => attend(q, k, v, &span, scratch, out),
             }
         });
         lw.wo.matmul(xn, h, att, n_tok, qd, h);

@@ -19,6 +19,8 @@ pub struct Model {
     pub weights: Weights,
     pub weight_map: WeightMap,
     pub rope: Rope,
+    /// KV cache type a session gets unless it asks for another.
+    pub kv_default: kv_cache::KvType,
 }
 
 /// Refuse models whose float32 weights would not fit in any sane memory,
@@ -39,7 +41,13 @@ impl Model {
             )));
         }
         let weights = Weights::zeros(&config)?;
-        Ok(Model { weight_map: WeightMap::new(&config), rope: Rope::new(&config), weights, config })
+        Ok(Model {
+            weight_map: WeightMap::new(&config),
+            rope: Rope::new(&config),
+            weights,
+            config,
+            kv_default: kv_cache::KvType::F32,
+        })
     }
 
     /// Load config.json and safetensors weights from a folder.

@@ -1,5 +1,7 @@
 //! Rotary position embedding frequencies, computed the way transformers does
-//! (float32 inverse frequencies, then the rope_scaling rule).
+//! (float32 inverse frequencies, then the rope_scaling rule), or for models
+//! from GGUF files the way ggml does (each angle from the previous one times
+//! base^(-2/dim) in float32), so that positions rotate exactly as in llama.cpp.
 
 use crate::config::{ModelConfig, RopeScaling};
 
@@ -7,6 +9,14 @@ use crate::config::{ModelConfig, RopeScaling};
 pub struct Rope {
     /// One inverse frequency per rotated pair (rotary_dim / 2 of them).
     pub inv_freq: Vec<f32>,
+    ggml: Option<GgmlAngles>,
+}
+
+#[derive(Debug, Clone)]
+struct GgmlAngles {
+    theta_scale: f32,
+    /// Per pair: the unscaled frequency over the scaled one (rope_scaling).
+    freq_factors: Vec<f32>,
 }
 
 impl Rope {
@@ -40,11 +50,38 @@ impl Rope {
                 }
             }
         }
-        Rope { inv_freq }
+        Rope { inv_freq, ggml: None }
+    }
+
+    /// Switch to ggml's angle arithmetic (for weights that came from GGUF).
+    pub fn use_ggml_angles(&mut self, cfg: &ModelConfig) {
+        let dim = cfg.rotary_dim();
+        let theta_scale = (cfg.rope_theta as f32).powf(-2.0 / dim as f32);
+        let mut plain = 1.0f32;
+        let freq_factors = self
+            .inv_freq
+            .iter()
+            .map(|&f| {
+                let ff = plain / f;
+                plain *= theta_scale;
+                ff
+            })
+            .collect();
+        self.ggml = Some(GgmlAngles { theta_scale, freq_factors });
     }
 
     /// cos and sin of every pair's angle at `pos`, into slices of len inv_freq.len().
     pub fn angles(&self, pos: usize, cos: &mut [f32], sin: &mut [f32]) {
+        if let Some(g) = &self.ggml {
+            let mut theta = pos as f32;
+            for ((c, s), &ff) in cos.iter_mut().zip(sin.iter_mut()).zip(&g.freq_factors) {
+                let a = theta / ff;
+                *c = a.cos();
+                *s = a.sin();
+                theta *= g.theta_scale;
+            }
+            return;
+        }
         let p = pos as f32;
         for ((c, s), &f) in cos.iter_mut().zip(sin.iter_mut()).zip(&self.inv_freq) {
             let a = (p * f) as f64;

@@ -11,10 +11,15 @@ use crate::kernels::{self, quant};
 use crate::tensor::{zeroed_f32, TensorView};
 
 /// A weight matrix `[rows][cols]`: float32, or raw ggml blocks used in place
-/// by the quantized kernels.
+/// by the quantized kernels, or row bands of those stacked (a fused q/k/v
+/// whose v is Q6_K while q and k are Q4_K, as in llama.cpp's Q4_K_M files).
 pub enum Matrix {
     F32(Vec<f32>),
+    /// float16, computed with float16-rounded activations (GGUF F16 files).
+    F16(Vec<half::f16>),
     Quant(quant::QuantType, Vec<u8>),
+    /// (rows, band), top to bottom.
+    Stack(Vec<(usize, Matrix)>),
 }
 
 impl Matrix {
@@ -22,7 +27,16 @@ impl Matrix {
     pub fn matmul(&self, out: &mut [f32], stride: usize, x: &[f32], n_tok: usize, n_in: usize, n_out: usize) {
         match self {
             Matrix::F32(w) => kernels::matmul(out, stride, x, w, n_tok, n_in, n_out),
+            Matrix::F16(w) => kernels::f16::matmul(out, stride, x, w, n_tok, n_in, n_out),
             Matrix::Quant(t, w) => quant::matmul(*t, out, stride, x, w, n_tok, n_in, n_out),
+            Matrix::Stack(bands) => {
+                let mut r0 = 0;
+                for (rows, m) in bands {
+                    m.matmul(&mut out[r0..], stride, x, n_tok, n_in, *rows);
+                    r0 += rows;
+                }
+                debug_assert_eq!(r0, n_out);
+            }
         }
     }
 
@@ -30,9 +44,20 @@ impl Matrix {
     pub fn row_f32(&self, r: usize, cols: usize, out: &mut [f32]) {
         match self {
             Matrix::F32(w) => out.copy_from_slice(&w[r * cols..(r + 1) * cols]),
+            Matrix::F16(w) => half::slice::HalfFloatSliceExt::convert_to_f32_slice(&w[r * cols..(r + 1) * cols], out),
             Matrix::Quant(t, w) => {
                 let rb = t.row_bytes(cols);
                 quant::dequantize_row(*t, &w[r * rb..(r + 1) * rb], out)
+            }
+            Matrix::Stack(bands) => {
+                let mut r = r;
+                for (rows, m) in bands {
+                    if r < *rows {
+                        return m.row_f32(r, cols, out);
+                    }
+                    r -= rows;
+                }
+                panic!("row out of range");
             }
         }
     }
@@ -40,7 +65,7 @@ impl Matrix {
     fn f32_mut(&mut self) -> Option<&mut [f32]> {
         match self {
             Matrix::F32(w) => Some(w),
-            Matrix::Quant(..) => None,
+            Matrix::F16(..) | Matrix::Quant(..) | Matrix::Stack(..) => None,
         }
     }
 }
@@ -69,6 +94,43 @@ pub struct Weights {
 }
 
 impl Weights {
+    /// Re-encode every float32 matrix in block format `t` (the output head in
+    /// Q6_K for 4/5-bit formats, as llama.cpp's quantizer does); matrices whose
+    /// rows do not split into blocks stay float32.
+    pub fn quantize(&mut self, t: quant::QuantType, cfg: &ModelConfig) {
+        use quant::QuantType::*;
+        let head_type = if matches!(t, Q4_0 | Q4_1 | Q4_K | Q5_K) { Q6_K } else { t };
+        let convert = |m: &mut Matrix, t: quant::QuantType, cols: usize| {
+            if let Matrix::F16(w) = m {
+                let mut f = vec![0.0f32; w.len()];
+                half::slice::HalfFloatSliceExt::convert_to_f32_slice(w.as_slice(), &mut f);
+                *m = Matrix::F32(f);
+            }
+            if let Matrix::F32(w) = m {
+                if cols % t.block_len() == 0 && !w.is_empty() {
+                    let mut bytes = vec![0u8; w.len() / cols * t.row_bytes(cols)];
+                    use rayon::prelude::*;
+                    bytes.par_chunks_mut(t.row_bytes(cols)).zip(w.par_chunks(cols)).for_each(|(o, row)| quant::quantize_row(t, row, o));
+                    *m = Matrix::Quant(t, bytes);
+                }
+            }
+        };
+        let (h, ffn, qd) = (cfg.hidden_size, cfg.intermediate_size, cfg.q_dim());
+        for l in &mut self.layers {
+            convert(&mut l.wqkv, t, h);
+            convert(&mut l.wo, t, qd);
+            convert(&mut l.w_gate_up, t, h);
+            convert(&mut l.w_down, t, ffn);
+        }
+        match &mut self.lm_head {
+            Some(head) => {
+                convert(head, head_type, h);
+                convert(&mut self.embed, t, h);
+            }
+            None => convert(&mut self.embed, head_type, h),
+        }
+    }
+
     /// The output projection, `[vocab][hidden]`.
     pub fn output(&self) -> &Matrix {
         self.lm_head.as_ref().unwrap_or(&self.embed)

@@ -9,7 +9,7 @@
 //! SentencePiece library.
 
 pub mod detokenizer;
-mod gguf_vocab;
+pub mod gguf_vocab;
 pub mod spm;
 pub mod template;
 

@@ -1,0 +1,1094 @@
+"""`python -m pyffi bench` (`make bench`, `make bench-quick`): pyffi against
+llama.cpp (through llama-cpp-python) on the same GGUF files, the llama-bench way.
+
+It makes its own models: seeded random weights (the values don't change the
+work) at TinyLlama-1.1B's shape, or a small shape with --quick, with the Llama 2
+vocabulary, as GGUF in F16, Q8_0, Q4_0 (written with the `gguf` package) and
+Q4_K_M (made from the F16 file by llama.cpp's own quantizer). They are cached
+in $PYFFI_BENCH_CACHE (default ~/.cache/pyffi/bench) with the C helpers.
+
+For each file, each engine runs in its own subprocess, one after the other,
+with the same thread count: load, then pp512 (one call of 512 tokens, logits
+of the last position only), tg128 (128 one-token steps after one warm-up
+token) and tg128 at depth 512 (128 steps after a 512-token prompt), each the
+median of --reps runs after one warm-up run. Only the model calls are timed.
+Reported besides: load time, peak RSS (VmHWM), pyffi / llama.cpp ratios, the
+decode bandwidth achieved as a share of a read-bandwidth probe (bench/bwprobe.c)
+run in the same session, and the per-call overhead of Python's `forward` on a
+tiny model against the same calls from C (bench/overhead.c).
+
+This file is also the worker: the parent runs it by path in a fresh
+interpreter (`--worker ENGINE MODEL`), which imports only the engine measured.
+"""
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+GGUF_PIN = "gguf==0.19.0"
+LLAMA_CPP_PIN = "llama-cpp-python==0.3.36"
+SEED = 20240605
+GEN_VERSION = 1  # bump when the generated files would change
+SCHEMA = "pyffi-bench/1"
+
+PKG = Path(__file__).resolve().parent
+REPO = PKG.parent
+
+# name: dim, layers, q-heads, kv-heads, ffn, vocab, context length
+SHAPES = {
+    "tinyllama-1.1b": dict(dim=2048, layers=22, heads=32, kv_heads=4, ffn=5632, vocab=32000, ctx=2048),
+    "small-110m": dict(dim=768, layers=12, heads=12, kv_heads=12, ffn=2048, vocab=32000, ctx=1024),
+}
+FULL_SHAPE, QUICK_SHAPE = "tinyllama-1.1b", "small-110m"
+TYPES = ("f16", "q8_0", "q4_0", "q4_k_m")
+QUICK_TYPES = ("q4_0", "q8_0")
+ENGINES = ("llama.cpp", "pyffi")
+# GGUF general.file_type (llama_ftype) per type.
+FILE_TYPE = {"f16": 1, "q4_0": 2, "q8_0": 7, "q4_k_m": 15}
+KV_BYTES_PER_VALUE = 2  # the bandwidth share counts an f16 KV cache (llama.cpp's default) for both engines
+
+
+def log(msg):
+    print(f"[bench] {msg}", file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------
+# Small helpers (pure; tested in tests/test_bench.py)
+
+def median(xs):
+    return statistics.median(xs) if xs else None
+
+
+def tokens_per_s(n_tokens, times_s):
+    """Median throughput over runs: n_tokens / time of each run."""
+    rates = [n_tokens / t for t in times_s if t > 0]
+    return median(rates)
+
+
+def ratio(ours, theirs):
+    """ours / theirs, or None when either is missing or zero."""
+    if ours is None or theirs is None or theirs == 0:
+        return None
+    return ours / theirs
+
+
+def test_names(n_prompt, n_gen, depth):
+    return (f"pp{n_prompt}", f"tg{n_gen}", f"tg{n_gen}@d{depth}")
+
+
+def kv_bytes_per_position(shape):
+    s = SHAPES[shape] if isinstance(shape, str) else shape
+    head_dim = s["dim"] // s["heads"]
+    return 2 * s["layers"] * s["kv_heads"] * head_dim * KV_BYTES_PER_VALUE
+
+
+def decode_bytes_per_token(weight_bytes, kv_per_pos, first_pos, n_steps):
+    """Bytes one decode step reads on average: every weight once, plus the KV
+    cache of the positions attended (pos + 1 at position pos)."""
+    mean_ctx = first_pos + (n_steps + 1) / 2  # mean of pos + 1 over first_pos .. first_pos + n_steps - 1
+    return weight_bytes + kv_per_pos * mean_ctx
+
+
+def fmt_rate(x):
+    if x is None:
+        return "-"
+    return f"{x:.1f}" if x < 1000 else f"{x:.0f}"
+
+
+def fmt_ratio(x):
+    return "-" if x is None else f"{x:.2f}x"
+
+
+# --------------------------------------------------------------------------
+# Paths and on-demand installs
+
+def cache_dir():
+    return Path(os.environ.get("PYFFI_BENCH_CACHE") or Path.home() / ".cache" / "pyffi" / "bench")
+
+
+def fixtures_dir():
+    env = os.environ.get("PYFFI_FIXTURES")
+    return Path(env) if env else REPO.parent / "shared" / "fixtures"
+
+
+def vocab_file():
+    return fixtures_dir() / "vocab" / "ggml-vocab-llama-spm.gguf"
+
+
+def overhead_model():
+    """A tiny model for the per-call overhead: stories260K, else the demo."""
+    for p in (fixtures_dir() / "models" / "stories260K", REPO / "fixtures" / "demo", PKG / "demo"):
+        if (p / "config.json").exists():
+            return p
+    return None
+
+
+def library_path():
+    for p in (os.environ.get("PYFFI_LIBRARY"), REPO / "rust" / "target" / "release" / "libpyffi.so",
+              PKG / "libpyffi.so"):
+        if p and Path(p).is_file():
+            return Path(p).resolve()
+    return None
+
+
+def header_dir():
+    for d in (REPO / "include", PKG):
+        if (d / "pyffi.h").is_file():
+            return d
+    return None
+
+
+def _has_module(name):
+    import importlib.util
+    return importlib.util.find_spec(name) is not None
+
+
+def ensure_package(module, pin, allow_install, why):
+    """Import check for `module`; pip-installs `pin` when missing and allowed.
+    Returns None when available, else the reason it is not."""
+    if _has_module(module):
+        return None
+    if not allow_install:
+        return f"{module} is not installed (pip install {pin}); --no-install was given"
+    log(f"installing {pin} ({why}) ...")
+    r = subprocess.run([sys.executable, "-m", "pip", "install", pin])
+    if r.returncode != 0:
+        return f"pip install {pin} failed (exit {r.returncode})"
+    import importlib
+    importlib.invalidate_caches()
+    return None if _has_module(module) else f"{module} still not importable after installing {pin}"
+
+
+# --------------------------------------------------------------------------
+# Model generation
+
+def model_path(shape, typ, cache=None):
+    return (cache or cache_dir()) / "models" / f"{shape}-{typ}-seed{SEED}-v{GEN_VERSION}.gguf"
+
+
+def tensor_plan(shape):
+    """(name, numpy shape [out, in]) of every tensor, in file order."""
+    s = SHAPES[shape]
+    d, hd, kv = s["dim"], s["dim"] // s["heads"], s["kv_heads"]
+    plan = [("token_embd.weight", (s["vocab"], d))]
+    for i in range(s["layers"]):
+        b = f"blk.{i}."
+        plan += [(b + "attn_norm.weight", (d,)), (b + "attn_q.weight", (d, d)),
+                 (b + "attn_k.weight", (kv * hd, d)), (b + "attn_v.weight", (kv * hd, d)),
+                 (b + "attn_output.weight", (d, d)), (b + "ffn_norm.weight", (d,)),
+                 (b + "ffn_gate.weight", (s["ffn"], d)), (b + "ffn_up.weight", (s["ffn"], d)),
+                 (b + "ffn_down.weight", (d, s["ffn"]))]
+    plan += [("output_norm.weight", (d,)), ("output.weight", (s["vocab"], d))]
+    return plan
+
+
+def _read_vocab(path):
+    """Pieces, scores, token types and special ids of a vocab-only GGUF."""
+    import gguf
+    fields = gguf.GGUFReader(str(path)).fields
+
+    def items(key):
+        f = fields[key]
+        return [f.parts[i] for i in f.data]
+
+    def scalar(key, default):
+        f = fields.get(key)
+        return int(f.parts[f.data[0]][0]) if f is not None else default
+
+    return dict(
+        tokens=[bytes(p).decode("utf-8") for p in items("tokenizer.ggml.tokens")],
+        scores=[float(p[0]) for p in items("tokenizer.ggml.scores")],
+        types=[int(p[0]) for p in items("tokenizer.ggml.token_type")],
+        bos=scalar("tokenizer.ggml.bos_token_id", 1), eos=scalar("tokenizer.ggml.eos_token_id", 2),
+        unk=scalar("tokenizer.ggml.unknown_token_id", 0))
+
+
+def _weights(seed, index, shape):
+    """The seeded random matrix of tensor `index` (the same for every type);
+    norms are ones."""
+    import numpy as np
+    if len(shape) == 1:
+        return np.ones(shape, np.float32)
+    rng = np.random.default_rng([seed, index])
+    a = rng.standard_normal(shape, dtype=np.float32)
+    a *= np.float32(shape[-1] ** -0.5)
+    return a
+
+
+def write_gguf(path, shape, typ, vocab_path, seed=SEED):
+    """Write a random-weight llama GGUF in f16, q8_0 or q4_0, tensor by tensor
+    (never the whole model in memory)."""
+    import gguf
+    import numpy as np
+    Q = gguf.GGMLQuantizationType
+    qtype = {"f16": Q.F16, "q8_0": Q.Q8_0, "q4_0": Q.Q4_0}[typ]
+    s = SHAPES[shape]
+    vocab = _read_vocab(vocab_path)
+    if len(vocab["tokens"]) != s["vocab"]:
+        raise ValueError(f"{vocab_path} has {len(vocab['tokens'])} tokens, the shape wants {s['vocab']}")
+
+    tmp = path.with_name(path.name + ".part")
+    w = gguf.GGUFWriter(None, "llama")
+    w.add_name(f"pyffi-bench {shape} {typ} (random weights, seed {seed})")
+    w.add_context_length(s["ctx"])
+    w.add_embedding_length(s["dim"])
+    w.add_block_count(s["layers"])
+    w.add_feed_forward_length(s["ffn"])
+    w.add_head_count(s["heads"])
+    w.add_head_count_kv(s["kv_heads"])
+    w.add_rope_dimension_count(s["dim"] // s["heads"])
+    w.add_rope_freq_base(10000.0)
+    w.add_layer_norm_rms_eps(1e-5)
+    w.add_vocab_size(s["vocab"])
+    w.add_file_type(FILE_TYPE[typ])
+    w.add_tokenizer_model("llama")
+    w.add_token_list(vocab["tokens"])
+    w.add_token_scores(vocab["scores"])
+    w.add_token_types(vocab["types"])
+    w.add_bos_token_id(vocab["bos"])
+    w.add_eos_token_id(vocab["eos"])
+    w.add_unk_token_id(vocab["unk"])
+
+    plan = tensor_plan(shape)
+    for name, shp in plan:
+        if len(shp) == 1:
+            w.add_tensor_info(name, shp, np.dtype(np.float32), 4 * shp[0])
+        elif qtype == Q.F16:
+            w.add_tensor_info(name, shp, np.dtype(np.float16), 2 * shp[0] * shp[1])
+        else:
+            byte_shape = gguf.quants.quant_shape_to_byte_shape(shp, qtype)
+            w.add_tensor_info(name, byte_shape, np.dtype(np.uint8), byte_shape[0] * byte_shape[1], raw_dtype=qtype)
+    w.write_header_to_file(tmp)
+    w.write_kv_data_to_file()
+    w.write_ti_data_to_file()
+    for i, (name, shp) in enumerate(plan):
+        a = _weights(seed, i, shp)
+        if len(shp) == 1:
+            w.write_tensor_data(a)
+        elif qtype == Q.F16:
+            w.write_tensor_data(a.astype(np.float16))
+        else:
+            w.write_tensor_data(gguf.quants.quantize(a, qtype))
+    w.close()
+    os.replace(tmp, path)
+
+
+_QUANTIZE = """
+import ctypes, sys, llama_cpp
+src, dst, nthread = sys.argv[1], sys.argv[2], int(sys.argv[3])
+p = llama_cpp.llama_model_quantize_default_params()
+p.ftype = llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_K_M
+p.nthread = nthread
+sys.exit(llama_cpp.llama_model_quantize(src.encode(), dst.encode(), ctypes.byref(p)))
+"""
+
+
+def ensure_model(shape, typ, threads, cache=None, allow_install=True):
+    """The cached GGUF for (shape, type), made when missing."""
+    path = model_path(shape, typ, cache)
+    if path.is_file():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if typ == "q4_k_m":
+        why = ensure_package("llama_cpp", LLAMA_CPP_PIN, allow_install, "llama.cpp's quantizer makes Q4_K_M")
+        if why:
+            raise RuntimeError(why)
+        src = ensure_model(shape, "f16", threads, cache, allow_install)
+        tmp = path.with_name(path.name + ".part")
+        log(f"quantizing {src.name} -> {path.name} with llama.cpp (Q4_K_M) ...")
+        r = subprocess.run([sys.executable, "-c", _QUANTIZE, str(src), str(tmp), str(threads)],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        if r.returncode != 0 or not tmp.is_file():
+            raise RuntimeError(f"llama_model_quantize failed (exit {r.returncode}): {r.stderr[-500:]}")
+        os.replace(tmp, path)
+        return path
+    why = ensure_package("gguf", GGUF_PIN, allow_install, "writes the benchmark models")
+    if why:
+        raise RuntimeError(why)
+    vocab = vocab_file()
+    if not vocab.is_file():
+        raise RuntimeError(f"{vocab} not found: put shared/ beside the checkout or set PYFFI_FIXTURES")
+    log(f"writing {path.name} (seeded random weights) ...")
+    t0 = time.perf_counter()
+    write_gguf(path, shape, typ, vocab)
+    log(f"  done in {time.perf_counter() - t0:.0f} s, {path.stat().st_size / 1e9:.2f} GB")
+    return path
+
+
+def model_facts(path):
+    """File size, tensor types and the weight bytes one decode step reads
+    (every matrix once; one row of the embedding table)."""
+    import gguf
+    r = gguf.GGUFReader(str(path))
+    by_name = {t.name: t for t in r.tensors}
+    total = sum(int(t.n_bytes) for t in r.tensors)
+    emb = by_name["token_embd.weight"]
+    per_token = total - int(emb.n_bytes) + int(emb.n_bytes) // int(emb.shape[-1])
+    if "output.weight" not in by_name:  # tied output: the table is read whole
+        per_token += int(emb.n_bytes)
+    types = {}
+    for t in r.tensors:
+        types[t.tensor_type.name] = types.get(t.tensor_type.name, 0) + 1
+    return dict(file_bytes=path.stat().st_size, weight_bytes_per_token=per_token, tensor_types=types)
+
+
+def warm_page_cache(path):
+    with open(path, "rb", buffering=0) as f:
+        while f.read(1 << 24):
+            pass
+
+
+# --------------------------------------------------------------------------
+# C helpers, compiled on the fly into the cache
+
+def compile_c(src, out, extra=()):
+    cc = os.environ.get("CC", "cc")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    cmd = [cc, "-O2", "-pthread", str(src), "-o", str(out), *extra]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    if r.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed: {r.stderr.strip()[-800:]}")
+    return out
+
+
+def bandwidth_probe(threads, cache, mib=1024, passes=10):
+    src = REPO / "bench" / "bwprobe.c"
+    if not src.is_file():
+        return {"error": f"{src} not found (the probe needs a source checkout)"}
+    try:
+        exe = compile_c(src, cache / "bin" / "bwprobe")
+        r = subprocess.run([str(exe), str(threads), str(mib), str(passes)], capture_output=True, text=True,
+                           timeout=300)
+        if r.returncode != 0:
+            return {"error": f"bwprobe exit {r.returncode}: {r.stderr.strip()[-300:]}"}
+        return json.loads(r.stdout.strip().splitlines()[-1])
+    except (RuntimeError, subprocess.TimeoutExpired, ValueError) as e:
+        return {"error": str(e)}
+
+
+def overhead_c(model, threads, calls, rounds, span, cache):
+    src = REPO / "bench" / "overhead.c"
+    lib, inc = library_path(), header_dir()
+    if not src.is_file():
+        return {"error": f"{src} not found (needs a source checkout)"}
+    if lib is None or inc is None:
+        return {"error": "libpyffi.so or pyffi.h not found (make build)"}
+    try:
+        exe = compile_c(src, cache / "bin" / "overhead",
+                        [f"-I{inc}", str(lib), f"-Wl,-rpath,{lib.parent}"])
+        r = subprocess.run([str(exe), str(model), str(threads), str(calls), str(rounds), str(span)],
+                           capture_output=True, text=True, timeout=600)
+        out = r.stdout.strip().splitlines()
+        res = json.loads(out[-1]) if out else {"error": f"exit {r.returncode}: {r.stderr.strip()[-300:]}"}
+        return res
+    except (RuntimeError, subprocess.TimeoutExpired, ValueError) as e:
+        return {"error": str(e)}
+
+
+# --------------------------------------------------------------------------
+# Worker side: one engine, one file, in its own process
+
+def peak_rss_bytes():
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+class PyffiEngine:
+    name = "pyffi"
+
+    def __init__(self, path, threads, n_ctx):
+        import numpy as np
+        import pyffi
+        self._np = np
+        pyffi.set_threads(threads)
+        t0 = time.perf_counter()
+        self.model = pyffi.Transformer.from_pretrained(path, n_ctx=n_ctx, n_threads=threads)
+        self.session = self.model.new_session(n_ctx=n_ctx, n_threads=threads)
+        self.load_s = time.perf_counter() - t0
+        self.info = {"pyffi_version": pyffi.__version__, "n_ctx": self.session.n_ctx,
+                     "library": str(library_path())}
+        self._one = np.zeros(1, np.int32)
+        self._cached = 0
+
+    def prefill(self, tokens, pos):
+        """Time of one call with all of `tokens` from `pos` (last logits only)."""
+        t = self._np.asarray(tokens, dtype=self._np.int32)
+        t0 = time.perf_counter()
+        self.session.forward(t, start_pos=pos, last_only=True)
+        dt = time.perf_counter() - t0
+        self._cached = pos + len(t)
+        return dt
+
+    def steps(self, tokens, pos):
+        """Time of len(tokens) one-token calls from `pos`."""
+        one, fwd = self._one, self.session.forward
+        t0 = time.perf_counter()
+        for i, tok in enumerate(tokens):
+            one[0] = tok
+            fwd(one, start_pos=pos + i, last_only=True)
+        dt = time.perf_counter() - t0
+        self._cached = pos + len(tokens)
+        return dt
+
+    def reset(self):
+        self._cached = 0  # start_pos=0 starts the row fresh
+
+    def rewind(self, n):
+        """Keep the first n cached positions (the next call continues at n)."""
+        if n > self._cached:
+            raise RuntimeError("rewind past the cache")
+        self._cached = n  # start_pos=n continues after n cached positions
+
+
+class LlamaCppEngine:
+    name = "llama.cpp"
+
+    def __init__(self, path, threads, n_ctx, n_batch=512):
+        import llama_cpp as L
+        self.L = L
+        self._silence()
+        L.llama_backend_init()
+        mp = L.llama_model_default_params()
+        cp = L.llama_context_default_params()
+        cp.n_ctx = n_ctx
+        cp.n_batch = n_batch
+        cp.n_ubatch = n_batch
+        cp.n_seq_max = 1
+        cp.n_threads = threads
+        cp.n_threads_batch = threads
+        if hasattr(cp, "no_perf"):
+            cp.no_perf = True
+        t0 = time.perf_counter()
+        self.model = L.llama_model_load_from_file(str(path).encode(), mp)
+        if not self.model:
+            raise RuntimeError(f"llama.cpp could not load {path}")
+        self.ctx = L.llama_init_from_model(self.model, cp)
+        if not self.ctx:
+            raise RuntimeError("llama.cpp could not create a context")
+        self.load_s = time.perf_counter() - t0
+        self.n_batch = n_batch
+        self.batch = L.llama_batch_init(n_batch, 0, 1)
+        self.mem = L.llama_get_memory(self.ctx) if hasattr(L, "llama_get_memory") else None
+        self.info = {"llama_cpp_python": getattr(L, "__version__", "?"), "n_ctx": L.llama_n_ctx(self.ctx),
+                     "n_batch": n_batch, "n_ubatch": n_batch,
+                     "model_params": _fields(mp, ("n_gpu_layers", "use_mmap", "load_mode", "lazy_mode",
+                                                  "use_extra_bufts")),
+                     "context_params": _fields(cp, ("flash_attn_type", "flash_attn", "type_k", "type_v")),
+                     "system_info": L.llama_print_system_info().decode(errors="replace").strip()}
+
+    def _silence(self):
+        L = self.L
+
+        cb_type = getattr(L, "llama_log_callback", None) or getattr(L, "ggml_log_callback", None)
+        if cb_type is None:
+            return
+
+        @cb_type
+        def _quiet(level, text, user_data):
+            pass
+        self._log_cb = _quiet  # keep it alive
+        L.llama_log_set(self._log_cb, None)
+
+    def _fill(self, tokens, pos, last_logits=True):
+        b = self.batch
+        n = len(tokens)
+        for i, tok in enumerate(tokens):
+            b.token[i] = int(tok)
+            b.pos[i] = pos + i
+            b.n_seq_id[i] = 1
+            b.seq_id[i][0] = 0
+            b.logits[i] = 0
+        if last_logits:
+            b.logits[n - 1] = 1
+        b.n_tokens = n
+
+    def _decode(self):
+        rc = self.L.llama_decode(self.ctx, self.batch)
+        if rc != 0:
+            raise RuntimeError(f"llama_decode returned {rc}")
+        self.L.llama_synchronize(self.ctx)
+
+    def prefill(self, tokens, pos):
+        total = 0.0
+        for s in range(0, len(tokens), self.n_batch):
+            chunk = tokens[s:s + self.n_batch]
+            self._fill(chunk, pos + s, last_logits=s + len(chunk) == len(tokens))
+            t0 = time.perf_counter()
+            self._decode()
+            total += time.perf_counter() - t0
+        return total
+
+    def steps(self, tokens, pos):
+        b, L, ctx = self.batch, self.L, self.ctx
+        b.n_tokens = 1
+        b.n_seq_id[0] = 1
+        b.seq_id[0][0] = 0
+        b.logits[0] = 1
+        t0 = time.perf_counter()
+        for i, tok in enumerate(tokens):
+            b.token[0] = int(tok)
+            b.pos[0] = pos + i
+            if L.llama_decode(ctx, b) != 0:
+                raise RuntimeError("llama_decode failed")
+            L.llama_synchronize(ctx)
+        return time.perf_counter() - t0
+
+    def reset(self):
+        L = self.L
+        if self.mem is not None:
+            L.llama_memory_clear(self.mem, True)
+        else:
+            L.llama_kv_self_clear(self.ctx)
+
+    def rewind(self, n):
+        L = self.L
+        ok = (L.llama_memory_seq_rm(self.mem, 0, n, -1) if self.mem is not None
+              else L.llama_kv_self_seq_rm(self.ctx, 0, n, -1))
+        if not ok:
+            raise RuntimeError("llama.cpp could not drop the KV cache tail")
+
+
+def _fields(struct, names):
+    """The named fields a ctypes struct has (they differ between versions)."""
+    return {n: getattr(struct, n) for n in names if hasattr(struct, n)}
+
+
+def bench_tokens(n, vocab=32000, seed=SEED):
+    """The same fixed token ids for both engines (no BOS, no special ids)."""
+    import numpy as np
+    return np.random.default_rng(seed + 1).integers(3, vocab, size=n).tolist()
+
+
+def measure(engine, reps, n_prompt, n_gen, depth, vocab):
+    """Times of every run of pp / tg / tg-at-depth; run 0 of each is a
+    warm-up and is left out."""
+    toks = bench_tokens(max(n_prompt, depth) + n_gen + 1, vocab)
+    pp, tg, tgd = test_names(n_prompt, n_gen, depth)
+    out = {}
+    times = []
+    for r in range(reps + 1):
+        engine.reset()
+        dt = engine.prefill(toks[:n_prompt], 0)
+        if r:
+            times.append(dt)
+    out[pp] = {"n_tokens": n_prompt, "times_s": times}
+
+    times = []
+    for r in range(reps + 1):
+        engine.reset()
+        engine.steps(toks[:1], 0)  # the warm-up token
+        dt = engine.steps(toks[1:1 + n_gen], 1)
+        if r:
+            times.append(dt)
+    out[tg] = {"n_tokens": n_gen, "times_s": times, "first_pos": 1}
+
+    times = []
+    engine.reset()
+    engine.prefill(toks[:depth], 0)  # once; each run then goes back to `depth`
+    for r in range(reps + 1):
+        engine.rewind(depth)
+        dt = engine.steps(toks[depth:depth + n_gen], depth)
+        if r:
+            times.append(dt)
+    out[tgd] = {"n_tokens": n_gen, "times_s": times, "first_pos": depth}
+    return out
+
+
+def worker_main(argv):
+    """`bench.py --worker ENGINE MODEL ...`: prints one JSON line."""
+    p = argparse.ArgumentParser(prog="pyffi-bench-worker")
+    p.add_argument("--worker", required=True, choices=ENGINES + ("pyffi-overhead",))
+    p.add_argument("model")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--n-prompt", type=int, default=512)
+    p.add_argument("--n-gen", type=int, default=128)
+    p.add_argument("--depth", type=int, default=512)
+    p.add_argument("--vocab", type=int, default=32000)
+    p.add_argument("--calls", type=int, default=2000)
+    p.add_argument("--rounds", type=int, default=7)
+    p.add_argument("--span", type=int, default=64)
+    a = p.parse_args(argv)
+    res = {"engine": a.worker}
+    try:
+        if a.worker == "pyffi-overhead":
+            res.update(_python_overhead(a))
+        else:
+            n_ctx = max(1024, a.n_prompt, a.depth + a.n_gen + 1)
+            cls = PyffiEngine if a.worker == "pyffi" else LlamaCppEngine
+            eng = cls(a.model, a.threads, n_ctx)
+            res["load_s"] = eng.load_s
+            res["info"] = eng.info
+            res["rss_after_load_bytes"] = _vm_rss()
+            res["tests"] = measure(eng, a.reps, a.n_prompt, a.n_gen, a.depth, a.vocab)
+    except Exception as e:  # reported as this cell's error
+        res["error"] = f"{type(e).__name__}: {e}"
+    res["peak_rss_bytes"] = peak_rss_bytes()
+    print("BENCH_RESULT " + json.dumps(res), flush=True)
+    return 0
+
+
+def _vm_rss():
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+
+
+def _python_overhead(a):
+    """The Python twin of bench/overhead.c: the same one-token calls."""
+    import numpy as np
+    import pyffi
+    model = pyffi.Transformer.from_pretrained(a.model)
+    sess = model.new_session(n_ctx=a.span, n_threads=a.threads)
+    tok = np.ones(1, np.int32)
+    per_call = []
+    for r in range(a.rounds + 1):  # round 0 is a warm-up
+        fwd = sess.forward
+        t0 = time.perf_counter()
+        for i in range(a.calls):
+            fwd(tok, start_pos=i % a.span, last_only=True)
+        dt = time.perf_counter() - t0
+        if r:
+            per_call.append(dt / a.calls)
+    return {"ns_per_call": median(per_call) * 1e9, "calls": a.calls, "rounds": a.rounds}
+
+
+def _best_of(results):
+    """The run with the lowest ns_per_call (the least disturbed), or the
+    first error when none succeeded."""
+    ok = [r for r in results if r.get("ns_per_call") is not None]
+    return min(ok, key=lambda r: r["ns_per_call"]) if ok else results[0]
+
+
+def measure_overhead(tiny, a, cache, calls=2000, rounds=7, span=64, pairs=2):
+    """Python's forward against the same calls from C, alternating Python and
+    C `pairs` times and keeping the best median of each (noise only adds)."""
+    log(f"per-call overhead on {tiny.name}, {a.overhead_threads} thread(s): Python and C, {pairs} times ...")
+    extra = ("--calls", str(calls), "--rounds", str(rounds), "--span", str(span))
+    py, c, busy = [], [], []
+    for _ in range(pairs):
+        busy.append(wait_quiet(a.wait_quiet))
+        py.append(run_worker("pyffi-overhead", tiny, a, timeout=600, extra=extra, threads=a.overhead_threads))
+        c.append(overhead_c(tiny, a.overhead_threads, calls, rounds, span, cache))
+    return {"model": str(tiny), "model_name": tiny.name, "threads": a.overhead_threads, "calls": calls,
+            "rounds": rounds, "span": span, "pairs": pairs, "python": _best_of(py), "c": _best_of(c),
+            "python_all_ns": [r.get("ns_per_call") for r in py], "c_all_ns": [r.get("ns_per_call") for r in c],
+            "busy_before": max((b for b in busy if b is not None), default=None)}
+
+
+def run_worker(engine, model, args, timeout=None, extra=(), threads=None):
+    """Run a worker in a fresh interpreter; its JSON result, or an error."""
+    code = ("import importlib.util, sys\n"
+            f"spec = importlib.util.spec_from_file_location('pyffi_bench_worker', {str(Path(__file__).resolve())!r})\n"
+            "m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m)\n"
+            "sys.exit(m.worker_main(sys.argv[1:]))\n")
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    lib = library_path()
+    if lib is not None and engine.startswith("pyffi"):
+        env.setdefault("PYFFI_LIBRARY", str(lib))
+    cmd = [sys.executable, "-c", code, "--worker", engine, str(model), "--threads", str(threads or args.threads),
+           "--reps", str(args.reps), "--n-prompt", str(args.n_prompt), "--n-gen", str(args.n_gen),
+           "--depth", str(args.depth), *extra]
+    t0 = time.perf_counter()
+    try:
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=str(REPO))
+    except subprocess.TimeoutExpired:
+        return {"engine": engine, "error": f"timed out after {timeout} s"}
+    wall = time.perf_counter() - t0
+    for line in reversed(r.stdout.splitlines()):
+        if line.startswith("BENCH_RESULT "):
+            res = json.loads(line[len("BENCH_RESULT "):])
+            res["wall_s"] = wall
+            return res
+    tail = (r.stderr or r.stdout).strip().splitlines()[-5:]
+    return {"engine": engine, "error": f"worker exited with {r.returncode}: " + " | ".join(tail)[-600:]}
+
+
+# --------------------------------------------------------------------------
+# Report
+
+def _cpu_jiffies():
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    idle = v[3] + (v[4] if len(v) > 4 else 0)  # idle + iowait
+    return sum(v[:8]) - idle, sum(v[:8])
+
+
+def busy_share(window=0.5):
+    """Share of all CPUs busy over `window` seconds while this process tree
+    sleeps: other work on the machine, which spoils timings. None off Linux."""
+    try:
+        b0, t0 = _cpu_jiffies()
+        time.sleep(window)
+        b1, t1 = _cpu_jiffies()
+    except (OSError, ValueError, IndexError):
+        return None
+    return (b1 - b0) / (t1 - t0) if t1 > t0 else None
+
+
+BUSY_WARN = 0.10  # above this share of the CPUs busy with other work before a run, the table warns
+
+
+def wait_quiet(max_s):
+    """Wait up to max_s seconds for the machine to be quiet (other work below
+    BUSY_WARN over a few seconds); returns the last busy share seen."""
+    deadline = time.monotonic() + max_s
+    quiet_for, busy, told = 0, busy_share(), False
+    while busy is not None and max_s > 0:
+        quiet_for = quiet_for + 1 if busy < BUSY_WARN else 0
+        if quiet_for >= 3 or time.monotonic() >= deadline:
+            break
+        if busy >= BUSY_WARN and not told:
+            log(f"  other work keeps {100 * busy:.0f}% of the CPUs busy; waiting up to {max_s:.0f} s for quiet ...")
+            told = True
+        busy = busy_share(1.0)
+    return busy
+
+
+def source_info():
+    """The checkout's commit and whether it has changes, and the library's
+    modification time: what the pyffi numbers were measured on."""
+    info = {}
+    try:
+        head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True,
+                              timeout=10)
+        if head.returncode == 0:
+            info["git_commit"] = head.stdout.strip()
+            st = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
+                                capture_output=True, text=True, timeout=10)
+            info["git_dirty"] = bool(st.stdout.strip())
+    except (OSError, subprocess.TimeoutExpired):
+        pass
+    lib = library_path()
+    if lib is not None:
+        info["library"] = str(lib)
+        info["library_mtime"] = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(lib.stat().st_mtime))
+    return info
+
+
+def machine_info(threads):
+    cpu, flags = None, []
+    try:
+        for line in open("/proc/cpuinfo"):
+            if cpu is None and line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+            if not flags and line.startswith("flags"):
+                have = set(line.split(":", 1)[1].split())
+                flags = [f for f in ("avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512_vnni",
+                                     "avx512_bf16", "avx_vnni", "amx_int8") if f in have]
+    except OSError:
+        pass
+    mem = None
+    try:
+        for line in open("/proc/meminfo"):
+            if line.startswith("MemTotal:"):
+                mem = int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return {"cpu": cpu or platform.processor() or platform.machine(), "cpu_flags": flags,
+            "logical_cpus": os.cpu_count(), "mem_bytes": mem, "threads": threads,
+            "loadavg_at_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+            "python": platform.python_version(), "platform": platform.platform()}
+
+
+def summarize(report):
+    """Fill in medians, ratios and bandwidth shares from the raw times (in place)."""
+    tests = report["config"]["tests"]
+    bw = report.get("bandwidth_probe", {}).get("gb_per_s")
+    kv_pos = report["config"]["kv_bytes_per_position"]
+    for cell in report["results"]:
+        facts = report["models"].get(cell["type"], {})
+        summary = {}
+        for name in tests:
+            t = (cell.get("tests") or {}).get(name)
+            if not t:
+                continue
+            rate = tokens_per_s(t["n_tokens"], t["times_s"])
+            s = {"tok_s": rate, "runs_tok_s": [t["n_tokens"] / x for x in t["times_s"] if x > 0]}
+            if name.startswith("tg") and rate and facts.get("weight_bytes_per_token"):
+                per_tok = decode_bytes_per_token(facts["weight_bytes_per_token"], kv_pos, t["first_pos"],
+                                                 t["n_tokens"])
+                s["bytes_per_token"] = per_tok
+                s["gb_per_s"] = per_tok * rate / 1e9
+                s["bw_share"] = s["gb_per_s"] / bw if bw else None
+            summary[name] = s
+        cell["summary"] = summary
+    ratios = {}
+    by = {(c["type"], c["engine"]): c for c in report["results"]}
+    for typ in report["config"]["types"]:
+        ours, theirs = by.get((typ, "pyffi")), by.get((typ, "llama.cpp"))
+        if not ours or not theirs:
+            continue
+        r = {}
+        for name in tests:
+            r[name] = ratio((ours["summary"].get(name) or {}).get("tok_s"),
+                            (theirs["summary"].get(name) or {}).get("tok_s"))
+        r["load_time"] = ratio(ours.get("load_s"), theirs.get("load_s"))
+        loaded = ours.get("load_s") is not None and theirs.get("load_s") is not None
+        r["peak_rss"] = ratio(ours.get("peak_rss_bytes"), theirs.get("peak_rss_bytes")) if loaded else None
+        ratios[typ] = r
+    report["ratios"] = ratios
+    oh = report.get("overhead")
+    if oh and "python" in oh and "c" in oh:
+        py, c = oh["python"].get("ns_per_call"), oh["c"].get("ns_per_call")
+        if py is not None and c is not None:
+            oh["python_minus_c_ns"] = py - c
+            oh["python_over_c"] = ratio(py, c)
+    return report
+
+
+def _short(msg, n=70):
+    msg = " ".join(str(msg).split())
+    return msg if len(msg) <= n else msg[:n - 3] + "..."
+
+
+def format_table(report):
+    cfg = report["config"]
+    tests = cfg["tests"]
+    m = report["machine"]
+    lines = []
+    s = SHAPES[cfg["shape"]]
+    lines.append(f"model: {cfg['shape']} (dim {s['dim']}, {s['layers']} layers, {s['heads']} q-heads, "
+                 f"{s['kv_heads']} kv-heads, ffn {s['ffn']}, vocab {s['vocab']}), random weights")
+    lines.append(f"machine: {m['cpu']}, {m['logical_cpus']} logical CPUs; threads {cfg['threads']}; "
+                 f"median of {cfg['reps']} runs after a warm-up")
+    probe = report.get("bandwidth_probe", {})
+    if "gb_per_s" in probe:
+        lines.append(f"read bandwidth probe ({probe['threads']} threads, {probe['buffer_mib']} MiB): "
+                     f"{probe['gb_per_s']:.1f} GB/s")
+    else:
+        lines.append(f"read bandwidth probe: error: {probe.get('error')}")
+    lines.append("")
+    tg_names = [t for t in tests if t.startswith("tg")]
+    head = ["type", "engine", "load s", "peak RSS MiB"] + [f"{t} t/s" for t in tests] + \
+        [f"{t} GB/s (% probe)" for t in tg_names]
+    lines.append("| " + " | ".join(head) + " |")
+    lines.append("|" + "|".join(["---"] * 2 + ["---:"] * (len(head) - 2)) + "|")
+    errors = []
+    by = {(c["type"], c["engine"]): c for c in report["results"]}
+    for typ in cfg["types"]:
+        for eng in cfg["engines"]:
+            c = by.get((typ, eng))
+            if c is None:
+                continue
+            if c.get("error") and not c.get("summary"):
+                errors.append(f"{typ} / {eng}: {c['error']}")
+                loaded = c.get("load_s") is not None
+                row = [typ, eng, f"{c['load_s']:.2f}" if loaded else "-",
+                       _mib(c.get("peak_rss_bytes")) if loaded else "-"] + \
+                    [f"error [{len(errors)}]"] * len(tests) + ["-"] * len(tg_names)
+            else:
+                sm = c["summary"]
+                row = [typ, eng, f"{c['load_s']:.2f}" if c.get("load_s") is not None else "-",
+                       _mib(c.get("peak_rss_bytes"))]
+                row += [fmt_rate((sm.get(t) or {}).get("tok_s")) for t in tests]
+                for t in tg_names:
+                    x = sm.get(t) or {}
+                    if x.get("gb_per_s") is None:
+                        row.append("-")
+                    else:
+                        share = x.get("bw_share")
+                        row.append(f"{x['gb_per_s']:.1f}" + (f" ({100 * share:.0f}%)" if share else ""))
+                if c.get("error"):
+                    errors.append(f"{typ} / {eng}: {c['error']}")
+            lines.append("| " + " | ".join(row) + " |")
+        r = report["ratios"].get(typ)
+        if r:
+            row = [typ, "**pyffi / llama.cpp**", fmt_ratio(r.get("load_time")), fmt_ratio(r.get("peak_rss"))]
+            row += [f"**{fmt_ratio(r.get(t))}**" for t in tests] + ["" for _ in tg_names]
+            lines.append("| " + " | ".join(row) + " |")
+    lines.append("")
+    lines.append("t/s: tokens per second (median); ratio row: pyffi / llama.cpp, above 1 means pyffi is faster "
+                 "for t/s, slower to load or bigger for load s and RSS.")
+    lines.append("GB/s: weight bytes as stored in the file plus an f16 KV cache, read per decoded token, times "
+                 "tokens per second; % of the probe.")
+    oh = report.get("overhead")
+    if oh:
+        lines.append("")
+        py, c = oh.get("python", {}), oh.get("c", {})
+        if "ns_per_call" in py and "ns_per_call" in c:
+            lines.append(f"per-call overhead, one-token forward on {oh['model_name']} ({oh['threads']} thread(s)): "
+                         f"Python {py['ns_per_call'] / 1e3:.1f} us, C {c['ns_per_call'] / 1e3:.1f} us, "
+                         f"Python adds {oh['python_minus_c_ns'] / 1e3:.1f} us per call "
+                         f"({oh['python_over_c']:.2f}x)")
+        else:
+            lines.append(f"per-call overhead: error: python: {py.get('error', 'ok')}; c: {c.get('error', 'ok')}")
+    busy = [c.get("busy_before") for c in report["results"] + [probe, oh or {}] if c.get("busy_before") is not None]
+    if busy and max(busy) > BUSY_WARN:
+        lines.append("")
+        lines.append(f"warning: other work kept up to {100 * max(busy):.0f}% of the CPUs busy just before some "
+                     "runs; these numbers are unreliable (run again on a quiet machine)")
+    if errors:
+        lines.append("")
+        for i, e in enumerate(errors, 1):
+            lines.append(f"[{i}] {e}")
+    return "\n".join(lines)
+
+
+def _mib(b):
+    return "-" if b is None else f"{b / 2**20:.0f}"
+
+
+# --------------------------------------------------------------------------
+# Main
+
+def parse_args(argv):
+    p = argparse.ArgumentParser(
+        prog="pyffi bench",
+        description="pyffi against llama.cpp on seeded random-weight GGUF models, llama-bench style.")
+    p.add_argument("--quick", action="store_true",
+                   help=f"the small shape ({QUICK_SHAPE}), types {','.join(QUICK_TYPES)}: a few minutes")
+    p.add_argument("--shape", choices=sorted(SHAPES), default=None,
+                   help=f"model shape (default {FULL_SHAPE}; {QUICK_SHAPE} with --quick)")
+    p.add_argument("--types", default=None,
+                   help=f"comma-separated, from {','.join(TYPES)} (default: all; {','.join(QUICK_TYPES)} with --quick)")
+    p.add_argument("--engines", default=",".join(ENGINES), help="comma-separated: llama.cpp,pyffi")
+    p.add_argument("--threads", type=int, default=2, help="threads for both engines (default 2)")
+    p.add_argument("--reps", type=int, default=3, help="timed runs per test, after one warm-up (default 3)")
+    p.add_argument("--n-prompt", type=int, default=512, help="prompt length of the pp test (default 512)")
+    p.add_argument("--n-gen", type=int, default=128, help="steps of the tg tests (default 128)")
+    p.add_argument("--depth", type=int, default=512, help="prompt before the second tg test (default 512)")
+    p.add_argument("--json", nargs="?", const="-", default=None, metavar="PATH",
+                   help="also write the report as JSON to PATH (no PATH: JSON on stdout, the table on stderr)")
+    p.add_argument("--no-install", action="store_true",
+                   help=f"don't pip-install missing {GGUF_PIN} / {LLAMA_CPP_PIN}")
+    p.add_argument("--no-probe", action="store_true", help="skip the read-bandwidth probe")
+    p.add_argument("--no-overhead", action="store_true", help="skip the Python-vs-C per-call overhead")
+    p.add_argument("--overhead-threads", type=int, default=1,
+                   help="threads for the per-call overhead test on the tiny model (default 1: the pool's "
+                        "wake-ups would be noise in both)")
+    p.add_argument("--wait-quiet", type=float, default=60, metavar="S",
+                   help="before each run, wait up to S seconds for other work on the machine to stop "
+                        "(default 60; the table warns when it did not)")
+    p.add_argument("--timeout", type=float, default=None,
+                   help="seconds per engine run before it is an error (default 600 with --quick, else 7200)")
+    a = p.parse_args(argv)
+    a.shape = a.shape or (QUICK_SHAPE if a.quick else FULL_SHAPE)
+    a.timeout = a.timeout or (600 if a.quick else 7200)
+    a.types = [t.strip().lower() for t in a.types.split(",")] if a.types else \
+        list(QUICK_TYPES if a.quick else TYPES)
+    bad = [t for t in a.types if t not in TYPES]
+    if bad:
+        p.error(f"unknown type(s) {', '.join(bad)}; choose from {', '.join(TYPES)}")
+    a.engines = [e.strip() for e in a.engines.split(",") if e.strip()]
+    bad = [e for e in a.engines if e not in ENGINES]
+    if bad:
+        p.error(f"unknown engine(s) {', '.join(bad)}; choose from {', '.join(ENGINES)}")
+    for name in ("threads", "reps", "n_prompt", "n_gen", "depth", "overhead_threads"):
+        if getattr(a, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be at least 1")
+    return a
+
+
+def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--worker" in argv:
+        return worker_main(argv)
+    a = parse_args(argv)
+    cache = cache_dir()
+    cache.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    tests = list(test_names(a.n_prompt, a.n_gen, a.depth))
+    report = {
+        "schema": SCHEMA,
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
+        "machine": machine_info(a.threads),
+        "source": source_info(),
+        "config": {"shape": a.shape, "shape_params": SHAPES[a.shape], "types": a.types, "engines": a.engines,
+                   "threads": a.threads, "reps": a.reps, "tests": tests, "n_prompt": a.n_prompt,
+                   "n_gen": a.n_gen, "depth": a.depth, "seed": SEED, "quick": a.quick,
+                   "kv_bytes_per_position": kv_bytes_per_position(a.shape), "cache_dir": str(cache)},
+        "models": {}, "results": [],
+    }
+
+    llama_missing = None
+    if "llama.cpp" in a.engines or "q4_k_m" in a.types:
+        llama_missing = ensure_package("llama_cpp", LLAMA_CPP_PIN, not a.no_install,
+                                       "the reference engine; builds llama.cpp, 10+ minutes on 2 cores")
+
+    for typ in a.types:
+        try:
+            path = ensure_model(a.shape, typ, a.threads, cache, not a.no_install)
+            report["models"][typ] = {"path": str(path), **model_facts(path)}
+        except Exception as e:
+            report["models"][typ] = {"error": f"{type(e).__name__}: {e}"}
+            log(f"{typ}: no model: {e}")
+
+    if not a.no_probe:
+        log(f"read-bandwidth probe, {a.threads} threads ...")
+        busy = wait_quiet(a.wait_quiet)
+        report["bandwidth_probe"] = bandwidth_probe(a.threads, cache)
+        report["bandwidth_probe"]["busy_before"] = busy
+    else:
+        report["bandwidth_probe"] = {"error": "skipped (--no-probe)"}
+
+    for typ in a.types:
+        m = report["models"][typ]
+        if "error" in m:
+            for eng in a.engines:
+                report["results"].append({"type": typ, "engine": eng, "error": f"no model: {m['error']}"})
+            continue
+        warm_page_cache(Path(m["path"]))
+        for eng in a.engines:
+            if eng == "llama.cpp" and llama_missing:
+                res = {"engine": eng, "error": llama_missing}
+            else:
+                log(f"{typ}: {eng} ...")
+                busy = wait_quiet(a.wait_quiet)
+                if busy is not None and busy > BUSY_WARN:
+                    log(f"  running anyway; other work keeps {100 * busy:.0f}% of the CPUs busy")
+                res = run_worker(eng, m["path"], a, timeout=a.timeout,
+                                 extra=("--vocab", str(SHAPES[a.shape]["vocab"])))
+                res["busy_before"] = busy
+            res["type"] = typ
+            report["results"].append(res)
+            if res.get("error"):
+                log(f"  {typ} / {eng}: error: {_short(res['error'], 200)}")
+            else:
+                t = res["tests"]
+                log("  " + ", ".join(f"{k} {tokens_per_s(v['n_tokens'], v['times_s']):.1f} t/s"
+                                     for k, v in t.items()) + f" (load {res['load_s']:.2f} s)")
+
+    if not a.no_overhead and "pyffi" in a.engines:
+        tiny = overhead_model()
+        if tiny is None:
+            report["overhead"] = {"error": "no tiny model found (stories260K or fixtures/demo)"}
+        else:
+            report["overhead"] = measure_overhead(tiny, a, cache)
+
+    report["elapsed_s"] = time.time() - started
+    summarize(report)
+    table = format_table(report)
+    text = json.dumps(report, indent=2)
+    if a.json == "-":
+        print(table, file=sys.stderr)
+        print(text)
+    else:
+        print(table)
+        if a.json:
+            Path(a.json).write_text(text + "\n")
+            log(f"JSON report written to {a.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

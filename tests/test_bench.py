@@ -1,0 +1,85 @@
+"""The benchmark's bookkeeping (pyffi/bench.py) on fake measurements: no
+timings, no models, no llama-cpp-python."""
+
+import json
+
+import pytest
+
+from pyffi import bench
+
+
+def test_median_and_ratio_helpers():
+    assert bench.median([3.0, 1.0, 2.0]) == 2.0
+    assert bench.median([]) is None
+    assert bench.tokens_per_s(512, [2.0, 1.0, 4.0]) == 256.0  # median of 256, 512, 128
+    assert bench.ratio(30.0, 60.0) == 0.5
+    assert bench.ratio(None, 1.0) is None and bench.ratio(1.0, 0.0) is None
+    assert bench.fmt_ratio(0.5) == "0.50x" and bench.fmt_ratio(None) == "-"
+
+
+def test_shapes_and_byte_counts():
+    params = sum(a * (b[0] if b else 1) for _, (a, *b) in bench.tensor_plan("tinyllama-1.1b"))
+    assert 1.09e9 < params < 1.11e9  # TinyLlama-1.1B: 1.100e9 parameters
+    s = bench.SHAPES["tinyllama-1.1b"]
+    assert bench.kv_bytes_per_position(s) == 2 * 22 * 4 * 64 * 2  # K and V, f16
+    # 128 steps from position 1: positions 1..128 attend 2..129 cached positions, mean 65.5.
+    assert bench.decode_bytes_per_token(1000, 10, 1, 128) == pytest.approx(1000 + 10 * 65.5)
+    assert bench.test_names(512, 128, 512) == ("pp512", "tg128", "tg128@d512")
+
+
+def test_parse_args_modes():
+    a = bench.parse_args(["--quick"])
+    assert (a.shape, a.types, a.reps, a.threads) == (bench.QUICK_SHAPE, list(bench.QUICK_TYPES), 3, 2)
+    a = bench.parse_args(["--types", "Q4_K_M,f16", "--threads", "4"])
+    assert (a.shape, a.types, a.threads) == (bench.FULL_SHAPE, ["q4_k_m", "f16"], 4)
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--types", "q3_k"])
+
+
+def _fake_report():
+    tests = list(bench.test_names(512, 128, 512))
+
+    def cell(typ, engine, scale):
+        return {"type": typ, "engine": engine, "load_s": 0.5 * scale, "peak_rss_bytes": int(700e6 * scale),
+                "tests": {"pp512": {"n_tokens": 512, "times_s": [5.0 * scale] * 3},
+                          "tg128": {"n_tokens": 128, "times_s": [4.0 * scale, 3.0 * scale, 5.0 * scale],
+                                    "first_pos": 1},
+                          "tg128@d512": {"n_tokens": 128, "times_s": [8.0 * scale] * 3, "first_pos": 512}}}
+
+    return {
+        "schema": bench.SCHEMA,
+        "machine": {"cpu": "Fake CPU", "logical_cpus": 2},
+        "config": {"shape": "tinyllama-1.1b", "types": ["q4_0", "q4_k_m"], "engines": list(bench.ENGINES),
+                   "threads": 2, "reps": 3, "tests": tests,
+                   "kv_bytes_per_position": bench.kv_bytes_per_position("tinyllama-1.1b")},
+        "models": {"q4_0": {"weight_bytes_per_token": 600_000_000}, "q4_k_m": {"weight_bytes_per_token": 1}},
+        "bandwidth_probe": {"threads": 2, "buffer_mib": 1024, "gb_per_s": 40.0},
+        "results": [cell("q4_0", "llama.cpp", 1.0), cell("q4_0", "pyffi", 2.0),
+                    cell("q4_k_m", "llama.cpp", 1.0),
+                    {"type": "q4_k_m", "engine": "pyffi", "error": "UnsupportedError: tensor is Q4_K"}],
+        "overhead": {"model_name": "stories260K", "threads": 1, "python": {"ns_per_call": 30e3},
+                     "c": {"ns_per_call": 20e3}},
+    }
+
+
+def test_summary_ratios_and_bandwidth():
+    r = bench.summarize(_fake_report())
+    llama, ours = r["results"][0]["summary"], r["results"][1]["summary"]
+    assert llama["tg128"]["tok_s"] == pytest.approx(128 / 4.0)
+    assert r["ratios"]["q4_0"]["pp512"] == pytest.approx(0.5)  # pyffi half as fast: < 1
+    assert r["ratios"]["q4_0"]["load_time"] == pytest.approx(2.0)
+    per_tok = 600_000_000 + bench.kv_bytes_per_position("tinyllama-1.1b") * 65.5
+    assert llama["tg128"]["gb_per_s"] == pytest.approx(per_tok * 32 / 1e9)
+    assert llama["tg128"]["bw_share"] == pytest.approx(per_tok * 32 / 1e9 / 40.0)
+    assert ours["tg128"]["bw_share"] == pytest.approx(llama["tg128"]["bw_share"] / 2)
+    # An engine that could not load the file is an error cell, not a crash.
+    assert r["ratios"]["q4_k_m"]["pp512"] is None
+    assert r["overhead"]["python_minus_c_ns"] == pytest.approx(10e3)
+    json.loads(json.dumps(r))  # all of it is JSON
+
+
+def test_table_shows_every_cell_and_errors():
+    table = bench.format_table(bench.summarize(_fake_report()))
+    assert "| q4_0 | **pyffi / llama.cpp** |" in table and "**0.50x**" in table
+    assert "error [1]" in table and "[1] q4_k_m / pyffi: UnsupportedError: tensor is Q4_K" in table
+    assert "40.0 GB/s" in table and "Python adds 10.0 us" in table
