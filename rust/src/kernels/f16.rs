@@ -24,6 +24,31 @@ fn has_f16c_fma() -> bool {
     *HAS.get_or_init(|| is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c"))
 }
 
+/// `sum_i a[i] * b[i]` for float32 `a` and float16 `b` (attention: query
+/// against a cached key).
+pub fn dot_f32_f16(a: &[f32], b: &[f16]) -> f32 {
+    debug_assert_eq!(a.len(), b.len());
+    #[cfg(target_arch = "x86_64")]
+    if has_f16c_fma() {
+        // SAFETY: the CPU supports the features the function is compiled for.
+        return unsafe { x86::dot_f32_f16(a, b) };
+    }
+    a.iter().zip(b).map(|(x, y)| x * y.to_f32()).sum()
+}
+
+/// `out[i] += p * v[i]` for float16 `v` (attention: weighting a cached value).
+pub fn axpy_f16(out: &mut [f32], p: f32, v: &[f16]) {
+    debug_assert_eq!(out.len(), v.len());
+    #[cfg(target_arch = "x86_64")]
+    if has_f16c_fma() {
+        // SAFETY: as above.
+        return unsafe { x86::axpy_f16(out, p, v) };
+    }
+    for (o, x) in out.iter_mut().zip(v) {
+        *o += p * x.to_f32();
+    }
+}
+
 /// Dot products of one weight row against up to four activation rows.
 fn dot_rows(w: &[f16], x: &[&[f16]], out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
@@ -110,6 +135,39 @@ mod x86 {
         _mm_cvtss_f32(s)
     }
 
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn dot_f32_f16(a: &[f32], b: &[f16]) -> f32 {
+        let n = a.len().min(b.len());
+        let full = n / 8 * 8;
+        let mut acc = _mm256_setzero_ps();
+        let mut i = 0;
+        while i < full {
+            acc = _mm256_fmadd_ps(_mm256_loadu_ps(a.as_ptr().add(i)), load8(b.as_ptr().add(i)), acc);
+            i += 8;
+        }
+        let mut s = hsum(acc);
+        for j in full..n {
+            s += a[j] * b[j].to_f32();
+        }
+        s
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn axpy_f16(out: &mut [f32], p: f32, v: &[f16]) {
+        let n = out.len().min(v.len());
+        let full = n / 8 * 8;
+        let pv = _mm256_set1_ps(p);
+        let mut i = 0;
+        while i < full {
+            let o = out.as_mut_ptr().add(i);
+            _mm256_storeu_ps(o, _mm256_fmadd_ps(pv, load8(v.as_ptr().add(i)), _mm256_loadu_ps(o)));
+            i += 8;
+        }
+        for j in full..n {
+            out[j] += p * v[j].to_f32();
+        }
+    }
+
     /// Up to four dot products sharing each load of `w`.
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn dot_rows(w: &[f16], x: &[&[f16]], out: &mut [f32]) {
@@ -185,6 +243,21 @@ mod tests {
                     assert!((fast[t] as f64 - exact).abs() <= 1e-5 * (1.0 + n as f64), "n={n} nt={nt}");
                     assert!((plain[t] as f64 - exact).abs() <= 1e-5 * (1.0 + n as f64), "n={n} nt={nt}");
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn attention_helpers_equal_the_plain_sums() {
+        for n in [1, 8, 13, 64, 128] {
+            let a: Vec<f32> = halves(n, 7).iter().map(|v| v.to_f32() * 3.0).collect();
+            let b = halves(n, 8);
+            let exact: f64 = a.iter().zip(&b).map(|(x, y)| *x as f64 * y.to_f64()).sum();
+            assert!((dot_f32_f16(&a, &b) as f64 - exact).abs() <= 1e-5 * (1.0 + n as f64));
+            let mut out = a.clone();
+            axpy_f16(&mut out, 0.5, &b);
+            for i in 0..n {
+                assert_eq!(out[i], a[i] + 0.5 * b[i].to_f32());
             }
         }
     }

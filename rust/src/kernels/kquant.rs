@@ -47,6 +47,16 @@ fn nearest_int(x: f32) -> i32 {
 /// ggml's quantize_row_q8_K: scale so the value of largest magnitude maps to
 /// -127 (the sign is folded into d), round half to even.
 pub fn quantize_row_q8k(x: &[f32], out: &mut [BlockQ8K]) {
+    #[cfg(target_arch = "x86_64")]
+    if super::x86::has_avx2() {
+        // SAFETY: the CPU has AVX2, FMA and F16C.
+        return unsafe { super::x86::quantize_row_q8k(x, out) };
+    }
+    quantize_row_q8k_scalar(x, out)
+}
+
+/// The plain `quantize_row_q8k` (the oracle for the AVX2 one).
+pub fn quantize_row_q8k_scalar(x: &[f32], out: &mut [BlockQ8K]) {
     for (blk, xs) in out.iter_mut().zip(x.chunks_exact(QK_K)) {
         let (mut amax, mut max) = (0.0f32, 0.0f32);
         for &v in xs {

@@ -92,6 +92,16 @@ fn round_f16(x: f32) -> f32 {
 /// Quantize activations `x` (a multiple of 32 long) into blocks, as ggml's
 /// x86 quantize_row_q8_0 / q8_1 do (multiply by 127/amax, round half to even).
 pub fn quantize_row_q8(x: &[f32], out: &mut [BlockQ8]) {
+    #[cfg(target_arch = "x86_64")]
+    if super::x86::has_avx2() {
+        // SAFETY: the CPU has AVX2, FMA and F16C.
+        return unsafe { super::x86::quantize_row_q8(x, out) };
+    }
+    quantize_row_q8_scalar(x, out)
+}
+
+/// The plain `quantize_row_q8` (the oracle for the AVX2 one).
+pub fn quantize_row_q8_scalar(x: &[f32], out: &mut [BlockQ8]) {
     for (blk, xs) in out.iter_mut().zip(x.chunks_exact(QK)) {
         let amax = xs.iter().fold(0.0f32, |m, v| m.max(v.abs()));
         let d = amax / 127.0;
@@ -708,6 +718,30 @@ mod tests {
                 for (what, qs) in &acts {
                     assert_fast_dot_matches(t, &w, qs, 0.5, &format!("fill {fill:#04x}, {what}"));
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn fast_activation_quantizers_equal_the_plain_ones() {
+        let mut cases: Vec<Vec<f32>> = (0..6).map(|s| rand(512, 40 + s).iter().map(|v| v * 10f32.powi(s as i32 - 2)).collect()).collect();
+        cases.push(vec![0.0; 512]);
+        // Ties at .5 after scaling, repeated maxima of both signs, a lone outlier.
+        cases.push((0..512).map(|i| ((i % 255) as f32 - 127.0) / 2.0).collect());
+        cases.push((0..512).map(|i| if i % 3 == 0 { -4.0 } else if i % 3 == 1 { 4.0 } else { 0.5 }).collect());
+        cases.push((0..512).map(|i| if i == 300 { 1e4 } else { 1e-3 * i as f32 }).collect());
+        for x in &cases {
+            let (mut a, mut b) = (vec![BlockQ8::default(); 16], vec![BlockQ8::default(); 16]);
+            quantize_row_q8(x, &mut a);
+            quantize_row_q8_scalar(x, &mut b);
+            for (p, q) in a.iter().zip(&b) {
+                assert!(p.qs == q.qs && p.d.to_bits() == q.d.to_bits() && p.s.to_bits() == q.s.to_bits());
+            }
+            let (mut a, mut b) = (vec![BlockQ8K::default(); 2], vec![BlockQ8K::default(); 2]);
+            kquant::quantize_row_q8k(x, &mut a);
+            kquant::quantize_row_q8k_scalar(x, &mut b);
+            for (p, q) in a.iter().zip(&b) {
+                assert!(p.qs == q.qs && p.bsums == q.bsums && p.d.to_bits() == q.d.to_bits());
             }
         }
     }

@@ -419,3 +419,89 @@ fn dot_q6k<const N: usize>(w: &[u8], xs: [&[BlockQ8K]; N]) -> [f32; N] {
     }
     out
 }
+
+// ---------------------------------------------------------------------------
+// Activation quantization (bit for bit the plain versions: same scale, same
+// round-half-to-even, without a libm call per value).
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn abs_max(v: &[__m256]) -> f32 {
+    let sign = _mm256_set1_ps(-0.0);
+    let mut m = _mm256_setzero_ps();
+    for &x in v {
+        m = _mm256_max_ps(m, _mm256_andnot_ps(sign, x));
+    }
+    let m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+    let m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+    _mm_cvtss_f32(_mm_max_ss(m4, _mm_movehdup_ps(m4)))
+}
+
+/// Four vectors of 8 i32 (each in -127..=127) as 32 i8 in order.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn pack32(r: [__m256i; 4], dst: *mut i8) {
+    let a = _mm256_packs_epi32(r[0], r[1]);
+    let b = _mm256_packs_epi32(r[2], r[3]);
+    let c = _mm256_permutevar8x32_epi32(_mm256_packs_epi16(a, b), _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+    _mm256_storeu_si256(dst as *mut __m256i, c);
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn hsum_i32(v: __m256i) -> i32 {
+    let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+    let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b01_00_11_10));
+    _mm_cvtsi128_si32(_mm_add_epi32(s, _mm_shuffle_epi32(s, 0b10_11_00_01)))
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn round_to_i32(v: __m256, mul: __m256) -> __m256i {
+    _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(v, mul), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC))
+}
+
+/// `quant::quantize_row_q8`.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C (`has_avx2()`).
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn quantize_row_q8(x: &[f32], out: &mut [BlockQ8]) {
+    for (blk, xs) in out.iter_mut().zip(x.chunks_exact(32)) {
+        let p = xs.as_ptr();
+        let v = [0, 8, 16, 24].map(|o| _mm256_loadu_ps(p.add(o)));
+        let amax = abs_max(&v);
+        let d = amax / 127.0;
+        let mul = _mm256_set1_ps(if amax != 0.0 { 127.0 / amax } else { 0.0 });
+        let r = v.map(|vi| round_to_i32(vi, mul));
+        let sum = hsum_i32(_mm256_add_epi32(_mm256_add_epi32(r[0], r[1]), _mm256_add_epi32(r[2], r[3])));
+        pack32(r, blk.qs.as_mut_ptr());
+        blk.d = half::f16::from_f32(d).to_f32();
+        blk.s = half::f16::from_f32(sum as f32 * d).to_f32();
+    }
+}
+
+/// `kquant::quantize_row_q8k`.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C (`has_avx2()`).
+#[target_feature(enable = "avx2,fma,f16c")]
+pub unsafe fn quantize_row_q8k(x: &[f32], out: &mut [BlockQ8K]) {
+    for (blk, xs) in out.iter_mut().zip(x.chunks_exact(256)) {
+        let p = xs.as_ptr();
+        let v: [__m256; 32] = std::array::from_fn(|i| _mm256_loadu_ps(p.add(8 * i)));
+        let amax = abs_max(&v);
+        if amax == 0.0 {
+            *blk = BlockQ8K::default();
+            continue;
+        }
+        // The first value of largest magnitude sets the sign, as in ggml.
+        let max = *xs.iter().find(|v| v.abs() == amax).expect("amax comes from xs");
+        let iscale = -127.0 / max;
+        let mul = _mm256_set1_ps(iscale);
+        let top = _mm256_set1_epi32(127);
+        for g in 0..8 {
+            let r: [__m256i; 4] = std::array::from_fn(|k| _mm256_min_epi32(round_to_i32(v[4 * g + k], mul), top));
+            blk.bsums[2 * g] = hsum_i32(_mm256_add_epi32(r[0], r[1])) as i16;
+            blk.bsums[2 * g + 1] = hsum_i32(_mm256_add_epi32(r[2], r[3])) as i16;
+            pack32(r, blk.qs.as_mut_ptr().add(32 * g));
+        }
+        blk.d = 1.0 / iscale;
+    }
+}

@@ -27,45 +27,48 @@ impl KvType {
     }
 }
 
-/// One cache element type.
+/// One cache element type, and the two products attention takes with it.
 pub trait KvElem: Copy + Send + Sync + 'static {
-    /// The values themselves when they already are float32.
-    fn as_f32(src: &[Self]) -> Option<&[f32]>;
     fn from_f32_slice(src: &[f32], dst: &mut [Self]);
-    fn to_f32_slice(src: &[Self], dst: &mut [f32]);
     /// `x` as the cache would hold it (what the matmul against it sees).
     fn round(x: f32) -> f32;
+    /// `q . k`.
+    fn dot(q: &[f32], k: &[Self]) -> f32;
+    /// `out += p * v`.
+    fn axpy(out: &mut [f32], p: f32, v: &[Self]);
 }
 
 impl KvElem for f32 {
-    fn as_f32(src: &[f32]) -> Option<&[f32]> {
-        Some(src)
-    }
     fn from_f32_slice(src: &[f32], dst: &mut [f32]) {
-        dst.copy_from_slice(src);
-    }
-    fn to_f32_slice(src: &[f32], dst: &mut [f32]) {
         dst.copy_from_slice(src);
     }
     #[inline]
     fn round(x: f32) -> f32 {
         x
     }
+    fn dot(q: &[f32], k: &[f32]) -> f32 {
+        crate::kernels::dot(q, k)
+    }
+    fn axpy(out: &mut [f32], p: f32, v: &[f32]) {
+        for (o, x) in out.iter_mut().zip(v) {
+            *o += p * x;
+        }
+    }
 }
 
 impl KvElem for f16 {
-    fn as_f32(_: &[f16]) -> Option<&[f32]> {
-        None
-    }
     fn from_f32_slice(src: &[f32], dst: &mut [f16]) {
         half::slice::HalfFloatSliceExt::convert_from_f32_slice(dst, src);
-    }
-    fn to_f32_slice(src: &[f16], dst: &mut [f32]) {
-        half::slice::HalfFloatSliceExt::convert_to_f32_slice(src, dst);
     }
     #[inline]
     fn round(x: f32) -> f32 {
         f16::from_f32(x).to_f32()
+    }
+    fn dot(q: &[f32], k: &[f16]) -> f32 {
+        crate::kernels::f16::dot_f32_f16(q, k)
+    }
+    fn axpy(out: &mut [f32], p: f32, v: &[f16]) {
+        crate::kernels::f16::axpy_f16(out, p, v)
     }
 }
 

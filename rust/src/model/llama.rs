@@ -11,7 +11,7 @@ use rayon::prelude::*;
 
 use super::kv_cache::{KvCache, KvElem, LayerView};
 use super::Model;
-use crate::kernels::{dot, rmsnorm, rope_rotate_half, silu, softmax};
+use crate::kernels::{rmsnorm, rope_rotate_half, silu, softmax};
 
 /// A ragged batch: row `b` has `lengths[b]` tokens (concatenated in `tokens`)
 /// at positions `start_pos[b]..`; it reads and fills KV-cache slot `b`.
@@ -85,33 +85,18 @@ struct AttnSpan {
 /// float16 cache).
 fn attend<T: KvElem>(q: &[f32], keys: &[T], values: &[T], span: &AttnSpan, scratch: &mut [f32], out: &mut [f32]) {
     let hd = q.len();
-    let (scores, rest) = scratch.split_at_mut(scratch.len() - 2 * hd);
-    let (qr, row) = rest.split_at_mut(hd);
+    let (scores, qr) = scratch.split_at_mut(scratch.len() - hd);
     for (a, &b) in qr.iter_mut().zip(q) {
         *a = T::round(b);
     }
     let scores = &mut scores[..span.n - span.first];
     for (sc, j) in scores.iter_mut().zip(span.first..span.n) {
-        *sc = dot(qr, as_f32(&keys[j * span.kvd + span.kv_off..][..hd], row)) * span.scale;
+        *sc = T::dot(qr, &keys[j * span.kvd + span.kv_off..][..hd]) * span.scale;
     }
     softmax(scores);
     out.fill(0.0);
     for (j, &p) in (span.first..span.n).zip(scores.iter()) {
-        let p = T::round(p);
-        for (o, v) in out.iter_mut().zip(as_f32(&values[j * span.kvd + span.kv_off..][..hd], row)) {
-            *o += p * v;
-        }
-    }
-}
-
-/// A cache row as float32: in place, or converted into `buf`.
-fn as_f32<'a, T: KvElem>(src: &'a [T], buf: &'a mut [f32]) -> &'a [f32] {
-    match T::as_f32(src) {
-        Some(v) => v,
-        None => {
-            T::to_f32_slice(src, buf);
-            buf
-        }
+        T::axpy(out, T::round(p), &values[j * span.kvd + span.kv_off..][..hd]);
     }
 }
 
@@ -146,8 +131,8 @@ pub fn forward(model: &Model, cache: &mut KvCache, s: &mut Scratch, batch: &Batc
     grow(&mut s.sin, n_tok * half);
     let n_workers = rayon::current_num_threads();
     let max_pos = s.pos.iter().copied().max().unwrap_or(0) + 1;
-    // Per worker: scores, then the query and one key/value row as float32.
-    let score_row = max_pos.next_power_of_two().min(cache.n_ctx) + 2 * hd;
+    // Per worker: scores, then the query as the cache type rounds it.
+    let score_row = max_pos.next_power_of_two().min(cache.n_ctx) + hd;
     grow(&mut s.scores, n_workers * score_row);
 
     for (t, &tok) in batch.tokens.iter().enumerate() {
