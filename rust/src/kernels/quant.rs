@@ -245,6 +245,18 @@ pub fn dequantize_row(t: QuantType, w: &[u8], out: &mut [f32]) {
     }
 }
 
+/// C's `(int8_t)v` as ggml's reference quantizers get it on x86: truncation,
+/// and 0 for the infinities and NaNs that a scale of 1/subnormal produces
+/// (such blocks store d = 0, so the values never matter; the bytes do, for
+/// files identical to llama.cpp's and the gguf package's).
+fn c_int8(v: f32) -> i8 {
+    if v.is_finite() {
+        v as i8
+    } else {
+        0
+    }
+}
+
 /// Weight blocks for `x` (a multiple of the block length long), as ggml's
 /// reference quantizers make them (the blocks llama.cpp's tools write).
 pub fn quantize_row(t: QuantType, x: &[f32], out: &mut [u8]) {
@@ -256,7 +268,7 @@ pub fn quantize_row(t: QuantType, x: &[f32], out: &mut [u8]) {
                 let id = if d != 0.0 { 1.0 / d } else { 0.0 };
                 b[..2].copy_from_slice(&f16::from_f32(d).to_le_bytes());
                 for (q, &v) in b[2..].iter_mut().zip(xs) {
-                    *q = (v * id).round() as i8 as u8;
+                    *q = c_int8((v * id).round()) as u8;
                 }
             }
         }
@@ -273,7 +285,7 @@ pub fn quantize_row(t: QuantType, x: &[f32], out: &mut [u8]) {
                 let d = max / -8.0;
                 let id = if d != 0.0 { 1.0 / d } else { 0.0 };
                 b[..2].copy_from_slice(&f16::from_f32(d).to_le_bytes());
-                let q = |v: f32| ((v * id + 8.5) as i8 as u8).min(15);
+                let q = |v: f32| (c_int8(v * id + 8.5) as u8).min(15);
                 for j in 0..QK / 2 {
                     b[2 + j] = q(xs[j]) | (q(xs[j + QK / 2]) << 4);
                 }
@@ -287,7 +299,7 @@ pub fn quantize_row(t: QuantType, x: &[f32], out: &mut [u8]) {
                 let id = if d != 0.0 { 1.0 / d } else { 0.0 };
                 b[..2].copy_from_slice(&f16::from_f32(d).to_le_bytes());
                 b[2..4].copy_from_slice(&f16::from_f32(min).to_le_bytes());
-                let q = |v: f32| (((v - min) * id + 0.5) as i8 as u8).min(15);
+                let q = |v: f32| (c_int8((v - min) * id + 0.5) as u8).min(15);
                 for j in 0..QK / 2 {
                     b[4 + j] = q(xs[j]) | (q(xs[j + QK / 2]) << 4);
                 }
