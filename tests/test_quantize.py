@@ -247,3 +247,16 @@ def test_llama_cpp_loads_our_files(tmp_path):
         # Same blocks, same arithmetic: as close as on llama.cpp's own files.
         assert rel_err(ours, theirs) <= 5e-2, qtype
         assert (ours.argmax(-1) == theirs.argmax(-1)).mean() >= 0.85, qtype
+
+
+def test_llama_cpp_reads_our_tokenizer_and_generates_our_text(tmp_path):
+    llama_cpp = pytest.importorskip("llama_cpp", reason="llama-cpp-python is not installed (make bench installs it)")
+    out = tmp_path / "demo.gguf"
+    pyffi.quantize(REPO / "fixtures" / "demo", out, "q8_0")
+    llm = llama_cpp.Llama(model_path=str(out), n_ctx=128, verbose=False, n_threads=2)
+    tok = pyffi.Tokenizer(REPO / "fixtures" / "demo")
+    for text in ["The Python interpreter", "naïve café 😀  x", "def f(x):\n\treturn x"]:
+        assert llm.tokenize(text.encode(), add_bos=True) == tok.encode(text)
+    theirs = llm("The Python", max_tokens=12, temperature=0)["choices"][0]["text"]
+    with pyffi.Llama(out) as ours:
+        assert ours.generate("The Python", max_new_tokens=12, temperature=0) == theirs
