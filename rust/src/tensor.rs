@@ -88,6 +88,34 @@ pub fn zeroed_f16(n: usize) -> Result<Vec<half::f16>> {
     zeroed(n)
 }
 
+/// Ask the kernel to back `len` bytes at `ptr` (a fresh, untouched heap
+/// block) with 2 MiB pages where it can: a weight matrix then costs one page
+/// fault per 2 MiB instead of per 4 KiB when filled, and decode's sweeps over
+/// the weights miss the TLB far less. Only whole aligned 2 MiB ranges inside
+/// the block are advised; a refusal changes nothing but speed.
+pub fn hint_huge_pages<T>(ptr: *const T, len: usize) {
+    #[cfg(target_os = "linux")]
+    {
+        const HUGE: usize = 2 << 20;
+        let start = (ptr as usize).div_ceil(HUGE) * HUGE;
+        let end = (ptr as usize + len) / HUGE * HUGE;
+        if end > start {
+            // SAFETY: the range lies inside one live allocation of ours; advice
+            // does not change its contents or validity.
+            unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_HUGEPAGE) };
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = (ptr, len);
+}
+
+/// An empty Vec with room for `n` values, on huge pages where possible.
+pub fn weight_buffer<T>(n: usize) -> Vec<T> {
+    let v = Vec::with_capacity(n);
+    hint_huge_pages(v.as_ptr(), n * std::mem::size_of::<T>());
+    v
+}
+
 /// Types whose all-zero bit pattern is the value zero.
 trait ZeroBits {}
 impl ZeroBits for f32 {}
@@ -104,6 +132,9 @@ fn zeroed<T: ZeroBits>(n: usize) -> Result<Vec<T>> {
     // the Vec from here on.
     unsafe {
         let p = std::alloc::alloc_zeroed(layout) as *mut T;
+        if !p.is_null() {
+            hint_huge_pages(p, layout.size());
+        }
         if p.is_null() {
             return Err(crate::error::invalid_argument(format!(
                 "out of memory allocating {} MiB",

@@ -13,8 +13,8 @@ use rayon::prelude::*;
 use super::SharedOut;
 
 thread_local! {
-    /// Activations as float16, reused call to call.
-    static ACTIVATIONS: RefCell<Vec<f16>> = const { RefCell::new(Vec::new()) };
+    /// Activations rounded to float16 (and back to float32), reused call to call.
+    static ACTIVATIONS: RefCell<(Vec<f16>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -49,30 +49,44 @@ pub fn axpy_f16(out: &mut [f32], p: f32, v: &[f16]) {
     }
 }
 
-/// Dot products of one weight row against up to four activation rows.
-fn dot_rows(w: &[f16], x: &[&[f16]], out: &mut [f32]) {
+/// Rows per register tile, and tokens per tile.
+const TILE_ROWS: usize = 4;
+const TILE_TOKENS: usize = 3;
+
+/// `out[r * nt + t] = w[r] . x[t]` for up to TILE_ROWS weight rows and
+/// TILE_TOKENS activation rows (float32, already rounded to float16).
+fn tile(w: &[&[f16]], x: &[&[f32]], out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     if has_f16c_fma() {
-        // SAFETY: the CPU supports the features the function is compiled for.
-        return unsafe { x86::dot_rows(w, x, out) };
-    }
-    dot_rows_scalar(w, x, out)
-}
-
-pub fn dot_rows_scalar(w: &[f16], x: &[&[f16]], out: &mut [f32]) {
-    let mut wf = [0.0f32; 256];
-    let mut xf = [0.0f32; 256];
-    let mut acc = [0.0f32; 4];
-    for start in (0..w.len()).step_by(256) {
-        let end = (start + 256).min(w.len());
-        let n = end - start;
-        w[start..end].convert_to_f32_slice(&mut wf[..n]);
-        for (t, xr) in x.iter().enumerate() {
-            xr[start..end].convert_to_f32_slice(&mut xf[..n]);
-            acc[t] += super::dot(&wf[..n], &xf[..n]);
+        // SAFETY: the CPU supports the features the kernels are compiled for.
+        unsafe {
+            macro_rules! go {
+                ($($r:literal $t:literal),*) => {
+                    match (w.len(), x.len()) {
+                        $(($r, $t) => return x86::tile::<$r, $t>(w, x, out),)*
+                        _ => unreachable!("tile larger than {TILE_ROWS}x{TILE_TOKENS}"),
+                    }
+                };
+            }
+            go!(1 1, 1 2, 1 3, 2 1, 2 2, 2 3, 3 1, 3 2, 3 3, 4 1, 4 2, 4 3);
         }
     }
-    out[..x.len()].copy_from_slice(&acc[..x.len()]);
+    tile_scalar(w, x, out)
+}
+
+pub fn tile_scalar(w: &[&[f16]], x: &[&[f32]], out: &mut [f32]) {
+    let mut wf = [0.0f32; 256];
+    let nt = x.len();
+    out[..w.len() * nt].fill(0.0);
+    for (r, wr) in w.iter().enumerate() {
+        for start in (0..wr.len()).step_by(256) {
+            let end = (start + 256).min(wr.len());
+            wr[start..end].convert_to_f32_slice(&mut wf[..end - start]);
+            for (t, xr) in x.iter().enumerate() {
+                out[r * nt + t] += super::dot(&wf[..end - start], &xr[start..end]);
+            }
+        }
+    }
 }
 
 /// `out[t][o] = sum_i x[t][i] * w[o][i]`, `w` float16 `[n_out][n_in]`.
@@ -84,31 +98,44 @@ pub fn matmul(out: &mut [f32], out_stride: usize, x: &[f32], w: &[f16], n_tok: u
         return;
     }
     ACTIVATIONS.with(|cell| {
-        let mut xh = cell.borrow_mut();
-        if xh.len() < n_tok * n_in {
-            xh.resize(n_tok * n_in, f16::ZERO);
+        let (ref mut xh, ref mut xr) = *cell.borrow_mut();
+        let n = n_tok * n_in;
+        if xr.len() < n {
+            xh.resize(n, f16::ZERO);
+            xr.resize(n, 0.0);
         }
-        xh[..n_tok * n_in].convert_from_f32_slice(&x[..n_tok * n_in]);
-        let xh = &xh[..n_tok * n_in];
+        // Round through float16, as llama.cpp does, and keep float32 for the FMAs.
+        xh[..n].convert_from_f32_slice(&x[..n]);
+        xh[..n].convert_to_f32_slice(&mut xr[..n]);
+        let xr = &xr[..n];
         let threads = rayon::current_num_threads().max(1);
-        // ~16 KiB of weights per block stays in L1 while every token passes.
-        let rows_per_block = (8192 / n_in.max(1)).clamp(4, 64).min(n_out.div_ceil(threads * 4).max(1));
+        // Blocks of whole tiles; ~32 KiB of weights per block stays in L1/L2
+        // while every token passes.
+        let rows_per_block =
+            ((16384 / n_in.max(1)).clamp(1, 16) * TILE_ROWS).min(n_out.div_ceil(threads * 4).next_multiple_of(TILE_ROWS));
         let dst = SharedOut(out.as_mut_ptr());
         (0..n_out.div_ceil(rows_per_block)).into_par_iter().for_each(|b| {
             let dst = dst;
             let (r0, r1) = (b * rows_per_block, ((b + 1) * rows_per_block).min(n_out));
-            let mut sums = [0.0f32; 4];
-            for t0 in (0..n_tok).step_by(4) {
-                let nt = (n_tok - t0).min(4);
-                let rows: [&[f16]; 4] = std::array::from_fn(|k| {
+            let mut sums = [0.0f32; TILE_ROWS * TILE_TOKENS];
+            for t0 in (0..n_tok).step_by(TILE_TOKENS) {
+                let nt = (n_tok - t0).min(TILE_TOKENS);
+                let xs: [&[f32]; TILE_TOKENS] = std::array::from_fn(|k| {
                     let t = t0 + k.min(nt - 1);
-                    &xh[t * n_in..(t + 1) * n_in]
+                    &xr[t * n_in..(t + 1) * n_in]
                 });
-                for r in r0..r1 {
-                    dot_rows(&w[r * n_in..(r + 1) * n_in], &rows[..nt], &mut sums);
-                    for (k, &v) in sums[..nt].iter().enumerate() {
-                        // SAFETY: (t0+k, r) is written by this block only; bounds asserted above.
-                        unsafe { *dst.0.add((t0 + k) * out_stride + r) = v };
+                for rt in (r0..r1).step_by(TILE_ROWS) {
+                    let nr = (r1 - rt).min(TILE_ROWS);
+                    let ws: [&[f16]; TILE_ROWS] = std::array::from_fn(|k| {
+                        let r = rt + k.min(nr - 1);
+                        &w[r * n_in..(r + 1) * n_in]
+                    });
+                    tile(&ws[..nr], &xs[..nt], &mut sums);
+                    for r in 0..nr {
+                        for t in 0..nt {
+                            // SAFETY: (t0+t, rt+r) is written by this block only; bounds asserted above.
+                            unsafe { *dst.0.add((t0 + t) * out_stride + rt + r) = sums[r * nt + t] };
+                        }
                     }
                 }
             }
@@ -168,48 +195,34 @@ mod x86 {
         }
     }
 
-    /// Up to four dot products sharing each load of `w`.
+    /// An R x T register tile: each weight vector loaded once for T tokens,
+    /// each activation vector once for R rows.
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn dot_rows(w: &[f16], x: &[&[f16]], out: &mut [f32]) {
-        let n = w.len();
-        let nt = x.len();
-        debug_assert!(nt <= 4 && x.iter().all(|r| r.len() >= n));
-        let full = n / 16 * 16;
-        let wp = w.as_ptr();
-        if nt == 1 {
-            // Decode: two independent accumulator pairs hide FMA latency.
-            let xp = x[0].as_ptr();
-            let (mut a0, mut a1) = (_mm256_setzero_ps(), _mm256_setzero_ps());
-            let mut i = 0;
-            while i < full {
-                a0 = _mm256_fmadd_ps(load8(wp.add(i)), load8(xp.add(i)), a0);
-                a1 = _mm256_fmadd_ps(load8(wp.add(i + 8)), load8(xp.add(i + 8)), a1);
-                i += 16;
-            }
-            let mut s = hsum(_mm256_add_ps(a0, a1));
-            for j in full..n {
-                s += w[j].to_f32() * x[0][j].to_f32();
-            }
-            out[0] = s;
-            return;
-        }
-        let mut acc = [_mm256_setzero_ps(); 4];
+    pub unsafe fn tile<const R: usize, const T: usize>(w: &[&[f16]], x: &[&[f32]], out: &mut [f32]) {
+        let n = w[0].len();
+        let full = n / 8 * 8;
+        let wp: [*const f16; R] = std::array::from_fn(|r| w[r].as_ptr());
+        let xp: [*const f32; T] = std::array::from_fn(|t| x[t].as_ptr());
+        let mut acc = [[_mm256_setzero_ps(); T]; R];
         let mut i = 0;
         while i < full {
-            for h in [0, 8] {
-                let wv = load8(wp.add(i + h));
-                for t in 0..nt {
-                    acc[t] = _mm256_fmadd_ps(wv, load8(x[t].as_ptr().add(i + h)), acc[t]);
+            let xv: [__m256; T] = std::array::from_fn(|t| _mm256_loadu_ps(xp[t].add(i)));
+            for r in 0..R {
+                let wv = load8(wp[r].add(i));
+                for t in 0..T {
+                    acc[r][t] = _mm256_fmadd_ps(wv, xv[t], acc[r][t]);
                 }
             }
-            i += 16;
+            i += 8;
         }
-        for t in 0..nt {
-            let mut s = hsum(acc[t]);
-            for j in full..n {
-                s += w[j].to_f32() * x[t][j].to_f32();
+        for r in 0..R {
+            for t in 0..T {
+                let mut s = hsum(acc[r][t]);
+                for j in full..n {
+                    s += w[r][j].to_f32() * x[t][j];
+                }
+                out[r * T + t] = s;
             }
-            out[t] = s;
         }
     }
 }
@@ -229,19 +242,25 @@ mod tests {
     }
 
     #[test]
-    fn fast_dot_equals_the_plain_one() {
+    fn fast_tiles_equal_the_plain_ones() {
         for n in [1, 7, 16, 31, 64, 100, 513] {
-            let w = halves(n, 1);
-            let xs: Vec<Vec<f16>> = (0..4).map(|k| halves(n, 10 + k)).collect();
-            for nt in 1..=4 {
-                let rows: Vec<&[f16]> = xs[..nt].iter().map(|v| v.as_slice()).collect();
-                let (mut fast, mut plain) = ([0.0f32; 4], [0.0f32; 4]);
-                dot_rows(&w, &rows, &mut fast);
-                dot_rows_scalar(&w, &rows, &mut plain);
-                for t in 0..nt {
-                    let exact: f64 = w.iter().zip(rows[t]).map(|(a, b)| a.to_f64() * b.to_f64()).sum();
-                    assert!((fast[t] as f64 - exact).abs() <= 1e-5 * (1.0 + n as f64), "n={n} nt={nt}");
-                    assert!((plain[t] as f64 - exact).abs() <= 1e-5 * (1.0 + n as f64), "n={n} nt={nt}");
+            let ws: Vec<Vec<f16>> = (0..TILE_ROWS as u64).map(|k| halves(n, 1 + k)).collect();
+            let xs: Vec<Vec<f32>> = (0..TILE_TOKENS as u64).map(|k| halves(n, 10 + k).iter().map(|v| v.to_f32()).collect()).collect();
+            for nr in 1..=TILE_ROWS {
+                for nt in 1..=TILE_TOKENS {
+                    let w: Vec<&[f16]> = ws[..nr].iter().map(|v| v.as_slice()).collect();
+                    let x: Vec<&[f32]> = xs[..nt].iter().map(|v| v.as_slice()).collect();
+                    let (mut fast, mut plain) = ([0.0f32; 12], [0.0f32; 12]);
+                    tile(&w, &x, &mut fast);
+                    tile_scalar(&w, &x, &mut plain);
+                    for r in 0..nr {
+                        for t in 0..nt {
+                            let exact: f64 = w[r].iter().zip(x[t]).map(|(a, b)| a.to_f64() * *b as f64).sum();
+                            for got in [fast[r * nt + t], plain[r * nt + t]] {
+                                assert!((got as f64 - exact).abs() <= 1e-5 * (1.0 + n as f64), "n={n} {nr}x{nt}");
+                            }
+                        }
+                    }
                 }
             }
         }

@@ -6,6 +6,7 @@
 //! differ in format); F32/F16/BF16 tensors, and matrices that mix float and
 //! block parts, are converted once to float32.
 
+use std::borrow::Cow;
 use std::path::Path;
 
 use serde_json::json;
@@ -216,28 +217,60 @@ fn quantized_targets(g: &Gguf) -> std::collections::HashSet<Target> {
     all_quant.into_iter().filter_map(|(k, v)| v.then_some(k)).collect()
 }
 
-/// One matrix from its parts' raw rows, in fused order.
-fn stacked(mut parts: Vec<(u8, Kept, usize, Vec<u8>)>) -> Matrix {
+/// One matrix from its parts' raw rows, in fused order. Each band is
+/// allocated once at its final size and filled with one copy of each part
+/// (the parts borrow the file's mapping where they need no reordering).
+/// Bands of Q4_0/Q8_0 blocks are repacked straight from the parts for the
+/// interleaved kernels if `pack` (not the token embedding, read row by row).
+fn stacked(mut parts: Vec<(u8, Kept, usize, Cow<[u8]>)>, pack: bool) -> Matrix {
     parts.sort_by_key(|p| p.0);
-    let mut bands: Vec<(usize, Kept, Vec<u8>)> = Vec::new();
+    // Consecutive parts in one format form a band.
+    let mut bands: Vec<(usize, Kept, Vec<Cow<[u8]>>)> = Vec::new();
     for (_, t, rows, bytes) in parts {
         match bands.last_mut() {
             Some((r, bt, b)) if *bt == t => {
                 *r += rows;
-                b.extend_from_slice(&bytes);
+                b.push(bytes);
             }
-            _ => bands.push((rows, t, bytes)),
+            _ => bands.push((rows, t, vec![bytes])),
         }
     }
-    let matrix = |t: Kept, bytes: Vec<u8>| match t {
-        Kept::Blocks(q) => Matrix::Quant(q, bytes),
-        Kept::F16 => Matrix::F16(bytes.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]])).collect()),
+    let matrix = |rows: usize, t: Kept, pieces: Vec<Cow<[u8]>>| match t {
+        Kept::Blocks(q) if pack => {
+            let pieces: Vec<&[u8]> = pieces.iter().map(|p| &p[..]).collect();
+            Matrix::quantized_parts(q, &pieces, rows, pack)
+        }
+        Kept::Blocks(q) => {
+            let mut v: Vec<u8> = crate::tensor::weight_buffer(pieces.iter().map(|p| p.len()).sum());
+            for p in &pieces {
+                v.extend_from_slice(p);
+            }
+            Matrix::Quant(q, v)
+        }
+        Kept::F16 => {
+            let n: usize = pieces.iter().map(|p| p.len() / 2).sum();
+            let mut v: Vec<half::f16> = crate::tensor::weight_buffer(n);
+            for p in &pieces {
+                let (len, add) = (v.len(), p.len() / 2);
+                if cfg!(target_endian = "little") {
+                    // SAFETY: f16 is a plain 2-byte value and the file stores it
+                    // little-endian like this machine; the capacity holds `add` more.
+                    unsafe {
+                        std::ptr::copy_nonoverlapping(p.as_ptr(), v.as_mut_ptr().add(len) as *mut u8, 2 * add);
+                        v.set_len(len + add);
+                    }
+                } else {
+                    v.extend(p.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]])));
+                }
+            }
+            Matrix::F16(v)
+        }
     };
     if bands.len() == 1 {
-        let (_, t, bytes) = bands.pop().expect("one band");
-        matrix(t, bytes)
+        let (rows, t, pieces) = bands.pop().expect("one band");
+        matrix(rows, t, pieces)
     } else {
-        Matrix::Stack(bands.into_iter().map(|(rows, t, bytes)| (rows, matrix(t, bytes))).collect())
+        Matrix::Stack(bands.into_iter().map(|(rows, t, pieces)| (rows, matrix(rows, t, pieces))).collect())
     }
 }
 
@@ -250,7 +283,7 @@ pub fn load_model(path: &Path) -> Result<Model> {
     let mut model = Model::new(config)?;
     let quantized = quantized_targets(&g);
     // Raw rows of the matrices kept quantized: (part, format, rows, bytes).
-    let mut parts: std::collections::HashMap<Target, Vec<(u8, Kept, usize, Vec<u8>)>> = std::collections::HashMap::new();
+    let mut parts: std::collections::HashMap<Target, Vec<(u8, Kept, usize, Cow<[u8]>)>> = std::collections::HashMap::new();
     let mut seen = std::collections::HashSet::new();
     for t in g.tensors() {
         let shape = t.shape();
@@ -282,8 +315,8 @@ pub fn load_model(path: &Path) -> Result<Model> {
             }
             let data = g.tensor_data(t);
             let bytes = match &order {
-                Some(o) => permute_rows(data, data.len() / shape[0], o),
-                None => data.to_vec(),
+                Some(o) => Cow::Owned(permute_rows(data, data.len() / shape[0], o)),
+                None => Cow::Borrowed(data),
             };
             let qt = kept(t.ggml_type).expect("kept target");
             parts.entry(tg).or_default().push((part, qt, shape[0], bytes));
@@ -297,7 +330,7 @@ pub fn load_model(path: &Path) -> Result<Model> {
         seen.insert(name);
     }
     for (tg, ps) in parts {
-        let m = stacked(ps);
+        let m = stacked(ps, tg != Target::Embed);
         let w = &mut model.weights;
         match tg {
             Target::Embed => w.embed = m,
