@@ -3,6 +3,7 @@
 
 pub mod f16;
 pub mod kquant;
+pub mod packed;
 pub mod quant;
 pub mod scalar;
 #[cfg(target_arch = "x86_64")]

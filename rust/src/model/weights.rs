@@ -7,7 +7,7 @@ use std::collections::HashMap;
 
 use crate::config::ModelConfig;
 use crate::error::{invalid_weights, Result};
-use crate::kernels::{self, quant};
+use crate::kernels::{self, packed::PackedMatrix, quant};
 use crate::tensor::{zeroed_f32, TensorView};
 
 /// A weight matrix `[rows][cols]`: float32, or raw ggml blocks used in place
@@ -18,17 +18,56 @@ pub enum Matrix {
     /// float16, computed with float16-rounded activations (GGUF F16 files).
     F16(Vec<half::f16>),
     Quant(quant::QuantType, Vec<u8>),
+    /// Q4_0/Q8_0 blocks interleaved eight rows at a time for the AVX2
+    /// kernels (`Matrix::quantized` makes them where they pay).
+    Packed(PackedMatrix),
     /// (rows, band), top to bottom.
     Stack(Vec<(usize, Matrix)>),
 }
 
 impl Matrix {
+    /// A matrix of ggml blocks (`cols` values per row): packed for the
+    /// interleaved kernels when `pack` is set and they can run, as is
+    /// otherwise. Matrices read row by row (the token embedding) should not
+    /// be packed: `row_f32` on a packed one has to unpack the row.
+    pub fn quantized(t: quant::QuantType, bytes: Vec<u8>, cols: usize, pack: bool) -> Matrix {
+        let rb = t.row_bytes(cols);
+        let rows = if rb == 0 { 0 } else { bytes.len() / rb };
+        if pack && rows * rb == bytes.len() && PackedMatrix::worth_packing(t, rows, cols) {
+            let m = PackedMatrix::new(t, &[&bytes], rows, cols);
+            drop(bytes);
+            Matrix::Packed(m)
+        } else {
+            Matrix::Quant(t, bytes)
+        }
+    }
+
+    /// `quantized` from the matrix's `rows` rows given in consecutive pieces
+    /// of whole rows (copied once, straight into the packed layout).
+    pub fn quantized_parts(t: quant::QuantType, pieces: &[&[u8]], rows: usize, pack: bool) -> Matrix {
+        let len: usize = pieces.iter().map(|p| p.len()).sum();
+        let cols = if rows == 0 { 0 } else { len / rows / t.block_bytes() * t.block_len() };
+        if pack && rows * t.row_bytes(cols) == len && PackedMatrix::worth_packing(t, rows, cols) {
+            Matrix::Packed(PackedMatrix::new(t, pieces, rows, cols))
+        } else {
+            let mut v: Vec<u8> = crate::tensor::weight_buffer(len);
+            for p in pieces {
+                v.extend_from_slice(p);
+            }
+            Matrix::Quant(t, v)
+        }
+    }
+
     /// `out[t][o] = sum_i x[t][i] * self[o][i]`, output rows `stride` apart.
     pub fn matmul(&self, out: &mut [f32], stride: usize, x: &[f32], n_tok: usize, n_in: usize, n_out: usize) {
         match self {
             Matrix::F32(w) => kernels::matmul(out, stride, x, w, n_tok, n_in, n_out),
             Matrix::F16(w) => kernels::f16::matmul(out, stride, x, w, n_tok, n_in, n_out),
             Matrix::Quant(t, w) => quant::matmul(*t, out, stride, x, w, n_tok, n_in, n_out),
+            Matrix::Packed(p) => {
+                assert!(p.cols() == n_in && p.rows() == n_out, "packed {}x{} matrix used as {n_out}x{n_in}", p.rows(), p.cols());
+                p.matmul(out, stride, x, n_tok)
+            }
             Matrix::Stack(bands) => {
                 let mut r0 = 0;
                 for (rows, m) in bands {
@@ -49,6 +88,7 @@ impl Matrix {
                 let rb = t.row_bytes(cols);
                 quant::dequantize_row(*t, &w[r * rb..(r + 1) * rb], out)
             }
+            Matrix::Packed(p) => p.row_f32(r, out),
             Matrix::Stack(bands) => {
                 let mut r = r;
                 for (rows, m) in bands {
@@ -65,7 +105,7 @@ impl Matrix {
     fn f32_mut(&mut self) -> Option<&mut [f32]> {
         match self {
             Matrix::F32(w) => Some(w),
-            Matrix::F16(..) | Matrix::Quant(..) | Matrix::Stack(..) => None,
+            Matrix::F16(..) | Matrix::Quant(..) | Matrix::Packed(..) | Matrix::Stack(..) => None,
         }
     }
 }
@@ -100,7 +140,8 @@ impl Weights {
     pub fn quantize(&mut self, t: quant::QuantType, cfg: &ModelConfig) {
         use quant::QuantType::*;
         let head_type = if matches!(t, Q4_0 | Q4_1 | Q4_K | Q5_K) { Q6_K } else { t };
-        let convert = |m: &mut Matrix, t: quant::QuantType, cols: usize| {
+        // `pack`: false for the embedding, which is read row by row.
+        let convert = |m: &mut Matrix, t: quant::QuantType, cols: usize, pack: bool| {
             if let Matrix::F16(w) = m {
                 let mut f = vec![0.0f32; w.len()];
                 half::slice::HalfFloatSliceExt::convert_to_f32_slice(w.as_slice(), &mut f);
@@ -111,23 +152,24 @@ impl Weights {
                     let mut bytes = vec![0u8; w.len() / cols * t.row_bytes(cols)];
                     use rayon::prelude::*;
                     bytes.par_chunks_mut(t.row_bytes(cols)).zip(w.par_chunks(cols)).for_each(|(o, row)| quant::quantize_row(t, row, o));
-                    *m = Matrix::Quant(t, bytes);
+                    *m = Matrix::quantized(t, bytes, cols, pack);
                 }
             }
         };
         let (h, ffn, qd) = (cfg.hidden_size, cfg.intermediate_size, cfg.q_dim());
         for l in &mut self.layers {
-            convert(&mut l.wqkv, t, h);
-            convert(&mut l.wo, t, qd);
-            convert(&mut l.w_gate_up, t, h);
-            convert(&mut l.w_down, t, ffn);
+            convert(&mut l.wqkv, t, h, true);
+            convert(&mut l.wo, t, qd, true);
+            convert(&mut l.w_gate_up, t, h, true);
+            convert(&mut l.w_down, t, ffn, true);
         }
         match &mut self.lm_head {
             Some(head) => {
-                convert(head, head_type, h);
-                convert(&mut self.embed, t, h);
+                convert(head, head_type, h, true);
+                convert(&mut self.embed, t, h, false);
             }
-            None => convert(&mut self.embed, head_type, h),
+            // Tied: the embedding is also the output head, and stays unpacked.
+            None => convert(&mut self.embed, head_type, h, false),
         }
     }
 

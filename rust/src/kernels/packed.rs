@@ -1,0 +1,703 @@
+//! Q4_0 and Q8_0 weight matrices repacked at load time so that one AVX2
+//! vector holds four bytes of each of eight consecutive rows (ggml's
+//! "q4_0_8x8"-style interleaving, in our own layout). A block's eight row
+//! scales convert with one `vcvtph2ps`, and the integer dot products of the
+//! eight rows land in the eight i32 lanes of one vector, so a group's eight
+//! outputs accumulate in one float vector with no horizontal sums.
+//!
+//! The arithmetic is `quant::dot_row_scalar`'s: exact integer block sums,
+//! each times (weight scale * activation scale), added over the blocks; only
+//! the float rounding differs (a fused multiply-add per block, in block order).
+//! For each token the result does not depend on how many tokens are computed
+//! together (one or four at a time), bit for bit.
+//!
+//! Layout of one group of 8 rows (`nb` blocks of 32 values), 32-byte
+//! aligned, one stream read front to back: the blocks two at a time, each
+//! pair as
+//!   scales: the 8 rows' f16 scales of the first block (16 bytes), then of
+//!           the second (16 bytes, zero when `nb` is odd and this is the last);
+//!   quants: for each of the two blocks, `QB` bytes = `QB / 32` vectors;
+//!           vector k holds, in i32 lane r, row r's quant bytes 4k..4k+3 of
+//!           that block (Q4_0: 4 vectors of nibble bytes, the low nibbles are
+//!           values 4k..4k+3, the high ones 16+4k..16+4k+3; Q8_0: 8 vectors
+//!           of values 4k..4k+3).
+//! Rows past the last whole group (fewer than 8) follow the groups in
+//! ggml's own row format and go through `quant::matmul`.
+
+use std::cell::RefCell;
+
+use half::f16;
+use rayon::prelude::*;
+
+use super::quant::{self, BlockQ8, QuantType, QK};
+use super::SharedOut;
+
+/// Rows per interleaved group.
+pub const GROUP: usize = 8;
+
+#[derive(Clone, Copy)]
+#[repr(C, align(32))]
+struct Chunk([u8; 32]);
+
+/// A Q4_0 or Q8_0 matrix `[rows][cols]` in the interleaved layout.
+pub struct PackedMatrix {
+    t: QuantType,
+    rows: usize,
+    cols: usize,
+    /// Groups, then the tail rows in ggml's format.
+    data: Vec<Chunk>,
+}
+
+/// Quant bytes per row and block (16 nibble bytes or 32 int8 values).
+fn quant_bytes(t: QuantType) -> usize {
+    t.block_bytes() - 2
+}
+
+/// Offsets of block `b`'s scales and quants in a group whose blocks hold
+/// `qb` quant bytes per row.
+#[inline(always)]
+fn block_at(qb: usize, b: usize) -> (usize, usize) {
+    let (pair, second) = (b / 2 * (32 + 2 * GROUP * qb), b % 2);
+    (pair + 16 * second, pair + 32 + second * GROUP * qb)
+}
+
+impl PackedMatrix {
+    /// Whether the interleaved kernels would run for this matrix: a format
+    /// they know, at least one whole group, whole blocks, and an AVX2 CPU
+    /// (elsewhere the plain per-row kernels are as good).
+    pub fn worth_packing(t: QuantType, rows: usize, cols: usize) -> bool {
+        matches!(t, QuantType::Q4_0 | QuantType::Q8_0) && rows >= GROUP && cols % QK == 0 && cols > 0 && fast_kernels()
+    }
+
+    /// Repack `rows` rows of ggml blocks (`t` is Q4_0 or Q8_0), given as
+    /// consecutive pieces of whole rows (the parts of a fused matrix).
+    pub fn new(t: QuantType, pieces: &[&[u8]], rows: usize, cols: usize) -> PackedMatrix {
+        assert!(matches!(t, QuantType::Q4_0 | QuantType::Q8_0), "{t:?} has no packed layout");
+        let rb = t.row_bytes(cols);
+        assert!(cols % QK == 0 && pieces.iter().all(|p| p.len() % rb.max(1) == 0), "{t:?} rows of {cols} values in pieces");
+        let row_of: Vec<&[u8]> = pieces.iter().flat_map(|p| p.chunks_exact(rb.max(1))).collect();
+        assert_eq!(row_of.len(), rows, "{t:?} matrix of {rows} rows of {cols} values");
+        let mut m = PackedMatrix { t, rows, cols, data: Vec::new() };
+        let total = m.groups() * m.group_bytes() + m.tail_rows() * rb;
+        m.data = crate::tensor::weight_buffer(total.div_ceil(32));
+        m.data.resize(total.div_ceil(32), Chunk([0; 32]));
+        let (bb, qb, gb) = (t.block_bytes(), quant_bytes(t), m.group_bytes());
+        let groups = m.groups();
+        let buf = m.bytes_mut();
+        let (body, tail) = buf.split_at_mut(groups * gb);
+        body.par_chunks_mut(gb).enumerate().for_each(|(g, dst)| {
+            for r in 0..GROUP {
+                let row = row_of[g * GROUP + r];
+                for (b, blk) in row.chunks_exact(bb).enumerate() {
+                    let (sc, qs) = block_at(qb, b);
+                    dst[sc + 2 * r..sc + 2 * r + 2].copy_from_slice(&blk[..2]);
+                    for k in 0..qb / 4 {
+                        let at = qs + 32 * k + 4 * r;
+                        dst[at..at + 4].copy_from_slice(&blk[2 + 4 * k..6 + 4 * k]);
+                    }
+                }
+            }
+        });
+        for (dst, row) in tail.chunks_exact_mut(rb.max(1)).zip(&row_of[groups * GROUP..]) {
+            dst.copy_from_slice(row);
+        }
+        m
+    }
+
+    pub fn quant_type(&self) -> QuantType {
+        self.t
+    }
+
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    fn blocks(&self) -> usize {
+        self.cols / QK
+    }
+
+    fn row_bytes(&self) -> usize {
+        self.t.row_bytes(self.cols)
+    }
+
+    fn groups(&self) -> usize {
+        self.rows / GROUP
+    }
+
+    fn tail_rows(&self) -> usize {
+        self.rows % GROUP
+    }
+
+    /// Bytes per group: per pair of blocks 32 bytes of scales, and quants.
+    fn group_bytes(&self) -> usize {
+        let nb = self.blocks();
+        nb * GROUP * quant_bytes(self.t) + nb.div_ceil(2) * 32
+    }
+
+    fn bytes(&self) -> &[u8] {
+        // SAFETY: `Chunk` is 32 plain bytes.
+        unsafe { std::slice::from_raw_parts(self.data.as_ptr() as *const u8, self.data.len() * 32) }
+    }
+
+    fn bytes_mut(&mut self) -> &mut [u8] {
+        // SAFETY: as above.
+        unsafe { std::slice::from_raw_parts_mut(self.data.as_mut_ptr() as *mut u8, self.data.len() * 32) }
+    }
+
+    /// The tail rows in ggml's format.
+    fn tail(&self) -> &[u8] {
+        let at = self.groups() * self.group_bytes();
+        &self.bytes()[at..at + m_tail_len(self.rows, self.row_bytes())]
+    }
+
+    /// Row `r` in ggml's block format (`row_bytes` long).
+    pub fn unpack_row(&self, r: usize, out: &mut [u8]) {
+        assert!(r < self.rows && out.len() == self.row_bytes());
+        let (bb, qb, rb) = (self.t.block_bytes(), quant_bytes(self.t), self.row_bytes());
+        let (g, lane) = (r / GROUP, r % GROUP);
+        if g == self.groups() {
+            out.copy_from_slice(&self.tail()[lane * rb..(lane + 1) * rb]);
+            return;
+        }
+        let gb = self.group_bytes();
+        let grp = &self.bytes()[g * gb..(g + 1) * gb];
+        for (b, blk) in out.chunks_exact_mut(bb).enumerate() {
+            let (sc, qs) = block_at(qb, b);
+            blk[..2].copy_from_slice(&grp[sc + 2 * lane..sc + 2 * lane + 2]);
+            for k in 0..qb / 4 {
+                let at = qs + 32 * k + 4 * lane;
+                blk[2 + 4 * k..6 + 4 * k].copy_from_slice(&grp[at..at + 4]);
+            }
+        }
+    }
+
+    /// Row `r` as float32.
+    pub fn row_f32(&self, r: usize, out: &mut [f32]) {
+        let mut bytes = vec![0u8; self.row_bytes()];
+        self.unpack_row(r, &mut bytes);
+        quant::dequantize_row(self.t, &bytes, out)
+    }
+
+    /// `out[t][o] = dot(self[o], x[t])`, output rows `out_stride` apart: the
+    /// activations are quantized to Q8_0 once per call, as `quant::matmul`
+    /// does, and the results equal its up to float rounding.
+    pub fn matmul(&self, out: &mut [f32], out_stride: usize, x: &[f32], n_tok: usize) {
+        self.matmul_with(out, out_stride, x, n_tok, fast_kernels())
+    }
+
+    fn matmul_with(&self, out: &mut [f32], out_stride: usize, x: &[f32], n_tok: usize, fast: bool) {
+        let (n_in, n_out) = (self.cols, self.rows);
+        assert!(x.len() >= n_tok * n_in);
+        assert!(n_tok == 0 || out.len() >= (n_tok - 1) * out_stride + n_out);
+        if n_tok == 0 {
+            return;
+        }
+        let groups = self.groups();
+        if groups > 0 {
+            ACTIVATIONS.with(|cell| {
+                let mut acts = cell.borrow_mut();
+                let (qx, bias) = acts.quantize(x, n_tok, n_in);
+                let dst = SharedOut(out.as_mut_ptr());
+                self.groups_times_activations(dst, out_stride, qx, bias, n_tok, fast);
+            });
+        }
+        if self.tail_rows() > 0 {
+            let r0 = groups * GROUP;
+            quant::matmul(self.t, &mut out[r0..], out_stride, x, self.tail(), n_tok, n_in, self.tail_rows());
+        }
+    }
+
+    /// All whole groups against all tokens, groups split across the pool in
+    /// runs; tokens four at a time, then one at a time.
+    fn groups_times_activations(&self, dst: SharedOut, stride: usize, qx: &[BlockQ8], bias: &[i32], n_tok: usize, fast: bool) {
+        let (nb, gb, groups) = (self.blocks(), self.group_bytes(), self.groups());
+        let threads = rayon::current_num_threads().max(1);
+        let per_task = groups.div_ceil(threads * 8).clamp(1, 8);
+        let data = self.bytes();
+        let t = self.t;
+        (0..groups.div_ceil(per_task)).into_par_iter().for_each(|task| {
+            let dst = dst;
+            for g in task * per_task..((task + 1) * per_task).min(groups) {
+                let grp = &data[g * gb..(g + 1) * gb];
+                let tok = |k: usize| (&qx[k * nb..(k + 1) * nb], &bias[k * nb..(k + 1) * nb]);
+                let mut tk = 0;
+                while tk + 4 <= n_tok {
+                    let (x4, b4) = ([0, 1, 2, 3].map(|j| tok(tk + j).0), [0, 1, 2, 3].map(|j| tok(tk + j).1));
+                    // SAFETY: rows g*8..g*8+8 of tokens tk..tk+4 are written by
+                    // this task only, within the bounds the caller asserted.
+                    unsafe { group_dot::<4>(t, grp, nb, x4, b4, dst.0.add(tk * stride + g * GROUP), stride, fast) };
+                    tk += 4;
+                }
+                for tk in tk..n_tok {
+                    let (x1, b1) = tok(tk);
+                    // SAFETY: as above.
+                    unsafe { group_dot::<1>(t, grp, nb, [x1], [b1], dst.0.add(tk * stride + g * GROUP), stride, fast) };
+                }
+            }
+        });
+    }
+}
+
+fn m_tail_len(rows: usize, row_bytes: usize) -> usize {
+    rows % GROUP * row_bytes
+}
+
+/// Whether the AVX2 kernels can run here.
+fn fast_kernels() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        super::x86::has_avx2()
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// One group against `N` tokens: writes `out[k * stride + r]` for token k
+/// and the group's row r.
+///
+/// # Safety
+/// `out` must be valid for those writes; `fast` only where `fast_kernels()`.
+#[allow(clippy::too_many_arguments)]
+#[inline]
+unsafe fn group_dot<const N: usize>(
+    t: QuantType,
+    grp: &[u8],
+    nb: usize,
+    xs: [&[BlockQ8]; N],
+    bias: [&[i32]; N],
+    out: *mut f32,
+    stride: usize,
+    fast: bool,
+) {
+    debug_assert!(xs.iter().all(|x| x.len() == nb) && bias.iter().all(|b| b.len() == nb));
+    #[cfg(target_arch = "x86_64")]
+    if fast {
+        match t {
+            QuantType::Q4_0 => avx2::group_q4_0::<N>(grp.as_ptr(), nb, xs, bias, out, stride),
+            QuantType::Q8_0 => avx2::group_q8_0::<N>(grp.as_ptr(), nb, xs, out, stride),
+            _ => unreachable!("only Q4_0 and Q8_0 are packed"),
+        }
+        return;
+    }
+    let _ = fast;
+    let v = group_dot_scalar(t, grp, nb, xs);
+    for (k, row) in v.iter().enumerate() {
+        for (r, &val) in row.iter().enumerate() {
+            *out.add(k * stride + r) = val;
+        }
+    }
+}
+
+/// The plain version of the group kernels: each row's blocks as
+/// `quant::dot_row_scalar` computes them, accumulated as the fast kernels do
+/// (one fused multiply-add per block), so the two agree bit for bit.
+fn group_dot_scalar<const N: usize>(t: QuantType, grp: &[u8], nb: usize, xs: [&[BlockQ8]; N]) -> [[f32; GROUP]; N] {
+    let qb = quant_bytes(t);
+    let mut out = [[0.0f32; GROUP]; N];
+    for r in 0..GROUP {
+        for b in 0..nb {
+            let (sc, qs) = block_at(qb, b);
+            let d = f16::from_le_bytes([grp[sc + 2 * r], grp[sc + 2 * r + 1]]).to_f32();
+            let byte = |j: usize| grp[qs + 32 * (j / 4) + 4 * r + j % 4];
+            for (k, x) in xs.iter().enumerate() {
+                let y = &x[b];
+                let mut si = 0i32;
+                match t {
+                    QuantType::Q4_0 => {
+                        for j in 0..16 {
+                            let q = byte(j);
+                            si += ((q & 0x0f) as i32 - 8) * y.qs[j] as i32 + ((q >> 4) as i32 - 8) * y.qs[j + 16] as i32;
+                        }
+                    }
+                    QuantType::Q8_0 => {
+                        for j in 0..32 {
+                            si += byte(j) as i8 as i32 * y.qs[j] as i32;
+                        }
+                    }
+                    _ => unreachable!("only Q4_0 and Q8_0 are packed"),
+                }
+                out[k][r] = (d * y.d).mul_add(si as f32, out[k][r]);
+            }
+        }
+    }
+    out
+}
+
+/// Quantized activations and, per block, 8 * the sum of its values (the
+/// offset of Q4_0's unsigned nibbles), reused call to call.
+#[derive(Default)]
+struct Activations {
+    qx: Vec<BlockQ8>,
+    bias: Vec<i32>,
+}
+
+impl Activations {
+    fn quantize(&mut self, x: &[f32], n_tok: usize, n_in: usize) -> (&[BlockQ8], &[i32]) {
+        let nb = n_in / QK;
+        let n = n_tok * nb;
+        if self.qx.len() < n {
+            self.qx.resize(n, BlockQ8::default());
+            self.bias.resize(n, 0);
+        }
+        let (qx, bias) = (&mut self.qx[..n], &mut self.bias[..n]);
+        qx.par_chunks_mut(nb).zip(bias.par_chunks_mut(nb)).zip(x[..n_tok * n_in].par_chunks(n_in)).for_each(|((q, s), xr)| {
+            quant::quantize_row_q8(xr, q);
+            for (s, b) in s.iter_mut().zip(q.iter()) {
+                *s = 8 * b.qs.iter().map(|&v| v as i32).sum::<i32>();
+            }
+        });
+        (&self.qx[..n], &self.bias[..n])
+    }
+}
+
+thread_local! {
+    static ACTIVATIONS: RefCell<Activations> = RefCell::new(Activations::default());
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    //! Activation values are in -127..=127 (our quantizer never makes -128);
+    //! the 16-bit sums below rely on it.
+
+    use std::arch::x86_64::*;
+
+    use super::BlockQ8;
+
+    /// Activation bytes 4k..4k+3 of a block in every i32 lane.
+    #[inline(always)]
+    unsafe fn bcast(y: &BlockQ8, k: usize) -> __m256i {
+        _mm256_set1_epi32((y.qs.as_ptr() as *const i32).add(k).read_unaligned())
+    }
+
+    /// How far ahead of the block in use the weights are fetched: the
+    /// hardware prefetcher alone leaves a one-token matmul well short of the
+    /// memory's bandwidth.
+    const PREFETCH_BYTES: usize = 1024;
+
+    /// Prefetch the `LINES` cache lines `PREFETCH_BYTES` past `p` (a block's
+    /// quants; scales and quants form one stream, and the groups lie back to
+    /// back, so this runs on into the next group).
+    #[inline(always)]
+    unsafe fn prefetch<const LINES: usize>(p: *const u8) {
+        for l in 0..LINES {
+            _mm_prefetch::<_MM_HINT_T0>(p.wrapping_add(PREFETCH_BYTES + 64 * l) as *const i8);
+        }
+    }
+
+    #[inline(always)]
+    unsafe fn scales(p: *const u8) -> __m256 {
+        _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i))
+    }
+
+    /// Q4_0 group (128 quant bytes per block) against `N` tokens.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn group_q4_0<const N: usize>(
+        g: *const u8,
+        nb: usize,
+        xs: [&[BlockQ8]; N],
+        bias: [&[i32]; N],
+        out: *mut f32,
+        stride: usize,
+    ) {
+        let m4 = _mm256_set1_epi8(0x0f);
+        let ones = _mm256_set1_epi16(1);
+        let mut acc = [_mm256_setzero_ps(); N];
+        for b in 0..nb {
+            let (sc, qs) = super::block_at(16, b);
+            let q = g.add(qs);
+            prefetch::<2>(q);
+            let ys: [&BlockQ8; N] = std::array::from_fn(|t| xs[t].get_unchecked(b));
+            // Per token, 16-bit sums of nibble * activation: each lane adds
+            // eight maddubs lanes of two products of at most 15 * 127 each,
+            // at most 30480, no overflow. Vector k's low nibbles are values
+            // 4k..4k+3, its high ones 16+4k..16+4k+3.
+            let mut s = [_mm256_setzero_si256(); N];
+            for k in 0..4 {
+                let v = _mm256_load_si256(q.add(32 * k) as *const __m256i);
+                let lo = _mm256_and_si256(v, m4);
+                let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(v), m4);
+                for t in 0..N {
+                    let p = _mm256_add_epi16(_mm256_maddubs_epi16(lo, bcast(ys[t], k)), _mm256_maddubs_epi16(hi, bcast(ys[t], k + 4)));
+                    s[t] = _mm256_add_epi16(s[t], p);
+                }
+            }
+            let d = scales(g.add(sc));
+            for t in 0..N {
+                // sum q*y - 8 * sum y = sum (q - 8) * y, lane r for row r.
+                let si = _mm256_sub_epi32(_mm256_madd_epi16(s[t], ones), _mm256_set1_epi32(*bias[t].get_unchecked(b)));
+                acc[t] = _mm256_fmadd_ps(_mm256_mul_ps(d, _mm256_set1_ps(ys[t].d)), _mm256_cvtepi32_ps(si), acc[t]);
+            }
+        }
+        for (t, a) in acc.iter().enumerate() {
+            _mm256_storeu_ps(out.add(t * stride), *a);
+        }
+    }
+
+    /// Q8_0 group (256 quant bytes per block) against `N` tokens.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn group_q8_0<const N: usize>(g: *const u8, nb: usize, xs: [&[BlockQ8]; N], out: *mut f32, stride: usize) {
+        let ones = _mm256_set1_epi16(1);
+        let mut acc = [_mm256_setzero_ps(); N];
+        for b in 0..nb {
+            let (sc, qs) = super::block_at(32, b);
+            let q = g.add(qs);
+            prefetch::<4>(q);
+            let ys: [&BlockQ8; N] = std::array::from_fn(|t| xs[t].get_unchecked(b));
+            let mut s = [_mm256_setzero_si256(); N];
+            for k in 0..8 {
+                let w = _mm256_load_si256(q.add(32 * k) as *const __m256i);
+                // |w| as unsigned bytes (-128 gives 128), times y with w's signs;
+                // a 16-bit lane holds up to 2 * 128 * 127, so each is widened.
+                let a = _mm256_sign_epi8(w, w);
+                for t in 0..N {
+                    let p = _mm256_maddubs_epi16(a, _mm256_sign_epi8(bcast(ys[t], k), w));
+                    s[t] = _mm256_add_epi32(s[t], _mm256_madd_epi16(p, ones));
+                }
+            }
+            let d = scales(g.add(sc));
+            for t in 0..N {
+                acc[t] = _mm256_fmadd_ps(_mm256_mul_ps(d, _mm256_set1_ps(ys[t].d)), _mm256_cvtepi32_ps(s[t]), acc[t]);
+            }
+        }
+        for (t, a) in acc.iter().enumerate() {
+            _mm256_storeu_ps(out.add(t * stride), *a);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rand(n: usize, seed: u64) -> Vec<f32> {
+        let mut s = seed;
+        (0..n)
+            .map(|_| {
+                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                ((s >> 33) as f32 / (1u64 << 31) as f32) * 2.0 - 1.0
+            })
+            .collect()
+    }
+
+    /// Random rows of ggml blocks: any quant bytes, sane f16 scales.
+    fn rand_blocks(t: QuantType, rows: usize, cols: usize, seed: u64) -> Vec<u8> {
+        let mut bytes: Vec<u8> = rand(rows * t.row_bytes(cols), seed).iter().map(|v| ((v + 1.0) * 127.5) as u8).collect();
+        for (i, blk) in bytes.chunks_exact_mut(t.block_bytes()).enumerate() {
+            blk[..2].copy_from_slice(&f16::from_f32(0.01 + 0.001 * (i % 7) as f32).to_le_bytes());
+        }
+        bytes
+    }
+
+    const TYPES: [QuantType; 2] = [QuantType::Q4_0, QuantType::Q8_0];
+
+    #[test]
+    fn packing_keeps_every_row() {
+        for t in TYPES {
+            for (rows, cols) in [(8, 32), (13, 64), (24, 96), (7, 32), (40, 320)] {
+                let w = rand_blocks(t, rows, cols, rows as u64);
+                let rb = t.row_bytes(cols);
+                // From one piece, and from pieces that split a group.
+                let cut = rows / 3 * rb;
+                for m in [PackedMatrix::new(t, &[&w], rows, cols), PackedMatrix::new(t, &[&w[..cut], &w[cut..]], rows, cols)] {
+                    let mut row = vec![0u8; rb];
+                    let (mut f, mut g) = (vec![0.0f32; cols], vec![0.0f32; cols]);
+                    for r in 0..rows {
+                        m.unpack_row(r, &mut row);
+                        assert_eq!(row, &w[r * rb..(r + 1) * rb], "{t:?} {rows}x{cols} row {r}");
+                        m.row_f32(r, &mut f);
+                        quant::dequantize_row(t, &w[r * rb..(r + 1) * rb], &mut g);
+                        assert_eq!(f, g);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The packed matmul against `quant::matmul` on the same rows: equal up
+    /// to the order of float additions (the integer block sums are exact).
+    fn check_against_unpacked(t: QuantType, rows: usize, cols: usize, n_tok: usize, stride: usize, fast: bool, seed: u64) {
+        let w = rand_blocks(t, rows, cols, seed);
+        let x: Vec<f32> = rand(n_tok * cols, seed + 1).iter().enumerate().map(|(i, v)| v * (1.0 + (i % 5) as f32)).collect();
+        let m = PackedMatrix::new(t, &[&w], rows, cols);
+        let mut got = vec![f32::NAN; n_tok * stride];
+        m.matmul_with(&mut got, stride, &x, n_tok, fast);
+        let mut want = vec![0.0f32; n_tok * rows];
+        quant::matmul(t, &mut want, rows, &x, &w, n_tok, cols, rows);
+        // Magnitude of the terms each result sums, for the tolerance.
+        let rb = t.row_bytes(cols);
+        for tk in 0..n_tok {
+            let xs = &x[tk * cols..(tk + 1) * cols];
+            let mut wf = vec![0.0f32; cols];
+            for r in 0..rows {
+                quant::dequantize_row(t, &w[r * rb..(r + 1) * rb], &mut wf);
+                let scale: f32 = wf.iter().zip(xs).map(|(a, b)| (a * b).abs()).sum();
+                let (g, e) = (got[tk * stride + r], want[tk * rows + r]);
+                assert!((g - e).abs() <= 1e-5 * (1.0 + scale), "{t:?} {rows}x{cols}, {n_tok} tokens, token {tk} row {r}: {g} vs {e}");
+            }
+            assert!(got[tk * stride + rows..(tk + 1) * stride].iter().all(|v| v.is_nan()), "{t:?}: gap written");
+        }
+    }
+
+    #[test]
+    fn packed_matmul_matches_unpacked() {
+        let fast = fast_kernels();
+        eprintln!("avx2 packed kernels: {fast}");
+        for t in TYPES {
+            for (i, &(rows, cols)) in [(8, 32), (16, 64), (13, 96), (21, 512), (64, 256), (7, 64), (35, 128)].iter().enumerate() {
+                for n_tok in 1..=9 {
+                    for stride in [rows, rows + 3] {
+                        check_against_unpacked(t, rows, cols, n_tok, stride, fast, 100 * i as u64 + n_tok as u64);
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn scalar_group_kernels_match_unpacked() {
+        for t in TYPES {
+            for n_tok in [1, 4, 6] {
+                check_against_unpacked(t, 19, 160, n_tok, 23, false, 7 + n_tok as u64);
+            }
+        }
+    }
+
+    #[test]
+    fn fast_group_kernels_equal_the_scalar_ones() {
+        // The same fused multiply-add per block in the same order: bit for bit.
+        if !fast_kernels() {
+            return;
+        }
+        for t in TYPES {
+            for (rows, cols, n_tok) in [(8, 32, 1), (24, 512, 5), (40, 2048, 9)] {
+                let w = rand_blocks(t, rows, cols, 3);
+                let x = rand(n_tok * cols, 4);
+                let m = PackedMatrix::new(t, &[&w], rows, cols);
+                let (mut a, mut b) = (vec![0.0f32; n_tok * rows], vec![0.0f32; n_tok * rows]);
+                m.matmul_with(&mut a, rows, &x, n_tok, true);
+                m.matmul_with(&mut b, rows, &x, n_tok, false);
+                assert_eq!(a.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), b.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), "{t:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn packed_kernels_are_exact_on_extreme_blocks() {
+        // All nibbles 0 or 15 / all int8 -128 or 127, activations at +-127
+        // (the 16-bit sums' worst cases), scales 1: integer results.
+        let one = f16::from_f32(1.0).to_le_bytes();
+        for t in TYPES {
+            let (rows, cols) = (16, 256);
+            for fill in [0x00u8, 0xff, 0x80, 0x7f, 0x0f, 0xf0, 0x81] {
+                let mut w = vec![fill; rows * t.row_bytes(cols)];
+                for blk in w.chunks_exact_mut(t.block_bytes()) {
+                    blk[..2].copy_from_slice(&one);
+                }
+                let m = PackedMatrix::new(t, &[&w], rows, cols);
+                for pattern in 0..3 {
+                    // Activations quantize to exactly +-127 (scale 1).
+                    let x: Vec<f32> = (0..cols)
+                        .map(|i| match pattern {
+                            0 => 127.0,
+                            1 => -127.0,
+                            _ => if i % 3 == 0 { 127.0 } else { -127.0 },
+                        })
+                        .collect();
+                    let mut got = vec![0.0f32; rows];
+                    m.matmul(&mut got, rows, &x, 1);
+                    let mut want = vec![0.0f32; rows];
+                    quant::matmul(t, &mut want, rows, &x, &w, 1, cols, rows);
+                    assert_eq!(got, want, "{t:?} fill {fill:#04x} pattern {pattern}");
+                }
+            }
+        }
+    }
+
+    /// Throughput, packed against the per-row kernels (run with --ignored
+    /// --nocapture; BENCH_THREADS sets the pool size).
+    #[test]
+    #[ignore]
+    fn bench_packed_matmul() {
+        let threads: usize = std::env::var("BENCH_THREADS").ok().and_then(|v| v.parse().ok()).unwrap_or(1);
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+        pool.install(|| {
+            for t in TYPES {
+                for (n_in, n_out) in [(2048, 5632), (5632, 2048)] {
+                    let w = rand_blocks(t, n_out, n_in, 11);
+                    let m = PackedMatrix::new(t, &[&w], n_out, n_in);
+                    for n_tok in [1usize, 64] {
+                        let x = rand(n_tok * n_in, 13);
+                        let mut out = vec![0.0f32; n_tok * n_out];
+                        let iters = if n_tok == 1 { 200 } else { 6 };
+                        let mut best = [f64::MAX; 2];
+                        for _ in 0..iters {
+                            for (v, b) in best.iter_mut().enumerate() {
+                                let t0 = std::time::Instant::now();
+                                if v == 0 {
+                                    quant::matmul(t, &mut out, n_out, &x, &w, n_tok, n_in, n_out);
+                                } else {
+                                    m.matmul(&mut out, n_out, &x, n_tok);
+                                }
+                                *b = b.min(t0.elapsed().as_secs_f64());
+                            }
+                        }
+                        for (v, name) in ["per-row", "packed"].iter().enumerate() {
+                            let gbs = w.len() as f64 / best[v] / 1e9;
+                            let gops = 2.0 * (n_tok * n_in * n_out) as f64 / best[v] / 1e9;
+                            eprintln!(
+                                "BENCH {threads} thr {t:?} {n_out}x{n_in} n_tok={n_tok:2} {name:8}: {:8.3} ms, {gbs:6.2} GB/s, {gops:6.1} GOP/s",
+                                best[v] * 1e3
+                            );
+                        }
+                    }
+                }
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod dram_bench {
+    use super::*;
+
+    /// Decode from DRAM: one token against a matrix far larger than the
+    /// caches, beside a plain read of the same bytes (run with --ignored).
+    #[test]
+    #[ignore]
+    fn bench_packed_decode_dram() {
+        let threads: usize = std::env::var("BENCH_THREADS").ok().and_then(|v| v.parse().ok()).unwrap_or(2);
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+        pool.install(|| {
+            for t in [QuantType::Q4_0, QuantType::Q8_0] {
+                let (n_in, n_out) = (2048, 131072);
+                let w: Vec<u8> = (0..n_out * t.row_bytes(n_in)).map(|i| (i * 7 % 251) as u8 & 0x3f).collect();
+                let m = PackedMatrix::new(t, &[&w], n_out, n_in);
+                drop(w);
+                let x: Vec<f32> = (0..n_in).map(|i| (i % 13) as f32 - 6.0).collect();
+                let mut out = vec![0.0f32; n_out];
+                let bytes = m.bytes();
+                let (mut best_mm, mut best_rd) = (f64::MAX, f64::MAX);
+                for _ in 0..8 {
+                    let t0 = std::time::Instant::now();
+                    m.matmul(&mut out, n_out, &x, 1);
+                    best_mm = best_mm.min(t0.elapsed().as_secs_f64());
+                    let t0 = std::time::Instant::now();
+                    let s: u64 = bytes
+                        .par_chunks(1 << 16)
+                        .map(|c| c.chunks_exact(8).fold(0u64, |a, b| a ^ u64::from_le_bytes(b.try_into().unwrap())))
+                        .reduce(|| 0, |a, b| a ^ b);
+                    best_rd = best_rd.min(t0.elapsed().as_secs_f64());
+                    std::hint::black_box(s);
+                }
+                let n = bytes.len() as f64;
+                eprintln!("DRAM {threads} thr {t:?}: packed matmul {:6.2} GB/s, plain read {:6.2} GB/s", n / best_mm / 1e9, n / best_rd / 1e9);
+            }
+        });
+    }
+}
