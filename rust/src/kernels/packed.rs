@@ -33,7 +33,7 @@ use super::quant::{self, BlockQ8, QuantType, QK};
 use super::SharedOut;
 
 /// Rows per interleaved group.
-pub const GROUP: usize = 8;
+pub(crate) const GROUP: usize = 8;
 
 #[derive(Clone, Copy)]
 #[repr(C, align(32))]
