@@ -74,7 +74,27 @@ def test_quantized_gguf_sits_closer_to_llama_cpp_than_llama_cpp_to_transformers(
     llama_cpp_to_hf = rel_err(ref["logits_3"], hf["logits_3"])
     factor = 0.75 if name.endswith("q8_0") else 0.3
     assert to_llama_cpp <= factor * llama_cpp_to_hf, (to_llama_cpp, llama_cpp_to_hf)
-    assert (ours.argmax(-1) == ref["logits_3"].argmax(-1)).mean() >= 0.9
+
+
+@pytest.mark.parametrize("name", QUANT_FILES)
+def test_quantized_gguf_picks_llama_cpps_token_except_at_near_ties(name):
+    """Argmax agreement with llama.cpp over all 141 golden positions, and
+    every disagreement is a near-tie in llama.cpp's own logits: its top two
+    differ by less than the 1e-2 (of max|logit|) the engines sit apart. (The
+    issue's goal of 0.99 on every file is not met yet: 0.957 is the worst.)"""
+    ref = np.load(FIXTURES / "golden" / f"llamacpp-{name}.npz")
+    agree, total = 0, 0
+    with pyffi.Transformer.from_pretrained(FIXTURES / "gguf" / f"{name}.gguf") as model:
+        for i in range(4):
+            ours, theirs = model.forward([ref[f"input_{i}"]])[0], ref[f"logits_{i}"]
+            scale = np.abs(theirs).max()
+            for o, t in zip(ours, theirs):
+                total += 1
+                if o.argmax() == t.argmax():
+                    agree += 1
+                else:
+                    assert (t.max() - t[o.argmax()]) / scale <= 1e-2, (name, i)
+    assert agree / total >= 0.95, (name, agree, total)
 
 
 def test_quantized_matrices_cannot_be_overwritten_with_floats():
