@@ -709,6 +709,7 @@ def run_worker(engine, model, args, timeout=None, extra=(), threads=None):
            "--reps", str(args.reps), "--n-prompt", str(args.n_prompt), "--n-gen", str(args.n_gen),
            "--depth", str(args.depth), *extra]
     t0 = time.perf_counter()
+    before = _cpu_snapshot()
     try:
         r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env, cwd=str(REPO))
     except subprocess.TimeoutExpired:
@@ -718,6 +719,7 @@ def run_worker(engine, model, args, timeout=None, extra=(), threads=None):
         if line.startswith("BENCH_RESULT "):
             res = json.loads(line[len("BENCH_RESULT "):])
             res["wall_s"] = wall
+            res["busy_during"] = _others_busy_since(before)
             return res
     tail = (r.stderr or r.stdout).strip().splitlines()[-5:]
     return {"engine": engine, "error": f"worker exited with {r.returncode}: " + " | ".join(tail)[-600:]}
@@ -745,6 +747,28 @@ def busy_share(window=0.5):
     return (b1 - b0) / (t1 - t0) if t1 > t0 else None
 
 
+def _cpu_snapshot():
+    import resource
+    try:
+        busy, total = _cpu_jiffies()
+    except (OSError, ValueError, IndexError):
+        return None
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return busy, total, ru.ru_utime + ru.ru_stime
+
+
+def _others_busy_since(before):
+    """Share of all CPUs that work other than our finished children kept busy
+    since `before` (a _cpu_snapshot): the machine's busy time less theirs."""
+    after = _cpu_snapshot()
+    if before is None or after is None or after[1] <= before[1]:
+        return None
+    hz = os.sysconf("SC_CLK_TCK")
+    ours = (after[2] - before[2]) * hz
+    return max(0.0, (after[0] - before[0] - ours) / (after[1] - before[1]))
+
+
+SPREAD_WARN = 1.25  # fastest / slowest run above this marks a cell as noisy
 BUSY_WARN = 0.10  # above this share of the CPUs busy with other work before a run, the table warns
 
 
@@ -823,7 +847,8 @@ def summarize(report):
             if not t:
                 continue
             rate = tokens_per_s(t["n_tokens"], t["times_s"])
-            s = {"tok_s": rate, "runs_tok_s": [t["n_tokens"] / x for x in t["times_s"] if x > 0]}
+            runs = [t["n_tokens"] / x for x in t["times_s"] if x > 0]
+            s = {"tok_s": rate, "runs_tok_s": runs, "spread": max(runs) / min(runs) if runs else None}
             if name.startswith("tg") and rate and facts.get("weight_bytes_per_token"):
                 per_tok = decode_bytes_per_token(facts["weight_bytes_per_token"], kv_pos, t["first_pos"],
                                                  t["n_tokens"])
@@ -884,6 +909,7 @@ def format_table(report):
     lines.append("| " + " | ".join(head) + " |")
     lines.append("|" + "|".join(["---"] * 2 + ["---:"] * (len(head) - 2)) + "|")
     errors = []
+    spread_seen = False
     by = {(c["type"], c["engine"]): c for c in report["results"]}
     for typ in cfg["types"]:
         for eng in cfg["engines"]:
@@ -898,9 +924,15 @@ def format_table(report):
                     [f"error [{len(errors)}]"] * len(tests) + ["-"] * len(tg_names)
             else:
                 sm = c["summary"]
-                row = [typ, eng, f"{c['load_s']:.2f}" if c.get("load_s") is not None else "-",
+                bd = max((c.get(k) or 0) for k in ("busy_before", "busy_during"))
+                row = [typ, eng + (f" (busy {100 * bd:.0f}%)" if bd > BUSY_WARN else ""),
+                       f"{c['load_s']:.2f}" if c.get("load_s") is not None else "-",
                        _mib(c.get("peak_rss_bytes"))]
-                row += [fmt_rate((sm.get(t) or {}).get("tok_s")) for t in tests]
+                for t in tests:
+                    x = sm.get(t) or {}
+                    noisy = (x.get("spread") or 1) > SPREAD_WARN
+                    spread_seen |= noisy
+                    row.append(fmt_rate(x.get("tok_s")) + (" ~" if noisy else ""))
                 for t in tg_names:
                     x = sm.get(t) or {}
                     if x.get("gb_per_s") is None:
@@ -919,8 +951,14 @@ def format_table(report):
     lines.append("")
     lines.append("t/s: tokens per second (median); ratio row: pyffi / llama.cpp, above 1 means pyffi is faster "
                  "for t/s, slower to load or bigger for load s and RSS.")
+    if spread_seen:
+        lines.append(f"~: the fastest run was over {SPREAD_WARN}x the slowest (noisy; see the JSON for every run).")
     lines.append("GB/s: weight bytes as stored in the file plus an f16 KV cache, read per decoded token, times "
                  "tokens per second; % of the probe.")
+    shares = [(x.get("bw_share") or 0) for c in report["results"] for x in (c.get("summary") or {}).values()]
+    if shares and max(shares) > 1:
+        lines.append("Over 100%: the weights partly stay in the CPU's caches between tokens (a small model), "
+                     "or the probe was disturbed.")
     oh = report.get("overhead")
     if oh:
         lines.append("")
@@ -932,11 +970,12 @@ def format_table(report):
                          f"({oh['python_over_c']:.2f}x)")
         else:
             lines.append(f"per-call overhead: error: python: {py.get('error', 'ok')}; c: {c.get('error', 'ok')}")
-    busy = [c.get("busy_before") for c in report["results"] + [probe, oh or {}] if c.get("busy_before") is not None]
+    busy = [c.get(k) for c in report["results"] + [probe, oh or {}] for k in ("busy_before", "busy_during")
+            if c.get(k) is not None]
     if busy and max(busy) > BUSY_WARN:
         lines.append("")
-        lines.append(f"warning: other work kept up to {100 * max(busy):.0f}% of the CPUs busy just before some "
-                     "runs; these numbers are unreliable (run again on a quiet machine)")
+        lines.append(f"warning: other work kept up to {100 * max(busy):.0f}% of the CPUs busy before or during "
+                     "some runs; these numbers are unreliable (run again on a quiet machine)")
     if errors:
         lines.append("")
         for i, e in enumerate(errors, 1):
@@ -1067,6 +1106,9 @@ def main(argv=None):
                 t = res["tests"]
                 log("  " + ", ".join(f"{k} {tokens_per_s(v['n_tokens'], v['times_s']):.1f} t/s"
                                      for k, v in t.items()) + f" (load {res['load_s']:.2f} s)")
+            bd = res.get("busy_during")
+            if bd is not None and bd > BUSY_WARN:
+                log(f"  other work kept {100 * bd:.0f}% of the CPUs busy during that run")
 
     if not a.no_overhead and "pyffi" in a.engines:
         tiny = overhead_model()
