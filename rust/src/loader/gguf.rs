@@ -915,6 +915,27 @@ impl fmt::Debug for Gguf {
 }
 
 impl Gguf {
+    /// Drop this process's resident pages of a tensor's data (they stay in
+    /// the page cache and come back from the file if read again): a loader
+    /// that has copied a tensor calls it so the load never holds the file
+    /// and its copy at once. Only whole pages inside the tensor are dropped.
+    pub fn release(&self, info: &TensorInfo) {
+        #[cfg(unix)]
+        if let Backing::Map(m) = &self.backing {
+            let data = self.tensor_data(info);
+            let page = 4096;
+            let start = (data.as_ptr() as usize - m.as_ptr() as usize).div_ceil(page) * page;
+            let end = (data.as_ptr() as usize + data.len() - m.as_ptr() as usize) / page * page;
+            if end > start {
+                // SAFETY: a read-only private file mapping: dropped pages read
+                // back the same bytes from the file; no borrowed slice changes.
+                let _ = unsafe { m.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, end - start) };
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = info;
+    }
+
     /// Map and parse a file. Missing file -> NotFound; malformed ->
     /// InvalidWeights; valid but not supported -> Unsupported.
     pub fn open(path: &Path) -> Result<Gguf> {

@@ -274,6 +274,18 @@ fn stacked(mut parts: Vec<(u8, Kept, usize, Cow<[u8]>)>, pack: bool) -> Matrix {
     }
 }
 
+fn place(model: &mut Model, tg: Target, m: Matrix) {
+    let w = &mut model.weights;
+    match tg {
+        Target::Embed => w.embed = m,
+        Target::Output => w.lm_head = Some(m),
+        Target::Qkv(l) => w.layers[l].wqkv = m,
+        Target::O(l) => w.layers[l].wo = m,
+        Target::GateUp(l) => w.layers[l].w_gate_up = m,
+        Target::Down(l) => w.layers[l].w_down = m,
+    }
+}
+
 pub fn load_model(path: &Path) -> Result<Model> {
     let g = Gguf::open(path)?;
     let config = config_of(&g).map_err(ctx(path))?;
@@ -282,6 +294,15 @@ pub fn load_model(path: &Path) -> Result<Model> {
         (config.num_attention_heads, config.num_key_value_heads, config.hidden_size, config.intermediate_size);
     let mut model = Model::new(config)?;
     let quantized = quantized_targets(&g);
+    // How many parts each kept matrix has, so each is built (and its source
+    // pages released) as soon as its last part is read.
+    let mut expected: std::collections::HashMap<Target, usize> = std::collections::HashMap::new();
+    for t in g.tensors() {
+        if let Some((tg, _)) = target_of(&t.name).filter(|(tg, _)| quantized.contains(tg)) {
+            *expected.entry(tg).or_default() += 1;
+        }
+    }
+    let mut sources: std::collections::HashMap<Target, Vec<&TensorInfo>> = std::collections::HashMap::new();
     // Raw rows of the matrices kept quantized: (part, format, rows, bytes).
     let mut parts: std::collections::HashMap<Target, Vec<(u8, Kept, usize, Cow<[u8]>)>> = std::collections::HashMap::new();
     let mut seen = std::collections::HashSet::new();
@@ -320,27 +341,25 @@ pub fn load_model(path: &Path) -> Result<Model> {
             };
             let qt = kept(t.ggml_type).expect("kept target");
             parts.entry(tg).or_default().push((part, qt, shape[0], bytes));
+            sources.entry(tg).or_default().push(t);
+            if parts[&tg].len() == expected[&tg] {
+                let m = stacked(parts.remove(&tg).expect("parts"), tg != Target::Embed);
+                place(&mut model, tg, m);
+                for src in sources.remove(&tg).unwrap_or_default() {
+                    g.release(src);
+                }
+            }
         } else {
             let mut values = dequantize(&g, t).map_err(ctx(path))?;
             if let Some(o) = &order {
                 values = permute_rows(&values, hidden, o);
             }
             set(&mut model, &name, &shape, &values).map_err(ctx(path))?;
+            g.release(t);
         }
         seen.insert(name);
     }
-    for (tg, ps) in parts {
-        let m = stacked(ps, tg != Target::Embed);
-        let w = &mut model.weights;
-        match tg {
-            Target::Embed => w.embed = m,
-            Target::Output => w.lm_head = Some(m),
-            Target::Qkv(l) => w.layers[l].wqkv = m,
-            Target::O(l) => w.layers[l].wo = m,
-            Target::GateUp(l) => w.layers[l].w_gate_up = m,
-            Target::Down(l) => w.layers[l].w_down = m,
-        }
-    }
+    // A matrix with a part missing was never built; the check below names it.
     // llama.cpp's default cache; it also keeps our numbers next to its own.
     model.kv_default = crate::model::kv_cache::KvType::F16;
     let cfg = model.config.clone();
