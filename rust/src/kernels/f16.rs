@@ -55,7 +55,7 @@ const TILE_TOKENS: usize = 3;
 
 /// `out[r * nt + t] = w[r] . x[t]` for up to TILE_ROWS weight rows and
 /// TILE_TOKENS activation rows (float32, already rounded to float16).
-fn tile(w: &[&[f16]], x: &[&[f32]], out: &mut [f32]) {
+fn tile<E: TileElem>(w: &[&[E]], x: &[&[f32]], out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     if has_f16c_fma() {
         // SAFETY: the CPU supports the features the kernels are compiled for.
@@ -63,7 +63,7 @@ fn tile(w: &[&[f16]], x: &[&[f32]], out: &mut [f32]) {
             macro_rules! go {
                 ($($r:literal $t:literal),*) => {
                     match (w.len(), x.len()) {
-                        $(($r, $t) => return x86::tile::<$r, $t>(w, x, out),)*
+                        $(($r, $t) => return x86::tile::<E, $r, $t>(w, x, out),)*
                         _ => unreachable!("tile larger than {TILE_ROWS}x{TILE_TOKENS}"),
                     }
                 };
@@ -74,14 +74,37 @@ fn tile(w: &[&[f16]], x: &[&[f32]], out: &mut [f32]) {
     tile_scalar(w, x, out)
 }
 
-pub fn tile_scalar(w: &[&[f16]], x: &[&[f32]], out: &mut [f32]) {
+/// Weight element types of the tile kernel: float16 rows, or float32 rows
+/// (a float16 panel converted once for a long prefill).
+#[cfg(target_arch = "x86_64")]
+pub trait TileElem: x86::Elem {
+    fn to_f32_slice(src: &[Self], dst: &mut [f32]);
+}
+#[cfg(not(target_arch = "x86_64"))]
+pub trait TileElem: Copy {
+    fn to_f32_slice(src: &[Self], dst: &mut [f32]);
+}
+
+impl TileElem for f16 {
+    fn to_f32_slice(src: &[f16], dst: &mut [f32]) {
+        src.convert_to_f32_slice(dst)
+    }
+}
+
+impl TileElem for f32 {
+    fn to_f32_slice(src: &[f32], dst: &mut [f32]) {
+        dst.copy_from_slice(src)
+    }
+}
+
+pub fn tile_scalar<E: TileElem>(w: &[&[E]], x: &[&[f32]], out: &mut [f32]) {
     let mut wf = [0.0f32; 256];
     let nt = x.len();
     out[..w.len() * nt].fill(0.0);
     for (r, wr) in w.iter().enumerate() {
         for start in (0..wr.len()).step_by(256) {
             let end = (start + 256).min(wr.len());
-            wr[start..end].convert_to_f32_slice(&mut wf[..end - start]);
+            E::to_f32_slice(&wr[start..end], &mut wf[..end - start]);
             for (t, xr) in x.iter().enumerate() {
                 out[r * nt + t] += super::dot(&wf[..end - start], &xr[start..end]);
             }
@@ -117,30 +140,68 @@ pub fn matmul(out: &mut [f32], out_stride: usize, x: &[f32], w: &[f16], n_tok: u
         (0..n_out.div_ceil(rows_per_block)).into_par_iter().for_each(|b| {
             let dst = dst;
             let (r0, r1) = (b * rows_per_block, ((b + 1) * rows_per_block).min(n_out));
-            let mut sums = [0.0f32; TILE_ROWS * TILE_TOKENS];
-            for t0 in (0..n_tok).step_by(TILE_TOKENS) {
-                let nt = (n_tok - t0).min(TILE_TOKENS);
-                let xs: [&[f32]; TILE_TOKENS] = std::array::from_fn(|k| {
-                    let t = t0 + k.min(nt - 1);
-                    &xr[t * n_in..(t + 1) * n_in]
-                });
-                for rt in (r0..r1).step_by(TILE_ROWS) {
-                    let nr = (r1 - rt).min(TILE_ROWS);
-                    let ws: [&[f16]; TILE_ROWS] = std::array::from_fn(|k| {
-                        let r = rt + k.min(nr - 1);
-                        &w[r * n_in..(r + 1) * n_in]
-                    });
-                    tile(&ws[..nr], &xs[..nt], &mut sums);
-                    for r in 0..nr {
-                        for t in 0..nt {
-                            // SAFETY: (t0+t, rt+r) is written by this block only; bounds asserted above.
-                            unsafe { *dst.0.add((t0 + t) * out_stride + rt + r) = sums[r * nt + t] };
-                        }
+            if n_tok >= PANEL_MIN_TOKENS {
+                // Long batch: convert this block's rows to float32 once, then
+                // every tile reads plain floats (no conversion per token group).
+                PANEL.with(|p| {
+                    let mut panel = p.borrow_mut();
+                    let len = (r1 - r0) * n_in;
+                    if panel.len() < len {
+                        panel.resize(len, 0.0);
                     }
-                }
+                    w[r0 * n_in..r1 * n_in].convert_to_f32_slice(&mut panel[..len]);
+                    tiles(dst, out_stride, &panel[..len], xr, 0..r1 - r0, r0, n_tok, n_in);
+                });
+            } else {
+                tiles(dst, out_stride, w, xr, r0..r1, 0, n_tok, n_in);
             }
         });
     });
+}
+
+/// Tokens at or above which a block's weights are converted to float32 once.
+const PANEL_MIN_TOKENS: usize = 12;
+
+thread_local! {
+    static PANEL: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Every token against weight rows `rows` of `w` (row `r` of `w` is output
+/// row `r + out_row0`), in register tiles.
+#[allow(clippy::too_many_arguments)]
+fn tiles<E: TileElem>(
+    dst: SharedOut,
+    out_stride: usize,
+    w: &[E],
+    xr: &[f32],
+    rows: std::ops::Range<usize>,
+    out_row0: usize,
+    n_tok: usize,
+    n_in: usize,
+) {
+    let (r0, r1) = (rows.start, rows.end);
+    let mut sums = [0.0f32; TILE_ROWS * TILE_TOKENS];
+    for t0 in (0..n_tok).step_by(TILE_TOKENS) {
+        let nt = (n_tok - t0).min(TILE_TOKENS);
+        let xs: [&[f32]; TILE_TOKENS] = std::array::from_fn(|k| {
+            let t = t0 + k.min(nt - 1);
+            &xr[t * n_in..(t + 1) * n_in]
+        });
+        for rt in (r0..r1).step_by(TILE_ROWS) {
+            let nr = (r1 - rt).min(TILE_ROWS);
+            let ws: [&[E]; TILE_ROWS] = std::array::from_fn(|k| {
+                let r = rt + k.min(nr - 1);
+                &w[r * n_in..(r + 1) * n_in]
+            });
+            tile(&ws[..nr], &xs[..nt], &mut sums);
+            for r in 0..nr {
+                for t in 0..nt {
+                    // SAFETY: (t0+t, rt+r) is written by this block only; bounds asserted above.
+                    unsafe { *dst.0.add((t0 + t) * out_stride + out_row0 + rt + r) = sums[r * nt + t] };
+                }
+            }
+        }
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -195,20 +256,48 @@ mod x86 {
         }
     }
 
+    /// A weight element the tile kernel can load 8 of as float32.
+    pub trait Elem: Copy {
+        /// # Safety
+        /// 8 elements must be readable at `p`; the CPU must have AVX2/F16C.
+        unsafe fn load8(p: *const Self) -> __m256;
+        fn to_f32(self) -> f32;
+    }
+
+    impl Elem for f16 {
+        #[inline(always)]
+        unsafe fn load8(p: *const f16) -> __m256 {
+            _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i))
+        }
+        fn to_f32(self) -> f32 {
+            f16::to_f32(self)
+        }
+    }
+
+    impl Elem for f32 {
+        #[inline(always)]
+        unsafe fn load8(p: *const f32) -> __m256 {
+            _mm256_loadu_ps(p)
+        }
+        fn to_f32(self) -> f32 {
+            self
+        }
+    }
+
     /// An R x T register tile: each weight vector loaded once for T tokens,
     /// each activation vector once for R rows.
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn tile<const R: usize, const T: usize>(w: &[&[f16]], x: &[&[f32]], out: &mut [f32]) {
+    pub unsafe fn tile<E: Elem, const R: usize, const T: usize>(w: &[&[E]], x: &[&[f32]], out: &mut [f32]) {
         let n = w[0].len();
         let full = n / 8 * 8;
-        let wp: [*const f16; R] = std::array::from_fn(|r| w[r].as_ptr());
+        let wp: [*const E; R] = std::array::from_fn(|r| w[r].as_ptr());
         let xp: [*const f32; T] = std::array::from_fn(|t| x[t].as_ptr());
         let mut acc = [[_mm256_setzero_ps(); T]; R];
         let mut i = 0;
         while i < full {
             let xv: [__m256; T] = std::array::from_fn(|t| _mm256_loadu_ps(xp[t].add(i)));
             for r in 0..R {
-                let wv = load8(wp[r].add(i));
+                let wv = E::load8(wp[r].add(i));
                 for t in 0..T {
                     acc[r][t] = _mm256_fmadd_ps(wv, xv[t], acc[r][t]);
                 }
@@ -283,7 +372,13 @@ mod tests {
 
     #[test]
     fn matmul_rounds_activations_to_f16_like_llama_cpp() {
-        let (n_tok, n_in, n_out) = (6, 40, 9);
+        // 6 tokens use the float16 tiles, 13 the float32 panel.
+        for (n_tok, n_in) in [(6, 40), (13, 40), (13, 1100)] {
+            matmul_case(n_tok, n_in, 9);
+        }
+    }
+
+    fn matmul_case(n_tok: usize, n_in: usize, n_out: usize) {
         let w = halves(n_out * n_in, 3);
         let x: Vec<f32> = halves(n_tok * n_in, 4).iter().map(|v| v.to_f32() + 1e-4).collect();
         let mut out = vec![0.0f32; n_tok * n_out];
