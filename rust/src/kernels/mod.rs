@@ -4,6 +4,7 @@
 pub mod f16;
 pub mod kquant;
 pub mod packed;
+mod packed_k;
 pub mod quant;
 pub mod scalar;
 #[cfg(target_arch = "x86_64")]

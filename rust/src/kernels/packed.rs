@@ -23,12 +23,17 @@
 //!           of values 4k..4k+3).
 //! Rows past the last whole group (fewer than 8) follow the groups in
 //! ggml's own row format and go through `quant::matmul`.
+//!
+//! Q4_K, Q5_K and Q6_K matrices are packed too, in the same spirit; their group
+//! layout and kernels are in `packed_k`.
 
 use std::cell::RefCell;
 
 use half::f16;
 use rayon::prelude::*;
 
+use super::kquant::QK_K;
+use super::packed_k;
 use super::quant::{self, BlockQ8, QuantType, QK};
 use super::SharedOut;
 
@@ -39,7 +44,7 @@ pub(crate) const GROUP: usize = 8;
 #[repr(C, align(32))]
 struct Chunk([u8; 32]);
 
-/// A Q4_0 or Q8_0 matrix `[rows][cols]` in the interleaved layout.
+/// A Q4_0, Q8_0, Q4_K, Q5_K or Q6_K matrix `[rows][cols]` in the interleaved layout.
 pub struct PackedMatrix {
     t: QuantType,
     rows: usize,
@@ -66,26 +71,35 @@ impl PackedMatrix {
     /// they know, at least one whole group, whole blocks, and an AVX2 CPU
     /// (elsewhere the plain per-row kernels are as good).
     pub fn worth_packing(t: QuantType, rows: usize, cols: usize) -> bool {
-        matches!(t, QuantType::Q4_0 | QuantType::Q8_0) && rows >= GROUP && cols % QK == 0 && cols > 0 && fast_kernels()
+        let known = match t {
+            QuantType::Q4_0 | QuantType::Q8_0 => cols % QK == 0,
+            QuantType::Q4_K | QuantType::Q5_K | QuantType::Q6_K => cols % QK_K == 0,
+            _ => false,
+        };
+        known && rows >= GROUP && cols > 0 && fast_kernels()
     }
 
-    /// Repack `rows` rows of ggml blocks (`t` is Q4_0 or Q8_0), given as
-    /// consecutive pieces of whole rows (the parts of a fused matrix).
+    /// Repack `rows` rows of ggml blocks (any format but Q4_1),
+    /// given as consecutive pieces of whole rows (the parts of a fused matrix).
     pub fn new(t: QuantType, pieces: &[&[u8]], rows: usize, cols: usize) -> PackedMatrix {
-        assert!(matches!(t, QuantType::Q4_0 | QuantType::Q8_0), "{t:?} has no packed layout");
+        assert!(t != QuantType::Q4_1, "{t:?} has no packed layout");
         let rb = t.row_bytes(cols);
-        assert!(cols % QK == 0 && pieces.iter().all(|p| p.len() % rb.max(1) == 0), "{t:?} rows of {cols} values in pieces");
+        assert!(cols % t.block_len() == 0 && pieces.iter().all(|p| p.len() % rb.max(1) == 0), "{t:?} rows of {cols} values in pieces");
         let row_of: Vec<&[u8]> = pieces.iter().flat_map(|p| p.chunks_exact(rb.max(1))).collect();
         assert_eq!(row_of.len(), rows, "{t:?} matrix of {rows} rows of {cols} values");
         let mut m = PackedMatrix { t, rows, cols, data: Vec::new() };
         let total = m.groups() * m.group_bytes() + m.tail_rows() * rb;
         m.data = crate::tensor::weight_buffer(total.div_ceil(32));
         m.data.resize(total.div_ceil(32), Chunk([0; 32]));
-        let (bb, qb, gb) = (t.block_bytes(), quant_bytes(t), m.group_bytes());
+        let (bb, gb, nb) = (t.block_bytes(), m.group_bytes(), m.blocks());
         let groups = m.groups();
         let buf = m.bytes_mut();
         let (body, tail) = buf.split_at_mut(groups * gb);
         body.par_chunks_mut(gb).enumerate().for_each(|(g, dst)| {
+            if t.is_k() {
+                return packed_k::pack_group(t, std::array::from_fn(|r| row_of[g * GROUP + r]), nb, dst);
+            }
+            let qb = quant_bytes(t);
             for r in 0..GROUP {
                 let row = row_of[g * GROUP + r];
                 for (b, blk) in row.chunks_exact(bb).enumerate() {
@@ -117,7 +131,7 @@ impl PackedMatrix {
     }
 
     fn blocks(&self) -> usize {
-        self.cols / QK
+        self.cols / self.t.block_len()
     }
 
     fn row_bytes(&self) -> usize {
@@ -135,6 +149,9 @@ impl PackedMatrix {
     /// Bytes per group: per pair of blocks 32 bytes of scales, and quants.
     fn group_bytes(&self) -> usize {
         let nb = self.blocks();
+        if self.t.is_k() {
+            return nb * packed_k::superblock_bytes(self.t);
+        }
         nb * GROUP * quant_bytes(self.t) + nb.div_ceil(2) * 32
     }
 
@@ -157,7 +174,7 @@ impl PackedMatrix {
     /// Row `r` in ggml's block format (`row_bytes` long).
     pub fn unpack_row(&self, r: usize, out: &mut [u8]) {
         assert!(r < self.rows && out.len() == self.row_bytes());
-        let (bb, qb, rb) = (self.t.block_bytes(), quant_bytes(self.t), self.row_bytes());
+        let (bb, rb) = (self.t.block_bytes(), self.row_bytes());
         let (g, lane) = (r / GROUP, r % GROUP);
         if g == self.groups() {
             out.copy_from_slice(&self.tail()[lane * rb..(lane + 1) * rb]);
@@ -165,6 +182,10 @@ impl PackedMatrix {
         }
         let gb = self.group_bytes();
         let grp = &self.bytes()[g * gb..(g + 1) * gb];
+        if self.t.is_k() {
+            return packed_k::unpack_row(self.t, grp, lane, out);
+        }
+        let qb = quant_bytes(self.t);
         for (b, blk) in out.chunks_exact_mut(bb).enumerate() {
             let (sc, qs) = block_at(qb, b);
             blk[..2].copy_from_slice(&grp[sc + 2 * lane..sc + 2 * lane + 2]);
@@ -183,7 +204,7 @@ impl PackedMatrix {
     }
 
     /// `out[t][o] = dot(self[o], x[t])`, output rows `out_stride` apart: the
-    /// activations are quantized to Q8_0 once per call, as `quant::matmul`
+    /// activations are quantized to Q8_0 (Q8_K for the k-quants) once per call, as `quant::matmul`
     /// does, and the results equal its up to float rounding.
     pub fn matmul(&self, out: &mut [f32], out_stride: usize, x: &[f32], n_tok: usize) {
         self.matmul_with(out, out_stride, x, n_tok, fast_kernels())
@@ -197,7 +218,26 @@ impl PackedMatrix {
             return;
         }
         let groups = self.groups();
-        if groups > 0 {
+        if groups > 0 && self.t.is_k() {
+            let dst = SharedOut(out.as_mut_ptr());
+            let (t, nb) = (self.t, self.blocks());
+            packed_k::with_activations(x, n_tok, n_in, |qx| {
+                let tok = |k: usize| &qx[k * nb..(k + 1) * nb];
+                self.for_each_tile(n_tok, |grp, g, tk, four| {
+                    let dst = dst;
+                    let out = dst.0.wrapping_add(tk * out_stride + g * GROUP);
+                    // SAFETY: rows g*8..g*8+8 of tokens tk..tk+4 (or tk) are
+                    // written by this tile only, within the bounds asserted above.
+                    unsafe {
+                        if four {
+                            packed_k::group_dot::<4>(t, grp, nb, std::array::from_fn(|j| tok(tk + j)), out, out_stride, fast)
+                        } else {
+                            packed_k::group_dot::<1>(t, grp, nb, [tok(tk)], out, out_stride, fast)
+                        }
+                    }
+                });
+            });
+        } else if groups > 0 {
             ACTIVATIONS.with(|cell| {
                 let mut acts = cell.borrow_mut();
                 let (qx, bias) = acts.quantize(x, n_tok, n_in);
@@ -209,6 +249,29 @@ impl PackedMatrix {
             let r0 = groups * GROUP;
             quant::matmul(self.t, &mut out[r0..], out_stride, x, self.tail(), n_tok, n_in, self.tail_rows());
         }
+    }
+
+    /// Runs `tile(group bytes, group, first token, four)` for all whole
+    /// groups and all tokens: groups split across the pool in runs, tokens
+    /// four at a time (`four`), then one at a time.
+    fn for_each_tile(&self, n_tok: usize, tile: impl Fn(&[u8], usize, usize, bool) + Sync) {
+        let (gb, groups) = (self.group_bytes(), self.groups());
+        let threads = rayon::current_num_threads().max(1);
+        let per_task = groups.div_ceil(threads * 8).clamp(1, 8);
+        let data = self.bytes();
+        (0..groups.div_ceil(per_task)).into_par_iter().for_each(|task| {
+            for g in task * per_task..((task + 1) * per_task).min(groups) {
+                let grp = &data[g * gb..(g + 1) * gb];
+                let mut tk = 0;
+                while tk + 4 <= n_tok {
+                    tile(grp, g, tk, true);
+                    tk += 4;
+                }
+                for tk in tk..n_tok {
+                    tile(grp, g, tk, false);
+                }
+            }
+        });
     }
 
     /// All whole groups against all tokens, groups split across the pool in
@@ -619,6 +682,184 @@ mod tests {
         }
     }
 
+    // ---- k-quants (Q4_K, Q6_K) ----
+
+    const K_TYPES: [QuantType; 3] = [QuantType::Q4_K, QuantType::Q5_K, QuantType::Q6_K];
+
+    /// Random k-quant rows: any bytes, sane f16 d (and dmin).
+    fn rand_k_blocks(t: QuantType, rows: usize, cols: usize, seed: u64) -> Vec<u8> {
+        let mut bytes: Vec<u8> = rand(rows * t.row_bytes(cols), seed).iter().map(|v| ((v + 1.0) * 127.5) as u8).collect();
+        for (i, blk) in bytes.chunks_exact_mut(t.block_bytes()).enumerate() {
+            let d = f16::from_f32(0.001 + 0.0001 * (i % 7) as f32).to_le_bytes();
+            match t {
+                QuantType::Q4_K | QuantType::Q5_K => {
+                    blk[0..2].copy_from_slice(&d);
+                    blk[2..4].copy_from_slice(&f16::from_f32(0.002 + 0.0003 * (i % 5) as f32).to_le_bytes());
+                }
+                _ => blk[208..210].copy_from_slice(&d),
+            }
+        }
+        bytes
+    }
+
+    #[test]
+    fn k_packing_keeps_every_row() {
+        for t in K_TYPES {
+            for (rows, cols) in [(8, 256), (13, 512), (24, 768), (7, 256), (35, 512)] {
+                let w = rand_k_blocks(t, rows, cols, rows as u64);
+                let rb = t.row_bytes(cols);
+                let cut = rows / 3 * rb;
+                for m in [PackedMatrix::new(t, &[&w], rows, cols), PackedMatrix::new(t, &[&w[..cut], &w[cut..]], rows, cols)] {
+                    let mut row = vec![0u8; rb];
+                    let (mut f, mut g) = (vec![0.0f32; cols], vec![0.0f32; cols]);
+                    for r in 0..rows {
+                        m.unpack_row(r, &mut row);
+                        assert_eq!(row, &w[r * rb..(r + 1) * rb], "{t:?} {rows}x{cols} row {r}");
+                        m.row_f32(r, &mut f);
+                        quant::dequantize_row(t, &w[r * rb..(r + 1) * rb], &mut g);
+                        assert_eq!(f, g);
+                    }
+                }
+            }
+        }
+    }
+
+    fn check_k_against_unpacked(t: QuantType, rows: usize, cols: usize, n_tok: usize, stride: usize, fast: bool, seed: u64) {
+        let w = rand_k_blocks(t, rows, cols, seed);
+        let x: Vec<f32> = rand(n_tok * cols, seed + 1).iter().enumerate().map(|(i, v)| v * (1.0 + (i % 5) as f32)).collect();
+        let m = PackedMatrix::new(t, &[&w], rows, cols);
+        let mut got = vec![f32::NAN; n_tok * stride];
+        m.matmul_with(&mut got, stride, &x, n_tok, fast);
+        let mut want = vec![0.0f32; n_tok * rows];
+        quant::matmul(t, &mut want, rows, &x, &w, n_tok, cols, rows);
+        let rb = t.row_bytes(cols);
+        for tk in 0..n_tok {
+            let xs = &x[tk * cols..(tk + 1) * cols];
+            let mut wf = vec![0.0f32; cols];
+            for r in 0..rows {
+                quant::dequantize_row(t, &w[r * rb..(r + 1) * rb], &mut wf);
+                let scale: f32 = wf.iter().zip(xs).map(|(a, b)| (a * b).abs()).sum();
+                let (g, e) = (got[tk * stride + r], want[tk * rows + r]);
+                assert!((g - e).abs() <= 1e-5 * (1.0 + scale), "{t:?} {rows}x{cols}, {n_tok} tokens, token {tk} row {r}: {g} vs {e}");
+            }
+            assert!(got[tk * stride + rows..(tk + 1) * stride].iter().all(|v| v.is_nan()), "{t:?}: gap written");
+        }
+    }
+
+    #[test]
+    fn k_packed_matmul_matches_unpacked() {
+        let fast = fast_kernels();
+        for t in K_TYPES {
+            for (i, &rows) in [7usize, 8, 13, 24, 35].iter().enumerate() {
+                for nb in 1..=3 {
+                    for n_tok in 1..=9 {
+                        for stride in [rows, rows + 3] {
+                            check_k_against_unpacked(t, rows, 256 * nb, n_tok, stride, fast, 100 * i as u64 + 10 * nb as u64 + n_tok as u64);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn k_scalar_group_kernels_match_unpacked() {
+        for t in K_TYPES {
+            for n_tok in [1, 4, 6] {
+                check_k_against_unpacked(t, 19, 512, n_tok, 23, false, 7 + n_tok as u64);
+            }
+        }
+    }
+
+    #[test]
+    fn k_fast_group_kernels_equal_the_scalar_ones() {
+        if !fast_kernels() {
+            return;
+        }
+        for t in K_TYPES {
+            for (rows, cols, n_tok) in [(8, 256, 1), (24, 512, 5), (40, 2048, 9), (16, 768, 4)] {
+                let w = rand_k_blocks(t, rows, cols, 3);
+                let x = rand(n_tok * cols, 4);
+                let m = PackedMatrix::new(t, &[&w], rows, cols);
+                let (mut a, mut b) = (vec![0.0f32; n_tok * rows], vec![0.0f32; n_tok * rows]);
+                m.matmul_with(&mut a, rows, &x, n_tok, true);
+                m.matmul_with(&mut b, rows, &x, n_tok, false);
+                assert_eq!(a.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), b.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), "{t:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn k_packed_kernels_are_exact_on_extreme_blocks() {
+        // Extreme quants, scales and mins, d = dmin = 1, activations exactly
+        // +-127: every term is an integer; the results must be the exact sums
+        // up to the final float rounding (an overflowing 16-bit sum would be
+        // off by multiples of 65536).
+        let one = f16::from_f32(1.0).to_le_bytes();
+        let (rows, cols) = (16, 512);
+        let mut cases: Vec<(QuantType, Vec<u8>)> = Vec::new();
+        for qs in [0x00u8, 0xff, 0x0f, 0xf0] {
+            for (sc, mn) in [(0xffu8, 0xffu8), (0xff, 0x00), (0x00, 0xff), (0x3f, 0xc0)] {
+                let mut blk = vec![qs; 144];
+                blk[0..2].copy_from_slice(&one);
+                blk[2..4].copy_from_slice(&one);
+                // Bytes 4..8 hold scales 0..3 (and the top bits of 4..7), 8..12 mins.
+                blk[4..8].fill(sc);
+                blk[8..12].fill(mn);
+                blk[12..16].fill(sc & 0x0f | mn & 0xf0);
+                cases.push((QuantType::Q4_K, blk.repeat(rows * cols / 256)));
+            }
+        }
+        for (qs, qh) in [(0xffu8, 0xffu8), (0x00, 0xff), (0xff, 0x00), (0x0f, 0xaa), (0xf0, 0x55)] {
+            for (sc, mn) in [(0xffu8, 0xffu8), (0xff, 0x00), (0x3f, 0xc0)] {
+                let mut blk = vec![qs; 176];
+                blk[0..2].copy_from_slice(&one);
+                blk[2..4].copy_from_slice(&one);
+                blk[4..8].fill(sc);
+                blk[8..12].fill(mn);
+                blk[12..16].fill(sc & 0x0f | mn & 0xf0);
+                blk[16..48].fill(qh);
+                cases.push((QuantType::Q5_K, blk.repeat(rows * cols / 256)));
+            }
+        }
+        for (ql, qh) in [(0x00u8, 0x00u8), (0xff, 0xff), (0x0f, 0xcc), (0xf0, 0x33)] {
+            for sc in [0x80u8, 0x7f, 0x81, 0x00] {
+                let mut blk = vec![ql; 210];
+                blk[128..192].fill(qh);
+                blk[192..208].fill(sc);
+                blk[200] = 0x80;
+                blk[201] = 0x7f;
+                blk[208..210].copy_from_slice(&one);
+                cases.push((QuantType::Q6_K, blk.repeat(rows * cols / 256)));
+            }
+        }
+        for (t, w) in cases {
+            let m = PackedMatrix::new(t, &[&w], rows, cols);
+            let rb = t.row_bytes(cols);
+            for pattern in 0..3 {
+                let x: Vec<f32> = (0..cols)
+                    .map(|i| match pattern {
+                        0 => 127.0,
+                        1 => -127.0,
+                        _ => if i % 3 == 0 { 127.0 } else { -127.0 },
+                    })
+                    .collect();
+                let mut got = vec![0.0f32; rows];
+                m.matmul(&mut got, rows, &x, 1);
+                let mut want = vec![0.0f32; rows];
+                quant::matmul(t, &mut want, rows, &x, &w, 1, cols, rows);
+                let mut wf = vec![0.0f32; cols];
+                for r in 0..rows {
+                    quant::dequantize_row(t, &w[r * rb..(r + 1) * rb], &mut wf);
+                    let exact: f64 = wf.iter().zip(&x).map(|(&a, &b)| a as f64 * b as f64).sum();
+                    let tol = 4.0 * f32::EPSILON as f64 * exact.abs().max(1.0);
+                    assert!((got[r] as f64 - exact).abs() <= tol, "{t:?} pattern {pattern} row {r}: {} vs exact {exact}", got[r]);
+                    assert!((want[r] as f64 - exact).abs() <= tol, "{t:?} unpacked pattern {pattern} row {r}");
+                }
+            }
+        }
+    }
+
     /// Throughput, packed against the per-row kernels (run with --ignored
     /// --nocapture; BENCH_THREADS sets the pool size).
     #[test]
@@ -627,9 +868,9 @@ mod tests {
         let threads: usize = std::env::var("BENCH_THREADS").ok().and_then(|v| v.parse().ok()).unwrap_or(1);
         let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
         pool.install(|| {
-            for t in TYPES {
+            for t in TYPES.into_iter().chain(K_TYPES) {
                 for (n_in, n_out) in [(2048, 5632), (5632, 2048)] {
-                    let w = rand_blocks(t, n_out, n_in, 11);
+                    let w = if t.is_k() { rand_k_blocks(t, n_out, n_in, 11) } else { rand_blocks(t, n_out, n_in, 11) };
                     let m = PackedMatrix::new(t, &[&w], n_out, n_in);
                     for n_tok in [1usize, 64] {
                         let x = rand(n_tok * n_in, 13);
