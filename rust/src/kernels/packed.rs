@@ -537,25 +537,7 @@ mod avx2 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn rand(n: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed;
-        (0..n)
-            .map(|_| {
-                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-                ((s >> 33) as f32 / (1u64 << 31) as f32) * 2.0 - 1.0
-            })
-            .collect()
-    }
-
-    /// Random rows of ggml blocks: any quant bytes, sane f16 scales.
-    fn rand_blocks(t: QuantType, rows: usize, cols: usize, seed: u64) -> Vec<u8> {
-        let mut bytes: Vec<u8> = rand(rows * t.row_bytes(cols), seed).iter().map(|v| ((v + 1.0) * 127.5) as u8).collect();
-        for (i, blk) in bytes.chunks_exact_mut(t.block_bytes()).enumerate() {
-            blk[..2].copy_from_slice(&f16::from_f32(0.01 + 0.001 * (i % 7) as f32).to_le_bytes());
-        }
-        bytes
-    }
+    use crate::kernels::test_data::{rand, rand_blocks};
 
     const TYPES: [QuantType; 2] = [QuantType::Q4_0, QuantType::Q8_0];
 

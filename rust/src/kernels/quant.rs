@@ -403,38 +403,7 @@ fn rows_times_activations<A: Sync>(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn rand(n: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed;
-        (0..n)
-            .map(|_| {
-                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-                ((s >> 33) as f32 / (1u64 << 31) as f32) * 2.0 - 1.0
-            })
-            .collect()
-    }
-
-    /// Random weight rows in each format (valid blocks: f16 scales of a sane
-    /// size, any bytes elsewhere).
-    fn rand_blocks(t: QuantType, rows: usize, cols: usize, seed: u64) -> Vec<u8> {
-        let mut bytes = vec![0u8; rows * t.row_bytes(cols)];
-        let vals = rand(bytes.len(), seed);
-        for (b, v) in bytes.iter_mut().zip(&vals) {
-            *b = ((v + 1.0) * 127.5) as u8;
-        }
-        let scale_at: &[usize] = match t {
-            QuantType::Q8_0 | QuantType::Q4_0 => &[0],
-            QuantType::Q4_1 | QuantType::Q4_K | QuantType::Q5_K => &[0, 2],
-            QuantType::Q6_K => &[208],
-        };
-        for (i, blk) in bytes.chunks_exact_mut(t.block_bytes()).enumerate() {
-            for (k, &at) in scale_at.iter().enumerate() {
-                let s = f16::from_f32(0.01 + 0.001 * (i % 7) as f32 - 0.02 * k as f32).to_le_bytes();
-                blk[at..at + 2].copy_from_slice(&s);
-            }
-        }
-        bytes
-    }
+    use crate::kernels::test_data::{rand, rand_blocks};
 
     /// Activations as the kernels see them: (scale, int8 value) per element.
     fn quantized_activations(t: QuantType, x: &[f32]) -> Vec<(f32, i8)> {
