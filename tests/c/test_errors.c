@@ -44,6 +44,13 @@ static bool stop_after_two(void *user_data, int32_t token) {
     return ++*count < 2;
 }
 
+static bool stop_progress(void *user_data, size_t done, size_t total, const char *tensor) {
+    (void)user_data;
+    (void)total;
+    (void)tensor;
+    return done < 2;
+}
+
 int main(int argc, char **argv) {
     if (argc != 3) {
         fprintf(stderr, "usage: %s MODEL_DIR TOKENIZER_DIR\n", argv[0]);
@@ -116,8 +123,18 @@ int main(int argc, char **argv) {
     bad_sp.size = 3;
     st = pyffi_session_new(model, &bad_sp, &session, &err);
     expect_error(st, err, PYFFI_INVALID_ARGUMENT, "size", "params with a bad size field");
+    bad_sp = sp;
+    bad_sp.kv_type = 7;
+    st = pyffi_session_new(model, &bad_sp, &session, &err);
+    expect_error(st, err, PYFFI_INVALID_ARGUMENT, "kv_type", "unknown kv_type is INVALID_ARGUMENT");
+    st = pyffi_model_quantize(model, "q3_xs", &err);
+    expect_error(st, err, PYFFI_INVALID_ARGUMENT, "q3_xs", "unknown block format for model_quantize");
+    st = pyffi_model_quantize(NULL, "q8_0", &err);
+    expect_error(st, err, PYFFI_INVALID_ARGUMENT, "model", "NULL model for model_quantize");
     st = pyffi_session_new(model, &sp, &session, &err);
     expect(st == PYFFI_OK && pyffi_session_n_ctx(session) == 8, "session with n_ctx 8");
+    st = pyffi_model_quantize(model, "q8_0", &err);
+    expect_error(st, err, PYFFI_INVALID_ARGUMENT, "session", "no quantizing while a session uses the model");
     st = pyffi_model_set_tensor(model, "model.embed_tokens.weight", PYFFI_DTYPE_F32, shape, 2, w, sizeof w, &err);
     expect_error(st, err, PYFFI_INVALID_ARGUMENT, "session", "weights are immutable while a session uses them");
 
@@ -251,6 +268,40 @@ int main(int argc, char **argv) {
 
     pyffi_session_free(session);
     pyffi_model_free(model); /* freeing the model after its session */
+
+    /* Quantization. */
+    float row[64];
+    for (int i = 0; i < 64; i++) row[i] = (float)(i - 32) / 7.0f;
+    uint8_t blocks[68];
+    expect(pyffi_quantized_size("q8_0", 64) == 68 && pyffi_quantized_size("q4_k", 64) == 0 &&
+               pyffi_quantized_size("nope", 64) == 0 && pyffi_quantized_size(NULL, 64) == 0,
+           "quantized_size: 0 for a bad type or length");
+    st = pyffi_quantize_row("q8_0", row, 64, blocks, sizeof blocks, &err);
+    expect(st == PYFFI_OK, "quantize a row to q8_0");
+    float back[64];
+    st = pyffi_dequantize_row("q8_0", blocks, sizeof blocks, back, 64, &err);
+    expect(st == PYFFI_OK && back[63] > 4.0f && back[0] < -4.0f, "dequantize it back");
+    st = pyffi_quantize_row("q8_0", row, 64, blocks, 10, &err);
+    expect_error(st, err, PYFFI_BUFFER_TOO_SMALL, "68", "small dst is BUFFER_TOO_SMALL");
+    st = pyffi_quantize_row("q4_k", row, 64, blocks, sizeof blocks, &err);
+    expect_error(st, err, PYFFI_INVALID_ARGUMENT, "256", "a length that is not whole blocks");
+    st = pyffi_quantize_row("q8_0", NULL, 64, blocks, sizeof blocks, &err);
+    expect_error(st, err, PYFFI_INVALID_ARGUMENT, "src", "NULL src");
+    st = pyffi_dequantize_row("q8_0", blocks, 30, back, 64, &err);
+    expect_error(st, err, PYFFI_INVALID_ARGUMENT, "bytes", "src of the wrong size");
+    st = pyffi_quantize_model("/nonexistent/model", "/tmp/pyffi-never-written.gguf", "q8_0", NULL, NULL, &err);
+    expect_error(st, err, PYFFI_NOT_FOUND, "/nonexistent/model", "quantize a missing source");
+    st = pyffi_quantize_model(argv[1], "/tmp/pyffi-never-written.gguf", "q9_9", NULL, NULL, &err);
+    expect_error(st, err, PYFFI_INVALID_ARGUMENT, "q9_9", "quantize to an unknown type");
+    st = pyffi_quantize_model(argv[1], NULL, "q8_0", NULL, NULL, &err);
+    expect_error(st, err, PYFFI_INVALID_ARGUMENT, "dst", "NULL dst");
+    st = pyffi_quantize_model(argv[1], "/nonexistent/dir/x.gguf", "q8_0", NULL, NULL, &err);
+    expect_error(st, err, PYFFI_NOT_FOUND, "/nonexistent/dir/x.gguf", "a destination folder that does not exist");
+    st = pyffi_quantize_model(argv[1], "/tmp/pyffi-never-written.gguf", "q8_0", stop_progress, NULL, &err);
+    expect_error(st, err, PYFFI_CANCELLED, "cancelled", "a progress callback that says stop is CANCELLED");
+    FILE *f = fopen("/tmp/pyffi-never-written.gguf", "rb");
+    expect(f == NULL, "a cancelled quantization writes nothing");
+    if (f) fclose(f);
     pyffi_model_free(real);
     pyffi_config_free(cfg);
     printf("%d passed, %d failed\n", passed, failed);
