@@ -69,34 +69,47 @@ impl ScoreRows {
     }
 }
 
-/// Which cached positions one query head attends to, and where its
-/// key/value head sits in a cache row.
+/// Which cached positions a group of query heads attends to, and where
+/// their shared key/value head sits in a cache row.
 struct AttnSpan {
     first: usize,
     n: usize,
     kvd: usize,
     kv_off: usize,
+    hd: usize,
     scale: f32,
 }
 
-/// softmax(q . k_j * scale) . v_j over positions `first..n`. The query and
-/// the weights go through the cache's number type before their products, as
-/// in a matmul against that cache (llama.cpp rounds both to float16 for an
-/// float16 cache).
-fn attend<T: KvElem>(q: &[f32], keys: &[T], values: &[T], span: &AttnSpan, scratch: &mut [f32], out: &mut [f32]) {
-    let hd = q.len();
-    let (scores, qr) = scratch.split_at_mut(scratch.len() - hd);
+/// For each query head of one GQA group (`q` and `out` hold the group's
+/// heads side by side): softmax(q . k_j * scale) . v_j over positions
+/// `first..n`. Each key and value row is read once for the whole group. The
+/// query and the weights go through the cache's number type before their
+/// products, as in a matmul against that cache (llama.cpp rounds both to
+/// float16 for a float16 cache).
+fn attend_group<T: KvElem>(q: &[f32], keys: &[T], values: &[T], span: &AttnSpan, scratch: &mut [f32], out: &mut [f32]) {
+    let hd = span.hd;
+    let heads = q.len() / hd;
+    let len = span.n - span.first;
+    let (scores, qr) = scratch.split_at_mut(scratch.len() - heads * hd);
+    let stride = scores.len() / heads;
     for (a, &b) in qr.iter_mut().zip(q) {
         *a = T::round(b);
     }
-    let scores = &mut scores[..span.n - span.first];
-    for (sc, j) in scores.iter_mut().zip(span.first..span.n) {
-        *sc = T::dot(qr, &keys[j * span.kvd + span.kv_off..][..hd]) * span.scale;
+    for (i, j) in (span.first..span.n).enumerate() {
+        let k = &keys[j * span.kvd + span.kv_off..][..hd];
+        for h in 0..heads {
+            scores[h * stride + i] = T::dot(&qr[h * hd..(h + 1) * hd], k) * span.scale;
+        }
     }
-    softmax(scores);
+    for h in 0..heads {
+        softmax(&mut scores[h * stride..h * stride + len]);
+    }
     out.fill(0.0);
-    for (j, &p) in (span.first..span.n).zip(scores.iter()) {
-        T::axpy(out, T::round(p), &values[j * span.kvd + span.kv_off..][..hd]);
+    for (i, j) in (span.first..span.n).enumerate() {
+        let v = &values[j * span.kvd + span.kv_off..][..hd];
+        for h in 0..heads {
+            T::axpy(&mut out[h * hd..(h + 1) * hd], T::round(scores[h * stride + i]), v);
+        }
     }
 }
 
@@ -131,8 +144,9 @@ pub fn forward(model: &Model, cache: &mut KvCache, s: &mut Scratch, batch: &Batc
     grow(&mut s.sin, n_tok * half);
     let n_workers = rayon::current_num_threads();
     let max_pos = s.pos.iter().copied().max().unwrap_or(0) + 1;
-    // Per worker: scores, then the query as the cache type rounds it.
-    let score_row = max_pos.next_power_of_two().min(cache.n_ctx) + hd;
+    // Per worker: a score row per head of a GQA group, then the group's
+    // queries as the cache type rounds them.
+    let score_row = group * (max_pos.next_power_of_two().min(cache.n_ctx) + hd);
     grow(&mut s.scores, n_workers * score_row);
 
     for (t, &tok) in batch.tokens.iter().enumerate() {
@@ -166,16 +180,18 @@ pub fn forward(model: &Model, cache: &mut KvCache, s: &mut Scratch, batch: &Batc
         let window = if cfg.sliding_layers[l] { cfg.sliding_window } else { None };
         let cache_ref = &*cache;
         let qkv_ref = &*qkv;
-        att.par_chunks_mut(hd).enumerate().for_each(|(i, out)| {
+        let n_kv_heads = n_heads / group;
+        att.par_chunks_mut(group * hd).enumerate().for_each(|(i, out)| {
             // SAFETY: a worker runs one item at a time, so its row is exclusive.
             let scratch = unsafe { scores_ptr.row(rayon::current_thread_index().unwrap_or(0)) };
-            let (t, head) = (i / n_heads, i % n_heads);
-            let q = &qkv_ref[t * qkv_dim + head * hd..][..hd];
+            let (t, kv_head) = (i / n_kv_heads, i % n_kv_heads);
+            let q = &qkv_ref[t * qkv_dim + kv_head * group * hd..][..group * hd];
             let n = pos[t] + 1;
-            let span = AttnSpan { first: window.map_or(0, |w| n.saturating_sub(w)), n, kvd, kv_off: (head / group) * hd, scale };
+            let first = window.map_or(0, |w| n.saturating_sub(w));
+            let span = AttnSpan { first, n, kvd, kv_off: kv_head * hd, hd, scale };
             match cache_ref.layer(seq_of[t], l, n) {
-                LayerView::F32(k, v) => attend(q, k, v, &span, scratch, out),
-                LayerView::F16(k, v) => attend(q, k, v, &span, scratch, out),
+                LayerView::F32(k, v) => attend_group(q, k, v, &span, scratch, out),
+                LayerView::F16(k, v) => attend_group(q, k, v, &span, scratch, out),
             }
         });
         lw.wo.matmul(xn, h, att, n_tok, qd, h);
