@@ -82,7 +82,7 @@ pub fn quantize_row_q8k_scalar(x: &[f32], out: &mut [BlockQ8K]) {
 
 /// The 6-bit scale and min of sub-block `j` (0..8) from the 12 packed bytes.
 #[inline]
-fn scale_min(j: usize, q: &[u8]) -> (u8, u8) {
+pub(crate) fn scale_min(j: usize, q: &[u8]) -> (u8, u8) {
     if j < 4 {
         (q[j] & 63, q[j + 4] & 63)
     } else {
@@ -91,7 +91,7 @@ fn scale_min(j: usize, q: &[u8]) -> (u8, u8) {
 }
 
 /// Inverse of `scale_min` for all eight sub-blocks.
-fn pack_scale_min(ls: &[u8; 8], lm: &[u8; 8]) -> [u8; 12] {
+pub(crate) fn pack_scale_min(ls: &[u8; 8], lm: &[u8; 8]) -> [u8; 12] {
     let mut s = [0u8; 12];
     for j in 0..8 {
         if j < 4 {

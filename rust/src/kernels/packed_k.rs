@@ -35,7 +35,7 @@ use std::cell::RefCell;
 use half::f16;
 use rayon::prelude::*;
 
-use super::kquant::{self, BlockQ8K, QK_K};
+use super::kquant::{self, pack_scale_min, scale_min, BlockQ8K, QK_K};
 use super::packed::GROUP;
 use super::quant::QuantType;
 
@@ -67,31 +67,6 @@ const fn quant_at(i: usize, r: usize) -> usize {
     32 * (i / 4) + 4 * r + i % 4
 }
 
-/// The 6-bit scale and min of sub-block `j` from ggml's 12 packed bytes
-/// (`kquant::scale_min`).
-fn scale_min(j: usize, q: &[u8]) -> (u8, u8) {
-    if j < 4 {
-        (q[j] & 63, q[j + 4] & 63)
-    } else {
-        ((q[j + 4] & 0xf) | ((q[j - 4] >> 6) << 4), (q[j + 4] >> 4) | ((q[j] >> 6) << 4))
-    }
-}
-
-/// Inverse of `scale_min` (a bijection: 16 six-bit numbers in 12 bytes).
-fn pack_scale_min(ls: &[u8; 8], lm: &[u8; 8]) -> [u8; 12] {
-    let mut s = [0u8; 12];
-    for j in 0..8 {
-        if j < 4 {
-            s[j] = ls[j];
-            s[j + 4] = lm[j];
-        } else {
-            s[j + 4] = (ls[j] & 0xf) | ((lm[j] & 0xf) << 4);
-            s[j - 4] |= (ls[j] >> 4) << 6;
-            s[j] |= (lm[j] >> 4) << 6;
-        }
-    }
-    s
-}
 
 /// Q6_K values q + 32 (0..63) of one 210-byte block, in order.
 fn q6k_values(b: &[u8]) -> [u8; QK_K] {
