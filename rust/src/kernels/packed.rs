@@ -541,26 +541,34 @@ mod tests {
 
     const TYPES: [QuantType; 2] = [QuantType::Q4_0, QuantType::Q8_0];
 
+    /// Every row of a packed matrix unpacks to its original blocks (packed
+    /// from one piece, and from pieces that split a group).
+    fn check_keeps_every_row(t: QuantType, shapes: &[(usize, usize)]) {
+        for &(rows, cols) in shapes {
+            let w = rand_blocks(t, rows, cols, rows as u64);
+            let rb = t.row_bytes(cols);
+            let cut = rows / 3 * rb;
+            for m in [PackedMatrix::new(t, &[&w], rows, cols), PackedMatrix::new(t, &[&w[..cut], &w[cut..]], rows, cols)] {
+                let mut row = vec![0u8; rb];
+                let (mut f, mut g) = (vec![0.0f32; cols], vec![0.0f32; cols]);
+                for r in 0..rows {
+                    m.unpack_row(r, &mut row);
+                    assert_eq!(row, &w[r * rb..(r + 1) * rb], "{t:?} {rows}x{cols} row {r}");
+                    m.row_f32(r, &mut f);
+                    quant::dequantize_row(t, &w[r * rb..(r + 1) * rb], &mut g);
+                    assert_eq!(f, g);
+                }
+            }
+        }
+    }
+
     #[test]
     fn packing_keeps_every_row() {
         for t in TYPES {
-            for (rows, cols) in [(8, 32), (13, 64), (24, 96), (7, 32), (40, 320)] {
-                let w = rand_blocks(t, rows, cols, rows as u64);
-                let rb = t.row_bytes(cols);
-                // From one piece, and from pieces that split a group.
-                let cut = rows / 3 * rb;
-                for m in [PackedMatrix::new(t, &[&w], rows, cols), PackedMatrix::new(t, &[&w[..cut], &w[cut..]], rows, cols)] {
-                    let mut row = vec![0u8; rb];
-                    let (mut f, mut g) = (vec![0.0f32; cols], vec![0.0f32; cols]);
-                    for r in 0..rows {
-                        m.unpack_row(r, &mut row);
-                        assert_eq!(row, &w[r * rb..(r + 1) * rb], "{t:?} {rows}x{cols} row {r}");
-                        m.row_f32(r, &mut f);
-                        quant::dequantize_row(t, &w[r * rb..(r + 1) * rb], &mut g);
-                        assert_eq!(f, g);
-                    }
-                }
-            }
+            check_keeps_every_row(t, &[(8, 32), (13, 64), (24, 96), (7, 32), (40, 320)]);
+        }
+        for t in K_TYPES {
+            check_keeps_every_row(t, &[(8, 256), (13, 512), (24, 768), (7, 256), (35, 512)]);
         }
     }
 
@@ -664,69 +672,9 @@ mod tests {
         }
     }
 
-    // ---- k-quants (Q4_K, Q6_K) ----
+    // ---- k-quants (Q4_K, Q5_K, Q6_K) ----
 
     const K_TYPES: [QuantType; 3] = [QuantType::Q4_K, QuantType::Q5_K, QuantType::Q6_K];
-
-    /// Random k-quant rows: any bytes, sane f16 d (and dmin).
-    fn rand_k_blocks(t: QuantType, rows: usize, cols: usize, seed: u64) -> Vec<u8> {
-        let mut bytes: Vec<u8> = rand(rows * t.row_bytes(cols), seed).iter().map(|v| ((v + 1.0) * 127.5) as u8).collect();
-        for (i, blk) in bytes.chunks_exact_mut(t.block_bytes()).enumerate() {
-            let d = f16::from_f32(0.001 + 0.0001 * (i % 7) as f32).to_le_bytes();
-            match t {
-                QuantType::Q4_K | QuantType::Q5_K => {
-                    blk[0..2].copy_from_slice(&d);
-                    blk[2..4].copy_from_slice(&f16::from_f32(0.002 + 0.0003 * (i % 5) as f32).to_le_bytes());
-                }
-                _ => blk[208..210].copy_from_slice(&d),
-            }
-        }
-        bytes
-    }
-
-    #[test]
-    fn k_packing_keeps_every_row() {
-        for t in K_TYPES {
-            for (rows, cols) in [(8, 256), (13, 512), (24, 768), (7, 256), (35, 512)] {
-                let w = rand_k_blocks(t, rows, cols, rows as u64);
-                let rb = t.row_bytes(cols);
-                let cut = rows / 3 * rb;
-                for m in [PackedMatrix::new(t, &[&w], rows, cols), PackedMatrix::new(t, &[&w[..cut], &w[cut..]], rows, cols)] {
-                    let mut row = vec![0u8; rb];
-                    let (mut f, mut g) = (vec![0.0f32; cols], vec![0.0f32; cols]);
-                    for r in 0..rows {
-                        m.unpack_row(r, &mut row);
-                        assert_eq!(row, &w[r * rb..(r + 1) * rb], "{t:?} {rows}x{cols} row {r}");
-                        m.row_f32(r, &mut f);
-                        quant::dequantize_row(t, &w[r * rb..(r + 1) * rb], &mut g);
-                        assert_eq!(f, g);
-                    }
-                }
-            }
-        }
-    }
-
-    fn check_k_against_unpacked(t: QuantType, rows: usize, cols: usize, n_tok: usize, stride: usize, fast: bool, seed: u64) {
-        let w = rand_k_blocks(t, rows, cols, seed);
-        let x: Vec<f32> = rand(n_tok * cols, seed + 1).iter().enumerate().map(|(i, v)| v * (1.0 + (i % 5) as f32)).collect();
-        let m = PackedMatrix::new(t, &[&w], rows, cols);
-        let mut got = vec![f32::NAN; n_tok * stride];
-        m.matmul_with(&mut got, stride, &x, n_tok, fast);
-        let mut want = vec![0.0f32; n_tok * rows];
-        quant::matmul(t, &mut want, rows, &x, &w, n_tok, cols, rows);
-        let rb = t.row_bytes(cols);
-        for tk in 0..n_tok {
-            let xs = &x[tk * cols..(tk + 1) * cols];
-            let mut wf = vec![0.0f32; cols];
-            for r in 0..rows {
-                quant::dequantize_row(t, &w[r * rb..(r + 1) * rb], &mut wf);
-                let scale: f32 = wf.iter().zip(xs).map(|(a, b)| (a * b).abs()).sum();
-                let (g, e) = (got[tk * stride + r], want[tk * rows + r]);
-                assert!((g - e).abs() <= 1e-5 * (1.0 + scale), "{t:?} {rows}x{cols}, {n_tok} tokens, token {tk} row {r}: {g} vs {e}");
-            }
-            assert!(got[tk * stride + rows..(tk + 1) * stride].iter().all(|v| v.is_nan()), "{t:?}: gap written");
-        }
-    }
 
     #[test]
     fn k_packed_matmul_matches_unpacked() {
@@ -736,7 +684,7 @@ mod tests {
                 for nb in 1..=3 {
                     for n_tok in 1..=9 {
                         for stride in [rows, rows + 3] {
-                            check_k_against_unpacked(t, rows, 256 * nb, n_tok, stride, fast, 100 * i as u64 + 10 * nb as u64 + n_tok as u64);
+                            check_against_unpacked(t, rows, 256 * nb, n_tok, stride, fast, 100 * i as u64 + 10 * nb as u64 + n_tok as u64);
                         }
                     }
                 }
@@ -748,7 +696,7 @@ mod tests {
     fn k_scalar_group_kernels_match_unpacked() {
         for t in K_TYPES {
             for n_tok in [1, 4, 6] {
-                check_k_against_unpacked(t, 19, 512, n_tok, 23, false, 7 + n_tok as u64);
+                check_against_unpacked(t, 19, 512, n_tok, 23, false, 7 + n_tok as u64);
             }
         }
     }
@@ -760,7 +708,7 @@ mod tests {
         }
         for t in K_TYPES {
             for (rows, cols, n_tok) in [(8, 256, 1), (24, 512, 5), (40, 2048, 9), (16, 768, 4)] {
-                let w = rand_k_blocks(t, rows, cols, 3);
+                let w = rand_blocks(t, rows, cols, 3);
                 let x = rand(n_tok * cols, 4);
                 let m = PackedMatrix::new(t, &[&w], rows, cols);
                 let (mut a, mut b) = (vec![0.0f32; n_tok * rows], vec![0.0f32; n_tok * rows]);
