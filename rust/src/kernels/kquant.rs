@@ -122,18 +122,28 @@ fn unpack_q45k(b: &[u8], five_bits: bool, q: &mut [u8; QK_K]) {
     }
 }
 
-/// Signed values (-32..31) of one Q6_K super-block, in order.
-fn unpack_q6k(b: &[u8], q: &mut [i8; QK_K]) {
+/// Q6_K values q + 32 (0..63) of one super-block, in order: 4 low bits
+/// from `ql`, 2 high bits from `qh`.
+pub(crate) fn q6k_values(b: &[u8]) -> [u8; QK_K] {
     let (ql, qh) = (&b[..128], &b[128..192]);
+    let mut q = [0u8; QK_K];
     for n in 0..2 {
         for part in 0..4 {
             for l in 0..32 {
                 let lo = ql[64 * n + l + 32 * (part & 1)];
                 let nib = if part < 2 { lo & 0xf } else { lo >> 4 };
                 let hi = (qh[32 * n + l] >> (2 * part)) & 3;
-                q[128 * n + 32 * part + l] = (nib | (hi << 4)) as i8 - 32;
+                q[128 * n + 32 * part + l] = nib | (hi << 4);
             }
         }
+    }
+    q
+}
+
+/// Signed values (-32..31) of one Q6_K super-block, in order.
+fn unpack_q6k(b: &[u8], q: &mut [i8; QK_K]) {
+    for (o, v) in q.iter_mut().zip(q6k_values(b)) {
+        *o = v as i8 - 32;
     }
 }
 

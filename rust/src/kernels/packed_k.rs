@@ -35,7 +35,7 @@ use std::cell::RefCell;
 use half::f16;
 use rayon::prelude::*;
 
-use super::kquant::{self, pack_scale_min, scale_min, BlockQ8K, QK_K};
+use super::kquant::{self, pack_scale_min, q6k_values, scale_min, BlockQ8K, QK_K};
 use super::packed::GROUP;
 use super::quant::QuantType;
 
@@ -67,23 +67,6 @@ const fn quant_at(i: usize, r: usize) -> usize {
     32 * (i / 4) + 4 * r + i % 4
 }
 
-
-/// Q6_K values q + 32 (0..63) of one 210-byte block, in order.
-fn q6k_values(b: &[u8]) -> [u8; QK_K] {
-    let (ql, qh) = (&b[..128], &b[128..192]);
-    let mut q = [0u8; QK_K];
-    for n in 0..2 {
-        for part in 0..4 {
-            for l in 0..32 {
-                let lo = ql[64 * n + l + 32 * (part & 1)];
-                let nib = if part < 2 { lo & 0xf } else { lo >> 4 };
-                let hi = (qh[32 * n + l] >> (2 * part)) & 3;
-                q[128 * n + 32 * part + l] = nib | (hi << 4);
-            }
-        }
-    }
-    q
-}
 
 /// Inverse of `q6k_values` into the first 192 bytes of a block.
 fn q6k_store(q: &[u8; QK_K], b: &mut [u8]) {
