@@ -614,9 +614,10 @@ mod tests {
 
     #[test]
     fn scalar_group_kernels_match_unpacked() {
-        for t in TYPES {
+        let cases = TYPES.iter().map(|&t| (t, 160)).chain(K_TYPES.iter().map(|&t| (t, 512)));
+        for (t, cols) in cases {
             for n_tok in [1, 4, 6] {
-                check_against_unpacked(t, 19, 160, n_tok, 23, false, 7 + n_tok as u64);
+                check_against_unpacked(t, 19, cols, n_tok, 23, false, 7 + n_tok as u64);
             }
         }
     }
@@ -627,16 +628,17 @@ mod tests {
         if !fast_kernels() {
             return;
         }
-        for t in TYPES {
-            for (rows, cols, n_tok) in [(8, 32, 1), (24, 512, 5), (40, 2048, 9)] {
-                let w = rand_blocks(t, rows, cols, 3);
-                let x = rand(n_tok * cols, 4);
-                let m = PackedMatrix::new(t, &[&w], rows, cols);
-                let (mut a, mut b) = (vec![0.0f32; n_tok * rows], vec![0.0f32; n_tok * rows]);
-                m.matmul_with(&mut a, rows, &x, n_tok, true);
-                m.matmul_with(&mut b, rows, &x, n_tok, false);
-                assert_eq!(a.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), b.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), "{t:?}");
-            }
+        let cases = TYPES.iter().flat_map(|&t| [(t, 8, 32, 1), (t, 24, 512, 5), (t, 40, 2048, 9)]).chain(
+            K_TYPES.iter().flat_map(|&t| [(t, 8, 256, 1), (t, 24, 512, 5), (t, 40, 2048, 9), (t, 16, 768, 4)]),
+        );
+        for (t, rows, cols, n_tok) in cases {
+            let w = rand_blocks(t, rows, cols, 3);
+            let x = rand(n_tok * cols, 4);
+            let m = PackedMatrix::new(t, &[&w], rows, cols);
+            let (mut a, mut b) = (vec![0.0f32; n_tok * rows], vec![0.0f32; n_tok * rows]);
+            m.matmul_with(&mut a, rows, &x, n_tok, true);
+            m.matmul_with(&mut b, rows, &x, n_tok, false);
+            assert_eq!(a.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), b.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), "{t:?}");
         }
     }
 
@@ -688,33 +690,6 @@ mod tests {
                         }
                     }
                 }
-            }
-        }
-    }
-
-    #[test]
-    fn k_scalar_group_kernels_match_unpacked() {
-        for t in K_TYPES {
-            for n_tok in [1, 4, 6] {
-                check_against_unpacked(t, 19, 512, n_tok, 23, false, 7 + n_tok as u64);
-            }
-        }
-    }
-
-    #[test]
-    fn k_fast_group_kernels_equal_the_scalar_ones() {
-        if !fast_kernels() {
-            return;
-        }
-        for t in K_TYPES {
-            for (rows, cols, n_tok) in [(8, 256, 1), (24, 512, 5), (40, 2048, 9), (16, 768, 4)] {
-                let w = rand_blocks(t, rows, cols, 3);
-                let x = rand(n_tok * cols, 4);
-                let m = PackedMatrix::new(t, &[&w], rows, cols);
-                let (mut a, mut b) = (vec![0.0f32; n_tok * rows], vec![0.0f32; n_tok * rows]);
-                m.matmul_with(&mut a, rows, &x, n_tok, true);
-                m.matmul_with(&mut b, rows, &x, n_tok, false);
-                assert_eq!(a.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), b.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), "{t:?}");
             }
         }
     }
