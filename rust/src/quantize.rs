@@ -21,7 +21,7 @@ use safetensors::SafeTensors;
 
 use crate::config::{Arch, ModelConfig, RopeScaling};
 use crate::error::{cancelled, invalid_argument, invalid_weights, io_error, unsupported, Error, Result};
-use crate::kernels::quant::{self, QuantType};
+use crate::kernels::quant;
 use crate::loader::gguf::{GgmlType, Gguf, GgufWriter};
 use crate::tensor::{DType, TensorView};
 
@@ -97,18 +97,6 @@ impl Target {
     }
 }
 
-fn quant_of(t: GgmlType) -> Option<QuantType> {
-    Some(match t {
-        GgmlType::Q8_0 => QuantType::Q8_0,
-        GgmlType::Q4_0 => QuantType::Q4_0,
-        GgmlType::Q4_1 => QuantType::Q4_1,
-        GgmlType::Q4_K => QuantType::Q4_K,
-        GgmlType::Q5_K => QuantType::Q5_K,
-        GgmlType::Q6_K => QuantType::Q6_K,
-        _ => return None,
-    })
-}
-
 /// The format one tensor gets. `dims` is in ggml order (row length first).
 pub fn tensor_type(target: Target, name: &str, dims: &[u64], is_output: bool) -> GgmlType {
     if dims.len() < 2 || name.ends_with(".bias") || name.ends_with("_norm.weight") {
@@ -137,7 +125,7 @@ pub fn encode(t: GgmlType, values: &[f32], cols: usize) -> Result<Vec<u8>> {
         GgmlType::F16 => values.iter().flat_map(|&v| f16::from_f32(v).to_le_bytes()).collect(),
         GgmlType::BF16 => values.iter().flat_map(|&v| bf16::from_f32(v).to_le_bytes()).collect(),
         other => {
-            let q = quant_of(other).ok_or_else(|| unsupported(format!("cannot write {other} tensors")))?;
+            let q = crate::loader::gguf_model::quant_type(other).ok_or_else(|| unsupported(format!("cannot write {other} tensors")))?;
             let rb = q.row_bytes(cols);
             let mut out = vec![0u8; values.len() / cols * rb];
             out.par_chunks_mut(rb).zip(values.par_chunks(cols)).for_each(|(o, row)| quant::quantize_row(q, row, o));

@@ -161,7 +161,8 @@ fn kept(t: GgmlType) -> Option<Kept> {
     }
 }
 
-fn quant_type(t: GgmlType) -> Option<QuantType> {
+/// The block format we compute with for a GGUF tensor type, if any.
+pub(crate) fn quant_type(t: GgmlType) -> Option<QuantType> {
     match t {
         GgmlType::Q8_0 => Some(QuantType::Q8_0),
         GgmlType::Q4_0 => Some(QuantType::Q4_0),
