@@ -608,6 +608,27 @@ def measure(engine, reps, n_prompt, n_gen, depth, vocab):
     return out
 
 
+def measure_streaming(session, reps, n_gen, vocab):
+    """Times of `generate` for n_gen greedy tokens with no callback and
+    streamed through a Python callback (stream=True), alternating, run 0 a
+    warm-up. Both must give the same tokens."""
+    prompt = bench_tokens(8, vocab)
+    kw = dict(max_gen_len=n_gen, temperature=0, stop_tokens=[])  # no stop: always n_gen tokens
+    plain, streamed = [], []
+    for r in range(reps + 1):
+        t0 = time.perf_counter()
+        want = session.generate(prompt, **kw)
+        t1 = time.perf_counter()
+        got = list(session.generate(prompt, stream=True, **kw))
+        t2 = time.perf_counter()
+        if got != want or len(got) != n_gen:
+            raise RuntimeError("streamed generate gave other tokens than plain generate")
+        if r:
+            plain.append(t1 - t0)
+            streamed.append(t2 - t1)
+    return {"n_tokens": n_gen, "plain_s": plain, "stream_s": streamed}
+
+
 def worker_main(argv):
     """`bench.py --worker ENGINE MODEL ...`: prints one JSON line."""
     p = argparse.ArgumentParser(prog="pyffi-bench-worker")
@@ -622,6 +643,7 @@ def worker_main(argv):
     p.add_argument("--calls", type=int, default=2000)
     p.add_argument("--rounds", type=int, default=7)
     p.add_argument("--span", type=int, default=64)
+    p.add_argument("--n-stream", type=int, default=32)
     a = p.parse_args(argv)
     res = {"engine": a.worker}
     try:
@@ -635,6 +657,8 @@ def worker_main(argv):
             res["info"] = eng.info
             res["rss_after_load_bytes"] = _vm_rss()
             res["tests"] = measure(eng, a.reps, a.n_prompt, a.n_gen, a.depth, a.vocab)
+            if a.worker == "pyffi":
+                res["streaming"] = measure_streaming(eng.session, a.reps, a.n_stream, a.vocab)
     except Exception as e:  # reported as this cell's error
         res["error"] = f"{type(e).__name__}: {e}"
     res["peak_rss_bytes"] = peak_rss_bytes()
@@ -668,7 +692,8 @@ def _python_overhead(a):
         dt = time.perf_counter() - t0
         if r:
             per_call.append(dt / a.calls)
-    return {"ns_per_call": median(per_call) * 1e9, "calls": a.calls, "rounds": a.rounds}
+    stream = measure_streaming(sess, a.rounds, a.span - 8, model.vocab_size)
+    return {"ns_per_call": median(per_call) * 1e9, "calls": a.calls, "rounds": a.rounds, "streaming": stream}
 
 
 def _best_of(results):
@@ -872,6 +897,10 @@ def summarize(report):
         r["peak_rss"] = ratio(ours.get("peak_rss_bytes"), theirs.get("peak_rss_bytes")) if loaded else None
         ratios[typ] = r
     report["ratios"] = ratios
+    for cell in report["results"] + [(report.get("overhead") or {}).get("python") or {}]:
+        st = cell.get("streaming")
+        if st and st.get("plain_s") and st.get("stream_s"):
+            st["stream_over_plain"] = median(st["stream_s"]) / median(st["plain_s"])
     oh = report.get("overhead")
     if oh and "python" in oh and "c" in oh:
         py, c = oh["python"].get("ns_per_call"), oh["c"].get("ns_per_call")
@@ -970,6 +999,14 @@ def format_table(report):
                          f"({oh['python_over_c']:.2f}x)")
         else:
             lines.append(f"per-call overhead: error: python: {py.get('error', 'ok')}; c: {c.get('error', 'ok')}")
+    streams = [(c["type"], c["streaming"]) for c in report["results"] if c.get("streaming")]
+    if oh and (oh.get("python") or {}).get("streaming"):
+        streams.append((oh["model_name"], oh["python"]["streaming"]))
+    if streams:
+        lines.append("generate streamed through a Python callback against generate without one (greedy, "
+                     "median time): " + ", ".join(
+                         f"{name} {st['n_tokens']} tokens {100 * (st['stream_over_plain'] - 1):+.1f}%"
+                         for name, st in streams if st.get("stream_over_plain")))
     busy = [c.get(k) for c in report["results"] + [probe, oh or {}] for k in ("busy_before", "busy_during")
             if c.get(k) is not None]
     if busy and max(busy) > BUSY_WARN:

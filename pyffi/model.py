@@ -21,6 +21,9 @@ from ._ffi import Handle, call, ffi, lib, path_arg, raise_error, read_string
 from .config import ModelArgs
 
 _INT32 = np.iinfo(np.int32)
+_I32 = np.dtype(np.int32)
+_U32_MAX = 2**32 - 1
+_OK = lib.PYFFI_OK
 _SEED_RANDOM = 2**64 - 1
 
 
@@ -47,7 +50,7 @@ def _as_batch(sequences):
     seqs = list(sequences)
     if not seqs:
         raise errors.InvalidArgumentError("no sequences given")
-    if all(isinstance(t, (int, np.integer)) for t in seqs):
+    if all(np.ndim(t) == 0 for t in seqs):  # one flat sequence (of ids, or of anything else to refuse)
         return [_token_array(seqs, "tokens")], True
     return [_token_array(s, f"sequence {i}") for i, s in enumerate(seqs)], False
 
@@ -95,6 +98,9 @@ class Session(Handle):
         sequences of different lengths (padded in the output with zeros).
         `start_pos` (an int, or one per row) continues each row from the KV
         cache: 0 starts fresh, n continues after n cached positions."""
+        fast = self._forward_one(sequences, start_pos, last_only)
+        if fast is not None:
+            return fast
         rows, _ = _as_batch(sequences)
         n = len(rows)
         lengths = np.array([len(r) for r in rows], dtype=np.uint32)
@@ -110,6 +116,39 @@ class Session(Handle):
         return logits
 
     __call__ = forward
+
+    def _forward_one(self, sequences, start_pos, last_only):
+        """The decode loop's case, one sequence (an int32 array or a list of
+        ints) and one int start, with no conversions: the logits, or None to
+        take the general path (which also raises every error)."""
+        if type(start_pos) is not int or not 0 <= start_pos <= _U32_MAX or self._ptr is None:
+            return None
+        kind = type(sequences)
+        if kind is np.ndarray:
+            if sequences.dtype != _I32 or sequences.ndim != 1 or not sequences.flags.c_contiguous:
+                return None
+            n = sequences.shape[0]
+            tokens = ffi.from_buffer("int32_t[]", sequences)
+        elif kind is list and 0 < len(sequences) <= 64:
+            try:  # cffi checks int type and range; errors go the general way
+                tokens = ffi.new("int32_t[]", sequences)
+            except (TypeError, OverflowError):
+                return None
+            n = len(sequences)
+        else:
+            return None
+        if n == 0:
+            return None
+        last_only = bool(last_only)
+        logits = np.empty((1, 1 if last_only else n, self.vocab_size), dtype=np.float32)
+        err = ffi.new("pyffi_error **")
+        status = lib.pyffi_forward(self._ptr, tokens, ffi.new("uint32_t[1]", (n,)), 1,
+                                   ffi.new("uint32_t[1]", (start_pos,)), last_only,
+                                   ffi.from_buffer("float[]", logits, require_writable=True),
+                                   logits.size, ffi.NULL, err)
+        if status != _OK:
+            raise_error(status, err[0])
+        return logits
 
     def generate(self, prompt_tokens, max_gen_len=None, temperature=0.6, top_p=0.9, top_k=None,
                  min_p=None, repeat_penalty=1.0, repeat_last_n=64, seed=None, stop_tokens=None,

@@ -100,6 +100,22 @@ def test_forward_accepts_arrays_lists_and_ragged_batches():
         assert not ragged[1, 1:].any()
 
 
+def test_one_sequence_fast_path_equals_the_general_one():
+    """forward's shortcut for one int32 array or list of ints with an int
+    start gives exactly what the general path (a batch) gives."""
+    with pyffi.Transformer.from_pretrained(model_dir("stories260K")) as model:
+        seq = [1, 10, 20, 30]
+        general = model.forward([seq])
+        for tokens in (np.array(seq, np.int32), seq, np.array(seq, np.int64), np.array([seq], np.int32)[0]):
+            np.testing.assert_array_equal(model.forward(tokens), general)
+        last = model.forward(np.array(seq, np.int32), last_only=True)
+        np.testing.assert_array_equal(last, general[:, -1:])
+        step = model.forward(np.array([40], np.int32), start_pos=4, last_only=True)
+        np.testing.assert_array_equal(step, model.forward([seq + [40]])[:, -1:])
+        strided = np.array(seq * 2, np.int32)[::2]
+        np.testing.assert_array_equal(model.forward(strided), model.forward([strided.tolist()]))
+
+
 def test_start_pos_continues_from_the_cache():
     with pyffi.Transformer.from_pretrained(model_dir("stories260K")) as model:
         full = model.forward([[1, 10, 20, 30, 40]])[0]

@@ -110,6 +110,21 @@ def test_bad_forward_input(model, tokens, exc, text):
     assert model.forward([[1, 2]]).shape == (1, 2, 320)  # nothing lost
 
 
+@pytest.mark.parametrize("tokens, exc, text", [
+    ([1, 2, 320], pyffi.OutOfRangeError, "320.*vocab"),
+    (np.array([1, -1], np.int32), pyffi.OutOfRangeError, "-1"),
+    ([1, 2**40], pyffi.OutOfRangeError, "int32"),
+    ([1.5, 2.0], pyffi.InvalidArgumentError, "integer"),
+    (np.array([], np.int32), pyffi.InvalidArgumentError, "no sequences|empty"),
+    (np.arange(1, 18, dtype=np.int32), pyffi.OutOfRangeError, "n_ctx=16"),
+])
+def test_bad_flat_forward_input(model, tokens, exc, text):
+    """One flat sequence takes the fast path of forward: the same errors."""
+    with pytest.raises(exc, match=text):
+        model.forward(tokens)
+    assert model.forward(np.array([1, 2], np.int32)).shape == (1, 2, 320)  # nothing lost
+
+
 def test_bad_start_positions(model):
     model.forward([[1, 2, 3]])
     with pytest.raises(ValueError, match="start_pos"):
@@ -118,6 +133,10 @@ def test_bad_start_positions(model):
         model.forward([[4]], start_pos=-1)
     with pytest.raises(ValueError, match="start_pos"):
         model.forward([[4], [5]], start_pos=[3])
+    with pytest.raises(ValueError, match="start_pos"):
+        model.forward(np.array([4], np.int32), start_pos=5)
+    with pytest.raises(ValueError, match="start_pos"):
+        model.forward([4], start_pos=2**32)
     assert model.session.cached_len() == 3
 
 
