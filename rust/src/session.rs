@@ -173,7 +173,7 @@ impl Session {
 
         let batch = Batch { tokens: &self.tokens, lengths: &self.lengths, start_pos: &self.starts };
         let (model, cache, scratch) = (&*self.model, &mut self.cache, &mut self.scratch);
-        self.pool.get()?.install(|| llama::forward(model, cache, scratch, &batch, last_only, &mut out[..needed]));
+        self.pool.enter(|| llama::forward(model, cache, scratch, &batch, last_only, &mut out[..needed]))?;
         for (b, (&len, &start)) in self.lengths.iter().zip(&self.starts).enumerate() {
             self.cache.set_len(b, start + len);
         }

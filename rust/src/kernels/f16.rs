@@ -8,7 +8,6 @@ use std::cell::RefCell;
 
 use half::f16;
 use half::slice::HalfFloatSliceExt;
-use rayon::prelude::*;
 
 use super::SharedOut;
 
@@ -131,13 +130,13 @@ pub fn matmul(out: &mut [f32], out_stride: usize, x: &[f32], w: &[f16], n_tok: u
         xh[..n].convert_from_f32_slice(&x[..n]);
         xh[..n].convert_to_f32_slice(&mut xr[..n]);
         let xr = &xr[..n];
-        let threads = rayon::current_num_threads().max(1);
+        let threads = crate::pool::current_threads();
         // Blocks of whole tiles; ~32 KiB of weights per block stays in L1/L2
         // while every token passes.
         let rows_per_block =
             ((16384 / n_in.max(1)).clamp(1, 16) * TILE_ROWS).min(n_out.div_ceil(threads * 4).next_multiple_of(TILE_ROWS));
         let dst = SharedOut(out.as_mut_ptr());
-        (0..n_out.div_ceil(rows_per_block)).into_par_iter().for_each(|b| {
+        crate::pool::parallel_for(n_out.div_ceil(rows_per_block), |b| {
             let dst = dst;
             let (r0, r1) = (b * rows_per_block, ((b + 1) * rows_per_block).min(n_out));
             if n_tok >= PANEL_MIN_TOKENS {

@@ -50,7 +50,6 @@ pub(crate) mod test_data {
 #[cfg(target_arch = "x86_64")]
 pub mod x86;
 
-use rayon::prelude::*;
 
 /// RMSNorm of each `dim`-long row of `x` into `out`, scaled by `weight`.
 pub fn rmsnorm(out: &mut [f32], x: &[f32], weight: &[f32], eps: f32) {
@@ -149,12 +148,12 @@ pub fn matmul(out: &mut [f32], out_stride: usize, x: &[f32], w: &[f32], n_tok: u
     if n_tok == 0 || n_out == 0 {
         return;
     }
-    let threads = rayon::current_num_threads().max(1);
+    let threads = crate::pool::current_threads();
     // Small blocks keep every thread busy; ~16 KiB of weights keeps a block in L1.
     let rows_per_block = (16384 / (n_in * 4)).clamp(4, 64).min(n_out.div_ceil(threads * 4).max(1));
     let n_blocks = n_out.div_ceil(rows_per_block);
     let dst = SharedOut(out.as_mut_ptr());
-    (0..n_blocks).into_par_iter().for_each(|b| {
+    crate::pool::parallel_for(n_blocks, |b| {
         let dst = dst;
         let r0 = b * rows_per_block;
         let r1 = (r0 + rows_per_block).min(n_out);

@@ -256,10 +256,10 @@ impl PackedMatrix {
     /// four at a time (`four`), then one at a time.
     fn for_each_tile(&self, n_tok: usize, tile: impl Fn(&[u8], usize, usize, bool) + Sync) {
         let (gb, groups) = (self.group_bytes(), self.groups());
-        let threads = rayon::current_num_threads().max(1);
+        let threads = crate::pool::current_threads();
         let per_task = groups.div_ceil(threads * 8).clamp(1, 8);
         let data = self.bytes();
-        (0..groups.div_ceil(per_task)).into_par_iter().for_each(|task| {
+        crate::pool::parallel_for(groups.div_ceil(per_task), |task| {
             for g in task * per_task..((task + 1) * per_task).min(groups) {
                 let grp = &data[g * gb..(g + 1) * gb];
                 let mut tk = 0;
@@ -278,11 +278,11 @@ impl PackedMatrix {
     /// runs; tokens four at a time, then one at a time.
     fn groups_times_activations(&self, dst: SharedOut, stride: usize, qx: &[BlockQ8], bias: &[i32], n_tok: usize, fast: bool) {
         let (nb, gb, groups) = (self.blocks(), self.group_bytes(), self.groups());
-        let threads = rayon::current_num_threads().max(1);
+        let threads = crate::pool::current_threads();
         let per_task = groups.div_ceil(threads * 8).clamp(1, 8);
         let data = self.bytes();
         let t = self.t;
-        (0..groups.div_ceil(per_task)).into_par_iter().for_each(|task| {
+        crate::pool::parallel_for(groups.div_ceil(per_task), |task| {
             let dst = dst;
             for g in task * per_task..((task + 1) * per_task).min(groups) {
                 let grp = &data[g * gb..(g + 1) * gb];
@@ -409,8 +409,8 @@ impl Activations {
             self.bias.resize(n, 0);
         }
         let (qx, bias) = (&mut self.qx[..n], &mut self.bias[..n]);
-        qx.par_chunks_mut(nb).zip(bias.par_chunks_mut(nb)).zip(x[..n_tok * n_in].par_chunks(n_in)).for_each(|((q, s), xr)| {
-            quant::quantize_row_q8(xr, q);
+        crate::pool::parallel_chunks2(qx, nb, bias, nb, |t, q, s| {
+            quant::quantize_row_q8(&x[t * n_in..(t + 1) * n_in], q);
             for (s, b) in s.iter_mut().zip(q.iter()) {
                 *s = 8 * b.qs.iter().map(|&v| v as i32).sum::<i32>();
             }

@@ -33,7 +33,6 @@
 use std::cell::RefCell;
 
 use half::f16;
-use rayon::prelude::*;
 
 use super::kquant::{self, pack_scale_min, q6k_values, scale_min, BlockQ8K, QK_K};
 use super::packed::GROUP;
@@ -257,7 +256,7 @@ pub(crate) fn with_activations<R>(x: &[f32], n_tok: usize, n_in: usize, f: impl 
             buf.resize(n_tok * nb, BlockQ8K::default());
         }
         let qx = &mut buf[..n_tok * nb];
-        qx.par_chunks_mut(nb).zip(x[..n_tok * n_in].par_chunks(n_in)).for_each(|(q, xr)| kquant::quantize_row_q8k(xr, q));
+        crate::pool::parallel_chunks(qx, nb.max(1), |t, q| kquant::quantize_row_q8k(&x[t * n_in..(t + 1) * n_in], q));
         f(&buf[..n_tok * nb])
     })
 }

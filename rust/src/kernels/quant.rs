@@ -8,7 +8,6 @@
 use std::cell::RefCell;
 
 use half::f16;
-use rayon::prelude::*;
 
 use super::kquant::{self, BlockQ8K, QK_K};
 use super::SharedOut;
@@ -355,7 +354,7 @@ fn quantize_activations<'a, A: Copy + Default + Send + Sync>(
     if buf.len() < n_tok * nb {
         buf.resize(n_tok * nb, A::default());
     }
-    buf[..n_tok * nb].par_chunks_mut(nb).zip(x[..n_tok * n_in].par_chunks(n_in)).for_each(|(q, xr)| quantize(xr, q));
+    crate::pool::parallel_chunks(&mut buf[..n_tok * nb], nb.max(1), |t, q| quantize(&x[t * n_in..(t + 1) * n_in], q));
     &buf[..n_tok * nb]
 }
 
@@ -375,9 +374,9 @@ fn rows_times_activations<A: Sync>(
     dot4: impl Fn(&[u8], [&[A]; 4]) -> [f32; 4] + Sync,
 ) {
     let nb = qx.len() / n_tok.max(1);
-    let threads = rayon::current_num_threads().max(1);
+    let threads = crate::pool::current_threads();
     let rows_per_block = n_out.div_ceil(threads * 8).clamp(1, 64);
-    (0..n_out.div_ceil(rows_per_block)).into_par_iter().for_each(|b| {
+    crate::pool::parallel_for(n_out.div_ceil(rows_per_block), |b| {
         let dst = dst;
         let r0 = b * rows_per_block;
         for r in r0..(r0 + rows_per_block).min(n_out) {

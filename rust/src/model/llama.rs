@@ -7,11 +7,10 @@
 //! All rows of a ragged batch go through every matmul together (one matrix of
 //! `total_tokens x hidden`); only attention looks at rows separately.
 
-use rayon::prelude::*;
-
 use super::kv_cache::{KvCache, KvElem, LayerView};
 use super::Model;
 use crate::kernels::{rmsnorm, rope_rotate_half, silu, softmax};
+use crate::pool::{current_threads, parallel_chunks, thread_index};
 
 /// A ragged batch: row `b` has `lengths[b]` tokens (concatenated in `tokens`)
 /// at positions `start_pos[b]..`; it reads and fills KV-cache slot `b`.
@@ -142,7 +141,7 @@ pub fn forward(model: &Model, cache: &mut KvCache, s: &mut Scratch, batch: &Batc
     grow(&mut s.ffn, n_tok * ffn);
     grow(&mut s.cos, n_tok * half);
     grow(&mut s.sin, n_tok * half);
-    let n_workers = rayon::current_num_threads();
+    let n_workers = current_threads();
     let max_pos = s.pos.iter().copied().max().unwrap_or(0) + 1;
     // Per worker: a score row per head of a GQA group, then the group's
     // queries as the cache type rounds them.
@@ -167,7 +166,7 @@ pub fn forward(model: &Model, cache: &mut KvCache, s: &mut Scratch, batch: &Batc
         rmsnorm(xn, x, &lw.attn_norm, eps);
         lw.wqkv.matmul(qkv, qkv_dim, xn, n_tok, h, qkv_dim);
         add_bias(qkv, &lw.bqkv);
-        qkv.par_chunks_mut(qkv_dim).enumerate().for_each(|(t, row)| {
+        parallel_chunks(qkv, qkv_dim, |t, row| {
             let (c, sn) = (&cos[t * half..(t + 1) * half], &sin[t * half..(t + 1) * half]);
             for head in row[..qd + kvd].chunks_exact_mut(hd) {
                 rope_rotate_half(&mut head[..rot], c, sn);
@@ -181,9 +180,9 @@ pub fn forward(model: &Model, cache: &mut KvCache, s: &mut Scratch, batch: &Batc
         let cache_ref = &*cache;
         let qkv_ref = &*qkv;
         let n_kv_heads = n_heads / group;
-        att.par_chunks_mut(group * hd).enumerate().for_each(|(i, out)| {
+        parallel_chunks(att, group * hd, |i, out| {
             // SAFETY: a worker runs one item at a time, so its row is exclusive.
-            let scratch = unsafe { scores_ptr.row(rayon::current_thread_index().unwrap_or(0)) };
+            let scratch = unsafe { scores_ptr.row(thread_index()) };
             let (t, kv_head) = (i / n_kv_heads, i % n_kv_heads);
             let q = &qkv_ref[t * qkv_dim + kv_head * group * hd..][..group * hd];
             let n = pos[t] + 1;
@@ -206,8 +205,9 @@ pub fn forward(model: &Model, cache: &mut KvCache, s: &mut Scratch, batch: &Batc
         let hidden = &mut s.ffn[..n_tok * ffn];
         lw.w_gate_up.matmul(gate_up, 2 * ffn, xn, n_tok, h, 2 * ffn);
         add_bias(gate_up, &lw.b_gate_up);
-        hidden.par_chunks_mut(ffn).zip(gate_up.par_chunks(2 * ffn)).for_each(|(hrow, gu)| {
-            let (g, u) = gu.split_at(ffn);
+        let gate_up = &*gate_up;
+        parallel_chunks(hidden, ffn, |t, hrow| {
+            let (g, u) = gate_up[t * 2 * ffn..(t + 1) * 2 * ffn].split_at(ffn);
             for ((o, &gv), &uv) in hrow.iter_mut().zip(g).zip(u) {
                 *o = silu(gv) * uv;
             }
