@@ -609,24 +609,29 @@ def measure(engine, reps, n_prompt, n_gen, depth, vocab):
 
 
 def measure_streaming(session, reps, n_gen, vocab):
-    """Times of `generate` for n_gen greedy tokens with no callback and
-    streamed through a Python callback (stream=True), alternating, run 0 a
-    warm-up. Both must give the same tokens."""
+    """Times of `generate` for n_gen greedy tokens: with no callback, with a
+    Python callback per token (callback=), and as an iterator (stream=True,
+    generation on a worker thread); alternating, run 0 a warm-up. All must
+    give the same tokens."""
     prompt = bench_tokens(8, vocab)
     kw = dict(max_gen_len=n_gen, temperature=0, stop_tokens=[])  # no stop: always n_gen tokens
-    plain, streamed = [], []
+    plain, called, streamed = [], [], []
     for r in range(reps + 1):
+        seen = []
         t0 = time.perf_counter()
         want = session.generate(prompt, **kw)
         t1 = time.perf_counter()
-        got = list(session.generate(prompt, stream=True, **kw))
+        session.generate(prompt, callback=seen.append, **kw)
         t2 = time.perf_counter()
-        if got != want or len(got) != n_gen:
-            raise RuntimeError("streamed generate gave other tokens than plain generate")
+        got = list(session.generate(prompt, stream=True, **kw))
+        t3 = time.perf_counter()
+        if got != want or seen != want or len(got) != n_gen:
+            raise RuntimeError("generate with a callback or streamed gave other tokens than plain generate")
         if r:
             plain.append(t1 - t0)
-            streamed.append(t2 - t1)
-    return {"n_tokens": n_gen, "plain_s": plain, "stream_s": streamed}
+            called.append(t2 - t1)
+            streamed.append(t3 - t2)
+    return {"n_tokens": n_gen, "plain_s": plain, "callback_s": called, "stream_s": streamed}
 
 
 def worker_main(argv):
@@ -899,8 +904,10 @@ def summarize(report):
     report["ratios"] = ratios
     for cell in report["results"] + [(report.get("overhead") or {}).get("python") or {}]:
         st = cell.get("streaming")
-        if st and st.get("plain_s") and st.get("stream_s"):
-            st["stream_over_plain"] = median(st["stream_s"]) / median(st["plain_s"])
+        if st and st.get("plain_s"):
+            for k in ("callback", "stream"):
+                if st.get(k + "_s"):
+                    st[k + "_over_plain"] = median(st[k + "_s"]) / median(st["plain_s"])
     oh = report.get("overhead")
     if oh and "python" in oh and "c" in oh:
         py, c = oh["python"].get("ns_per_call"), oh["c"].get("ns_per_call")
@@ -1002,11 +1009,12 @@ def format_table(report):
     streams = [(c["type"], c["streaming"]) for c in report["results"] if c.get("streaming")]
     if oh and (oh.get("python") or {}).get("streaming"):
         streams.append((oh["model_name"], oh["python"]["streaming"]))
-    if streams:
-        lines.append("generate streamed through a Python callback against generate without one (greedy, "
-                     "median time): " + ", ".join(
-                         f"{name} {st['n_tokens']} tokens {100 * (st['stream_over_plain'] - 1):+.1f}%"
-                         for name, st in streams if st.get("stream_over_plain")))
+    for key, what in (("callback", "generate with a Python callback per token (callback=)"),
+                      ("stream", "generate as an iterator (stream=True, a worker thread)")):
+        cells = [f"{name} {st['n_tokens']} tokens {100 * (st[key + '_over_plain'] - 1):+.1f}%"
+                 for name, st in streams if st.get(key + "_over_plain")]
+        if cells:
+            lines.append(f"{what} against plain generate (greedy, median time): " + ", ".join(cells))
     busy = [c.get(k) for c in report["results"] + [probe, oh or {}] for k in ("busy_before", "busy_during")
             if c.get(k) is not None]
     if busy and max(busy) > BUSY_WARN:

@@ -152,7 +152,7 @@ class Session(Handle):
 
     def generate(self, prompt_tokens, max_gen_len=None, temperature=0.6, top_p=0.9, top_k=None,
                  min_p=None, repeat_penalty=1.0, repeat_last_n=64, seed=None, stop_tokens=None,
-                 stream=False):
+                 stream=False, callback=None):
         """New tokens after each prompt (the prompt is not repeated).
 
         `prompt_tokens` is one prompt (a list of ids: returns a list) or a list of
@@ -160,16 +160,30 @@ class Session(Handle):
         stops at the model's EOS ids, or at `stop_tokens` when given (the stop
         token is not returned), or after `max_gen_len` tokens (default: until the
         context is full). With stream=True returns an iterator of tokens (for a
-        batch: of (prompt_index, token) pairs). The same seed gives the same
-        tokens, for each prompt on its own."""
+        batch: of (prompt_index, token) pairs). `callback(token)` (for a batch
+        `callback(prompt_index, token)`) is called on this thread as each token
+        is made, with no extra thread; returning False stops that prompt there
+        (the token is kept). The same seed gives the same tokens, for each
+        prompt on its own."""
         rows, flat = _as_batch(prompt_tokens)
+        if callback is not None and (stream or not callable(callback)):
+            raise errors.InvalidArgumentError("callback must be a callable, and not given with stream=True")
         params = self._sampling_params(temperature, top_p, top_k, min_p, repeat_penalty,
                                        repeat_last_n, seed, stop_tokens)
         jobs = [(r, self._max_new(r, max_gen_len)) for r in rows]
         if stream:
             it = self._stream(jobs, params)
             return _TokensOnly(it) if flat else it
-        results = [self._generate_one(r, m, params, None)[0] for r, m in jobs]
+        results = []
+        for i, (r, m) in enumerate(jobs):
+            if callback is None:
+                on_token = None
+            elif flat:
+                on_token = callback
+            else:
+                def on_token(tok, i=i):
+                    return callback(i, tok)
+            results.append(self._generate_one(r, m, params, on_token)[0])
         return results[0] if flat else results
 
     def _max_new(self, prompt, max_gen_len):
@@ -198,7 +212,8 @@ class Session(Handle):
         return p, keep  # keep: the stop array must outlive the call
 
     def _generate_one(self, prompt, max_new, params, on_token):
-        """One C generate call; `on_token(tok) -> bool` is called per token."""
+        """One C generate call; `on_token(tok)` is called per token and stops
+        generation by returning False (None goes on)."""
         out = np.empty(max(max_new, 1), dtype=np.int32)
         n_out = ffi.new("size_t *")
         finish = ffi.new("pyffi_finish_reason *")
@@ -209,7 +224,7 @@ class Session(Handle):
         else:
             def _cb(_user, tok):
                 try:
-                    return bool(on_token(tok))
+                    return on_token(tok) is not False
                 except BaseException as e:  # re-raised after the C call returns
                     failure.append(e)
                     return False

@@ -138,6 +138,31 @@ def test_stream_equals_plain_generate_and_stops_early():
         assert [t for i, t in pairs if i == 0] == plain
 
 
+def test_generate_callback_sees_every_token_and_can_stop():
+    with pyffi.Transformer.from_pretrained(model_dir("stories260K")) as model:
+        args = dict(max_gen_len=20, temperature=0.9, top_k=30, seed=5, stop_tokens=[])
+        plain = model.generate([1, 5], **args)
+        seen = []
+        assert model.generate([1, 5], callback=seen.append, **args) == plain == seen
+        seen = []
+        first3 = model.generate([1, 5], callback=lambda t: seen.append(t) or len(seen) < 3, **args)
+        assert first3 == seen == plain[:3]  # False stops, keeping that token
+        pairs = []
+        both = model.generate([[1, 5], [1, 6]], callback=lambda i, t: pairs.append((i, t)), **args)
+        assert [t for i, t in pairs if i == 0] == both[0] == plain
+        assert [t for i, t in pairs if i == 1] == both[1]
+
+        def boom(tok):
+            raise KeyError("from the callback")
+        with pytest.raises(KeyError, match="from the callback"):
+            model.generate([1, 5], callback=boom, **args)
+        with pytest.raises(pyffi.InvalidArgumentError, match="callback"):
+            model.generate([1, 5], callback=print, stream=True, **args)
+        with pytest.raises(pyffi.InvalidArgumentError, match="callback"):
+            model.generate([1, 5], callback=3, **args)
+        assert model.generate([1, 5], **args) == plain  # nothing lost
+
+
 def test_batch_generate_gives_each_prompt_its_own_result():
     with pyffi.Transformer.from_pretrained(model_dir("stories260K")) as model:
         args = dict(max_gen_len=12, temperature=0.8, seed=9, stop_tokens=[])

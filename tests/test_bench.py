@@ -56,12 +56,14 @@ def _fake_report():
         "bandwidth_probe": {"threads": 2, "buffer_mib": 1024, "gb_per_s": 40.0},
         "results": [cell("q4_0", "llama.cpp", 1.0),
                     {**cell("q4_0", "pyffi", 2.0),
-                     "streaming": {"n_tokens": 32, "plain_s": [1.0, 2.0, 1.0], "stream_s": [1.02, 1.0, 1.5]}},
+                     "streaming": {"n_tokens": 32, "plain_s": [1.0, 2.0, 1.0], "callback_s": [1.01] * 3,
+                                   "stream_s": [1.02, 1.0, 1.5]}},
                     cell("q4_k_m", "llama.cpp", 1.0),
                     {"type": "q4_k_m", "engine": "pyffi", "error": "UnsupportedError: tensor is Q4_K"}],
         "overhead": {"model_name": "stories260K", "threads": 1,
                      "python": {"ns_per_call": 30e3,
-                                "streaming": {"n_tokens": 56, "plain_s": [0.004], "stream_s": [0.0044]}},
+                                "streaming": {"n_tokens": 56, "plain_s": [0.004], "callback_s": [0.00402],
+                                              "stream_s": [0.0044]}},
                      "c": {"ns_per_call": 20e3}},
     }
 
@@ -88,4 +90,6 @@ def test_table_shows_every_cell_and_errors():
     assert "error [1]" in table and "[1] q4_k_m / pyffi: UnsupportedError: tensor is Q4_K" in table
     assert "40.0 GB/s" in table and "Python adds 10.0 us" in table
     # Streaming: median against median (1.02 / 1.0, 0.0044 / 0.004).
-    assert "q4_0 32 tokens +2.0%" in table and "stories260K 56 tokens +10.0%" in table
+    callback, stream = [line for line in table.splitlines() if "against plain generate" in line]
+    assert "callback=" in callback and "q4_0 32 tokens +1.0%" in callback and "stories260K 56 tokens +0.5%" in callback
+    assert "stream=True" in stream and "q4_0 32 tokens +2.0%" in stream and "stories260K 56 tokens +10.0%" in stream
