@@ -207,10 +207,11 @@ impl PackedMatrix {
     /// activations are quantized to Q8_0 (Q8_K for the k-quants) once per call, as `quant::matmul`
     /// does, and the results equal its up to float rounding.
     pub fn matmul(&self, out: &mut [f32], out_stride: usize, x: &[f32], n_tok: usize) {
-        self.matmul_with(out, out_stride, x, n_tok, fast_kernels())
+        self.matmul_with(out, out_stride, x, n_tok, best_kernels())
     }
 
-    fn matmul_with(&self, out: &mut [f32], out_stride: usize, x: &[f32], n_tok: usize, fast: bool) {
+    fn matmul_with(&self, out: &mut [f32], out_stride: usize, x: &[f32], n_tok: usize, k: Kernels) {
+        let fast = k != Kernels::Plain;
         let (n_in, n_out) = (self.cols, self.rows);
         assert!(x.len() >= n_tok * n_in);
         assert!(n_tok == 0 || out.len() >= (n_tok - 1) * out_stride + n_out);
@@ -242,7 +243,7 @@ impl PackedMatrix {
                 let mut acts = cell.borrow_mut();
                 let (qx, bias) = acts.quantize(x, n_tok, n_in);
                 let dst = SharedOut(out.as_mut_ptr());
-                self.groups_times_activations(dst, out_stride, qx, bias, n_tok, fast);
+                self.groups_times_activations(dst, out_stride, qx, bias, n_tok, k);
             });
         }
         if self.tail_rows() > 0 {
@@ -276,7 +277,7 @@ impl PackedMatrix {
 
     /// All whole groups against all tokens, groups split across the pool in
     /// runs; tokens four at a time, then one at a time.
-    fn groups_times_activations(&self, dst: SharedOut, stride: usize, qx: &[BlockQ8], bias: &[i32], n_tok: usize, fast: bool) {
+    fn groups_times_activations(&self, dst: SharedOut, stride: usize, qx: &[BlockQ8], bias: &[i32], n_tok: usize, k: Kernels) {
         let (nb, gb, groups) = (self.blocks(), self.group_bytes(), self.groups());
         let threads = crate::pool::current_threads();
         let per_task = groups.div_ceil(threads * 8).clamp(1, 8);
@@ -292,13 +293,13 @@ impl PackedMatrix {
                     let (x4, b4) = ([0, 1, 2, 3].map(|j| tok(tk + j).0), [0, 1, 2, 3].map(|j| tok(tk + j).1));
                     // SAFETY: rows g*8..g*8+8 of tokens tk..tk+4 are written by
                     // this task only, within the bounds the caller asserted.
-                    unsafe { group_dot::<4>(t, grp, nb, x4, b4, dst.0.add(tk * stride + g * GROUP), stride, fast) };
+                    unsafe { group_dot::<4>(t, grp, nb, x4, b4, dst.0.add(tk * stride + g * GROUP), stride, k) };
                     tk += 4;
                 }
                 for tk in tk..n_tok {
                     let (x1, b1) = tok(tk);
                     // SAFETY: as above.
-                    unsafe { group_dot::<1>(t, grp, nb, [x1], [b1], dst.0.add(tk * stride + g * GROUP), stride, fast) };
+                    unsafe { group_dot::<1>(t, grp, nb, [x1], [b1], dst.0.add(tk * stride + g * GROUP), stride, k) };
                 }
             }
         });
@@ -307,6 +308,40 @@ impl PackedMatrix {
 
 fn m_tail_len(rows: usize, row_bytes: usize) -> usize {
     rows % GROUP * row_bytes
+}
+
+/// Which Q4_0/Q8_0 group kernels run: plain Rust, AVX2, or AVX2 with
+/// AVX-512 VNNI's `vpdpbusd` on 256-bit vectors (one instruction for the
+/// byte products and their sum). All give the same integer block sums.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Kernels {
+    Plain,
+    Avx2,
+    Vnni,
+}
+
+/// The fastest kernels this CPU runs.
+fn best_kernels() -> Kernels {
+    if !fast_kernels() {
+        Kernels::Plain
+    } else if has_vnni() {
+        Kernels::Vnni
+    } else {
+        Kernels::Avx2
+    }
+}
+
+fn has_vnni() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::sync::OnceLock;
+        static HAS: OnceLock<bool> = OnceLock::new();
+        *HAS.get_or_init(|| is_x86_feature_detected!("avx512vnni") && is_x86_feature_detected!("avx512vl"))
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
 }
 
 /// Whether the AVX2 kernels can run here.
@@ -325,7 +360,7 @@ fn fast_kernels() -> bool {
 /// and the group's row r.
 ///
 /// # Safety
-/// `out` must be valid for those writes; `fast` only where `fast_kernels()`.
+/// `out` must be valid for those writes; `k` one that this CPU runs.
 #[allow(clippy::too_many_arguments)]
 #[inline]
 unsafe fn group_dot<const N: usize>(
@@ -336,19 +371,19 @@ unsafe fn group_dot<const N: usize>(
     bias: [&[i32]; N],
     out: *mut f32,
     stride: usize,
-    fast: bool,
+    k: Kernels,
 ) {
     debug_assert!(xs.iter().all(|x| x.len() == nb) && bias.iter().all(|b| b.len() == nb));
     #[cfg(target_arch = "x86_64")]
-    if fast {
-        match t {
-            QuantType::Q4_0 => avx2::group_q4_0::<N>(grp.as_ptr(), nb, xs, bias, out, stride),
-            QuantType::Q8_0 => avx2::group_q8_0::<N>(grp.as_ptr(), nb, xs, out, stride),
-            _ => unreachable!("only Q4_0 and Q8_0 are packed"),
-        }
-        return;
+    match (k, t) {
+        (Kernels::Plain, _) => {}
+        (Kernels::Avx2, QuantType::Q4_0) => return avx2::group_q4_0::<N>(grp.as_ptr(), nb, xs, bias, out, stride),
+        (Kernels::Avx2, QuantType::Q8_0) => return avx2::group_q8_0::<N>(grp.as_ptr(), nb, xs, out, stride),
+        (Kernels::Vnni, QuantType::Q4_0) => return avx2::group_q4_0_vnni::<N>(grp.as_ptr(), nb, xs, bias, out, stride),
+        (Kernels::Vnni, QuantType::Q8_0) => return avx2::group_q8_0_vnni::<N>(grp.as_ptr(), nb, xs, bias, out, stride),
+        _ => unreachable!("only Q4_0 and Q8_0 are packed"),
     }
-    let _ = fast;
+    let _ = k;
     let v = group_dot_scalar(t, grp, nb, xs);
     for (k, row) in v.iter().enumerate() {
         for (r, &val) in row.iter().enumerate() {
@@ -502,6 +537,82 @@ mod avx2 {
         }
     }
 
+    /// `group_q4_0` with `vpdpbusd`: each token's i32 sums start at minus
+    /// its bias and take the nibble * activation products directly (exact,
+    /// so the results are `group_q4_0`'s bit for bit).
+    #[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
+    pub(super) unsafe fn group_q4_0_vnni<const N: usize>(
+        g: *const u8,
+        nb: usize,
+        xs: [&[BlockQ8]; N],
+        bias: [&[i32]; N],
+        out: *mut f32,
+        stride: usize,
+    ) {
+        let m4 = _mm256_set1_epi8(0x0f);
+        let mut acc = [_mm256_setzero_ps(); N];
+        for b in 0..nb {
+            let (sc, qs) = super::block_at(16, b);
+            let q = g.add(qs);
+            prefetch::<2>(q);
+            let ys: [&BlockQ8; N] = std::array::from_fn(|t| xs[t].get_unchecked(b));
+            let mut s: [__m256i; N] = std::array::from_fn(|t| _mm256_set1_epi32(-*bias[t].get_unchecked(b)));
+            for k in 0..4 {
+                let v = _mm256_load_si256(q.add(32 * k) as *const __m256i);
+                let lo = _mm256_and_si256(v, m4);
+                let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(v), m4);
+                for t in 0..N {
+                    s[t] = _mm256_dpbusd_epi32(s[t], lo, bcast(ys[t], k));
+                    s[t] = _mm256_dpbusd_epi32(s[t], hi, bcast(ys[t], k + 4));
+                }
+            }
+            let d = scales(g.add(sc));
+            for t in 0..N {
+                acc[t] = _mm256_fmadd_ps(_mm256_mul_ps(d, _mm256_set1_ps(ys[t].d)), _mm256_cvtepi32_ps(s[t]), acc[t]);
+            }
+        }
+        for (t, a) in acc.iter().enumerate() {
+            _mm256_storeu_ps(out.add(t * stride), *a);
+        }
+    }
+
+    /// `group_q8_0` with `vpdpbusd`: the weights go in as unsigned bytes
+    /// w + 128 (a sign-bit flip), and 128 * sum(y) = 16 * bias comes off at
+    /// the end; exact, so the results are `group_q8_0`'s bit for bit.
+    #[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
+    pub(super) unsafe fn group_q8_0_vnni<const N: usize>(
+        g: *const u8,
+        nb: usize,
+        xs: [&[BlockQ8]; N],
+        bias: [&[i32]; N],
+        out: *mut f32,
+        stride: usize,
+    ) {
+        let flip = _mm256_set1_epi8(-128);
+        let mut acc = [_mm256_setzero_ps(); N];
+        for b in 0..nb {
+            let (sc, qs) = super::block_at(32, b);
+            let q = g.add(qs);
+            prefetch::<4>(q);
+            let ys: [&BlockQ8; N] = std::array::from_fn(|t| xs[t].get_unchecked(b));
+            // bias = 8 * sum(y), so 128 * sum(y) = 16 * bias.
+            let mut s: [__m256i; N] = std::array::from_fn(|t| _mm256_set1_epi32(-16 * *bias[t].get_unchecked(b)));
+            for k in 0..8 {
+                let u = _mm256_xor_si256(_mm256_load_si256(q.add(32 * k) as *const __m256i), flip);
+                for t in 0..N {
+                    s[t] = _mm256_dpbusd_epi32(s[t], u, bcast(ys[t], k));
+                }
+            }
+            let d = scales(g.add(sc));
+            for t in 0..N {
+                acc[t] = _mm256_fmadd_ps(_mm256_mul_ps(d, _mm256_set1_ps(ys[t].d)), _mm256_cvtepi32_ps(s[t]), acc[t]);
+            }
+        }
+        for (t, a) in acc.iter().enumerate() {
+            _mm256_storeu_ps(out.add(t * stride), *a);
+        }
+    }
+
     /// Q8_0 group (256 quant bytes per block) against `N` tokens.
     #[target_feature(enable = "avx2,fma,f16c")]
     pub(super) unsafe fn group_q8_0<const N: usize>(g: *const u8, nb: usize, xs: [&[BlockQ8]; N], out: *mut f32, stride: usize) {
@@ -574,12 +685,12 @@ mod tests {
 
     /// The packed matmul against `quant::matmul` on the same rows: equal up
     /// to the order of float additions (the integer block sums are exact).
-    fn check_against_unpacked(t: QuantType, rows: usize, cols: usize, n_tok: usize, stride: usize, fast: bool, seed: u64) {
+    fn check_against_unpacked(t: QuantType, rows: usize, cols: usize, n_tok: usize, stride: usize, k: Kernels, seed: u64) {
         let w = rand_blocks(t, rows, cols, seed);
         let x: Vec<f32> = rand(n_tok * cols, seed + 1).iter().enumerate().map(|(i, v)| v * (1.0 + (i % 5) as f32)).collect();
         let m = PackedMatrix::new(t, &[&w], rows, cols);
         let mut got = vec![f32::NAN; n_tok * stride];
-        m.matmul_with(&mut got, stride, &x, n_tok, fast);
+        m.matmul_with(&mut got, stride, &x, n_tok, k);
         let mut want = vec![0.0f32; n_tok * rows];
         quant::matmul(t, &mut want, rows, &x, &w, n_tok, cols, rows);
         // Magnitude of the terms each result sums, for the tolerance.
@@ -599,8 +710,8 @@ mod tests {
 
     #[test]
     fn packed_matmul_matches_unpacked() {
-        let fast = fast_kernels();
-        eprintln!("avx2 packed kernels: {fast}");
+        let fast = best_kernels();
+        eprintln!("packed kernels: {fast:?}");
         for t in TYPES {
             for (i, &(rows, cols)) in [(8, 32), (16, 64), (13, 96), (21, 512), (64, 256), (7, 64), (35, 128)].iter().enumerate() {
                 for n_tok in 1..=9 {
@@ -617,7 +728,7 @@ mod tests {
         let cases = TYPES.iter().map(|&t| (t, 160)).chain(K_TYPES.iter().map(|&t| (t, 512)));
         for (t, cols) in cases {
             for n_tok in [1, 4, 6] {
-                check_against_unpacked(t, 19, cols, n_tok, 23, false, 7 + n_tok as u64);
+                check_against_unpacked(t, 19, cols, n_tok, 23, Kernels::Plain, 7 + n_tok as u64);
             }
         }
     }
@@ -635,10 +746,16 @@ mod tests {
             let w = rand_blocks(t, rows, cols, 3);
             let x = rand(n_tok * cols, 4);
             let m = PackedMatrix::new(t, &[&w], rows, cols);
-            let (mut a, mut b) = (vec![0.0f32; n_tok * rows], vec![0.0f32; n_tok * rows]);
-            m.matmul_with(&mut a, rows, &x, n_tok, true);
-            m.matmul_with(&mut b, rows, &x, n_tok, false);
-            assert_eq!(a.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), b.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), "{t:?}");
+            let mut b = vec![0.0f32; n_tok * rows];
+            m.matmul_with(&mut b, rows, &x, n_tok, Kernels::Plain);
+            // Every fast level this CPU has (VNNI only for Q4_0/Q8_0).
+            let levels = [Kernels::Avx2, Kernels::Vnni].into_iter().filter(|&k| k != Kernels::Vnni || has_vnni());
+            for k in levels {
+                let mut a = vec![0.0f32; n_tok * rows];
+                m.matmul_with(&mut a, rows, &x, n_tok, k);
+                let bits = |v: &[f32]| v.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&a), bits(&b), "{t:?} {k:?}");
+            }
         }
     }
 
@@ -680,7 +797,7 @@ mod tests {
 
     #[test]
     fn k_packed_matmul_matches_unpacked() {
-        let fast = fast_kernels();
+        let fast = best_kernels();
         for t in K_TYPES {
             for (i, &rows) in [7usize, 8, 13, 24, 35].iter().enumerate() {
                 for nb in 1..=3 {
