@@ -211,7 +211,7 @@ impl PackedMatrix {
     }
 
     fn matmul_with(&self, out: &mut [f32], out_stride: usize, x: &[f32], n_tok: usize, k: Kernels) {
-        let fast = k != Kernels::Plain;
+        let (fast, vnni) = (k != Kernels::Plain, k == Kernels::Vnni);
         let (n_in, n_out) = (self.cols, self.rows);
         assert!(x.len() >= n_tok * n_in);
         assert!(n_tok == 0 || out.len() >= (n_tok - 1) * out_stride + n_out);
@@ -231,9 +231,9 @@ impl PackedMatrix {
                     // written by this tile only, within the bounds asserted above.
                     unsafe {
                         if four {
-                            packed_k::group_dot::<4>(t, grp, nb, std::array::from_fn(|j| tok(tk + j)), out, out_stride, fast)
+                            packed_k::group_dot::<4>(t, grp, nb, std::array::from_fn(|j| tok(tk + j)), out, out_stride, fast, vnni)
                         } else {
-                            packed_k::group_dot::<1>(t, grp, nb, [tok(tk)], out, out_stride, fast)
+                            packed_k::group_dot::<1>(t, grp, nb, [tok(tk)], out, out_stride, fast, vnni)
                         }
                     }
                 });
@@ -748,7 +748,7 @@ mod tests {
             let m = PackedMatrix::new(t, &[&w], rows, cols);
             let mut b = vec![0.0f32; n_tok * rows];
             m.matmul_with(&mut b, rows, &x, n_tok, Kernels::Plain);
-            // Every fast level this CPU has (VNNI only for Q4_0/Q8_0).
+            // Every fast level this CPU has.
             let levels = [Kernels::Avx2, Kernels::Vnni].into_iter().filter(|&k| k != Kernels::Vnni || has_vnni());
             for k in levels {
                 let mut a = vec![0.0f32; n_tok * rows];

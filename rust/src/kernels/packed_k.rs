@@ -161,7 +161,8 @@ pub(crate) fn unpack_row(t: QuantType, grp: &[u8], lane: usize, out: &mut [u8]) 
 ///
 /// # Safety
 /// `out` must be valid for those writes; `fast` only where the CPU has
-/// AVX2, FMA and F16C.
+/// AVX2, FMA and F16C, `vnni` (with `fast`) only where it also has AVX-512
+/// VNNI and VL.
 #[allow(clippy::too_many_arguments)]
 #[inline]
 pub(crate) unsafe fn group_dot<const N: usize>(
@@ -172,19 +173,24 @@ pub(crate) unsafe fn group_dot<const N: usize>(
     out: *mut f32,
     stride: usize,
     fast: bool,
+    vnni: bool,
 ) {
     debug_assert!(xs.iter().all(|x| x.len() == nb) && grp.len() == nb * superblock_bytes(t));
     #[cfg(target_arch = "x86_64")]
     if fast {
-        match t {
-            QuantType::Q4_K => avx2::group_q45k::<N, false>(grp.as_ptr(), nb, xs, out, stride),
-            QuantType::Q5_K => avx2::group_q45k::<N, true>(grp.as_ptr(), nb, xs, out, stride),
-            QuantType::Q6_K => avx2::group_q6k::<N>(grp.as_ptr(), nb, xs, out, stride),
+        let g = grp.as_ptr();
+        match (t, vnni) {
+            (QuantType::Q4_K, false) => avx2::group_q45k::<N, false>(g, nb, xs, out, stride),
+            (QuantType::Q5_K, false) => avx2::group_q45k::<N, true>(g, nb, xs, out, stride),
+            (QuantType::Q6_K, false) => avx2::group_q6k::<N>(g, nb, xs, out, stride),
+            (QuantType::Q4_K, true) => avx2::group_q45k_vnni::<N, false>(g, nb, xs, out, stride),
+            (QuantType::Q5_K, true) => avx2::group_q45k_vnni::<N, true>(g, nb, xs, out, stride),
+            (QuantType::Q6_K, true) => avx2::group_q6k_vnni::<N>(g, nb, xs, out, stride),
             _ => unreachable!("{t:?} has no packed k-quant layout"),
         }
         return;
     }
-    let _ = fast;
+    let _ = (fast, vnni);
     let v = group_dot_scalar(t, grp, nb, xs);
     for (k, row) in v.iter().enumerate() {
         for (r, &val) in row.iter().enumerate() {
@@ -300,6 +306,8 @@ mod avx2 {
     /// - `HIGH[jj]`: (e << 8, e << 8) (an arithmetic shift by 8 then gives
     ///   the signed entry in both halves);
     /// - `PAIR[p]`: (e_{2p} << 8, e_{2p+1} << 8).
+    ///
+    /// (kinds 3 and 4: `ONE` and `TOP` below.)
     const fn masks(kind: usize) -> [[u8; 32]; 4] {
         let mut m = [[0x80u8; 32]; 4];
         let mut jj = 0;
@@ -308,11 +316,15 @@ mod avx2 {
             while i < 32 {
                 let rl = (i % 16) / 4;
                 let (e0, e1) = match kind {
-                    0 | 1 => (jj, jj),
+                    0 | 1 | 3 | 4 => (jj, jj),
                     _ => (2 * (jj % 2), 2 * (jj % 2) + 1),
                 };
                 let (lo, hi) = ((4 * rl + e0) as u8, (4 * rl + e1) as u8);
-                if kind == 0 {
+                if kind == 3 {
+                    m[jj][i] = lo;
+                } else if kind == 4 {
+                    m[jj][i + 3] = lo;
+                } else if kind == 0 {
                     m[jj][i] = lo;
                     m[jj][i + 2] = hi;
                 } else {
@@ -328,6 +340,11 @@ mod avx2 {
     static DUP: [[u8; 32]; 4] = masks(0);
     static HIGH: [[u8; 32]; 4] = masks(1);
     static PAIR: [[u8; 32]; 4] = masks(2);
+    /// For `vpdpbusd`'s i32 sums, i32 lane r gets row r's entry `jj`:
+    /// - `ONE[jj]`: zero-extended;
+    /// - `TOP[jj]`: in the top byte (an arithmetic shift by 24 gives it signed).
+    static ONE: [[u8; 32]; 4] = masks(3);
+    static TOP: [[u8; 32]; 4] = masks(4);
 
     #[inline(always)]
     unsafe fn shuffle(table: __m256i, mask: &[u8; 32]) -> __m256i {
@@ -360,8 +377,11 @@ mod avx2 {
     /// then times the scales `sc` into `sumi`. A 16-bit lane adds products
     /// of at most 15 * 127 (Q4_K: 16 of them, at most 30480) or 31 * 127
     /// (Q5_K: 8 of them, at most 31496, then a fresh sum).
+    ///
+    /// With VNNI, `sc` holds the scales as i32 (`ONE`) and `vpdpbusd` makes
+    /// each token's exact i32 sum, then times the scales: the same integers.
     #[inline(always)]
-    unsafe fn sub_block<const N: usize, const FIVE: bool, const J: usize>(
+    unsafe fn sub_block<const N: usize, const FIVE: bool, const J: usize, const VNNI: bool>(
         sb: *const u8,
         ys: &[&BlockQ8K; N],
         sc: __m256i,
@@ -381,6 +401,24 @@ mod avx2 {
                 v
             }
         };
+        if VNNI {
+            let dot = |t: usize, w: &dyn Fn(usize) -> __m256i| {
+                let mut s = _mm256_setzero_si256();
+                for k in 0..8 {
+                    s = _mm256_dpbusd_epi32(s, w(k), bcast(ys[t], 32 * J + 4 * k));
+                }
+                _mm256_mullo_epi32(s, sc)
+            };
+            if N == 1 {
+                sumi[0] = _mm256_add_epi32(sumi[0], dot(0, &|k| unpack(k)));
+            } else {
+                let w: [__m256i; 8] = std::array::from_fn(unpack);
+                for t in 0..N {
+                    sumi[t] = _mm256_add_epi32(sumi[t], dot(t, &|k| w[k]));
+                }
+            }
+            return;
+        }
         let halves = if FIVE { 2 } else { 1 };
         if N == 1 {
             // One token: each vector unpacked as it is used.
@@ -410,7 +448,18 @@ mod avx2 {
 
     /// Q4_K (FIVE false) or Q5_K group against `N` tokens.
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub(super) unsafe fn group_q45k<const N: usize, const FIVE: bool>(
+    pub(super) unsafe fn group_q45k<const N: usize, const FIVE: bool>(g: *const u8, nb: usize, xs: [&[BlockQ8K]; N], out: *mut f32, stride: usize) {
+        q45k::<N, FIVE, false>(g, nb, xs, out, stride)
+    }
+
+    /// `group_q45k` with AVX-512 VNNI's `vpdpbusd`.
+    #[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
+    pub(super) unsafe fn group_q45k_vnni<const N: usize, const FIVE: bool>(g: *const u8, nb: usize, xs: [&[BlockQ8K]; N], out: *mut f32, stride: usize) {
+        q45k::<N, FIVE, true>(g, nb, xs, out, stride)
+    }
+
+    #[inline(always)]
+    unsafe fn q45k<const N: usize, const FIVE: bool, const VNNI: bool>(
         g: *const u8,
         nb: usize,
         xs: [&[BlockQ8K]; N],
@@ -428,14 +477,14 @@ mod avx2 {
             let ys: [&BlockQ8K; N] = std::array::from_fn(|t| xs[t].get_unchecked(b));
             let mut sumi = [_mm256_setzero_si256(); N];
             let scales = [load(sb.add(32)), load(sb.add(64))];
-            sub_block::<N, FIVE, 0>(sb, &ys, shuffle(scales[0], &DUP[0]), &mut sumi);
-            sub_block::<N, FIVE, 1>(sb, &ys, shuffle(scales[0], &DUP[1]), &mut sumi);
-            sub_block::<N, FIVE, 2>(sb, &ys, shuffle(scales[0], &DUP[2]), &mut sumi);
-            sub_block::<N, FIVE, 3>(sb, &ys, shuffle(scales[0], &DUP[3]), &mut sumi);
-            sub_block::<N, FIVE, 4>(sb, &ys, shuffle(scales[1], &DUP[0]), &mut sumi);
-            sub_block::<N, FIVE, 5>(sb, &ys, shuffle(scales[1], &DUP[1]), &mut sumi);
-            sub_block::<N, FIVE, 6>(sb, &ys, shuffle(scales[1], &DUP[2]), &mut sumi);
-            sub_block::<N, FIVE, 7>(sb, &ys, shuffle(scales[1], &DUP[3]), &mut sumi);
+            sub_block::<N, FIVE, 0, VNNI>(sb, &ys, shuffle(scales[0], if VNNI { &ONE[0] } else { &DUP[0] }), &mut sumi);
+            sub_block::<N, FIVE, 1, VNNI>(sb, &ys, shuffle(scales[0], if VNNI { &ONE[1] } else { &DUP[1] }), &mut sumi);
+            sub_block::<N, FIVE, 2, VNNI>(sb, &ys, shuffle(scales[0], if VNNI { &ONE[2] } else { &DUP[2] }), &mut sumi);
+            sub_block::<N, FIVE, 3, VNNI>(sb, &ys, shuffle(scales[0], if VNNI { &ONE[3] } else { &DUP[3] }), &mut sumi);
+            sub_block::<N, FIVE, 4, VNNI>(sb, &ys, shuffle(scales[1], if VNNI { &ONE[0] } else { &DUP[0] }), &mut sumi);
+            sub_block::<N, FIVE, 5, VNNI>(sb, &ys, shuffle(scales[1], if VNNI { &ONE[1] } else { &DUP[1] }), &mut sumi);
+            sub_block::<N, FIVE, 6, VNNI>(sb, &ys, shuffle(scales[1], if VNNI { &ONE[2] } else { &DUP[2] }), &mut sumi);
+            sub_block::<N, FIVE, 7, VNNI>(sb, &ys, shuffle(scales[1], if VNNI { &ONE[3] } else { &DUP[3] }), &mut sumi);
             // Min term: sum_j m_j * (bsums[2j] + bsums[2j+1]).
             let mins = [load(sb.add(96)), load(sb.add(128))];
             let mut summ = [_mm256_setzero_si256(); N];
@@ -461,6 +510,17 @@ mod avx2 {
     /// Q6_K group against `N` tokens.
     #[target_feature(enable = "avx2,fma,f16c")]
     pub(super) unsafe fn group_q6k<const N: usize>(g: *const u8, nb: usize, xs: [&[BlockQ8K]; N], out: *mut f32, stride: usize) {
+        q6k::<N, false>(g, nb, xs, out, stride)
+    }
+
+    /// `group_q6k` with AVX-512 VNNI's `vpdpbusd`.
+    #[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
+    pub(super) unsafe fn group_q6k_vnni<const N: usize>(g: *const u8, nb: usize, xs: [&[BlockQ8K]; N], out: *mut f32, stride: usize) {
+        q6k::<N, true>(g, nb, xs, out, stride)
+    }
+
+    #[inline(always)]
+    unsafe fn q6k<const N: usize, const VNNI: bool>(g: *const u8, nb: usize, xs: [&[BlockQ8K]; N], out: *mut f32, stride: usize) {
         let mut acc = [_mm256_setzero_ps(); N];
         for b in 0..nb {
             let sb = g.add(b * Q6K_SB);
@@ -482,8 +542,20 @@ mod avx2 {
                 if gi % 2 == 0 {
                     prefetch::<4>(v);
                 }
-                let sc = _mm256_srai_epi16::<8>(shuffle(tables[gi / 4], &HIGH[gi % 4]));
                 let w = [0, 1, 2, 3].map(|k| load(v.add(32 * k)));
+                if VNNI {
+                    // Each token's exact i32 sum over the 16 values, times the signed scale.
+                    let sc = _mm256_srai_epi32::<24>(shuffle(tables[gi / 4], &TOP[gi % 4]));
+                    for t in 0..N {
+                        let mut s = _mm256_setzero_si256();
+                        for (k, &wk) in w.iter().enumerate() {
+                            s = _mm256_dpbusd_epi32(s, wk, bcast(ys[t], 16 * gi + 4 * k));
+                        }
+                        sumi[t] = _mm256_add_epi32(sumi[t], _mm256_mullo_epi32(s, sc));
+                    }
+                    continue;
+                }
+                let sc = _mm256_srai_epi16::<8>(shuffle(tables[gi / 4], &HIGH[gi % 4]));
                 for t in 0..N {
                     // Two maddubs per 16-bit sum: four products of at most
                     // 63 * 127, at most 32004.
