@@ -24,6 +24,7 @@ _INT32 = np.iinfo(np.int32)
 _I32 = np.dtype(np.int32)
 _U32_MAX = 2**32 - 1
 _OK = lib.PYFFI_OK
+_forward = lib.pyffi_forward
 _SEED_RANDOM = 2**64 - 1
 
 
@@ -142,10 +143,9 @@ class Session(Handle):
         last_only = bool(last_only)
         logits = np.empty((1, 1 if last_only else n, self.vocab_size), dtype=np.float32)
         err = ffi.new("pyffi_error **")
-        status = lib.pyffi_forward(self._ptr, tokens, ffi.new("uint32_t[1]", (n,)), 1,
-                                   ffi.new("uint32_t[1]", (start_pos,)), last_only,
-                                   ffi.from_buffer("float[]", logits, require_writable=True),
-                                   logits.size, ffi.NULL, err)
+        length_start = ffi.new("uint32_t[2]", (n, start_pos))  # one allocation for both
+        status = _forward(self._ptr, tokens, length_start, 1, length_start + 1, last_only,
+                          ffi.from_buffer("float[]", logits, require_writable=True), logits.size, ffi.NULL, err)
         if status != _OK:
             raise_error(status, err[0])
         return logits
