@@ -48,6 +48,61 @@ pub fn axpy_f16(out: &mut [f32], p: f32, v: &[f16]) {
     }
 }
 
+/// `out[h * stride] = dot_f32_f16(q_h, k)` for every head `h` of a GQA group
+/// (`q` holds the heads' `hd`-long queries side by side): the key is loaded
+/// once for all heads. Bit for bit the per-head `dot_f32_f16`.
+pub fn dot_heads_f16(q: &[f32], hd: usize, k: &[f16], out: &mut [f32], stride: usize) {
+    let heads = q.len() / hd.max(1);
+    assert!(k.len() >= hd && (heads == 0 || out.len() > (heads - 1) * stride));
+    #[cfg(target_arch = "x86_64")]
+    if has_f16c_fma() && hd % 8 == 0 {
+        macro_rules! go {
+            ($($g:literal)*) => {
+                match heads {
+                    // SAFETY: the CPU has the features; sizes asserted above.
+                    $($g => return unsafe { x86::dot_heads::<$g>(q, hd, k, out.as_mut_ptr(), stride) },)*
+                    _ => {}
+                }
+            };
+        }
+        go!(1 2 3 4 5 6 7 8);
+    }
+    for h in 0..heads {
+        out[h * stride] = dot_f32_f16(&q[h * hd..(h + 1) * hd], &k[..hd]);
+    }
+}
+
+/// For every head `h` of a group, `out_h = sum_i p[h * p_stride + i] * v_i`
+/// over `i < n` in order, `v_i = values[i * v_stride..][..hd]`: each value
+/// row is loaded once for all heads. Bit for bit `axpy_f16` applied key by
+/// key to a zeroed `out`.
+#[allow(clippy::too_many_arguments)]
+pub fn mix_heads_f16(out: &mut [f32], hd: usize, p: &[f32], p_stride: usize, n: usize, values: &[f16], v_stride: usize) {
+    let heads = out.len() / hd.max(1);
+    assert!(n == 0 || values.len() >= (n - 1) * v_stride + hd);
+    assert!(heads == 0 || n == 0 || p.len() >= (heads - 1) * p_stride + n);
+    #[cfg(target_arch = "x86_64")]
+    if has_f16c_fma() && hd % 8 == 0 {
+        macro_rules! go {
+            ($($g:literal)*) => {
+                match heads {
+                    // SAFETY: the CPU has the features; sizes asserted above.
+                    $($g => return unsafe { x86::mix_heads::<$g>(out, hd, p, p_stride, n, values.as_ptr(), v_stride) },)*
+                    _ => {}
+                }
+            };
+        }
+        go!(1 2 3 4 5 6 7 8);
+    }
+    out.fill(0.0);
+    for i in 0..n {
+        let v = &values[i * v_stride..i * v_stride + hd];
+        for h in 0..heads {
+            axpy_f16(&mut out[h * hd..(h + 1) * hd], p[h * p_stride + i], v);
+        }
+    }
+}
+
 /// Rows per register tile, and tokens per tile.
 const TILE_ROWS: usize = 4;
 const TILE_TOKENS: usize = 3;
@@ -255,6 +310,42 @@ mod x86 {
         }
     }
 
+    /// `dot_f32_f16` of G queries against one key (hd % 8 == 0).
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn dot_heads<const G: usize>(q: &[f32], hd: usize, k: &[f16], out: *mut f32, stride: usize) {
+        let mut acc = [_mm256_setzero_ps(); G];
+        let mut i = 0;
+        while i < hd {
+            let kv = load8(k.as_ptr().add(i));
+            for (h, a) in acc.iter_mut().enumerate() {
+                *a = _mm256_fmadd_ps(_mm256_loadu_ps(q.as_ptr().add(h * hd + i)), kv, *a);
+            }
+            i += 8;
+        }
+        for (h, a) in acc.iter().enumerate() {
+            *out.add(h * stride) = hsum(*a);
+        }
+    }
+
+    /// `axpy_f16`'s sums for G heads, 8 dimensions at a time in registers.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn mix_heads<const G: usize>(out: &mut [f32], hd: usize, p: &[f32], p_stride: usize, n: usize, values: *const f16, v_stride: usize) {
+        let mut c = 0;
+        while c < hd {
+            let mut acc = [_mm256_setzero_ps(); G];
+            for i in 0..n {
+                let v = load8(values.add(i * v_stride + c));
+                for (h, a) in acc.iter_mut().enumerate() {
+                    *a = _mm256_fmadd_ps(_mm256_set1_ps(*p.get_unchecked(h * p_stride + i)), v, *a);
+                }
+            }
+            for (h, a) in acc.iter().enumerate() {
+                _mm256_storeu_ps(out.as_mut_ptr().add(h * hd + c), *a);
+            }
+            c += 8;
+        }
+    }
+
     /// A weight element the tile kernel can load 8 of as float32.
     pub trait Elem: Copy {
         /// # Safety
@@ -365,6 +456,37 @@ mod tests {
             axpy_f16(&mut out, 0.5, &b);
             for i in 0..n {
                 assert_eq!(out[i], a[i] + 0.5 * b[i].to_f32());
+            }
+        }
+    }
+
+    #[test]
+    fn head_group_helpers_equal_the_per_head_ones_bit_for_bit() {
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        for hd in [8, 16, 64, 12] {
+            for heads in [1, 3, 4, 7, 8, 9] {
+                let q: Vec<f32> = halves(heads * hd, 21).iter().map(|v| v.to_f32() * 2.0).collect();
+                let k = halves(hd, 22);
+                let stride = 5;
+                let mut got = vec![0.0f32; heads * stride];
+                dot_heads_f16(&q, hd, &k, &mut got, stride);
+                for h in 0..heads {
+                    assert_eq!(got[h * stride].to_bits(), dot_f32_f16(&q[h * hd..(h + 1) * hd], &k).to_bits(), "hd {hd} heads {heads}");
+                }
+                for n in [0, 1, 5, 33] {
+                    let (v_stride, p_stride) = (hd + 8, n + 2);
+                    let values = halves(n.max(1) * v_stride, 23);
+                    let p: Vec<f32> = halves(heads * p_stride, 24).iter().map(|v| v.to_f32().abs()).collect();
+                    let mut fused = vec![f32::NAN; heads * hd];
+                    mix_heads_f16(&mut fused, hd, &p, p_stride, n, &values, v_stride);
+                    let mut want = vec![0.0f32; heads * hd];
+                    for i in 0..n {
+                        for h in 0..heads {
+                            axpy_f16(&mut want[h * hd..(h + 1) * hd], p[h * p_stride + i], &values[i * v_stride..i * v_stride + hd]);
+                        }
+                    }
+                    assert_eq!(bits(&fused), bits(&want), "hd {hd} heads {heads} n {n}");
+                }
             }
         }
     }

@@ -36,6 +36,24 @@ pub trait KvElem: Copy + Send + Sync + 'static {
     fn dot(q: &[f32], k: &[Self]) -> f32;
     /// `out += p * v`.
     fn axpy(out: &mut [f32], p: f32, v: &[Self]);
+    /// `out[h * stride] = q_h . k` for each `hd`-long query `q_h` in `q`.
+    fn dot_heads(q: &[f32], hd: usize, k: &[Self], out: &mut [f32], stride: usize) {
+        for h in 0..q.len() / hd {
+            out[h * stride] = Self::dot(&q[h * hd..(h + 1) * hd], &k[..hd]);
+        }
+    }
+    /// `out_h = sum_i p[h * p_stride + i] * v_i` for each `hd`-long head of
+    /// `out`, over `i < n` in order (`axpy` key by key from zero), with
+    /// `v_i = values[i * v_stride..][..hd]`.
+    fn mix_heads(out: &mut [f32], hd: usize, p: &[f32], p_stride: usize, n: usize, values: &[Self], v_stride: usize) {
+        out.fill(0.0);
+        for i in 0..n {
+            let v = &values[i * v_stride..i * v_stride + hd];
+            for h in 0..out.len() / hd {
+                Self::axpy(&mut out[h * hd..(h + 1) * hd], p[h * p_stride + i], v);
+            }
+        }
+    }
 }
 
 impl KvElem for f32 {
@@ -66,6 +84,12 @@ impl KvElem for f16 {
     }
     fn dot(q: &[f32], k: &[f16]) -> f32 {
         crate::kernels::f16::dot_f32_f16(q, k)
+    }
+    fn dot_heads(q: &[f32], hd: usize, k: &[f16], out: &mut [f32], stride: usize) {
+        crate::kernels::f16::dot_heads_f16(q, hd, k, out, stride)
+    }
+    fn mix_heads(out: &mut [f32], hd: usize, p: &[f32], p_stride: usize, n: usize, values: &[f16], v_stride: usize) {
+        crate::kernels::f16::mix_heads_f16(out, hd, p, p_stride, n, values, v_stride)
     }
     fn axpy(out: &mut [f32], p: f32, v: &[f16]) {
         crate::kernels::f16::axpy_f16(out, p, v)

@@ -96,19 +96,23 @@ fn attend_group<T: KvElem>(q: &[f32], keys: &[T], values: &[T], span: &AttnSpan,
     }
     for (i, j) in (span.first..span.n).enumerate() {
         let k = &keys[j * span.kvd + span.kv_off..][..hd];
+        T::dot_heads(qr, hd, k, &mut scores[i..], stride);
         for h in 0..heads {
-            scores[h * stride + i] = T::dot(&qr[h * hd..(h + 1) * hd], k) * span.scale;
+            scores[h * stride + i] *= span.scale;
         }
     }
     for h in 0..heads {
-        softmax(&mut scores[h * stride..h * stride + len]);
-    }
-    out.fill(0.0);
-    for (i, j) in (span.first..span.n).enumerate() {
-        let v = &values[j * span.kvd + span.kv_off..][..hd];
-        for h in 0..heads {
-            T::axpy(&mut out[h * hd..(h + 1) * hd], T::round(scores[h * stride + i]), v);
+        let row = &mut scores[h * stride..h * stride + len];
+        softmax(row);
+        for p in row.iter_mut() {
+            *p = T::round(*p);
         }
+    }
+    if len > 0 {
+        let base = span.first * span.kvd + span.kv_off;
+        T::mix_heads(out, hd, scores, stride, len, &values[base..(span.n - 1) * span.kvd + span.kv_off + hd], span.kvd);
+    } else {
+        out.fill(0.0);
     }
 }
 
