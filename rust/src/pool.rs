@@ -113,20 +113,34 @@ pub fn parallel_chunks<T: Send>(data: &mut [T], chunk: usize, f: impl Fn(usize, 
         let start = i * chunk;
         // SAFETY: task i alone touches elements start..start+chunk of `data`,
         // which the caller lent us mutably for the whole call.
-        let piece = unsafe { std::slice::from_raw_parts_mut(base.0.add(start), chunk.min(len - start)) };
+        let piece =
+            unsafe { std::slice::from_raw_parts_mut(base.0.add(start), chunk.min(len - start)) };
         f(i, piece)
     });
 }
 
 /// `f(i, a_chunk, b_chunk)` over two slices cut into the same number of
 /// pieces (`a` by `ca`, `b` by `cb`; both exactly whole), in parallel.
-pub fn parallel_chunks2<A: Send, B: Send>(a: &mut [A], ca: usize, b: &mut [B], cb: usize, f: impl Fn(usize, &mut [A], &mut [B]) + Sync) {
-    assert!(ca > 0 && cb > 0 && a.len() % ca == 0 && b.len() % cb == 0 && a.len() / ca == b.len() / cb);
+pub fn parallel_chunks2<A: Send, B: Send>(
+    a: &mut [A],
+    ca: usize,
+    b: &mut [B],
+    cb: usize,
+    f: impl Fn(usize, &mut [A], &mut [B]) + Sync,
+) {
+    assert!(
+        ca > 0 && cb > 0 && a.len() % ca == 0 && b.len() % cb == 0 && a.len() / ca == b.len() / cb
+    );
     let (pa, pb) = (SendPtr(a.as_mut_ptr()), SendPtr(b.as_mut_ptr()));
     parallel_for(a.len() / ca, |i| {
         let (pa, pb) = (&pa, &pb);
         // SAFETY: task i alone touches piece i of each slice (asserted whole).
-        let (x, y) = unsafe { (std::slice::from_raw_parts_mut(pa.0.add(i * ca), ca), std::slice::from_raw_parts_mut(pb.0.add(i * cb), cb)) };
+        let (x, y) = unsafe {
+            (
+                std::slice::from_raw_parts_mut(pa.0.add(i * ca), ca),
+                std::slice::from_raw_parts_mut(pb.0.add(i * cb), cb),
+            )
+        };
         f(i, x, y)
     });
 }
@@ -151,8 +165,13 @@ fn work(job: &Job) {
 /// Publish a job, work on it, wait for the other workers.
 unsafe fn run_job(s: &Shared, n_tasks: usize, f: &(dyn Fn(usize) + Sync)) {
     // Erase the closure's lifetime: it outlives the job, as we wait below.
-    let run: *const (dyn Fn(usize) + Sync) = std::mem::transmute::<&(dyn Fn(usize) + Sync), &'static (dyn Fn(usize) + Sync)>(f);
-    let job = Job { run, n_tasks, next: AtomicUsize::new(0) };
+    let run: *const (dyn Fn(usize) + Sync) =
+        std::mem::transmute::<&(dyn Fn(usize) + Sync), &'static (dyn Fn(usize) + Sync)>(f);
+    let job = Job {
+        run,
+        n_tasks,
+        next: AtomicUsize::new(0),
+    };
     let workers = THREADS.with(|t| t.get()) - 1;
     *s.job.0.get() = &job;
     s.busy.store(workers, Ordering::Relaxed);
@@ -233,13 +252,19 @@ impl Workers {
             lock: Mutex::new(()),
             wake: Condvar::new(),
         });
-        let mut w = Workers { shared, threads: n, handles: Vec::new() };
+        let mut w = Workers {
+            shared,
+            threads: n,
+            handles: Vec::new(),
+        };
         for i in 1..n {
             let s = Arc::clone(&w.shared);
             let h = std::thread::Builder::new()
                 .name(format!("pyffi-worker-{i}"))
                 .spawn(move || worker_main(s, i, n))
-                .map_err(|e| invalid_argument(format!("could not start {n} worker threads: {e}")))?;
+                .map_err(|e| {
+                    invalid_argument(format!("could not start {n} worker threads: {e}"))
+                })?;
             w.handles.push(h); // on an error, Drop stops the ones started
         }
         Ok(w)
@@ -268,8 +293,15 @@ pub struct Pool {
 
 impl Pool {
     pub fn new(requested: usize) -> Result<Pool> {
-        let n = if requested == 0 { default_threads() } else { requested };
-        Ok(Pool { requested, workers: Workers::start(n.max(1))? })
+        let n = if requested == 0 {
+            default_threads()
+        } else {
+            requested
+        };
+        Ok(Pool {
+            requested,
+            workers: Workers::start(n.max(1))?,
+        })
     }
 
     pub fn threads(&self) -> usize {
@@ -326,7 +358,10 @@ mod tests {
                     })
                 })
                 .unwrap();
-                assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == 1), "n={n} tasks={tasks}");
+                assert!(
+                    hits.iter().all(|h| h.load(Ordering::Relaxed) == 1),
+                    "n={n} tasks={tasks}"
+                );
                 assert!(seen_threads.lock().unwrap().len() <= n);
             }
         }
@@ -360,7 +395,12 @@ mod tests {
                 std::thread::sleep(SPIN * 4); // the workers go to sleep
             }
             let sum = AtomicU64::new(0);
-            pool.enter(|| parallel_for(64, |i| drop(sum.fetch_add(i as u64, Ordering::Relaxed)))).unwrap();
+            pool.enter(|| {
+                parallel_for(64, |i| {
+                    sum.fetch_add(i as u64, Ordering::Relaxed);
+                })
+            })
+            .unwrap();
             assert_eq!(sum.load(Ordering::Relaxed), 64 * 63 / 2);
         }
         drop(pool); // joins its threads
@@ -370,11 +410,20 @@ mod tests {
     fn a_panicking_task_reaches_the_caller_and_the_pool_still_works() {
         let mut pool = Pool::new(2).unwrap();
         let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            pool.enter(|| parallel_for(100, |i| assert!(i != 0, "task 0 fails"))).unwrap()
+            pool.enter(|| parallel_for(100, |i| assert!(i != 0, "task 0 fails")))
+                .unwrap()
         }));
-        assert!(r.is_err(), "the panic reaches the caller, whichever thread ran task 0");
+        assert!(
+            r.is_err(),
+            "the panic reaches the caller, whichever thread ran task 0"
+        );
         let sum = AtomicU64::new(0);
-        pool.enter(|| parallel_for(10, |i| drop(sum.fetch_add(i as u64, Ordering::Relaxed)))).unwrap();
+        pool.enter(|| {
+            parallel_for(10, |i| {
+                sum.fetch_add(i as u64, Ordering::Relaxed);
+            })
+        })
+        .unwrap();
         assert_eq!(sum.load(Ordering::Relaxed), 45);
     }
 }
