@@ -378,7 +378,7 @@ unsafe fn group_dot<const N: usize>(
     match (k, t) {
         (Kernels::Plain, _) => {}
         (Kernels::Avx2, QuantType::Q4_0) => return avx2::group_q4_0::<N>(grp.as_ptr(), nb, xs, bias, out, stride),
-        (Kernels::Avx2, QuantType::Q8_0) => return avx2::group_q8_0::<N>(grp.as_ptr(), nb, xs, out, stride),
+        (Kernels::Avx2, QuantType::Q8_0) => return avx2::group_q8_0::<N>(grp.as_ptr(), nb, xs, bias, out, stride),
         (Kernels::Vnni, QuantType::Q4_0) => return avx2::group_q4_0_vnni::<N>(grp.as_ptr(), nb, xs, bias, out, stride),
         (Kernels::Vnni, QuantType::Q8_0) => return avx2::group_q8_0_vnni::<N>(grp.as_ptr(), nb, xs, bias, out, stride),
         _ => unreachable!("only Q4_0 and Q8_0 are packed"),
@@ -495,14 +495,36 @@ mod avx2 {
 
     /// Q4_0 group (128 quant bytes per block) against `N` tokens.
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub(super) unsafe fn group_q4_0<const N: usize>(
-        g: *const u8,
-        nb: usize,
-        xs: [&[BlockQ8]; N],
-        bias: [&[i32]; N],
-        out: *mut f32,
-        stride: usize,
-    ) {
+    pub(super) unsafe fn group_q4_0<const N: usize>(g: *const u8, nb: usize, xs: [&[BlockQ8]; N], bias: [&[i32]; N], out: *mut f32, stride: usize) {
+        q4_0::<N, false>(g, nb, xs, bias, out, stride)
+    }
+
+    /// `group_q4_0` with AVX-512 VNNI's `vpdpbusd`.
+    #[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
+    pub(super) unsafe fn group_q4_0_vnni<const N: usize>(g: *const u8, nb: usize, xs: [&[BlockQ8]; N], bias: [&[i32]; N], out: *mut f32, stride: usize) {
+        q4_0::<N, true>(g, nb, xs, bias, out, stride)
+    }
+
+    /// Q8_0 group (256 quant bytes per block) against `N` tokens.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn group_q8_0<const N: usize>(g: *const u8, nb: usize, xs: [&[BlockQ8]; N], bias: [&[i32]; N], out: *mut f32, stride: usize) {
+        q8_0::<N, false>(g, nb, xs, bias, out, stride)
+    }
+
+    /// `group_q8_0` with AVX-512 VNNI's `vpdpbusd`.
+    #[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
+    pub(super) unsafe fn group_q8_0_vnni<const N: usize>(g: *const u8, nb: usize, xs: [&[BlockQ8]; N], bias: [&[i32]; N], out: *mut f32, stride: usize) {
+        q8_0::<N, true>(g, nb, xs, bias, out, stride)
+    }
+
+    /// Without VNNI, per token 16-bit sums of nibble * activation: each
+    /// lane adds eight maddubs lanes of two products of at most 15 * 127
+    /// each, at most 30480, no overflow; then minus the bias. With VNNI,
+    /// `vpdpbusd` adds the products straight into i32 sums that start at
+    /// minus the bias: the same integers. Vector k's low nibbles are values
+    /// 4k..4k+3, its high ones 16+4k..16+4k+3.
+    #[inline(always)]
+    unsafe fn q4_0<const N: usize, const VNNI: bool>(g: *const u8, nb: usize, xs: [&[BlockQ8]; N], bias: [&[i32]; N], out: *mut f32, stride: usize) {
         let m4 = _mm256_set1_epi8(0x0f);
         let ones = _mm256_set1_epi16(1);
         let mut acc = [_mm256_setzero_ps(); N];
@@ -511,24 +533,25 @@ mod avx2 {
             let q = g.add(qs);
             prefetch::<2>(q);
             let ys: [&BlockQ8; N] = std::array::from_fn(|t| xs[t].get_unchecked(b));
-            // Per token, 16-bit sums of nibble * activation: each lane adds
-            // eight maddubs lanes of two products of at most 15 * 127 each,
-            // at most 30480, no overflow. Vector k's low nibbles are values
-            // 4k..4k+3, its high ones 16+4k..16+4k+3.
-            let mut s = [_mm256_setzero_si256(); N];
+            let bias_of = |t: usize| *bias[t].get_unchecked(b);
+            let mut s: [__m256i; N] = std::array::from_fn(|t| if VNNI { _mm256_set1_epi32(-bias_of(t)) } else { _mm256_setzero_si256() });
             for k in 0..4 {
                 let v = _mm256_load_si256(q.add(32 * k) as *const __m256i);
                 let lo = _mm256_and_si256(v, m4);
                 let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(v), m4);
                 for t in 0..N {
-                    let p = _mm256_add_epi16(_mm256_maddubs_epi16(lo, bcast(ys[t], k)), _mm256_maddubs_epi16(hi, bcast(ys[t], k + 4)));
-                    s[t] = _mm256_add_epi16(s[t], p);
+                    s[t] = if VNNI {
+                        _mm256_dpbusd_epi32(_mm256_dpbusd_epi32(s[t], lo, bcast(ys[t], k)), hi, bcast(ys[t], k + 4))
+                    } else {
+                        let p = _mm256_add_epi16(_mm256_maddubs_epi16(lo, bcast(ys[t], k)), _mm256_maddubs_epi16(hi, bcast(ys[t], k + 4)));
+                        _mm256_add_epi16(s[t], p)
+                    };
                 }
             }
             let d = scales(g.add(sc));
             for t in 0..N {
                 // sum q*y - 8 * sum y = sum (q - 8) * y, lane r for row r.
-                let si = _mm256_sub_epi32(_mm256_madd_epi16(s[t], ones), _mm256_set1_epi32(*bias[t].get_unchecked(b)));
+                let si = if VNNI { s[t] } else { _mm256_sub_epi32(_mm256_madd_epi16(s[t], ones), _mm256_set1_epi32(bias_of(t))) };
                 acc[t] = _mm256_fmadd_ps(_mm256_mul_ps(d, _mm256_set1_ps(ys[t].d)), _mm256_cvtepi32_ps(si), acc[t]);
             }
         }
@@ -537,57 +560,14 @@ mod avx2 {
         }
     }
 
-    /// `group_q4_0` with `vpdpbusd`: each token's i32 sums start at minus
-    /// its bias and take the nibble * activation products directly (exact,
-    /// so the results are `group_q4_0`'s bit for bit).
-    #[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
-    pub(super) unsafe fn group_q4_0_vnni<const N: usize>(
-        g: *const u8,
-        nb: usize,
-        xs: [&[BlockQ8]; N],
-        bias: [&[i32]; N],
-        out: *mut f32,
-        stride: usize,
-    ) {
-        let m4 = _mm256_set1_epi8(0x0f);
-        let mut acc = [_mm256_setzero_ps(); N];
-        for b in 0..nb {
-            let (sc, qs) = super::block_at(16, b);
-            let q = g.add(qs);
-            prefetch::<2>(q);
-            let ys: [&BlockQ8; N] = std::array::from_fn(|t| xs[t].get_unchecked(b));
-            let mut s: [__m256i; N] = std::array::from_fn(|t| _mm256_set1_epi32(-*bias[t].get_unchecked(b)));
-            for k in 0..4 {
-                let v = _mm256_load_si256(q.add(32 * k) as *const __m256i);
-                let lo = _mm256_and_si256(v, m4);
-                let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(v), m4);
-                for t in 0..N {
-                    s[t] = _mm256_dpbusd_epi32(s[t], lo, bcast(ys[t], k));
-                    s[t] = _mm256_dpbusd_epi32(s[t], hi, bcast(ys[t], k + 4));
-                }
-            }
-            let d = scales(g.add(sc));
-            for t in 0..N {
-                acc[t] = _mm256_fmadd_ps(_mm256_mul_ps(d, _mm256_set1_ps(ys[t].d)), _mm256_cvtepi32_ps(s[t]), acc[t]);
-            }
-        }
-        for (t, a) in acc.iter().enumerate() {
-            _mm256_storeu_ps(out.add(t * stride), *a);
-        }
-    }
-
-    /// `group_q8_0` with `vpdpbusd`: the weights go in as unsigned bytes
-    /// w + 128 (a sign-bit flip), and 128 * sum(y) = 16 * bias comes off at
-    /// the end; exact, so the results are `group_q8_0`'s bit for bit.
-    #[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
-    pub(super) unsafe fn group_q8_0_vnni<const N: usize>(
-        g: *const u8,
-        nb: usize,
-        xs: [&[BlockQ8]; N],
-        bias: [&[i32]; N],
-        out: *mut f32,
-        stride: usize,
-    ) {
+    /// Without VNNI: |w| as unsigned bytes (-128 gives 128) times y with w's
+    /// signs, each 16-bit lane (up to 2 * 128 * 127) widened at once. With
+    /// VNNI: the weights go in as unsigned bytes w + 128 (a sign-bit flip),
+    /// and 128 * sum(y) = 16 * bias (bias = 8 * sum(y)) comes off: the same
+    /// integers.
+    #[inline(always)]
+    unsafe fn q8_0<const N: usize, const VNNI: bool>(g: *const u8, nb: usize, xs: [&[BlockQ8]; N], bias: [&[i32]; N], out: *mut f32, stride: usize) {
+        let ones = _mm256_set1_epi16(1);
         let flip = _mm256_set1_epi8(-128);
         let mut acc = [_mm256_setzero_ps(); N];
         for b in 0..nb {
@@ -595,43 +575,21 @@ mod avx2 {
             let q = g.add(qs);
             prefetch::<4>(q);
             let ys: [&BlockQ8; N] = std::array::from_fn(|t| xs[t].get_unchecked(b));
-            // bias = 8 * sum(y), so 128 * sum(y) = 16 * bias.
-            let mut s: [__m256i; N] = std::array::from_fn(|t| _mm256_set1_epi32(-16 * *bias[t].get_unchecked(b)));
-            for k in 0..8 {
-                let u = _mm256_xor_si256(_mm256_load_si256(q.add(32 * k) as *const __m256i), flip);
-                for t in 0..N {
-                    s[t] = _mm256_dpbusd_epi32(s[t], u, bcast(ys[t], k));
-                }
-            }
-            let d = scales(g.add(sc));
-            for t in 0..N {
-                acc[t] = _mm256_fmadd_ps(_mm256_mul_ps(d, _mm256_set1_ps(ys[t].d)), _mm256_cvtepi32_ps(s[t]), acc[t]);
-            }
-        }
-        for (t, a) in acc.iter().enumerate() {
-            _mm256_storeu_ps(out.add(t * stride), *a);
-        }
-    }
-
-    /// Q8_0 group (256 quant bytes per block) against `N` tokens.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub(super) unsafe fn group_q8_0<const N: usize>(g: *const u8, nb: usize, xs: [&[BlockQ8]; N], out: *mut f32, stride: usize) {
-        let ones = _mm256_set1_epi16(1);
-        let mut acc = [_mm256_setzero_ps(); N];
-        for b in 0..nb {
-            let (sc, qs) = super::block_at(32, b);
-            let q = g.add(qs);
-            prefetch::<4>(q);
-            let ys: [&BlockQ8; N] = std::array::from_fn(|t| xs[t].get_unchecked(b));
-            let mut s = [_mm256_setzero_si256(); N];
+            let mut s: [__m256i; N] =
+                std::array::from_fn(|t| if VNNI { _mm256_set1_epi32(-16 * *bias[t].get_unchecked(b)) } else { _mm256_setzero_si256() });
             for k in 0..8 {
                 let w = _mm256_load_si256(q.add(32 * k) as *const __m256i);
-                // |w| as unsigned bytes (-128 gives 128), times y with w's signs;
-                // a 16-bit lane holds up to 2 * 128 * 127, so each is widened.
-                let a = _mm256_sign_epi8(w, w);
-                for t in 0..N {
-                    let p = _mm256_maddubs_epi16(a, _mm256_sign_epi8(bcast(ys[t], k), w));
-                    s[t] = _mm256_add_epi32(s[t], _mm256_madd_epi16(p, ones));
+                if VNNI {
+                    let u = _mm256_xor_si256(w, flip);
+                    for t in 0..N {
+                        s[t] = _mm256_dpbusd_epi32(s[t], u, bcast(ys[t], k));
+                    }
+                } else {
+                    let a = _mm256_sign_epi8(w, w);
+                    for t in 0..N {
+                        let p = _mm256_maddubs_epi16(a, _mm256_sign_epi8(bcast(ys[t], k), w));
+                        s[t] = _mm256_add_epi32(s[t], _mm256_madd_epi16(p, ones));
+                    }
                 }
             }
             let d = scales(g.add(sc));
