@@ -682,18 +682,21 @@ def _vm_rss():
 
 
 def _python_overhead(a):
-    """The Python twin of bench/overhead.c: the same one-token calls."""
+    """The Python twin of bench/overhead.c: the same one-token calls, into
+    one reused logits array (forward(out=)) as C reuses its buffer."""
     import numpy as np
     import pyffi
     model = pyffi.Transformer.from_pretrained(a.model)
     sess = model.new_session(n_ctx=a.span, n_threads=a.threads)
     tok = np.ones(1, np.int32)
+    # One logits array for every call, as the C side reuses one buffer.
+    logits = np.empty((1, 1, model.vocab_size), np.float32)
     per_call = []
     for r in range(a.rounds + 1):  # round 0 is a warm-up
         fwd = sess.forward
         t0 = time.perf_counter()
         for i in range(a.calls):
-            fwd(tok, start_pos=i % a.span, last_only=True)
+            fwd(tok, start_pos=i % a.span, last_only=True, out=logits)
         dt = time.perf_counter() - t0
         if r:
             per_call.append(dt / a.calls)

@@ -22,6 +22,7 @@ from .config import ModelArgs
 
 _INT32 = np.iinfo(np.int32)
 _I32 = np.dtype(np.int32)
+_F32 = np.dtype(np.float32)
 _U32_MAX = 2**32 - 1
 _OK = lib.PYFFI_OK
 _forward = lib.pyffi_forward
@@ -54,6 +55,18 @@ def _as_batch(sequences):
     if all(np.ndim(t) == 0 for t in seqs):  # one flat sequence (of ids, or of anything else to refuse)
         return [_token_array(seqs, "tokens")], True
     return [_token_array(s, f"sequence {i}") for i, s in enumerate(seqs)], False
+
+
+def _logits_array(shape, out):
+    """A new float32 array of `shape`, or `out` checked to be one."""
+    if out is None:
+        return np.empty(shape, dtype=np.float32)
+    if not isinstance(out, np.ndarray) or out.dtype != np.float32 or out.shape != shape:
+        got = f"{out.dtype} {out.shape}" if isinstance(out, np.ndarray) else type(out).__name__
+        raise errors.InvalidArgumentError(f"out must be a float32 array of shape {shape}, got {got}")
+    if not out.flags.c_contiguous or not out.flags.writeable:
+        raise errors.InvalidArgumentError("out must be C-contiguous and writable")
+    return out
 
 
 def _u32_list(value, n, what):
@@ -93,13 +106,15 @@ class Session(Handle):
         """Positions held in the KV cache for batch row `row`."""
         return lib.pyffi_session_cached_len(self._handle(), row)
 
-    def forward(self, sequences, start_pos=0, last_only=False):
+    def forward(self, sequences, start_pos=0, last_only=False, out=None):
         """Logits, float32, `[batch, seq, vocab]` (`[batch, 1, vocab]` when
         last_only). `sequences` is one sequence of ids, a 2-D array, or a list of
         sequences of different lengths (padded in the output with zeros).
         `start_pos` (an int, or one per row) continues each row from the KV
-        cache: 0 starts fresh, n continues after n cached positions."""
-        fast = self._forward_one(sequences, start_pos, last_only)
+        cache: 0 starts fresh, n continues after n cached positions. `out`, a
+        C-contiguous float32 array of exactly that shape, receives the logits
+        (and is returned) instead of a new array: a decode loop can reuse one."""
+        fast = self._forward_one(sequences, start_pos, last_only, out)
         if fast is not None:
             return fast
         rows, _ = _as_batch(sequences)
@@ -108,7 +123,7 @@ class Session(Handle):
         starts = _u32_list(start_pos, n, "start_pos")
         tokens = np.concatenate(rows) if n > 1 else rows[0]
         width = 1 if last_only else int(lengths.max())
-        logits = np.empty((n, width, self.vocab_size), dtype=np.float32)
+        logits = _logits_array((n, width, self.vocab_size), out)
         needed = ffi.new("size_t *")
         call(lib.pyffi_forward, self._handle(),
              ffi.from_buffer("int32_t[]", tokens), ffi.from_buffer("uint32_t[]", lengths), n,
@@ -118,7 +133,7 @@ class Session(Handle):
 
     __call__ = forward
 
-    def _forward_one(self, sequences, start_pos, last_only):
+    def _forward_one(self, sequences, start_pos, last_only, out):
         """The decode loop's case, one sequence (an int32 array or a list of
         ints) and one int start, with no conversions: the logits, or None to
         take the general path (which also raises every error)."""
@@ -141,7 +156,14 @@ class Session(Handle):
         if n == 0:
             return None
         last_only = bool(last_only)
-        logits = np.empty((1, 1 if last_only else n, self.vocab_size), dtype=np.float32)
+        shape = (1, 1 if last_only else n, self.vocab_size)
+        if out is None:
+            logits = np.empty(shape, dtype=np.float32)
+        elif type(out) is np.ndarray and out.shape == shape and out.dtype is _F32 and out.flags.c_contiguous \
+                and out.flags.writeable:
+            logits = out
+        else:
+            return None  # the general path says what is wrong with `out`
         err = ffi.new("pyffi_error **")
         length_start = ffi.new("uint32_t[2]", (n, start_pos))  # one allocation for both
         status = _forward(self._ptr, tokens, length_start, 1, length_start + 1, last_only,
@@ -428,8 +450,8 @@ class Transformer(Handle):
             self._session.close()
             self._session = None
 
-    def forward(self, sequences, start_pos=0, last_only=False):
-        return self.session.forward(sequences, start_pos=start_pos, last_only=last_only)
+    def forward(self, sequences, start_pos=0, last_only=False, out=None):
+        return self.session.forward(sequences, start_pos=start_pos, last_only=last_only, out=out)
 
     __call__ = forward
 

@@ -116,6 +116,29 @@ def test_one_sequence_fast_path_equals_the_general_one():
         np.testing.assert_array_equal(model.forward(strided), model.forward([strided.tolist()]))
 
 
+def test_forward_writes_into_a_callers_array():
+    with pyffi.Transformer.from_pretrained(model_dir("stories260K")) as model:
+        want = model.forward([1, 10, 20])
+        out = np.full_like(want, np.nan)
+        assert model.forward(np.array([1, 10, 20], np.int32), out=out) is out  # fast path
+        np.testing.assert_array_equal(out, want)
+        out2 = np.full((2, 3, model.vocab_size), np.nan, np.float32)
+        both = model.forward([[1, 10, 20], [1, 10]], out=out2)  # general path
+        assert both is out2 and not out2[1, 2].any()
+        np.testing.assert_array_equal(out2[0], want[0])
+        step = np.empty((1, 1, model.vocab_size), np.float32)
+        model.forward([30], start_pos=3, last_only=True, out=step)
+        np.testing.assert_array_equal(step, model.forward([[1, 10, 20, 30]])[:, -1:])
+        for bad in (np.empty((1, 2, model.vocab_size), np.float32), np.empty(want.shape, np.float64),
+                    np.empty((1, 3, 2 * model.vocab_size), np.float32)[:, :, ::2], [0.0] * 10):
+            with pytest.raises(pyffi.InvalidArgumentError, match="out must be"):
+                model.forward([1, 10, 20], out=bad)
+        frozen = np.empty(want.shape, np.float32)
+        frozen.flags.writeable = False
+        with pytest.raises(pyffi.InvalidArgumentError, match="writable"):
+            model.forward(np.array([1, 10, 20], np.int32), out=frozen)
+
+
 def test_start_pos_continues_from_the_cache():
     with pyffi.Transformer.from_pretrained(model_dir("stories260K")) as model:
         full = model.forward([[1, 10, 20, 30, 40]])[0]
