@@ -22,7 +22,6 @@ from .config import ModelArgs
 
 _INT32 = np.iinfo(np.int32)
 _I32 = np.dtype(np.int32)
-_F32 = np.dtype(np.float32)
 _U32_MAX = 2**32 - 1
 _OK = lib.PYFFI_OK
 _forward = lib.pyffi_forward
@@ -156,14 +155,7 @@ class Session(Handle):
         if n == 0:
             return None
         last_only = bool(last_only)
-        shape = (1, 1 if last_only else n, self.vocab_size)
-        if out is None:
-            logits = np.empty(shape, dtype=np.float32)
-        elif type(out) is np.ndarray and out.shape == shape and out.dtype is _F32 and out.flags.c_contiguous \
-                and out.flags.writeable:
-            logits = out
-        else:
-            return None  # the general path says what is wrong with `out`
+        logits = _logits_array((1, 1 if last_only else n, self.vocab_size), out)
         err = ffi.new("pyffi_error **")
         length_start = ffi.new("uint32_t[2]", (n, start_pos))  # one allocation for both
         status = _forward(self._ptr, tokens, length_start, 1, length_start + 1, last_only,

@@ -51,7 +51,7 @@ struct Shared {
     /// Bumped once per job (and once to stop); workers wait for a change.
     epoch: AtomicUsize,
     /// The current job; written by the caller before it bumps `epoch`.
-    job: AtomicJob,
+    job: JobSlot,
     /// Workers (not counting the caller) still inside the current job.
     busy: AtomicUsize,
     stop: AtomicBool,
@@ -63,12 +63,12 @@ struct Shared {
     wake: Condvar,
 }
 
-/// The job pointer, shared between threads.
-struct AtomicJob(std::cell::UnsafeCell<*const Job>);
+/// The current job pointer, shared between threads.
+struct JobSlot(std::cell::UnsafeCell<*const Job>);
 // SAFETY: written only by the caller while no worker reads it (before the
 // epoch bump that publishes it, after every worker left the previous job).
-unsafe impl Sync for AtomicJob {}
-unsafe impl Send for AtomicJob {}
+unsafe impl Sync for JobSlot {}
+unsafe impl Send for JobSlot {}
 
 thread_local! {
     /// The pool a thread is working for: the caller inside `enter`, a worker always.
@@ -244,7 +244,7 @@ impl Workers {
     fn start(n: usize) -> Result<Workers> {
         let shared = Arc::new(Shared {
             epoch: AtomicUsize::new(0),
-            job: AtomicJob(std::cell::UnsafeCell::new(std::ptr::null())),
+            job: JobSlot(std::cell::UnsafeCell::new(std::ptr::null())),
             busy: AtomicUsize::new(0),
             stop: AtomicBool::new(false),
             panic: Mutex::new(None),

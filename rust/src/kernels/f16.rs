@@ -49,9 +49,11 @@ pub fn axpy_f16(out: &mut [f32], p: f32, v: &[f16]) {
 }
 
 /// `out[h * stride] = dot_f32_f16(q_h, k)` for every head `h` of a GQA group
-/// (`q` holds the heads' `hd`-long queries side by side): the key is loaded
-/// once for all heads. Bit for bit the per-head `dot_f32_f16`.
-pub fn dot_heads_f16(q: &[f32], hd: usize, k: &[f16], out: &mut [f32], stride: usize) {
+/// (`q` holds the heads' `hd`-long queries side by side), the key loaded
+/// once for all heads; bit for bit the per-head `dot_f32_f16`. Returns false,
+/// having done nothing, where there is no such kernel (no AVX2, `hd` not a
+/// multiple of 8, more than 8 heads): the caller goes head by head.
+pub fn try_dot_heads_f16(q: &[f32], hd: usize, k: &[f16], out: &mut [f32], stride: usize) -> bool {
     let heads = q.len() / hd.max(1);
     assert!(k.len() >= hd && (heads == 0 || out.len() > (heads - 1) * stride));
     #[cfg(target_arch = "x86_64")]
@@ -60,24 +62,22 @@ pub fn dot_heads_f16(q: &[f32], hd: usize, k: &[f16], out: &mut [f32], stride: u
             ($($g:literal)*) => {
                 match heads {
                     // SAFETY: the CPU has the features; sizes asserted above.
-                    $($g => return unsafe { x86::dot_heads::<$g>(q, hd, k, out.as_mut_ptr(), stride) },)*
+                    $($g => { unsafe { x86::dot_heads::<$g>(q, hd, k, out.as_mut_ptr(), stride) }; return true })*
                     _ => {}
                 }
             };
         }
         go!(1 2 3 4 5 6 7 8);
     }
-    for h in 0..heads {
-        out[h * stride] = dot_f32_f16(&q[h * hd..(h + 1) * hd], &k[..hd]);
-    }
+    false
 }
 
 /// For every head `h` of a group, `out_h = sum_i p[h * p_stride + i] * v_i`
-/// over `i < n` in order, `v_i = values[i * v_stride..][..hd]`: each value
-/// row is loaded once for all heads. Bit for bit `axpy_f16` applied key by
-/// key to a zeroed `out`.
-#[allow(clippy::too_many_arguments)]
-pub fn mix_heads_f16(out: &mut [f32], hd: usize, p: &[f32], p_stride: usize, n: usize, values: &[f16], v_stride: usize) {
+/// over `i < n` in order, `v_i = values[i * v_stride..][..hd]`, each value
+/// row loaded once for all heads; bit for bit `axpy_f16` applied key by key
+/// to a zeroed `out`. Returns false, having done nothing, where there is no
+/// such kernel (as `try_dot_heads_f16`).
+pub fn try_mix_heads_f16(out: &mut [f32], hd: usize, p: &[f32], p_stride: usize, n: usize, values: &[f16], v_stride: usize) -> bool {
     let heads = out.len() / hd.max(1);
     assert!(n == 0 || values.len() >= (n - 1) * v_stride + hd);
     assert!(heads == 0 || n == 0 || p.len() >= (heads - 1) * p_stride + n);
@@ -87,20 +87,14 @@ pub fn mix_heads_f16(out: &mut [f32], hd: usize, p: &[f32], p_stride: usize, n: 
             ($($g:literal)*) => {
                 match heads {
                     // SAFETY: the CPU has the features; sizes asserted above.
-                    $($g => return unsafe { x86::mix_heads::<$g>(out, hd, p, p_stride, n, values.as_ptr(), v_stride) },)*
+                    $($g => { unsafe { x86::mix_heads::<$g>(out, hd, p, p_stride, n, values.as_ptr(), v_stride) }; return true })*
                     _ => {}
                 }
             };
         }
         go!(1 2 3 4 5 6 7 8);
     }
-    out.fill(0.0);
-    for i in 0..n {
-        let v = &values[i * v_stride..i * v_stride + hd];
-        for h in 0..heads {
-            axpy_f16(&mut out[h * hd..(h + 1) * hd], p[h * p_stride + i], v);
-        }
-    }
+    false
 }
 
 /// Rows per register tile, and tokens per tile.
@@ -469,7 +463,12 @@ mod tests {
                 let k = halves(hd, 22);
                 let stride = 5;
                 let mut got = vec![0.0f32; heads * stride];
-                dot_heads_f16(&q, hd, &k, &mut got, stride);
+                let fast = try_dot_heads_f16(&q, hd, &k, &mut got, stride);
+                #[cfg(target_arch = "x86_64")]
+                assert_eq!(fast, has_f16c_fma() && hd % 8 == 0 && heads <= 8);
+                if !fast {
+                    continue;
+                }
                 for h in 0..heads {
                     assert_eq!(got[h * stride].to_bits(), dot_f32_f16(&q[h * hd..(h + 1) * hd], &k).to_bits(), "hd {hd} heads {heads}");
                 }
@@ -478,7 +477,7 @@ mod tests {
                     let values = halves(n.max(1) * v_stride, 23);
                     let p: Vec<f32> = halves(heads * p_stride, 24).iter().map(|v| v.to_f32().abs()).collect();
                     let mut fused = vec![f32::NAN; heads * hd];
-                    mix_heads_f16(&mut fused, hd, &p, p_stride, n, &values, v_stride);
+                    assert!(try_mix_heads_f16(&mut fused, hd, &p, p_stride, n, &values, v_stride));
                     let mut want = vec![0.0f32; heads * hd];
                     for i in 0..n {
                         for h in 0..heads {

@@ -211,7 +211,6 @@ impl PackedMatrix {
     }
 
     fn matmul_with(&self, out: &mut [f32], out_stride: usize, x: &[f32], n_tok: usize, k: Kernels) {
-        let (fast, vnni) = (k != Kernels::Plain, k == Kernels::Vnni);
         let (n_in, n_out) = (self.cols, self.rows);
         assert!(x.len() >= n_tok * n_in);
         assert!(n_tok == 0 || out.len() >= (n_tok - 1) * out_stride + n_out);
@@ -231,9 +230,9 @@ impl PackedMatrix {
                     // written by this tile only, within the bounds asserted above.
                     unsafe {
                         if four {
-                            packed_k::group_dot::<4>(t, grp, nb, std::array::from_fn(|j| tok(tk + j)), out, out_stride, fast, vnni)
+                            packed_k::group_dot::<4>(t, grp, nb, std::array::from_fn(|j| tok(tk + j)), out, out_stride, k)
                         } else {
-                            packed_k::group_dot::<1>(t, grp, nb, [tok(tk)], out, out_stride, fast, vnni)
+                            packed_k::group_dot::<1>(t, grp, nb, [tok(tk)], out, out_stride, k)
                         }
                     }
                 });
@@ -310,11 +309,11 @@ fn m_tail_len(rows: usize, row_bytes: usize) -> usize {
     rows % GROUP * row_bytes
 }
 
-/// Which Q4_0/Q8_0 group kernels run: plain Rust, AVX2, or AVX2 with
+/// Which group kernels run: plain Rust, AVX2, or AVX2 with
 /// AVX-512 VNNI's `vpdpbusd` on 256-bit vectors (one instruction for the
 /// byte products and their sum). All give the same integer block sums.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Kernels {
+pub(crate) enum Kernels {
     Plain,
     Avx2,
     Vnni,

@@ -35,7 +35,7 @@ use std::cell::RefCell;
 use half::f16;
 
 use super::kquant::{self, pack_scale_min, q6k_values, scale_min, BlockQ8K, QK_K};
-use super::packed::GROUP;
+use super::packed::{Kernels, GROUP};
 use super::quant::QuantType;
 
 /// Bytes of one group's super-block.
@@ -160,9 +160,7 @@ pub(crate) fn unpack_row(t: QuantType, grp: &[u8], lane: usize, out: &mut [u8]) 
 /// writes `out[k * stride + r]` for token k and the group's row r.
 ///
 /// # Safety
-/// `out` must be valid for those writes; `fast` only where the CPU has
-/// AVX2, FMA and F16C, `vnni` (with `fast`) only where it also has AVX-512
-/// VNNI and VL.
+/// `out` must be valid for those writes; `k` one that this CPU runs.
 #[allow(clippy::too_many_arguments)]
 #[inline]
 pub(crate) unsafe fn group_dot<const N: usize>(
@@ -172,14 +170,13 @@ pub(crate) unsafe fn group_dot<const N: usize>(
     xs: [&[BlockQ8K]; N],
     out: *mut f32,
     stride: usize,
-    fast: bool,
-    vnni: bool,
+    k: Kernels,
 ) {
     debug_assert!(xs.iter().all(|x| x.len() == nb) && grp.len() == nb * superblock_bytes(t));
     #[cfg(target_arch = "x86_64")]
-    if fast {
+    if k != Kernels::Plain {
         let g = grp.as_ptr();
-        match (t, vnni) {
+        match (t, k == Kernels::Vnni) {
             (QuantType::Q4_K, false) => avx2::group_q45k::<N, false>(g, nb, xs, out, stride),
             (QuantType::Q5_K, false) => avx2::group_q45k::<N, true>(g, nb, xs, out, stride),
             (QuantType::Q6_K, false) => avx2::group_q6k::<N>(g, nb, xs, out, stride),
@@ -190,7 +187,7 @@ pub(crate) unsafe fn group_dot<const N: usize>(
         }
         return;
     }
-    let _ = (fast, vnni);
+    let _ = k;
     let v = group_dot_scalar(t, grp, nb, xs);
     for (k, row) in v.iter().enumerate() {
         for (r, &val) in row.iter().enumerate() {

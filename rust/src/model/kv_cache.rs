@@ -38,20 +38,30 @@ pub trait KvElem: Copy + Send + Sync + 'static {
     fn axpy(out: &mut [f32], p: f32, v: &[Self]);
     /// `out[h * stride] = q_h . k` for each `hd`-long query `q_h` in `q`.
     fn dot_heads(q: &[f32], hd: usize, k: &[Self], out: &mut [f32], stride: usize) {
-        for h in 0..q.len() / hd {
-            out[h * stride] = Self::dot(&q[h * hd..(h + 1) * hd], &k[..hd]);
-        }
+        dot_each_head(q, hd, k, out, stride)
     }
     /// `out_h = sum_i p[h * p_stride + i] * v_i` for each `hd`-long head of
     /// `out`, over `i < n` in order (`axpy` key by key from zero), with
     /// `v_i = values[i * v_stride..][..hd]`.
     fn mix_heads(out: &mut [f32], hd: usize, p: &[f32], p_stride: usize, n: usize, values: &[Self], v_stride: usize) {
-        out.fill(0.0);
-        for i in 0..n {
-            let v = &values[i * v_stride..i * v_stride + hd];
-            for h in 0..out.len() / hd {
-                Self::axpy(&mut out[h * hd..(h + 1) * hd], p[h * p_stride + i], v);
-            }
+        mix_each_head(out, hd, p, p_stride, n, values, v_stride)
+    }
+}
+
+/// `KvElem::dot_heads` one head at a time.
+fn dot_each_head<T: KvElem>(q: &[f32], hd: usize, k: &[T], out: &mut [f32], stride: usize) {
+    for h in 0..q.len() / hd {
+        out[h * stride] = T::dot(&q[h * hd..(h + 1) * hd], &k[..hd]);
+    }
+}
+
+/// `KvElem::mix_heads` one head and key at a time.
+fn mix_each_head<T: KvElem>(out: &mut [f32], hd: usize, p: &[f32], p_stride: usize, n: usize, values: &[T], v_stride: usize) {
+    out.fill(0.0);
+    for i in 0..n {
+        let v = &values[i * v_stride..i * v_stride + hd];
+        for h in 0..out.len() / hd {
+            T::axpy(&mut out[h * hd..(h + 1) * hd], p[h * p_stride + i], v);
         }
     }
 }
@@ -86,10 +96,14 @@ impl KvElem for f16 {
         crate::kernels::f16::dot_f32_f16(q, k)
     }
     fn dot_heads(q: &[f32], hd: usize, k: &[f16], out: &mut [f32], stride: usize) {
-        crate::kernels::f16::dot_heads_f16(q, hd, k, out, stride)
+        if !crate::kernels::f16::try_dot_heads_f16(q, hd, k, out, stride) {
+            dot_each_head(q, hd, k, out, stride)
+        }
     }
     fn mix_heads(out: &mut [f32], hd: usize, p: &[f32], p_stride: usize, n: usize, values: &[f16], v_stride: usize) {
-        crate::kernels::f16::mix_heads_f16(out, hd, p, p_stride, n, values, v_stride)
+        if !crate::kernels::f16::try_mix_heads_f16(out, hd, p, p_stride, n, values, v_stride) {
+            mix_each_head(out, hd, p, p_stride, n, values, v_stride)
+        }
     }
     fn axpy(out: &mut [f32], p: f32, v: &[f16]) {
         crate::kernels::f16::axpy_f16(out, p, v)
