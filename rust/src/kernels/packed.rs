@@ -1,9 +1,10 @@
-//! Q4_0 and Q8_0 weight matrices repacked at load time so that one AVX2
-//! vector holds four bytes of each of eight consecutive rows (ggml's
-//! "q4_0_8x8"-style interleaving, in our own layout). A block's eight row
-//! scales convert with one `vcvtph2ps`, and the integer dot products of the
-//! eight rows land in the eight i32 lanes of one vector, so a group's eight
-//! outputs accumulate in one float vector with no horizontal sums.
+//! Q4_0 and Q8_0 weight matrices repacked at load time so that one vector
+//! holds four bytes of each of a group's consecutive rows: 8 rows in an AVX2
+//! vector, 16 in an AVX-512 one (ggml's "q4_0_8x8"-style interleaving, in
+//! our own layout). A block's row scales convert with one `vcvtph2ps`, and
+//! the integer dot products of the rows land in the i32 lanes of one
+//! vector, so a group's outputs accumulate in one float vector with no
+//! horizontal sums.
 //!
 //! The arithmetic is `quant::dot_row_scalar`'s: exact integer block sums,
 //! each times (weight scale * activation scale), added over the blocks; only
@@ -11,17 +12,18 @@
 //! For each token the result does not depend on how many tokens are computed
 //! together (one or four at a time), bit for bit.
 //!
-//! Layout of one group of 8 rows (`nb` blocks of 32 values), 32-byte
-//! aligned, one stream read front to back: the blocks two at a time, each
-//! pair as
-//!   scales: the 8 rows' f16 scales of the first block (16 bytes), then of
-//!           the second (16 bytes, zero when `nb` is odd and this is the last);
-//!   quants: for each of the two blocks, `QB` bytes = `QB / 32` vectors;
-//!           vector k holds, in i32 lane r, row r's quant bytes 4k..4k+3 of
-//!           that block (Q4_0: 4 vectors of nibble bytes, the low nibbles are
-//!           values 4k..4k+3, the high ones 16+4k..16+4k+3; Q8_0: 8 vectors
-//!           of values 4k..4k+3).
-//! Rows past the last whole group (fewer than 8) follow the groups in
+//! Layout of one group of G rows (`nb` blocks of 32 values; G = 8 for the
+//! AVX2 kernels, 16 for the AVX-512 ones, so that one 512-bit vector holds
+//! the group), 64-byte aligned, one stream read front to back: the blocks
+//! two at a time, each pair as
+//!   scales: the G rows' f16 scales of the first block (2G bytes), then of
+//!           the second (2G bytes, zero when `nb` is odd and this is the last);
+//!   quants: for each of the two blocks, `QB` quant bytes per row, as `QB / 4`
+//!           vectors of 4G bytes; vector k holds, in i32 lane r, row r's
+//!           quant bytes 4k..4k+3 of that block (Q4_0: 4 vectors of nibble
+//!           bytes, the low nibbles are values 4k..4k+3, the high ones
+//!           16+4k..16+4k+3; Q8_0: 8 vectors of values 4k..4k+3).
+//! Rows past the last whole group (fewer than G) follow the groups in
 //! ggml's own row format and go through `quant::matmul`.
 //!
 //! Q4_K, Q5_K and Q6_K matrices are packed too, in the same spirit; their group
@@ -37,18 +39,34 @@ use super::packed_k;
 use super::quant::{self, BlockQ8, QuantType, QK};
 use super::SharedOut;
 
-/// Rows per interleaved group.
+/// Rows per interleaved group of the AVX2 kernels (and of every k-quant).
 pub(crate) const GROUP: usize = 8;
 
+/// Rows per group of the AVX-512 Q4_0/Q8_0 kernels: half the instructions
+/// per weight byte of two 8-row groups, which lets a one-token matmul keep
+/// more of its loads in flight and read memory faster.
+const WIDE_GROUP: usize = 16;
+
+/// Rows per group of a `t` matrix for the kernels `k`.
+fn rows_per_group(t: QuantType, k: Kernels) -> usize {
+    if k == Kernels::Vnni && !t.is_k() {
+        WIDE_GROUP
+    } else {
+        GROUP
+    }
+}
+
 #[derive(Clone, Copy)]
-#[repr(C, align(32))]
-struct Chunk([u8; 32]);
+#[repr(C, align(64))]
+struct Chunk([u8; 64]);
 
 /// A Q4_0, Q8_0, Q4_K, Q5_K or Q6_K matrix `[rows][cols]` in the interleaved layout.
 pub struct PackedMatrix {
     t: QuantType,
     rows: usize,
     cols: usize,
+    /// Rows per group (`GROUP` or `WIDE_GROUP`).
+    group: usize,
     /// Groups, then the tail rows in ggml's format.
     data: Vec<Chunk>,
 }
@@ -58,12 +76,12 @@ fn quant_bytes(t: QuantType) -> usize {
     t.block_bytes() - 2
 }
 
-/// Offsets of block `b`'s scales and quants in a group whose blocks hold
-/// `qb` quant bytes per row.
+/// Offsets of block `b`'s scales and quants in a group of `g` rows whose
+/// blocks hold `qb` quant bytes per row.
 #[inline(always)]
-fn block_at(qb: usize, b: usize) -> (usize, usize) {
-    let (pair, second) = (b / 2 * (32 + 2 * GROUP * qb), b % 2);
-    (pair + 16 * second, pair + 32 + second * GROUP * qb)
+fn block_at(qb: usize, b: usize, g: usize) -> (usize, usize) {
+    let (pair, second) = (b / 2 * (4 * g + 2 * g * qb), b % 2);
+    (pair + 2 * g * second, pair + 4 * g + second * g * qb)
 }
 
 impl PackedMatrix {
@@ -82,15 +100,21 @@ impl PackedMatrix {
     /// Repack `rows` rows of ggml blocks (any format but Q4_1),
     /// given as consecutive pieces of whole rows (the parts of a fused matrix).
     pub fn new(t: QuantType, pieces: &[&[u8]], rows: usize, cols: usize) -> PackedMatrix {
+        Self::for_kernels(t, pieces, rows, cols, best_kernels())
+    }
+
+    /// `new`, in the layout of the kernels `k`.
+    fn for_kernels(t: QuantType, pieces: &[&[u8]], rows: usize, cols: usize, k: Kernels) -> PackedMatrix {
         assert!(t != QuantType::Q4_1, "{t:?} has no packed layout");
         let rb = t.row_bytes(cols);
         assert!(cols % t.block_len() == 0 && pieces.iter().all(|p| p.len() % rb.max(1) == 0), "{t:?} rows of {cols} values in pieces");
         let row_of: Vec<&[u8]> = pieces.iter().flat_map(|p| p.chunks_exact(rb.max(1))).collect();
         assert_eq!(row_of.len(), rows, "{t:?} matrix of {rows} rows of {cols} values");
-        let mut m = PackedMatrix { t, rows, cols, data: Vec::new() };
+        let group = rows_per_group(t, k);
+        let mut m = PackedMatrix { t, rows, cols, group, data: Vec::new() };
         let total = m.groups() * m.group_bytes() + m.tail_rows() * rb;
-        m.data = crate::tensor::weight_buffer(total.div_ceil(32));
-        m.data.resize(total.div_ceil(32), Chunk([0; 32]));
+        m.data = crate::tensor::weight_buffer(total.div_ceil(64));
+        m.data.resize(total.div_ceil(64), Chunk([0; 64]));
         let (bb, gb, nb) = (t.block_bytes(), m.group_bytes(), m.blocks());
         let groups = m.groups();
         let buf = m.bytes_mut();
@@ -100,19 +124,19 @@ impl PackedMatrix {
                 return packed_k::pack_group(t, std::array::from_fn(|r| row_of[g * GROUP + r]), nb, dst);
             }
             let qb = quant_bytes(t);
-            for r in 0..GROUP {
-                let row = row_of[g * GROUP + r];
+            for r in 0..group {
+                let row = row_of[g * group + r];
                 for (b, blk) in row.chunks_exact(bb).enumerate() {
-                    let (sc, qs) = block_at(qb, b);
+                    let (sc, qs) = block_at(qb, b, group);
                     dst[sc + 2 * r..sc + 2 * r + 2].copy_from_slice(&blk[..2]);
                     for k in 0..qb / 4 {
-                        let at = qs + 32 * k + 4 * r;
+                        let at = qs + 4 * group * k + 4 * r;
                         dst[at..at + 4].copy_from_slice(&blk[2 + 4 * k..6 + 4 * k]);
                     }
                 }
             }
         });
-        for (dst, row) in tail.chunks_exact_mut(rb.max(1)).zip(&row_of[groups * GROUP..]) {
+        for (dst, row) in tail.chunks_exact_mut(rb.max(1)).zip(&row_of[groups * group..]) {
             dst.copy_from_slice(row);
         }
         m
@@ -139,43 +163,43 @@ impl PackedMatrix {
     }
 
     fn groups(&self) -> usize {
-        self.rows / GROUP
+        self.rows / self.group
     }
 
     fn tail_rows(&self) -> usize {
-        self.rows % GROUP
+        self.rows % self.group
     }
 
-    /// Bytes per group: per pair of blocks 32 bytes of scales, and quants.
+    /// Bytes per group: per pair of blocks 4G bytes of scales, and quants.
     fn group_bytes(&self) -> usize {
         let nb = self.blocks();
         if self.t.is_k() {
             return nb * packed_k::superblock_bytes(self.t);
         }
-        nb * GROUP * quant_bytes(self.t) + nb.div_ceil(2) * 32
+        nb * self.group * quant_bytes(self.t) + nb.div_ceil(2) * 4 * self.group
     }
 
     fn bytes(&self) -> &[u8] {
-        // SAFETY: `Chunk` is 32 plain bytes.
-        unsafe { std::slice::from_raw_parts(self.data.as_ptr() as *const u8, self.data.len() * 32) }
+        // SAFETY: `Chunk` is 64 plain bytes.
+        unsafe { std::slice::from_raw_parts(self.data.as_ptr() as *const u8, self.data.len() * 64) }
     }
 
     fn bytes_mut(&mut self) -> &mut [u8] {
         // SAFETY: as above.
-        unsafe { std::slice::from_raw_parts_mut(self.data.as_mut_ptr() as *mut u8, self.data.len() * 32) }
+        unsafe { std::slice::from_raw_parts_mut(self.data.as_mut_ptr() as *mut u8, self.data.len() * 64) }
     }
 
     /// The tail rows in ggml's format.
     fn tail(&self) -> &[u8] {
         let at = self.groups() * self.group_bytes();
-        &self.bytes()[at..at + m_tail_len(self.rows, self.row_bytes())]
+        &self.bytes()[at..at + self.tail_rows() * self.row_bytes()]
     }
 
     /// Row `r` in ggml's block format (`row_bytes` long).
     pub fn unpack_row(&self, r: usize, out: &mut [u8]) {
         assert!(r < self.rows && out.len() == self.row_bytes());
         let (bb, rb) = (self.t.block_bytes(), self.row_bytes());
-        let (g, lane) = (r / GROUP, r % GROUP);
+        let (g, lane) = (r / self.group, r % self.group);
         if g == self.groups() {
             out.copy_from_slice(&self.tail()[lane * rb..(lane + 1) * rb]);
             return;
@@ -187,10 +211,10 @@ impl PackedMatrix {
         }
         let qb = quant_bytes(self.t);
         for (b, blk) in out.chunks_exact_mut(bb).enumerate() {
-            let (sc, qs) = block_at(qb, b);
+            let (sc, qs) = block_at(qb, b, self.group);
             blk[..2].copy_from_slice(&grp[sc + 2 * lane..sc + 2 * lane + 2]);
             for k in 0..qb / 4 {
-                let at = qs + 32 * k + 4 * lane;
+                let at = qs + 4 * self.group * k + 4 * lane;
                 blk[2 + 4 * k..6 + 4 * k].copy_from_slice(&grp[at..at + 4]);
             }
         }
@@ -210,7 +234,9 @@ impl PackedMatrix {
         self.matmul_with(out, out_stride, x, n_tok, best_kernels())
     }
 
+    /// `matmul` with the kernels `k`: `Plain`, or the ones the matrix was packed for.
     fn matmul_with(&self, out: &mut [f32], out_stride: usize, x: &[f32], n_tok: usize, k: Kernels) {
+        assert!(k == Kernels::Plain || rows_per_group(self.t, k) == self.group, "{k:?} kernels on {}-row groups", self.group);
         let (n_in, n_out) = (self.cols, self.rows);
         assert!(x.len() >= n_tok * n_in);
         assert!(n_tok == 0 || out.len() >= (n_tok - 1) * out_stride + n_out);
@@ -246,7 +272,7 @@ impl PackedMatrix {
             });
         }
         if self.tail_rows() > 0 {
-            let r0 = groups * GROUP;
+            let r0 = groups * self.group;
             quant::matmul(self.t, &mut out[r0..], out_stride, x, self.tail(), n_tok, n_in, self.tail_rows());
         }
     }
@@ -281,37 +307,55 @@ impl PackedMatrix {
         let threads = crate::pool::current_threads();
         let per_task = groups.div_ceil(threads * 8).clamp(1, 8);
         let data = self.bytes();
-        let t = self.t;
+        let (t, rows) = (self.t, self.group);
         crate::pool::parallel_for(groups.div_ceil(per_task), |task| {
             let dst = dst;
             for g in task * per_task..((task + 1) * per_task).min(groups) {
                 let grp = &data[g * gb..(g + 1) * gb];
-                let tok = |k: usize| (&qx[k * nb..(k + 1) * nb], &bias[k * nb..(k + 1) * nb]);
+                let out = dst.0.wrapping_add(g * rows);
                 let mut tk = 0;
+                // SAFETY (each call): rows g*G..(g+1)*G of the call's tokens are
+                // written by this task only, within the bounds the caller asserted.
                 while tk + 4 <= n_tok {
-                    let (x4, b4) = ([0, 1, 2, 3].map(|j| tok(tk + j).0), [0, 1, 2, 3].map(|j| tok(tk + j).1));
-                    // SAFETY: rows g*8..g*8+8 of tokens tk..tk+4 are written by
-                    // this task only, within the bounds the caller asserted.
-                    unsafe { group_dot::<4>(t, grp, nb, x4, b4, dst.0.add(tk * stride + g * GROUP), stride, k) };
+                    unsafe { tokens_times_group::<4>(t, rows, grp, nb, qx, bias, tk, out, stride, k) };
                     tk += 4;
                 }
                 for tk in tk..n_tok {
-                    let (x1, b1) = tok(tk);
-                    // SAFETY: as above.
-                    unsafe { group_dot::<1>(t, grp, nb, [x1], [b1], dst.0.add(tk * stride + g * GROUP), stride, k) };
+                    unsafe { tokens_times_group::<1>(t, rows, grp, nb, qx, bias, tk, out, stride, k) };
                 }
             }
         });
     }
 }
 
-fn m_tail_len(rows: usize, row_bytes: usize) -> usize {
-    rows % GROUP * row_bytes
+/// Tokens `tk..tk + N` (activation blocks `nb` per token) against one group
+/// of `rows` rows: `group_dot` with the group's outputs at `out`.
+///
+/// # Safety
+/// As `group_dot`, for those tokens.
+#[allow(clippy::too_many_arguments)]
+#[inline]
+unsafe fn tokens_times_group<const N: usize>(
+    t: QuantType,
+    rows: usize,
+    grp: &[u8],
+    nb: usize,
+    qx: &[BlockQ8],
+    bias: &[i32],
+    tk: usize,
+    out: *mut f32,
+    stride: usize,
+    k: Kernels,
+) {
+    let xs = std::array::from_fn(|j| &qx[(tk + j) * nb..(tk + j + 1) * nb]);
+    let bs = std::array::from_fn(|j| &bias[(tk + j) * nb..(tk + j + 1) * nb]);
+    group_dot::<N>(t, rows, grp, nb, xs, bs, out.add(tk * stride), stride, k)
 }
 
-/// Which group kernels run: plain Rust, AVX2, or AVX2 with
-/// AVX-512 VNNI's `vpdpbusd` on 256-bit vectors (one instruction for the
-/// byte products and their sum). All give the same integer block sums.
+/// Which group kernels run: plain Rust, AVX2, or AVX-512 with VNNI's
+/// `vpdpbusd` (one instruction for the byte products and their sum; on
+/// 512-bit vectors and 16-row groups for Q4_0/Q8_0, on 256-bit vectors for
+/// the k-quants). All give the same integer block sums.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub(crate) enum Kernels {
     Plain,
@@ -335,7 +379,12 @@ fn has_vnni() -> bool {
     {
         use std::sync::OnceLock;
         static HAS: OnceLock<bool> = OnceLock::new();
-        *HAS.get_or_init(|| is_x86_feature_detected!("avx512vnni") && is_x86_feature_detected!("avx512vl"))
+        *HAS.get_or_init(|| {
+            is_x86_feature_detected!("avx512vnni")
+                && is_x86_feature_detected!("avx512vl")
+                && is_x86_feature_detected!("avx512bw")
+                && is_x86_feature_detected!("avx512f")
+        })
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -355,8 +404,8 @@ fn fast_kernels() -> bool {
     }
 }
 
-/// One group against `N` tokens: writes `out[k * stride + r]` for token k
-/// and the group's row r.
+/// One group of `rows` rows against `N` tokens: writes `out[k * stride + r]`
+/// for token k and the group's row r.
 ///
 /// # Safety
 /// `out` must be valid for those writes; `k` one that this CPU runs.
@@ -364,6 +413,7 @@ fn fast_kernels() -> bool {
 #[inline]
 unsafe fn group_dot<const N: usize>(
     t: QuantType,
+    rows: usize,
     grp: &[u8],
     nb: usize,
     xs: [&[BlockQ8]; N],
@@ -378,14 +428,14 @@ unsafe fn group_dot<const N: usize>(
         (Kernels::Plain, _) => {}
         (Kernels::Avx2, QuantType::Q4_0) => return avx2::group_q4_0::<N>(grp.as_ptr(), nb, xs, bias, out, stride),
         (Kernels::Avx2, QuantType::Q8_0) => return avx2::group_q8_0::<N>(grp.as_ptr(), nb, xs, bias, out, stride),
-        (Kernels::Vnni, QuantType::Q4_0) => return avx2::group_q4_0_vnni::<N>(grp.as_ptr(), nb, xs, bias, out, stride),
-        (Kernels::Vnni, QuantType::Q8_0) => return avx2::group_q8_0_vnni::<N>(grp.as_ptr(), nb, xs, bias, out, stride),
+        (Kernels::Vnni, QuantType::Q4_0) => return avx512::group_q4_0::<N>(grp.as_ptr(), nb, xs, bias, out, stride),
+        (Kernels::Vnni, QuantType::Q8_0) => return avx512::group_q8_0::<N>(grp.as_ptr(), nb, xs, bias, out, stride),
         _ => unreachable!("only Q4_0 and Q8_0 are packed"),
     }
     let _ = k;
-    let v = group_dot_scalar(t, grp, nb, xs);
+    let v = group_dot_scalar(t, rows, grp, nb, xs);
     for (k, row) in v.iter().enumerate() {
-        for (r, &val) in row.iter().enumerate() {
+        for (r, &val) in row[..rows].iter().enumerate() {
             *out.add(k * stride + r) = val;
         }
     }
@@ -394,14 +444,14 @@ unsafe fn group_dot<const N: usize>(
 /// The plain version of the group kernels: each row's blocks as
 /// `quant::dot_row_scalar` computes them, accumulated as the fast kernels do
 /// (one fused multiply-add per block), so the two agree bit for bit.
-fn group_dot_scalar<const N: usize>(t: QuantType, grp: &[u8], nb: usize, xs: [&[BlockQ8]; N]) -> [[f32; GROUP]; N] {
+fn group_dot_scalar<const N: usize>(t: QuantType, rows: usize, grp: &[u8], nb: usize, xs: [&[BlockQ8]; N]) -> [[f32; WIDE_GROUP]; N] {
     let qb = quant_bytes(t);
-    let mut out = [[0.0f32; GROUP]; N];
-    for r in 0..GROUP {
+    let mut out = [[0.0f32; WIDE_GROUP]; N];
+    for r in 0..rows {
         for b in 0..nb {
-            let (sc, qs) = block_at(qb, b);
+            let (sc, qs) = block_at(qb, b, rows);
             let d = f16::from_le_bytes([grp[sc + 2 * r], grp[sc + 2 * r + 1]]).to_f32();
-            let byte = |j: usize| grp[qs + 32 * (j / 4) + 4 * r + j % 4];
+            let byte = |j: usize| grp[qs + 4 * rows * (j / 4) + 4 * r + j % 4];
             for (k, x) in xs.iter().enumerate() {
                 let y = &x[b];
                 let mut si = 0i32;
@@ -492,65 +542,36 @@ mod avx2 {
         _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i))
     }
 
-    /// Q4_0 group (128 quant bytes per block) against `N` tokens.
+    /// Q4_0 group of 8 rows (128 quant bytes per block) against `N` tokens.
+    /// Per token 16-bit sums of nibble * activation: each lane adds eight
+    /// maddubs lanes of two products of at most 15 * 127 each, at most
+    /// 30480, no overflow; then minus the bias. Vector k's low nibbles are
+    /// values 4k..4k+3, its high ones 16+4k..16+4k+3.
     #[target_feature(enable = "avx2,fma,f16c")]
     pub(super) unsafe fn group_q4_0<const N: usize>(g: *const u8, nb: usize, xs: [&[BlockQ8]; N], bias: [&[i32]; N], out: *mut f32, stride: usize) {
-        q4_0::<N, false>(g, nb, xs, bias, out, stride)
-    }
-
-    /// `group_q4_0` with AVX-512 VNNI's `vpdpbusd`.
-    #[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
-    pub(super) unsafe fn group_q4_0_vnni<const N: usize>(g: *const u8, nb: usize, xs: [&[BlockQ8]; N], bias: [&[i32]; N], out: *mut f32, stride: usize) {
-        q4_0::<N, true>(g, nb, xs, bias, out, stride)
-    }
-
-    /// Q8_0 group (256 quant bytes per block) against `N` tokens.
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub(super) unsafe fn group_q8_0<const N: usize>(g: *const u8, nb: usize, xs: [&[BlockQ8]; N], bias: [&[i32]; N], out: *mut f32, stride: usize) {
-        q8_0::<N, false>(g, nb, xs, bias, out, stride)
-    }
-
-    /// `group_q8_0` with AVX-512 VNNI's `vpdpbusd`.
-    #[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
-    pub(super) unsafe fn group_q8_0_vnni<const N: usize>(g: *const u8, nb: usize, xs: [&[BlockQ8]; N], bias: [&[i32]; N], out: *mut f32, stride: usize) {
-        q8_0::<N, true>(g, nb, xs, bias, out, stride)
-    }
-
-    /// Without VNNI, per token 16-bit sums of nibble * activation: each
-    /// lane adds eight maddubs lanes of two products of at most 15 * 127
-    /// each, at most 30480, no overflow; then minus the bias. With VNNI,
-    /// `vpdpbusd` adds the products straight into i32 sums that start at
-    /// minus the bias: the same integers. Vector k's low nibbles are values
-    /// 4k..4k+3, its high ones 16+4k..16+4k+3.
-    #[inline(always)]
-    unsafe fn q4_0<const N: usize, const VNNI: bool>(g: *const u8, nb: usize, xs: [&[BlockQ8]; N], bias: [&[i32]; N], out: *mut f32, stride: usize) {
         let m4 = _mm256_set1_epi8(0x0f);
         let ones = _mm256_set1_epi16(1);
         let mut acc = [_mm256_setzero_ps(); N];
         for b in 0..nb {
-            let (sc, qs) = super::block_at(16, b);
+            let (sc, qs) = super::block_at(16, b, super::GROUP);
             let q = g.add(qs);
             prefetch::<2>(q);
             let ys: [&BlockQ8; N] = std::array::from_fn(|t| xs[t].get_unchecked(b));
             let bias_of = |t: usize| *bias[t].get_unchecked(b);
-            let mut s: [__m256i; N] = std::array::from_fn(|t| if VNNI { _mm256_set1_epi32(-bias_of(t)) } else { _mm256_setzero_si256() });
+            let mut s = [_mm256_setzero_si256(); N];
             for k in 0..4 {
                 let v = _mm256_load_si256(q.add(32 * k) as *const __m256i);
                 let lo = _mm256_and_si256(v, m4);
                 let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(v), m4);
                 for t in 0..N {
-                    s[t] = if VNNI {
-                        _mm256_dpbusd_epi32(_mm256_dpbusd_epi32(s[t], lo, bcast(ys[t], k)), hi, bcast(ys[t], k + 4))
-                    } else {
-                        let p = _mm256_add_epi16(_mm256_maddubs_epi16(lo, bcast(ys[t], k)), _mm256_maddubs_epi16(hi, bcast(ys[t], k + 4)));
-                        _mm256_add_epi16(s[t], p)
-                    };
+                    let p = _mm256_add_epi16(_mm256_maddubs_epi16(lo, bcast(ys[t], k)), _mm256_maddubs_epi16(hi, bcast(ys[t], k + 4)));
+                    s[t] = _mm256_add_epi16(s[t], p);
                 }
             }
             let d = scales(g.add(sc));
             for t in 0..N {
                 // sum q*y - 8 * sum y = sum (q - 8) * y, lane r for row r.
-                let si = if VNNI { s[t] } else { _mm256_sub_epi32(_mm256_madd_epi16(s[t], ones), _mm256_set1_epi32(bias_of(t))) };
+                let si = _mm256_sub_epi32(_mm256_madd_epi16(s[t], ones), _mm256_set1_epi32(bias_of(t)));
                 acc[t] = _mm256_fmadd_ps(_mm256_mul_ps(d, _mm256_set1_ps(ys[t].d)), _mm256_cvtepi32_ps(si), acc[t]);
             }
         }
@@ -559,36 +580,25 @@ mod avx2 {
         }
     }
 
-    /// Without VNNI: |w| as unsigned bytes (-128 gives 128) times y with w's
-    /// signs, each 16-bit lane (up to 2 * 128 * 127) widened at once. With
-    /// VNNI: the weights go in as unsigned bytes w + 128 (a sign-bit flip),
-    /// and 128 * sum(y) = 16 * bias (bias = 8 * sum(y)) comes off: the same
-    /// integers.
-    #[inline(always)]
-    unsafe fn q8_0<const N: usize, const VNNI: bool>(g: *const u8, nb: usize, xs: [&[BlockQ8]; N], bias: [&[i32]; N], out: *mut f32, stride: usize) {
+    /// Q8_0 group of 8 rows (256 quant bytes per block) against `N` tokens:
+    /// |w| as unsigned bytes (-128 gives 128) times y with w's signs, each
+    /// 16-bit lane (up to 2 * 128 * 127) widened at once.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn group_q8_0<const N: usize>(g: *const u8, nb: usize, xs: [&[BlockQ8]; N], _bias: [&[i32]; N], out: *mut f32, stride: usize) {
         let ones = _mm256_set1_epi16(1);
-        let flip = _mm256_set1_epi8(-128);
         let mut acc = [_mm256_setzero_ps(); N];
         for b in 0..nb {
-            let (sc, qs) = super::block_at(32, b);
+            let (sc, qs) = super::block_at(32, b, super::GROUP);
             let q = g.add(qs);
             prefetch::<4>(q);
             let ys: [&BlockQ8; N] = std::array::from_fn(|t| xs[t].get_unchecked(b));
-            let mut s: [__m256i; N] =
-                std::array::from_fn(|t| if VNNI { _mm256_set1_epi32(-16 * *bias[t].get_unchecked(b)) } else { _mm256_setzero_si256() });
+            let mut s = [_mm256_setzero_si256(); N];
             for k in 0..8 {
                 let w = _mm256_load_si256(q.add(32 * k) as *const __m256i);
-                if VNNI {
-                    let u = _mm256_xor_si256(w, flip);
-                    for t in 0..N {
-                        s[t] = _mm256_dpbusd_epi32(s[t], u, bcast(ys[t], k));
-                    }
-                } else {
-                    let a = _mm256_sign_epi8(w, w);
-                    for t in 0..N {
-                        let p = _mm256_maddubs_epi16(a, _mm256_sign_epi8(bcast(ys[t], k), w));
-                        s[t] = _mm256_add_epi32(s[t], _mm256_madd_epi16(p, ones));
-                    }
+                let a = _mm256_sign_epi8(w, w);
+                for t in 0..N {
+                    let p = _mm256_maddubs_epi16(a, _mm256_sign_epi8(bcast(ys[t], k), w));
+                    s[t] = _mm256_add_epi32(s[t], _mm256_madd_epi16(p, ones));
                 }
             }
             let d = scales(g.add(sc));
@@ -602,6 +612,89 @@ mod avx2 {
     }
 }
 
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    //! The 16-row groups (`WIDE_GROUP`): one 512-bit vector holds quant bytes
+    //! 4k..4k+3 of all 16 rows, and `vpdpbusd` adds the byte products straight
+    //! into i32 sums that start at minus the bias (exact integers, as the
+    //! AVX2 kernels' 16-bit sums). The activation bytes come as 32-bit
+    //! broadcasts folded into the `vpdpbusd`s.
+
+    use std::arch::x86_64::*;
+
+    use super::{BlockQ8, WIDE_GROUP};
+
+    /// Activation bytes 4k..4k+3 of a block in every i32 lane.
+    #[inline(always)]
+    unsafe fn bcast(y: &BlockQ8, k: usize) -> __m512i {
+        _mm512_set1_epi32((y.qs.as_ptr() as *const i32).add(k).read_unaligned())
+    }
+
+    /// The 16 rows' f16 scales of a block as floats.
+    #[inline(always)]
+    unsafe fn scales(p: *const u8) -> __m512 {
+        _mm512_cvtph_ps(_mm256_loadu_si256(p as *const __m256i))
+    }
+
+    /// Q4_0, 16 rows against `N` tokens: the nibbles go in unsigned (0..=15)
+    /// and 8 * sum(y), the bias, comes off; the low nibbles of vector k are
+    /// values 4k..4k+3, the high ones 16+4k..16+4k+3.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
+    pub(super) unsafe fn group_q4_0<const N: usize>(g: *const u8, nb: usize, xs: [&[BlockQ8]; N], bias: [&[i32]; N], out: *mut f32, stride: usize) {
+        let m4 = _mm512_set1_epi8(0x0f);
+        let mut acc = [_mm512_setzero_ps(); N];
+        for b in 0..nb {
+            let (sc, qs) = super::block_at(16, b, WIDE_GROUP);
+            let q = g.add(qs);
+            let ys: [&BlockQ8; N] = std::array::from_fn(|t| xs[t].get_unchecked(b));
+            let mut s: [__m512i; N] = std::array::from_fn(|t| _mm512_set1_epi32(-*bias[t].get_unchecked(b)));
+            for k in 0..4 {
+                let v = _mm512_loadu_si512(q.add(64 * k) as *const __m512i);
+                let lo = _mm512_and_si512(v, m4);
+                let hi = _mm512_and_si512(_mm512_srli_epi16::<4>(v), m4);
+                for t in 0..N {
+                    s[t] = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(s[t], lo, bcast(ys[t], k)), hi, bcast(ys[t], k + 4));
+                }
+            }
+            let d = scales(g.add(sc));
+            for t in 0..N {
+                acc[t] = _mm512_fmadd_ps(_mm512_mul_ps(d, _mm512_set1_ps(ys[t].d)), _mm512_cvtepi32_ps(s[t]), acc[t]);
+            }
+        }
+        for (t, a) in acc.iter().enumerate() {
+            _mm512_storeu_ps(out.add(t * stride), *a);
+        }
+    }
+
+    /// Q8_0, 16 rows against `N` tokens: the weights go in as unsigned
+    /// bytes w + 128 (a sign-bit flip), and 128 * sum(y) = 16 * bias comes
+    /// off.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
+    pub(super) unsafe fn group_q8_0<const N: usize>(g: *const u8, nb: usize, xs: [&[BlockQ8]; N], bias: [&[i32]; N], out: *mut f32, stride: usize) {
+        let flip = _mm512_set1_epi8(-128);
+        let mut acc = [_mm512_setzero_ps(); N];
+        for b in 0..nb {
+            let (sc, qs) = super::block_at(32, b, WIDE_GROUP);
+            let q = g.add(qs);
+            let ys: [&BlockQ8; N] = std::array::from_fn(|t| xs[t].get_unchecked(b));
+            let mut s: [__m512i; N] = std::array::from_fn(|t| _mm512_set1_epi32(-16 * *bias[t].get_unchecked(b)));
+            for k in 0..8 {
+                let u = _mm512_xor_si512(_mm512_loadu_si512(q.add(64 * k) as *const __m512i), flip);
+                for t in 0..N {
+                    s[t] = _mm512_dpbusd_epi32(s[t], u, bcast(ys[t], k));
+                }
+            }
+            let d = scales(g.add(sc));
+            for t in 0..N {
+                acc[t] = _mm512_fmadd_ps(_mm512_mul_ps(d, _mm512_set1_ps(ys[t].d)), _mm512_cvtepi32_ps(s[t]), acc[t]);
+            }
+        }
+        for (t, a) in acc.iter().enumerate() {
+            _mm512_storeu_ps(out.add(t * stride), *a);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -609,14 +702,22 @@ mod tests {
 
     const TYPES: [QuantType; 2] = [QuantType::Q4_0, QuantType::Q8_0];
 
+    /// The layouts: 8-row groups (plain and AVX2 kernels), 16-row groups
+    /// (AVX-512 kernels of Q4_0/Q8_0). Packing and the plain kernels run on
+    /// any CPU in either.
+    const LAYOUTS: [Kernels; 2] = [Kernels::Avx2, Kernels::Vnni];
+
     /// Every row of a packed matrix unpacks to its original blocks (packed
-    /// from one piece, and from pieces that split a group).
+    /// from one piece, and from pieces that split a group), in every layout.
     fn check_keeps_every_row(t: QuantType, shapes: &[(usize, usize)]) {
         for &(rows, cols) in shapes {
             let w = rand_blocks(t, rows, cols, rows as u64);
             let rb = t.row_bytes(cols);
             let cut = rows / 3 * rb;
-            for m in [PackedMatrix::new(t, &[&w], rows, cols), PackedMatrix::new(t, &[&w[..cut], &w[cut..]], rows, cols)] {
+            let packs = LAYOUTS.iter().flat_map(|&k| {
+                [PackedMatrix::for_kernels(t, &[&w], rows, cols, k), PackedMatrix::for_kernels(t, &[&w[..cut], &w[cut..]], rows, cols, k)]
+            });
+            for m in packs {
                 let mut row = vec![0u8; rb];
                 let (mut f, mut g) = (vec![0.0f32; cols], vec![0.0f32; cols]);
                 for r in 0..rows {
@@ -633,19 +734,21 @@ mod tests {
     #[test]
     fn packing_keeps_every_row() {
         for t in TYPES {
-            check_keeps_every_row(t, &[(8, 32), (13, 64), (24, 96), (7, 32), (40, 320)]);
+            check_keeps_every_row(t, &[(8, 32), (13, 64), (24, 96), (7, 32), (40, 320), (16, 32), (35, 96)]);
         }
         for t in K_TYPES {
             check_keeps_every_row(t, &[(8, 256), (13, 512), (24, 768), (7, 256), (35, 512)]);
         }
     }
 
-    /// The packed matmul against `quant::matmul` on the same rows: equal up
-    /// to the order of float additions (the integer block sums are exact).
-    fn check_against_unpacked(t: QuantType, rows: usize, cols: usize, n_tok: usize, stride: usize, k: Kernels, seed: u64) {
+    /// The packed matmul with kernels `k` (on a matrix packed for `layout`)
+    /// against `quant::matmul` on the same rows: equal up to the order of
+    /// float additions (the integer block sums are exact).
+    #[allow(clippy::too_many_arguments)]
+    fn check_against_unpacked(t: QuantType, rows: usize, cols: usize, n_tok: usize, stride: usize, layout: Kernels, k: Kernels, seed: u64) {
         let w = rand_blocks(t, rows, cols, seed);
         let x: Vec<f32> = rand(n_tok * cols, seed + 1).iter().enumerate().map(|(i, v)| v * (1.0 + (i % 5) as f32)).collect();
-        let m = PackedMatrix::new(t, &[&w], rows, cols);
+        let m = PackedMatrix::for_kernels(t, &[&w], rows, cols, layout);
         let mut got = vec![f32::NAN; n_tok * stride];
         m.matmul_with(&mut got, stride, &x, n_tok, k);
         let mut want = vec![0.0f32; n_tok * rows];
@@ -670,10 +773,10 @@ mod tests {
         let fast = best_kernels();
         eprintln!("packed kernels: {fast:?}");
         for t in TYPES {
-            for (i, &(rows, cols)) in [(8, 32), (16, 64), (13, 96), (21, 512), (64, 256), (7, 64), (35, 128)].iter().enumerate() {
+            for (i, &(rows, cols)) in [(8, 32), (16, 64), (13, 96), (21, 512), (64, 256), (7, 64), (35, 128), (48, 96)].iter().enumerate() {
                 for n_tok in 1..=9 {
                     for stride in [rows, rows + 3] {
-                        check_against_unpacked(t, rows, cols, n_tok, stride, fast, 100 * i as u64 + n_tok as u64);
+                        check_against_unpacked(t, rows, cols, n_tok, stride, fast, fast, 100 * i as u64 + n_tok as u64);
                     }
                 }
             }
@@ -685,7 +788,9 @@ mod tests {
         let cases = TYPES.iter().map(|&t| (t, 160)).chain(K_TYPES.iter().map(|&t| (t, 512)));
         for (t, cols) in cases {
             for n_tok in [1, 4, 6] {
-                check_against_unpacked(t, 19, cols, n_tok, 23, Kernels::Plain, 7 + n_tok as u64);
+                for layout in LAYOUTS {
+                    check_against_unpacked(t, 37, cols, n_tok, 41, layout, Kernels::Plain, 7 + n_tok as u64);
+                }
             }
         }
     }
@@ -696,18 +801,18 @@ mod tests {
         if !fast_kernels() {
             return;
         }
-        let cases = TYPES.iter().flat_map(|&t| [(t, 8, 32, 1), (t, 24, 512, 5), (t, 40, 2048, 9)]).chain(
+        let cases = TYPES.iter().flat_map(|&t| [(t, 8, 32, 1), (t, 16, 32, 1), (t, 24, 512, 5), (t, 40, 2048, 9), (t, 48, 96, 4)]).chain(
             K_TYPES.iter().flat_map(|&t| [(t, 8, 256, 1), (t, 24, 512, 5), (t, 40, 2048, 9), (t, 16, 768, 4)]),
         );
         for (t, rows, cols, n_tok) in cases {
             let w = rand_blocks(t, rows, cols, 3);
             let x = rand(n_tok * cols, 4);
-            let m = PackedMatrix::new(t, &[&w], rows, cols);
-            let mut b = vec![0.0f32; n_tok * rows];
-            m.matmul_with(&mut b, rows, &x, n_tok, Kernels::Plain);
-            // Every fast level this CPU has.
+            // Every fast level this CPU has, on a matrix in its layout.
             let levels = [Kernels::Avx2, Kernels::Vnni].into_iter().filter(|&k| k != Kernels::Vnni || has_vnni());
             for k in levels {
+                let m = PackedMatrix::for_kernels(t, &[&w], rows, cols, k);
+                let mut b = vec![0.0f32; n_tok * rows];
+                m.matmul_with(&mut b, rows, &x, n_tok, Kernels::Plain);
                 let mut a = vec![0.0f32; n_tok * rows];
                 m.matmul_with(&mut a, rows, &x, n_tok, k);
                 let bits = |v: &[f32]| v.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
@@ -722,7 +827,7 @@ mod tests {
         // (the 16-bit sums' worst cases), scales 1: integer results.
         let one = f16::from_f32(1.0).to_le_bytes();
         for t in TYPES {
-            let (rows, cols) = (16, 256);
+            let (rows, cols) = (32, 256);
             for fill in [0x00u8, 0xff, 0x80, 0x7f, 0x0f, 0xf0, 0x81] {
                 let mut w = vec![fill; rows * t.row_bytes(cols)];
                 for blk in w.chunks_exact_mut(t.block_bytes()) {
@@ -760,7 +865,7 @@ mod tests {
                 for nb in 1..=3 {
                     for n_tok in 1..=9 {
                         for stride in [rows, rows + 3] {
-                            check_against_unpacked(t, rows, 256 * nb, n_tok, stride, fast, 100 * i as u64 + 10 * nb as u64 + n_tok as u64);
+                            check_against_unpacked(t, rows, 256 * nb, n_tok, stride, fast, fast, 100 * i as u64 + 10 * nb as u64 + n_tok as u64);
                         }
                     }
                 }
