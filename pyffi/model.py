@@ -68,6 +68,22 @@ def _logits_array(shape, out):
     return out
 
 
+_F32 = np.dtype(np.float32)
+
+
+class _CallSlots:
+    """The C out-parameters of a one-token forward (the error slot, the length
+    and start), allocated once per session and reused: a Session holds one,
+    taken for the length of a call, so a call racing it on another thread
+    (which the session's lock would serialize anyway) makes its own."""
+
+    __slots__ = ("err", "length_start")
+
+    def __init__(self):
+        self.err = ffi.new("pyffi_error **")
+        self.length_start = ffi.new("uint32_t[2]")
+
+
 def _u32_list(value, n, what):
     vals = [value] * n if isinstance(value, (int, np.integer)) else list(value)
     if len(vals) != n:
@@ -98,6 +114,7 @@ class Session(Handle):
         out = ffi.new("pyffi_session **")
         call(lib.pyffi_session_new, transformer._handle(), params, out)
         self._ptr = ffi.gc(out[0], lib.pyffi_session_free)
+        self._slots = _CallSlots()
         self.vocab_size = transformer.vocab_size
         self.n_ctx = lib.pyffi_session_n_ctx(self._ptr)
 
@@ -155,13 +172,23 @@ class Session(Handle):
         if n == 0:
             return None
         last_only = bool(last_only)
-        logits = _logits_array((1, 1 if last_only else n, self.vocab_size), out)
-        err = ffi.new("pyffi_error **")
-        length_start = ffi.new("uint32_t[2]", (n, start_pos))  # one allocation for both
-        status = _forward(self._ptr, tokens, length_start, 1, length_start + 1, last_only,
-                          ffi.from_buffer("float[]", logits, require_writable=True), logits.size, ffi.NULL, err)
+        shape = (1, 1 if last_only else n, self.vocab_size)
+        if (out is not None and type(out) is np.ndarray and out.dtype is _F32 and out.shape == shape
+                and out.flags.c_contiguous and out.flags.writeable):
+            logits = out  # the decode loop's reused array, checked without the general path's detours
+        else:
+            logits = _logits_array(shape, out)
+        slots = self._slots
+        self._slots = None  # taken (an atomic swap under the GIL); given back below
+        if slots is None:
+            slots = _CallSlots()
+        slots.length_start[0] = n
+        slots.length_start[1] = start_pos
+        status = _forward(self._ptr, tokens, slots.length_start, 1, slots.length_start + 1, last_only,
+                          ffi.from_buffer("float[]", logits, require_writable=True), logits.size, ffi.NULL, slots.err)
+        self._slots = slots
         if status != _OK:
-            raise_error(status, err[0])
+            raise_error(status, slots.err[0])
         return logits
 
     def generate(self, prompt_tokens, max_gen_len=None, temperature=0.6, top_p=0.9, top_k=None,

@@ -116,6 +116,26 @@ def test_one_sequence_fast_path_equals_the_general_one():
         np.testing.assert_array_equal(model.forward(strided), model.forward([strided.tolist()]))
 
 
+def test_one_token_calls_reuse_their_slots_safely():
+    """The fast path reuses one error slot and length/start buffer per
+    session: errors and successes alternate cleanly, and a call that finds the
+    slots taken (another thread's call) makes its own with the same result."""
+    with pyffi.Transformer.from_pretrained(model_dir("stories260K")) as model:
+        s = model.new_session(n_ctx=8)
+        want = model.forward([[1, 10, 20]])[:, -1:]
+        for _ in range(2):
+            with pytest.raises(ValueError, match="start_pos"):
+                s.forward(np.array([1], np.int32), start_pos=5)
+            got = s.forward(np.array([1, 10, 20], np.int32), last_only=True)
+            np.testing.assert_array_equal(got, want)
+        s._slots = None
+        np.testing.assert_array_equal(s.forward([1, 10, 20], last_only=True), want)
+        assert s._slots is not None
+        swapped = np.empty((1, 1, model.vocab_size), np.dtype(">f4"))  # float32, but not native order
+        with pytest.raises(pyffi.InvalidArgumentError, match="out must be"):
+            s.forward(np.array([1], np.int32), last_only=True, out=swapped)
+
+
 def test_forward_writes_into_a_callers_array():
     with pyffi.Transformer.from_pretrained(model_dir("stories260K")) as model:
         want = model.forward([1, 10, 20])
