@@ -23,6 +23,13 @@ fn has_f16c_fma() -> bool {
     *HAS.get_or_init(|| is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c"))
 }
 
+#[cfg(target_arch = "x86_64")]
+fn has_avx512() -> bool {
+    use std::sync::OnceLock;
+    static HAS: OnceLock<bool> = OnceLock::new();
+    *HAS.get_or_init(|| has_f16c_fma() && is_x86_feature_detected!("avx512f"))
+}
+
 /// `sum_i a[i] * b[i]` for float32 `a` and float16 `b` (attention: query
 /// against a cached key).
 pub fn dot_f32_f16(a: &[f32], b: &[f16]) -> f32 {
@@ -108,9 +115,13 @@ fn tile<E: TileElem>(w: &[&[E]], x: &[&[f32]], out: &mut [f32]) {
     if has_f16c_fma() {
         // SAFETY: the CPU supports the features the kernels are compiled for.
         unsafe {
+            // 16-lane vectors where the CPU has them: half the instructions
+            // per weight byte, so a one-token matmul streams memory faster.
+            let wide = has_avx512();
             macro_rules! go {
                 ($($r:literal $t:literal),*) => {
                     match (w.len(), x.len()) {
+                        $(($r, $t) if wide => return x86::tile16::<E, $r, $t>(w, x, out),)*
                         $(($r, $t) => return x86::tile::<E, $r, $t>(w, x, out),)*
                         _ => unreachable!("tile larger than {TILE_ROWS}x{TILE_TOKENS}"),
                     }
@@ -235,8 +246,12 @@ fn tiles<E: TileElem>(
             let t = t0 + k.min(nt - 1);
             &xr[t * n_in..(t + 1) * n_in]
         });
-        for rt in (r0..r1).step_by(TILE_ROWS) {
-            let nr = (r1 - rt).min(TILE_ROWS);
+        // One token: a row at a time (one stream through memory, which the
+        // prefetchers follow best); several: TILE_ROWS rows share each
+        // activation load.
+        let tile_rows = if nt == 1 { 1 } else { TILE_ROWS };
+        for rt in (r0..r1).step_by(tile_rows) {
+            let nr = (r1 - rt).min(tile_rows);
             let ws: [&[E]; TILE_ROWS] = std::array::from_fn(|k| {
                 let r = rt + k.min(nr - 1);
                 &w[r * n_in..(r + 1) * n_in]
@@ -345,6 +360,9 @@ mod x86 {
         /// # Safety
         /// 8 elements must be readable at `p`; the CPU must have AVX2/F16C.
         unsafe fn load8(p: *const Self) -> __m256;
+        /// # Safety
+        /// 16 elements must be readable at `p`; the CPU must have AVX-512F.
+        unsafe fn load16(p: *const Self) -> __m512;
         fn to_f32(self) -> f32;
     }
 
@@ -352,6 +370,10 @@ mod x86 {
         #[inline(always)]
         unsafe fn load8(p: *const f16) -> __m256 {
             _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i))
+        }
+        #[inline(always)]
+        unsafe fn load16(p: *const f16) -> __m512 {
+            _mm512_cvtph_ps(_mm256_loadu_si256(p as *const __m256i))
         }
         fn to_f32(self) -> f32 {
             f16::to_f32(self)
@@ -363,8 +385,55 @@ mod x86 {
         unsafe fn load8(p: *const f32) -> __m256 {
             _mm256_loadu_ps(p)
         }
+        #[inline(always)]
+        unsafe fn load16(p: *const f32) -> __m512 {
+            _mm512_loadu_ps(p)
+        }
         fn to_f32(self) -> f32 {
             self
+        }
+    }
+
+    /// `tile` on 16-lane vectors (AVX-512F).
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+    pub unsafe fn tile16<E: Elem, const R: usize, const T: usize>(w: &[&[E]], x: &[&[f32]], out: &mut [f32]) {
+        let n = w[0].len();
+        let wp: [*const E; R] = std::array::from_fn(|r| w[r].as_ptr());
+        let xp: [*const f32; T] = std::array::from_fn(|t| x[t].as_ptr());
+        // A 1x1 tile runs four independent sums, so that the fused
+        // multiply-adds' latency does not bound it.
+        let u = if R * T == 1 { 4 } else { 1 };
+        let mut acc = [[[_mm512_setzero_ps(); 4]; T]; R];
+        let mut i = 0;
+        let mut step = |i: usize, k: usize| {
+            let xv: [__m512; T] = std::array::from_fn(|t| _mm512_loadu_ps(xp[t].add(i)));
+            for r in 0..R {
+                let wv = E::load16(wp[r].add(i));
+                for t in 0..T {
+                    acc[r][t][k] = _mm512_fmadd_ps(wv, xv[t], acc[r][t][k]);
+                }
+            }
+        };
+        while i + 16 * u <= n {
+            for k in 0..u {
+                step(i + 16 * k, k);
+            }
+            i += 16 * u;
+        }
+        while i + 16 <= n {
+            step(i, 0);
+            i += 16;
+        }
+        let full = i;
+        for r in 0..R {
+            for t in 0..T {
+                let a = acc[r][t];
+                let mut s = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a[0], a[1]), _mm512_add_ps(a[2], a[3])));
+                for j in full..n {
+                    s += w[r][j].to_f32() * x[t][j];
+                }
+                out[r * T + t] = s;
+            }
         }
     }
 
@@ -373,24 +442,37 @@ mod x86 {
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn tile<E: Elem, const R: usize, const T: usize>(w: &[&[E]], x: &[&[f32]], out: &mut [f32]) {
         let n = w[0].len();
-        let full = n / 8 * 8;
         let wp: [*const E; R] = std::array::from_fn(|r| w[r].as_ptr());
         let xp: [*const f32; T] = std::array::from_fn(|t| x[t].as_ptr());
-        let mut acc = [[_mm256_setzero_ps(); T]; R];
+        // A 1x1 tile runs four independent sums, so that the fused
+        // multiply-adds' latency does not bound it.
+        let u = if R * T == 1 { 4 } else { 1 };
+        let mut acc = [[[_mm256_setzero_ps(); 4]; T]; R];
         let mut i = 0;
-        while i < full {
+        let mut step = |i: usize, k: usize| {
             let xv: [__m256; T] = std::array::from_fn(|t| _mm256_loadu_ps(xp[t].add(i)));
             for r in 0..R {
                 let wv = E::load8(wp[r].add(i));
                 for t in 0..T {
-                    acc[r][t] = _mm256_fmadd_ps(wv, xv[t], acc[r][t]);
+                    acc[r][t][k] = _mm256_fmadd_ps(wv, xv[t], acc[r][t][k]);
                 }
             }
+        };
+        while i + 8 * u <= n {
+            for k in 0..u {
+                step(i + 8 * k, k);
+            }
+            i += 8 * u;
+        }
+        while i + 8 <= n {
+            step(i, 0);
             i += 8;
         }
+        let full = i;
         for r in 0..R {
             for t in 0..T {
-                let mut s = hsum(acc[r][t]);
+                let a = acc[r][t];
+                let mut s = hsum(_mm256_add_ps(_mm256_add_ps(a[0], a[1]), _mm256_add_ps(a[2], a[3])));
                 for j in full..n {
                     s += w[r][j].to_f32() * x[t][j];
                 }
