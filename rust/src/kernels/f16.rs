@@ -118,6 +118,10 @@ fn tile<E: TileElem>(w: &[&[E]], x: &[&[f32]], out: &mut [f32]) {
             // 16-lane vectors where the CPU has them: half the instructions
             // per weight byte, so a one-token matmul streams memory faster.
             let wide = has_avx512();
+            if w.len() == 1 && x.len() == 1 {
+                out[0] = if wide { x86::row16(w[0], x[0]) } else { x86::row(w[0], x[0]) };
+                return;
+            }
             macro_rules! go {
                 ($($r:literal $t:literal),*) => {
                     match (w.len(), x.len()) {
@@ -394,41 +398,78 @@ mod x86 {
         }
     }
 
+    /// One row against one token (`tile` 1x1) with four independent sums,
+    /// so that the fused multiply-adds' latency does not bound it: the
+    /// one-token matmul's kernel, one stream through memory.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn row<E: Elem>(w: &[E], x: &[f32]) -> f32 {
+        let n = w.len();
+        let (wp, xp) = (w.as_ptr(), x.as_ptr());
+        let mut acc = [_mm256_setzero_ps(); 4];
+        let mut i = 0;
+        while i + 32 <= n {
+            for (k, a) in acc.iter_mut().enumerate() {
+                *a = _mm256_fmadd_ps(E::load8(wp.add(i + 8 * k)), _mm256_loadu_ps(xp.add(i + 8 * k)), *a);
+            }
+            i += 32;
+        }
+        while i + 8 <= n {
+            acc[0] = _mm256_fmadd_ps(E::load8(wp.add(i)), _mm256_loadu_ps(xp.add(i)), acc[0]);
+            i += 8;
+        }
+        let mut s = hsum(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])));
+        for j in i..n {
+            s += w[j].to_f32() * x[j];
+        }
+        s
+    }
+
+    /// `row` on 16-lane vectors (AVX-512F).
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+    pub unsafe fn row16<E: Elem>(w: &[E], x: &[f32]) -> f32 {
+        let n = w.len();
+        let (wp, xp) = (w.as_ptr(), x.as_ptr());
+        let mut acc = [_mm512_setzero_ps(); 4];
+        let mut i = 0;
+        while i + 64 <= n {
+            for (k, a) in acc.iter_mut().enumerate() {
+                *a = _mm512_fmadd_ps(E::load16(wp.add(i + 16 * k)), _mm512_loadu_ps(xp.add(i + 16 * k)), *a);
+            }
+            i += 64;
+        }
+        while i + 16 <= n {
+            acc[0] = _mm512_fmadd_ps(E::load16(wp.add(i)), _mm512_loadu_ps(xp.add(i)), acc[0]);
+            i += 16;
+        }
+        let mut s = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3])));
+        for j in i..n {
+            s += w[j].to_f32() * x[j];
+        }
+        s
+    }
+
     /// `tile` on 16-lane vectors (AVX-512F).
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     pub unsafe fn tile16<E: Elem, const R: usize, const T: usize>(w: &[&[E]], x: &[&[f32]], out: &mut [f32]) {
         let n = w[0].len();
+        let full = n / 16 * 16;
         let wp: [*const E; R] = std::array::from_fn(|r| w[r].as_ptr());
         let xp: [*const f32; T] = std::array::from_fn(|t| x[t].as_ptr());
-        // A 1x1 tile runs four independent sums, so that the fused
-        // multiply-adds' latency does not bound it.
-        let u = if R * T == 1 { 4 } else { 1 };
-        let mut acc = [[[_mm512_setzero_ps(); 4]; T]; R];
+        let mut acc = [[_mm512_setzero_ps(); T]; R];
         let mut i = 0;
-        let mut step = |i: usize, k: usize| {
+        while i < full {
             let xv: [__m512; T] = std::array::from_fn(|t| _mm512_loadu_ps(xp[t].add(i)));
             for r in 0..R {
                 let wv = E::load16(wp[r].add(i));
                 for t in 0..T {
-                    acc[r][t][k] = _mm512_fmadd_ps(wv, xv[t], acc[r][t][k]);
+                    acc[r][t] = _mm512_fmadd_ps(wv, xv[t], acc[r][t]);
                 }
             }
-        };
-        while i + 16 * u <= n {
-            for k in 0..u {
-                step(i + 16 * k, k);
-            }
-            i += 16 * u;
-        }
-        while i + 16 <= n {
-            step(i, 0);
             i += 16;
         }
-        let full = i;
         for r in 0..R {
             for t in 0..T {
-                let a = acc[r][t];
-                let mut s = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a[0], a[1]), _mm512_add_ps(a[2], a[3])));
+                let mut s = _mm512_reduce_add_ps(acc[r][t]);
                 for j in full..n {
                     s += w[r][j].to_f32() * x[t][j];
                 }
@@ -442,37 +483,24 @@ mod x86 {
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn tile<E: Elem, const R: usize, const T: usize>(w: &[&[E]], x: &[&[f32]], out: &mut [f32]) {
         let n = w[0].len();
+        let full = n / 8 * 8;
         let wp: [*const E; R] = std::array::from_fn(|r| w[r].as_ptr());
         let xp: [*const f32; T] = std::array::from_fn(|t| x[t].as_ptr());
-        // A 1x1 tile runs four independent sums, so that the fused
-        // multiply-adds' latency does not bound it.
-        let u = if R * T == 1 { 4 } else { 1 };
-        let mut acc = [[[_mm256_setzero_ps(); 4]; T]; R];
+        let mut acc = [[_mm256_setzero_ps(); T]; R];
         let mut i = 0;
-        let mut step = |i: usize, k: usize| {
+        while i < full {
             let xv: [__m256; T] = std::array::from_fn(|t| _mm256_loadu_ps(xp[t].add(i)));
             for r in 0..R {
                 let wv = E::load8(wp[r].add(i));
                 for t in 0..T {
-                    acc[r][t][k] = _mm256_fmadd_ps(wv, xv[t], acc[r][t][k]);
+                    acc[r][t] = _mm256_fmadd_ps(wv, xv[t], acc[r][t]);
                 }
             }
-        };
-        while i + 8 * u <= n {
-            for k in 0..u {
-                step(i + 8 * k, k);
-            }
-            i += 8 * u;
-        }
-        while i + 8 <= n {
-            step(i, 0);
             i += 8;
         }
-        let full = i;
         for r in 0..R {
             for t in 0..T {
-                let a = acc[r][t];
-                let mut s = hsum(_mm256_add_ps(_mm256_add_ps(a[0], a[1]), _mm256_add_ps(a[2], a[3])));
+                let mut s = hsum(acc[r][t]);
                 for j in full..n {
                     s += w[r][j].to_f32() * x[t][j];
                 }
