@@ -23,6 +23,7 @@ from .config import ModelArgs
 _INT32 = np.iinfo(np.int32)
 _I32 = np.dtype(np.int32)
 _U32_MAX = 2**32 - 1
+_F32 = np.dtype(np.float32)
 _OK = lib.PYFFI_OK
 _forward = lib.pyffi_forward
 _SEED_RANDOM = 2**64 - 1
@@ -60,15 +61,15 @@ def _logits_array(shape, out):
     """A new float32 array of `shape`, or `out` checked to be one."""
     if out is None:
         return np.empty(shape, dtype=np.float32)
+    if (type(out) is np.ndarray and out.dtype is _F32 and out.shape == shape
+            and out.flags.c_contiguous and out.flags.writeable):
+        return out  # the decode loop's reused array: the cheapest checks first, as it comes every call
     if not isinstance(out, np.ndarray) or out.dtype != np.float32 or out.shape != shape:
         got = f"{out.dtype} {out.shape}" if isinstance(out, np.ndarray) else type(out).__name__
         raise errors.InvalidArgumentError(f"out must be a float32 array of shape {shape}, got {got}")
     if not out.flags.c_contiguous or not out.flags.writeable:
         raise errors.InvalidArgumentError("out must be C-contiguous and writable")
     return out
-
-
-_F32 = np.dtype(np.float32)
 
 
 class _CallSlots:
@@ -172,12 +173,7 @@ class Session(Handle):
         if n == 0:
             return None
         last_only = bool(last_only)
-        shape = (1, 1 if last_only else n, self.vocab_size)
-        if (out is not None and type(out) is np.ndarray and out.dtype is _F32 and out.shape == shape
-                and out.flags.c_contiguous and out.flags.writeable):
-            logits = out  # the decode loop's reused array, checked without the general path's detours
-        else:
-            logits = _logits_array(shape, out)
+        logits = _logits_array((1, 1 if last_only else n, self.vocab_size), out)
         slots = self._slots
         self._slots = None  # taken (an atomic swap under the GIL); given back below
         if slots is None:

@@ -115,17 +115,16 @@ fn tile<E: TileElem>(w: &[&[E]], x: &[&[f32]], out: &mut [f32]) {
     if has_f16c_fma() {
         // SAFETY: the CPU supports the features the kernels are compiled for.
         unsafe {
-            // 16-lane vectors where the CPU has them: half the instructions
-            // per weight byte, so a one-token matmul streams memory faster.
-            let wide = has_avx512();
             if w.len() == 1 && x.len() == 1 {
-                out[0] = if wide { x86::row16(w[0], x[0]) } else { x86::row(w[0], x[0]) };
+                // A one-token matmul's row: 16-lane vectors where the CPU has
+                // them (half the instructions per weight byte, so it streams
+                // memory faster).
+                out[0] = if has_avx512() { x86::row16(w[0], x[0]) } else { x86::row(w[0], x[0]) };
                 return;
             }
             macro_rules! go {
                 ($($r:literal $t:literal),*) => {
                     match (w.len(), x.len()) {
-                        $(($r, $t) if wide => return x86::tile16::<E, $r, $t>(w, x, out),)*
                         $(($r, $t) => return x86::tile::<E, $r, $t>(w, x, out),)*
                         _ => unreachable!("tile larger than {TILE_ROWS}x{TILE_TOKENS}"),
                     }
@@ -446,36 +445,6 @@ mod x86 {
             s += w[j].to_f32() * x[j];
         }
         s
-    }
-
-    /// `tile` on 16-lane vectors (AVX-512F).
-    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
-    pub unsafe fn tile16<E: Elem, const R: usize, const T: usize>(w: &[&[E]], x: &[&[f32]], out: &mut [f32]) {
-        let n = w[0].len();
-        let full = n / 16 * 16;
-        let wp: [*const E; R] = std::array::from_fn(|r| w[r].as_ptr());
-        let xp: [*const f32; T] = std::array::from_fn(|t| x[t].as_ptr());
-        let mut acc = [[_mm512_setzero_ps(); T]; R];
-        let mut i = 0;
-        while i < full {
-            let xv: [__m512; T] = std::array::from_fn(|t| _mm512_loadu_ps(xp[t].add(i)));
-            for r in 0..R {
-                let wv = E::load16(wp[r].add(i));
-                for t in 0..T {
-                    acc[r][t] = _mm512_fmadd_ps(wv, xv[t], acc[r][t]);
-                }
-            }
-            i += 16;
-        }
-        for r in 0..R {
-            for t in 0..T {
-                let mut s = _mm512_reduce_add_ps(acc[r][t]);
-                for j in full..n {
-                    s += w[r][j].to_f32() * x[t][j];
-                }
-                out[r * T + t] = s;
-            }
-        }
     }
 
     /// An R x T register tile: each weight vector loaded once for T tokens,
