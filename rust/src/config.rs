@@ -57,9 +57,16 @@ impl Arch {
 pub enum RopeScaling {
     None,
     /// Positions divided by `factor` (HF "linear").
-    Linear { factor: f64 },
+    Linear {
+        factor: f64,
+    },
     /// Llama 3.1's frequency-dependent scaling (HF "llama3").
-    Llama3 { factor: f64, low_freq_factor: f64, high_freq_factor: f64, original_max_position_embeddings: f64 },
+    Llama3 {
+        factor: f64,
+        low_freq_factor: f64,
+        high_freq_factor: f64,
+        original_max_position_embeddings: f64,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -95,15 +102,23 @@ pub struct ModelConfig {
 
 impl ModelConfig {
     pub fn load(path: &Path) -> Result<ModelConfig> {
-        let file = if path.is_dir() { path.join("config.json") } else { path.to_path_buf() };
+        let file = if path.is_dir() {
+            path.join("config.json")
+        } else {
+            path.to_path_buf()
+        };
         let text = std::fs::read_to_string(&file).map_err(|e| io_error(&file, e))?;
-        Self::from_json(&text).map_err(|e| crate::error::Error::new(e.kind, format!("{}: {}", file.display(), e.message)))
+        Self::from_json(&text).map_err(|e| {
+            crate::error::Error::new(e.kind, format!("{}: {}", file.display(), e.message))
+        })
     }
 
     pub fn from_json(text: &str) -> Result<ModelConfig> {
-        let value: Value =
-            serde_json::from_str(text).map_err(|e| invalid_config(format!("config is not valid JSON: {e}")))?;
-        let obj = value.as_object().ok_or_else(|| invalid_config("config must be a JSON object"))?;
+        let value: Value = serde_json::from_str(text)
+            .map_err(|e| invalid_config(format!("config is not valid JSON: {e}")))?;
+        let obj = value
+            .as_object()
+            .ok_or_else(|| invalid_config("config must be a JSON object"))?;
         Self::from_map(obj)
     }
 
@@ -114,7 +129,8 @@ impl ModelConfig {
         let intermediate_size = req_usize(m, "intermediate_size")?;
         let num_hidden_layers = req_usize(m, "num_hidden_layers")?;
         let num_attention_heads = req_usize(m, "num_attention_heads")?;
-        let num_key_value_heads = opt_usize(m, "num_key_value_heads")?.unwrap_or(num_attention_heads);
+        let num_key_value_heads =
+            opt_usize(m, "num_key_value_heads")?.unwrap_or(num_attention_heads);
         if num_attention_heads % num_key_value_heads != 0 {
             return Err(invalid_config(format!(
                 "num_attention_heads ({num_attention_heads}) must be a multiple of num_key_value_heads ({num_key_value_heads})"
@@ -132,19 +148,25 @@ impl ModelConfig {
             }
         };
         if head_dim % 2 != 0 {
-            return Err(invalid_config(format!("head_dim ({head_dim}) must be even for rotary embeddings")));
+            return Err(invalid_config(format!(
+                "head_dim ({head_dim}) must be even for rotary embeddings"
+            )));
         }
 
         if let Some(act) = opt_str(m, "hidden_act")?.or(opt_str(m, "hidden_activation")?) {
             if act != "silu" {
-                return Err(unsupported(format!("hidden_act '{act}' is not supported (only 'silu')")));
+                return Err(unsupported(format!(
+                    "hidden_act '{act}' is not supported (only 'silu')"
+                )));
             }
         }
 
         let default_eps = if arch == Arch::Phi3 { 1e-5 } else { 1e-6 };
         let rms_norm_eps = opt_f64(m, "rms_norm_eps")?.unwrap_or(default_eps);
         if !(rms_norm_eps > 0.0 && rms_norm_eps.is_finite()) {
-            return Err(invalid_config(format!("rms_norm_eps must be a positive number, got {rms_norm_eps}")));
+            return Err(invalid_config(format!(
+                "rms_norm_eps must be a positive number, got {rms_norm_eps}"
+            )));
         }
         let max_position_embeddings = opt_usize(m, "max_position_embeddings")?.unwrap_or(2048);
 
@@ -167,17 +189,30 @@ impl ModelConfig {
             None | Some(Value::Null) => vec![],
             Some(Value::Array(items)) => items
                 .iter()
-                .map(|v| v.as_i64().ok_or_else(|| invalid_config(format!("eos_token_id must hold integers, got {v}"))))
+                .map(|v| {
+                    v.as_i64().ok_or_else(|| {
+                        invalid_config(format!("eos_token_id must hold integers, got {v}"))
+                    })
+                })
                 .collect::<Result<Vec<_>>>()?,
-            Some(v) => vec![v.as_i64().ok_or_else(|| invalid_config(format!("eos_token_id must be an integer or a list, got {v}")))?],
+            Some(v) => vec![v.as_i64().ok_or_else(|| {
+                invalid_config(format!(
+                    "eos_token_id must be an integer or a list, got {v}"
+                ))
+            })?],
         };
-        for (name, id) in [("bos_token_id", bos_token_id), ("pad_token_id", pad_token_id)]
-            .into_iter()
-            .chain(eos_token_ids.iter().map(|&e| ("eos_token_id", Some(e))))
+        for (name, id) in [
+            ("bos_token_id", bos_token_id),
+            ("pad_token_id", pad_token_id),
+        ]
+        .into_iter()
+        .chain(eos_token_ids.iter().map(|&e| ("eos_token_id", Some(e))))
         {
             if let Some(id) = id {
                 if id < 0 || id as u64 >= vocab_size as u64 {
-                    return Err(invalid_config(format!("{name} ({id}) is outside the vocabulary (vocab_size {vocab_size})")));
+                    return Err(invalid_config(format!(
+                        "{name} ({id}) is outside the vocabulary (vocab_size {vocab_size})"
+                    )));
                 }
             }
         }
@@ -186,7 +221,9 @@ impl ModelConfig {
         let new_dtype = opt_str(m, "dtype")?;
         if let (Some(a), Some(b)) = (&torch_dtype, &new_dtype) {
             if a != b {
-                return Err(invalid_config(format!("torch_dtype ('{a}') and dtype ('{b}') disagree")));
+                return Err(invalid_config(format!(
+                    "torch_dtype ('{a}') and dtype ('{b}') disagree"
+                )));
             }
         }
         let dtype = new_dtype.or(torch_dtype);
@@ -237,7 +274,12 @@ impl ModelConfig {
         let rope_scaling = match &self.rope_scaling {
             RopeScaling::None => Value::Null,
             RopeScaling::Linear { factor } => json!({"rope_type": "linear", "factor": factor}),
-            RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_position_embeddings } => json!({
+            RopeScaling::Llama3 {
+                factor,
+                low_freq_factor,
+                high_freq_factor,
+                original_max_position_embeddings,
+            } => json!({
                 "rope_type": "llama3", "factor": factor, "low_freq_factor": low_freq_factor,
                 "high_freq_factor": high_freq_factor,
                 "original_max_position_embeddings": original_max_position_embeddings,
@@ -246,7 +288,13 @@ impl ModelConfig {
         let layer_types: Vec<&str> = self
             .sliding_layers
             .iter()
-            .map(|&s| if s { "sliding_attention" } else { "full_attention" })
+            .map(|&s| {
+                if s {
+                    "sliding_attention"
+                } else {
+                    "full_attention"
+                }
+            })
             .collect();
         let v = json!({
             "model_type": self.arch.name(),
@@ -281,7 +329,9 @@ impl ModelConfig {
 fn parse_arch(m: &Map<String, Value>) -> Result<Arch> {
     if let Some(t) = opt_str(m, "model_type")? {
         return Arch::from_model_type(&t).ok_or_else(|| {
-            unsupported(format!("model_type '{t}' is not supported (supported: llama, mistral, qwen2, phi3)"))
+            unsupported(format!(
+                "model_type '{t}' is not supported (supported: llama, mistral, qwen2, phi3)"
+            ))
         });
     }
     if let Some(Value::Array(archs)) = m.get("architectures") {
@@ -290,7 +340,9 @@ fn parse_arch(m: &Map<String, Value>) -> Result<Arch> {
                 .ok_or_else(|| unsupported(format!("architecture '{a}' is not supported")));
         }
     }
-    Err(invalid_config("model_type is missing (and no architectures list to infer it from)"))
+    Err(invalid_config(
+        "model_type is missing (and no architectures list to infer it from)",
+    ))
 }
 
 /// Returns (rope_theta, scaling, partial_rotary_factor) from either style.
@@ -299,12 +351,20 @@ fn parse_rope(m: &Map<String, Value>, head_dim: usize) -> Result<(f64, RopeScali
     let params = match m.get("rope_parameters") {
         None | Some(Value::Null) => None,
         Some(Value::Object(p)) => Some(p),
-        Some(v) => return Err(invalid_config(format!("rope_parameters must be an object, got {v}"))),
+        Some(v) => {
+            return Err(invalid_config(format!(
+                "rope_parameters must be an object, got {v}"
+            )))
+        }
     };
     let old_scaling = match m.get("rope_scaling") {
         None | Some(Value::Null) => None,
         Some(Value::Object(p)) => Some(p),
-        Some(v) => return Err(invalid_config(format!("rope_scaling must be an object or null, got {v}"))),
+        Some(v) => {
+            return Err(invalid_config(format!(
+                "rope_scaling must be an object or null, got {v}"
+            )))
+        }
     };
 
     let param_theta = match params {
@@ -313,19 +373,25 @@ fn parse_rope(m: &Map<String, Value>, head_dim: usize) -> Result<(f64, RopeScali
     };
     let theta = match (top_theta, param_theta) {
         (Some(a), Some(b)) if a != b => {
-            return Err(invalid_config(format!("rope_theta ({a}) and rope_parameters.rope_theta ({b}) disagree")))
+            return Err(invalid_config(format!(
+                "rope_theta ({a}) and rope_parameters.rope_theta ({b}) disagree"
+            )))
         }
         (a, b) => a.or(b).unwrap_or(10000.0),
     };
     if !(theta > 0.0 && theta.is_finite()) {
-        return Err(invalid_config(format!("rope_theta must be a positive number, got {theta}")));
+        return Err(invalid_config(format!(
+            "rope_theta must be a positive number, got {theta}"
+        )));
     }
 
     let param_scaling = params.filter(|p| rope_type_of(p).map(|t| t != "default").unwrap_or(false));
     let (scaling_map, field) = match (param_scaling, old_scaling) {
         (Some(p), Some(o)) => {
             if rope_type_of(p) != rope_type_of(o) {
-                return Err(invalid_config("rope_scaling and rope_parameters name different rope types"));
+                return Err(invalid_config(
+                    "rope_scaling and rope_parameters name different rope types",
+                ));
             }
             (Some(p), "rope_parameters")
         }
@@ -336,15 +402,20 @@ fn parse_rope(m: &Map<String, Value>, head_dim: usize) -> Result<(f64, RopeScali
     let scaling = match scaling_map {
         None => RopeScaling::None,
         Some(s) => {
-            let kind = rope_type_of(s).ok_or_else(|| invalid_config(format!("{field} has no rope_type")))?;
+            let kind = rope_type_of(s)
+                .ok_or_else(|| invalid_config(format!("{field} has no rope_type")))?;
             let f = |name: &str| -> Result<f64> {
                 opt_f64(s, name)
                     .map_err(|e| prefix(e, &format!("{field}.")))?
-                    .ok_or_else(|| invalid_config(format!("{field}.{name} is missing for rope type '{kind}'")))
+                    .ok_or_else(|| {
+                        invalid_config(format!("{field}.{name} is missing for rope type '{kind}'"))
+                    })
             };
             match kind.as_str() {
                 "default" => RopeScaling::None,
-                "linear" => RopeScaling::Linear { factor: positive(f("factor")?, field, "factor")? },
+                "linear" => RopeScaling::Linear {
+                    factor: positive(f("factor")?, field, "factor")?,
+                },
                 "llama3" => {
                     let low = f("low_freq_factor")?;
                     let high = f("high_freq_factor")?;
@@ -364,25 +435,23 @@ fn parse_rope(m: &Map<String, Value>, head_dim: usize) -> Result<(f64, RopeScali
                         )?,
                     }
                 }
-                other => {
-                    return Err(unsupported(format!(
-                        "{field} type '{other}' is not supported (supported: default, linear, llama3)"
-                    )))
-                }
+                other => return Err(unsupported(format!(
+                    "{field} type '{other}' is not supported (supported: default, linear, llama3)"
+                ))),
             }
         }
     };
 
     let prf_param = match params {
-        Some(p) => opt_f64(p, "partial_rotary_factor").map_err(|e| prefix(e, "rope_parameters."))?,
+        Some(p) => {
+            opt_f64(p, "partial_rotary_factor").map_err(|e| prefix(e, "rope_parameters."))?
+        }
         None => None,
     };
     let prf = match (opt_f64(m, "partial_rotary_factor")?, prf_param) {
-        (Some(a), Some(b)) if a != b => {
-            return Err(invalid_config(format!(
-                "partial_rotary_factor ({a}) and rope_parameters.partial_rotary_factor ({b}) disagree"
-            )))
-        }
+        (Some(a), Some(b)) if a != b => return Err(invalid_config(format!(
+            "partial_rotary_factor ({a}) and rope_parameters.partial_rotary_factor ({b}) disagree"
+        ))),
         (a, b) => a.or(b).unwrap_or(1.0),
     };
     let rotated = (head_dim as f64 * prf) as usize;
@@ -395,10 +464,17 @@ fn parse_rope(m: &Map<String, Value>, head_dim: usize) -> Result<(f64, RopeScali
 }
 
 fn rope_type_of(m: &Map<String, Value>) -> Option<String> {
-    m.get("rope_type").or_else(|| m.get("type")).and_then(|v| v.as_str()).map(|s| s.to_string())
+    m.get("rope_type")
+        .or_else(|| m.get("type"))
+        .and_then(|v| v.as_str())
+        .map(|s| s.to_string())
 }
 
-fn parse_sliding(m: &Map<String, Value>, arch: Arch, layers: usize) -> Result<(Option<usize>, Vec<bool>)> {
+fn parse_sliding(
+    m: &Map<String, Value>,
+    arch: Arch,
+    layers: usize,
+) -> Result<(Option<usize>, Vec<bool>)> {
     let window = opt_usize(m, "sliding_window")?;
     // Llama ignores the field; Qwen2 uses it only when use_sliding_window is set.
     let window = match arch {
@@ -406,7 +482,9 @@ fn parse_sliding(m: &Map<String, Value>, arch: Arch, layers: usize) -> Result<(O
         Arch::Qwen2 if !opt_bool(m, "use_sliding_window")?.unwrap_or(false) => None,
         _ => window,
     };
-    let Some(w) = window else { return Ok((None, vec![false; layers])) };
+    let Some(w) = window else {
+        return Ok((None, vec![false; layers]));
+    };
     let flags = match m.get("layer_types") {
         Some(Value::Array(types)) => {
             if types.len() != layers {
@@ -420,7 +498,9 @@ fn parse_sliding(m: &Map<String, Value>, arch: Arch, layers: usize) -> Result<(O
                 .map(|t| match t.as_str() {
                     Some("sliding_attention") => Ok(true),
                     Some("full_attention") => Ok(false),
-                    _ => Err(invalid_config(format!("layer_types entry {t} is not 'full_attention' or 'sliding_attention'"))),
+                    _ => Err(invalid_config(format!(
+                        "layer_types entry {t} is not 'full_attention' or 'sliding_attention'"
+                    ))),
                 })
                 .collect::<Result<Vec<_>>>()?
         }
@@ -446,7 +526,9 @@ fn positive(v: f64, field: &str, name: &str) -> Result<f64> {
     if v > 0.0 && v.is_finite() {
         Ok(v)
     } else {
-        Err(invalid_config(format!("{field}.{name} must be a positive number, got {v}")))
+        Err(invalid_config(format!(
+            "{field}.{name} must be a positive number, got {v}"
+        )))
     }
 }
 
@@ -459,7 +541,9 @@ fn opt_usize(m: &Map<String, Value>, key: &str) -> Result<Option<usize>> {
         None | Some(Value::Null) => Ok(None),
         Some(v) => match v.as_u64() {
             Some(n) if n > 0 && n <= (1 << 31) => Ok(Some(n as usize)),
-            _ => Err(invalid_config(format!("{key} must be a positive integer, got {v}"))),
+            _ => Err(invalid_config(format!(
+                "{key} must be a positive integer, got {v}"
+            ))),
         },
     }
 }
@@ -467,21 +551,30 @@ fn opt_usize(m: &Map<String, Value>, key: &str) -> Result<Option<usize>> {
 fn opt_i64(m: &Map<String, Value>, key: &str) -> Result<Option<i64>> {
     match m.get(key) {
         None | Some(Value::Null) => Ok(None),
-        Some(v) => v.as_i64().map(Some).ok_or_else(|| invalid_config(format!("{key} must be an integer, got {v}"))),
+        Some(v) => v
+            .as_i64()
+            .map(Some)
+            .ok_or_else(|| invalid_config(format!("{key} must be an integer, got {v}"))),
     }
 }
 
 fn opt_f64(m: &Map<String, Value>, key: &str) -> Result<Option<f64>> {
     match m.get(key) {
         None | Some(Value::Null) => Ok(None),
-        Some(v) => v.as_f64().map(Some).ok_or_else(|| invalid_config(format!("{key} must be a number, got {v}"))),
+        Some(v) => v
+            .as_f64()
+            .map(Some)
+            .ok_or_else(|| invalid_config(format!("{key} must be a number, got {v}"))),
     }
 }
 
 fn opt_bool(m: &Map<String, Value>, key: &str) -> Result<Option<bool>> {
     match m.get(key) {
         None | Some(Value::Null) => Ok(None),
-        Some(v) => v.as_bool().map(Some).ok_or_else(|| invalid_config(format!("{key} must be true or false, got {v}"))),
+        Some(v) => v
+            .as_bool()
+            .map(Some)
+            .ok_or_else(|| invalid_config(format!("{key} must be true or false, got {v}"))),
     }
 }
 
@@ -544,20 +637,98 @@ mod tests {
     #[test]
     fn errors_name_the_field() {
         let cases: Vec<(Value, &str, ErrorKind)> = vec![
-            ({ let mut v = base(); v.as_object_mut().unwrap().remove("hidden_size"); v }, "hidden_size", ErrorKind::InvalidConfig),
-            ({ let mut v = base(); v["num_key_value_heads"] = json!(3); v }, "num_key_value_heads", ErrorKind::InvalidConfig),
-            ({ let mut v = base(); v["model_type"] = json!("gpt2"); v }, "model_type", ErrorKind::Unsupported),
-            ({ let mut v = base(); v["vocab_size"] = json!("many"); v }, "vocab_size", ErrorKind::InvalidConfig),
-            ({ let mut v = base(); v["rope_theta"] = json!(1.0); v["rope_parameters"] = json!({"rope_theta": 2.0}); v }, "rope_theta", ErrorKind::InvalidConfig),
-            ({ let mut v = base(); v["rope_scaling"] = json!({"rope_type": "yarn", "factor": 2.0}); v }, "yarn", ErrorKind::Unsupported),
-            ({ let mut v = base(); v["torch_dtype"] = json!("float32"); v["dtype"] = json!("bfloat16"); v }, "dtype", ErrorKind::InvalidConfig),
-            ({ let mut v = base(); v["eos_token_id"] = json!(99); v }, "eos_token_id", ErrorKind::InvalidConfig),
-            ({ let mut v = base(); v["hidden_act"] = json!("gelu"); v }, "hidden_act", ErrorKind::Unsupported),
+            (
+                {
+                    let mut v = base();
+                    v.as_object_mut().unwrap().remove("hidden_size");
+                    v
+                },
+                "hidden_size",
+                ErrorKind::InvalidConfig,
+            ),
+            (
+                {
+                    let mut v = base();
+                    v["num_key_value_heads"] = json!(3);
+                    v
+                },
+                "num_key_value_heads",
+                ErrorKind::InvalidConfig,
+            ),
+            (
+                {
+                    let mut v = base();
+                    v["model_type"] = json!("gpt2");
+                    v
+                },
+                "model_type",
+                ErrorKind::Unsupported,
+            ),
+            (
+                {
+                    let mut v = base();
+                    v["vocab_size"] = json!("many");
+                    v
+                },
+                "vocab_size",
+                ErrorKind::InvalidConfig,
+            ),
+            (
+                {
+                    let mut v = base();
+                    v["rope_theta"] = json!(1.0);
+                    v["rope_parameters"] = json!({"rope_theta": 2.0});
+                    v
+                },
+                "rope_theta",
+                ErrorKind::InvalidConfig,
+            ),
+            (
+                {
+                    let mut v = base();
+                    v["rope_scaling"] = json!({"rope_type": "yarn", "factor": 2.0});
+                    v
+                },
+                "yarn",
+                ErrorKind::Unsupported,
+            ),
+            (
+                {
+                    let mut v = base();
+                    v["torch_dtype"] = json!("float32");
+                    v["dtype"] = json!("bfloat16");
+                    v
+                },
+                "dtype",
+                ErrorKind::InvalidConfig,
+            ),
+            (
+                {
+                    let mut v = base();
+                    v["eos_token_id"] = json!(99);
+                    v
+                },
+                "eos_token_id",
+                ErrorKind::InvalidConfig,
+            ),
+            (
+                {
+                    let mut v = base();
+                    v["hidden_act"] = json!("gelu");
+                    v
+                },
+                "hidden_act",
+                ErrorKind::Unsupported,
+            ),
         ];
         for (v, field, kind) in cases {
             let e = parse(&v).unwrap_err();
             assert_eq!(e.kind, kind, "{}", e.message);
-            assert!(e.message.contains(field), "{} does not name {field}", e.message);
+            assert!(
+                e.message.contains(field),
+                "{} does not name {field}",
+                e.message
+            );
         }
         assert!(ModelConfig::from_json("{not json").is_err());
     }

@@ -33,7 +33,10 @@ pub struct Error {
 
 impl Error {
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        Error { kind, message: message.into() }
+        Error {
+            kind,
+            message: message.into(),
+        }
     }
 }
 
@@ -64,7 +67,15 @@ ctor!(cancelled, Cancelled);
 
 /// Map an I/O error on `path` to NotFound or Io, naming the path.
 pub fn io_error(path: &std::path::Path, e: std::io::Error) -> Error {
-    let kind = if e.kind() == std::io::ErrorKind::NotFound { ErrorKind::NotFound } else { ErrorKind::Io };
-    let what = if kind == ErrorKind::NotFound { "no such file or folder".to_string() } else { e.to_string() };
+    let kind = if e.kind() == std::io::ErrorKind::NotFound {
+        ErrorKind::NotFound
+    } else {
+        ErrorKind::Io
+    };
+    let what = if kind == ErrorKind::NotFound {
+        "no such file or folder".to_string()
+    } else {
+        e.to_string()
+    };
     Error::new(kind, format!("{}: {}", path.display(), what))
 }

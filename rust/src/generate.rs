@@ -52,8 +52,12 @@ impl Session {
         if req.stop_at_eos {
             stops.extend(cfg.eos_token_ids.iter().map(|&e| e as i32));
         }
-        let prompt_len = u32::try_from(req.prompt.len())
-            .map_err(|_| invalid_argument(format!("a prompt of {} tokens is too long", req.prompt.len())))?;
+        let prompt_len = u32::try_from(req.prompt.len()).map_err(|_| {
+            invalid_argument(format!(
+                "a prompt of {} tokens is too long",
+                req.prompt.len()
+            ))
+        })?;
         let mut logits = vec![0.0f32; vocab];
         // Prefill validates the prompt (ids, length) before anything else happens.
         self.forward(req.prompt, &[prompt_len], None, true, &mut logits)?;

@@ -20,7 +20,9 @@ use rayon::prelude::*;
 use safetensors::SafeTensors;
 
 use crate::config::{Arch, ModelConfig, RopeScaling};
-use crate::error::{cancelled, invalid_argument, invalid_weights, io_error, unsupported, Error, Result};
+use crate::error::{
+    cancelled, invalid_argument, invalid_weights, io_error, unsupported, Error, Result,
+};
 use crate::kernels::quant;
 use crate::loader::gguf::{GgmlType, Gguf, GgufWriter};
 use crate::tensor::{DType, TensorView};
@@ -41,8 +43,17 @@ pub enum Target {
 }
 
 impl Target {
-    pub const ALL: [Target; 9] =
-        [Target::F32, Target::F16, Target::BF16, Target::Q8_0, Target::Q4_0, Target::Q4_1, Target::Q4_K, Target::Q5_K, Target::Q6_K];
+    pub const ALL: [Target; 9] = [
+        Target::F32,
+        Target::F16,
+        Target::BF16,
+        Target::Q8_0,
+        Target::Q4_0,
+        Target::Q4_1,
+        Target::Q4_K,
+        Target::Q5_K,
+        Target::Q6_K,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -60,10 +71,16 @@ impl Target {
 
     pub fn parse(name: &str) -> Result<Target> {
         let lower = name.to_ascii_lowercase();
-        Target::ALL.into_iter().find(|t| t.name() == lower).ok_or_else(|| {
-            let names: Vec<&str> = Target::ALL.iter().map(|t| t.name()).collect();
-            invalid_argument(format!("unknown quantization type '{name}' (one of: {})", names.join(", ")))
-        })
+        Target::ALL
+            .into_iter()
+            .find(|t| t.name() == lower)
+            .ok_or_else(|| {
+                let names: Vec<&str> = Target::ALL.iter().map(|t| t.name()).collect();
+                invalid_argument(format!(
+                    "unknown quantization type '{name}' (one of: {})",
+                    names.join(", ")
+                ))
+            })
     }
 
     fn ggml(self) -> GgmlType {
@@ -122,13 +139,22 @@ pub fn tensor_type(target: Target, name: &str, dims: &[u64], is_output: bool) ->
 pub fn encode(t: GgmlType, values: &[f32], cols: usize) -> Result<Vec<u8>> {
     Ok(match t {
         GgmlType::F32 => crate::tensor::f32_le_bytes(values).into_owned(),
-        GgmlType::F16 => values.iter().flat_map(|&v| f16::from_f32(v).to_le_bytes()).collect(),
-        GgmlType::BF16 => values.iter().flat_map(|&v| bf16::from_f32(v).to_le_bytes()).collect(),
+        GgmlType::F16 => values
+            .iter()
+            .flat_map(|&v| f16::from_f32(v).to_le_bytes())
+            .collect(),
+        GgmlType::BF16 => values
+            .iter()
+            .flat_map(|&v| bf16::from_f32(v).to_le_bytes())
+            .collect(),
         other => {
-            let q = crate::loader::gguf_model::quant_type(other).ok_or_else(|| unsupported(format!("cannot write {other} tensors")))?;
+            let q = crate::loader::gguf_model::quant_type(other)
+                .ok_or_else(|| unsupported(format!("cannot write {other} tensors")))?;
             let rb = q.row_bytes(cols);
             let mut out = vec![0u8; values.len() / cols * rb];
-            out.par_chunks_mut(rb).zip(values.par_chunks(cols)).for_each(|(o, row)| quant::quantize_row(q, row, o));
+            out.par_chunks_mut(rb)
+                .zip(values.par_chunks(cols))
+                .for_each(|(o, row)| quant::quantize_row(q, row, o));
             out
         }
     })
@@ -147,25 +173,44 @@ enum Source {
     Gguf(usize),
     /// A safetensors tensor (file index, HF name), rows permuted for
     /// llama.cpp's interleaved rotary when `permute_heads` is set.
-    Safetensors { file: usize, name: String, permute_heads: Option<usize> },
+    Safetensors {
+        file: usize,
+        name: String,
+        permute_heads: Option<usize>,
+    },
 }
 
 /// Convert/quantize `src` (a .gguf file or an HF folder) into the GGUF file
 /// `dst`. `progress(done, total, tensor_name)` is called before each tensor;
 /// returning false stops the work (nothing is written).
-pub fn quantize_file(src: &Path, dst: &Path, target: Target, progress: &mut dyn FnMut(usize, usize, &str) -> bool) -> Result<()> {
+pub fn quantize_file(
+    src: &Path,
+    dst: &Path,
+    target: Target,
+    progress: &mut dyn FnMut(usize, usize, &str) -> bool,
+) -> Result<()> {
     if !src.exists() {
-        return Err(Error::new(crate::error::ErrorKind::NotFound, format!("{}: no such file or folder", src.display())));
+        return Err(Error::new(
+            crate::error::ErrorKind::NotFound,
+            format!("{}: no such file or folder", src.display()),
+        ));
     }
     let is_gguf = src.is_file();
-    let gguf = if is_gguf { Some(Gguf::open(src)?) } else { None };
+    let gguf = if is_gguf {
+        Some(Gguf::open(src)?)
+    } else {
+        None
+    };
     let mut maps: Vec<Mmap> = Vec::new();
     let mut w = GgufWriter::new();
     let items = match &gguf {
         Some(g) => gguf_items(g, &mut w)?,
         None => hf_items(src, &mut w, &mut maps)?,
     };
-    let is_output = |name: &str| name == "output.weight" || (name == "token_embd.weight" && !items.iter().any(|i| i.name == "output.weight"));
+    let is_output = |name: &str| {
+        name == "output.weight"
+            || (name == "token_embd.weight" && !items.iter().any(|i| i.name == "output.weight"))
+    };
     let total = items.len();
     for (done, item) in items.iter().enumerate() {
         if !progress(done, total, &item.name) {
@@ -183,17 +228,37 @@ pub fn quantize_file(src: &Path, dst: &Path, target: Target, progress: &mut dyn 
                     Cow::Owned(encode(t, &values, item.dims[0] as usize)?)
                 }
             }
-            Source::Safetensors { file, name, permute_heads } => {
-                let st = SafeTensors::deserialize(&maps[*file]).map_err(|e| invalid_weights(format!("{}: {e}", src.display())))?;
-                let view = st.tensor(name).map_err(|e| invalid_weights(format!("{name}: {e}")))?;
+            Source::Safetensors {
+                file,
+                name,
+                permute_heads,
+            } => {
+                let st = SafeTensors::deserialize(&maps[*file])
+                    .map_err(|e| invalid_weights(format!("{}: {e}", src.display())))?;
+                let view = st
+                    .tensor(name)
+                    .map_err(|e| invalid_weights(format!("{name}: {e}")))?;
                 let dtype = match view.dtype() {
                     safetensors::Dtype::F32 => DType::F32,
                     safetensors::Dtype::F16 => DType::F16,
                     safetensors::Dtype::BF16 => DType::BF16,
-                    other => return Err(unsupported(format!("tensor '{name}' has dtype {other:?}; supported: F32, F16, BF16"))),
+                    other => {
+                        return Err(unsupported(format!(
+                            "tensor '{name}' has dtype {other:?}; supported: F32, F16, BF16"
+                        )))
+                    }
                 };
-                let tv = TensorView { dtype, shape: view.shape().to_vec(), data: view.data() };
-                let mut values = vec![0.0f32; tv.numel().ok_or_else(|| invalid_weights(format!("tensor '{name}' is too large")))?];
+                let tv = TensorView {
+                    dtype,
+                    shape: view.shape().to_vec(),
+                    data: view.data(),
+                };
+                let mut values = vec![
+                    0.0f32;
+                    tv.numel().ok_or_else(|| invalid_weights(format!(
+                        "tensor '{name}' is too large"
+                    )))?
+                ];
                 tv.to_f32(&mut values)?;
                 if let Some(heads) = permute_heads {
                     values = interleave_rotary_rows(&values, item.dims[0] as usize, *heads);
@@ -224,12 +289,23 @@ pub fn quantize_file(src: &Path, dst: &Path, target: Target, progress: &mut dyn 
 /// Metadata copied, every tensor listed for re-encoding.
 fn gguf_items(g: &Gguf, w: &mut GgufWriter) -> Result<Vec<Item>> {
     for (key, value) in g.metadata() {
-        if matches!(key.as_str(), "general.file_type" | "general.quantization_version" | "general.alignment") {
+        if matches!(
+            key.as_str(),
+            "general.file_type" | "general.quantization_version" | "general.alignment"
+        ) {
             continue;
         }
         w.add_kv(key, value.clone())?;
     }
-    Ok(g.tensors().iter().enumerate().map(|(i, t)| Item { name: t.name.clone(), dims: t.dims.clone(), source: Source::Gguf(i) }).collect())
+    Ok(g.tensors()
+        .iter()
+        .enumerate()
+        .map(|(i, t)| Item {
+            name: t.name.clone(),
+            dims: t.dims.clone(),
+            source: Source::Gguf(i),
+        })
+        .collect())
 }
 
 /// HF rows in rotate-half order -> llama.cpp's interleaved pairs: within
@@ -291,14 +367,23 @@ fn hf_items(dir: &Path, w: &mut GgufWriter, maps: &mut Vec<Mmap>) -> Result<Vec<
     };
     let a = |k: &str| format!("{arch}.{k}");
     w.add_kv("general.architecture", arch)?;
-    w.add_kv("general.name", dir.file_name().and_then(|n| n.to_str()).unwrap_or("model"))?;
+    w.add_kv(
+        "general.name",
+        dir.file_name().and_then(|n| n.to_str()).unwrap_or("model"),
+    )?;
     w.add_kv(&a("context_length"), cfg.max_position_embeddings as u32)?;
     w.add_kv(&a("embedding_length"), cfg.hidden_size as u32)?;
     w.add_kv(&a("block_count"), cfg.num_hidden_layers as u32)?;
     w.add_kv(&a("feed_forward_length"), cfg.intermediate_size as u32)?;
     w.add_kv(&a("attention.head_count"), cfg.num_attention_heads as u32)?;
-    w.add_kv(&a("attention.head_count_kv"), cfg.num_key_value_heads as u32)?;
-    w.add_kv(&a("attention.layer_norm_rms_epsilon"), cfg.rms_norm_eps as f32)?;
+    w.add_kv(
+        &a("attention.head_count_kv"),
+        cfg.num_key_value_heads as u32,
+    )?;
+    w.add_kv(
+        &a("attention.layer_norm_rms_epsilon"),
+        cfg.rms_norm_eps as f32,
+    )?;
     w.add_kv(&a("rope.freq_base"), cfg.rope_theta as f32)?;
     w.add_kv(&a("rope.dimension_count"), cfg.rotary_dim() as u32)?;
     w.add_kv(&a("vocab_size"), cfg.vocab_size as u32)?;
@@ -313,7 +398,9 @@ fn hf_items(dir: &Path, w: &mut GgufWriter, maps: &mut Vec<Mmap>) -> Result<Vec<
             w.add_kv(&a("rope.scaling.factor"), factor as f32)?;
         }
         RopeScaling::Llama3 { .. } => {
-            return Err(unsupported("writing llama3 rope scaling (rope_freqs) to GGUF is not supported yet"))
+            return Err(unsupported(
+                "writing llama3 rope scaling (rope_freqs) to GGUF is not supported yet",
+            ))
         }
     }
     if let Some(sw) = cfg.sliding_window {
@@ -331,8 +418,12 @@ fn hf_items(dir: &Path, w: &mut GgufWriter, maps: &mut Vec<Mmap>) -> Result<Vec<
         let handle = File::open(&file).map_err(|e| io_error(&file, e))?;
         // SAFETY: read-only mapping, kept alive in `maps` while tensors are read.
         let map = unsafe { Mmap::map(&handle) }.map_err(|e| io_error(&file, e))?;
-        let st = SafeTensors::deserialize(&map)
-            .map_err(|e| invalid_weights(format!("{}: not a valid safetensors file: {e}", file.display())))?;
+        let st = SafeTensors::deserialize(&map).map_err(|e| {
+            invalid_weights(format!(
+                "{}: not a valid safetensors file: {e}",
+                file.display()
+            ))
+        })?;
         for (name, view) in st.tensors() {
             found.insert(name, (maps.len(), view.shape().to_vec()));
         }
@@ -346,7 +437,10 @@ fn hf_items(dir: &Path, w: &mut GgufWriter, maps: &mut Vec<Mmap>) -> Result<Vec<
             if hf.ends_with("rotary_emb.inv_freq") {
                 continue;
             }
-            return Err(invalid_weights(format!("{}: tensor '{hf}' has no place in a GGUF {arch} model", dir.display())));
+            return Err(invalid_weights(format!(
+                "{}: tensor '{hf}' has no place in a GGUF {arch} model",
+                dir.display()
+            )));
         };
         if cfg.tie_word_embeddings && g == "output.weight" {
             continue;
@@ -360,7 +454,15 @@ fn hf_items(dir: &Path, w: &mut GgufWriter, maps: &mut Vec<Mmap>) -> Result<Vec<
             None
         };
         let dims: Vec<u64> = shape.iter().rev().map(|&d| d as u64).collect();
-        items.push(Item { name: g, dims, source: Source::Safetensors { file: *file, name: hf.clone(), permute_heads } });
+        items.push(Item {
+            name: g,
+            dims,
+            source: Source::Safetensors {
+                file: *file,
+                name: hf.clone(),
+                permute_heads,
+            },
+        });
     }
     Ok(items)
 }

@@ -22,7 +22,15 @@ pub struct SamplingParams {
 
 impl Default for SamplingParams {
     fn default() -> Self {
-        SamplingParams { temperature: 0.8, top_k: 40, top_p: 0.95, min_p: 0.05, repeat_penalty: 1.0, repeat_last_n: 64, seed: 0 }
+        SamplingParams {
+            temperature: 0.8,
+            top_k: 40,
+            top_p: 0.95,
+            min_p: 0.05,
+            repeat_penalty: 1.0,
+            repeat_last_n: 64,
+            seed: 0,
+        }
     }
 }
 
@@ -30,7 +38,10 @@ impl SamplingParams {
     pub fn validate(&self) -> crate::error::Result<()> {
         let bad = |what: String| Err(crate::error::invalid_argument(what));
         if !(self.temperature >= 0.0 && self.temperature.is_finite()) {
-            return bad(format!("temperature must be >= 0, got {}", self.temperature));
+            return bad(format!(
+                "temperature must be >= 0, got {}",
+                self.temperature
+            ));
         }
         if !(self.top_p > 0.0 && self.top_p <= 1.0) {
             return bad(format!("top_p must be in (0, 1], got {}", self.top_p));
@@ -39,10 +50,16 @@ impl SamplingParams {
             return bad(format!("min_p must be in [0, 1], got {}", self.min_p));
         }
         if !(self.repeat_penalty > 0.0 && self.repeat_penalty.is_finite()) {
-            return bad(format!("repeat_penalty must be > 0, got {}", self.repeat_penalty));
+            return bad(format!(
+                "repeat_penalty must be > 0, got {}",
+                self.repeat_penalty
+            ));
         }
         if self.repeat_last_n < -1 {
-            return bad(format!("repeat_last_n must be >= -1, got {}", self.repeat_last_n));
+            return bad(format!(
+                "repeat_last_n must be >= -1, got {}",
+                self.repeat_last_n
+            ));
         }
         Ok(())
     }
@@ -63,7 +80,9 @@ impl Rng {
             x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
             x ^ (x >> 31)
         };
-        Rng { s: [next(), next(), next(), next()] }
+        Rng {
+            s: [next(), next(), next(), next()],
+        }
     }
 
     pub fn next_u64(&mut self) -> u64 {
@@ -107,7 +126,13 @@ pub fn argmax(x: &[f32]) -> usize {
 impl Sampler {
     pub fn new(params: SamplingParams) -> Sampler {
         let rng = Rng::new(params.seed);
-        Sampler { params, rng, candidates: Vec::new(), probs: Vec::new(), recent: Vec::new() }
+        Sampler {
+            params,
+            rng,
+            candidates: Vec::new(),
+            probs: Vec::new(),
+            recent: Vec::new(),
+        }
     }
 
     /// Picks the next token from `logits` (modified in place by the penalty);
@@ -115,14 +140,22 @@ impl Sampler {
     pub fn sample(&mut self, logits: &mut [f32], history: &[u32]) -> u32 {
         let p = &self.params;
         if p.repeat_penalty != 1.0 && p.repeat_last_n != 0 {
-            let n = if p.repeat_last_n < 0 { history.len() } else { (p.repeat_last_n as usize).min(history.len()) };
+            let n = if p.repeat_last_n < 0 {
+                history.len()
+            } else {
+                (p.repeat_last_n as usize).min(history.len())
+            };
             self.recent.clear();
             self.recent.extend_from_slice(&history[history.len() - n..]);
             self.recent.sort_unstable();
             self.recent.dedup();
             for &t in &self.recent {
                 let l = &mut logits[t as usize];
-                *l = if *l > 0.0 { *l / p.repeat_penalty } else { *l * p.repeat_penalty };
+                *l = if *l > 0.0 {
+                    *l / p.repeat_penalty
+                } else {
+                    *l * p.repeat_penalty
+                };
             }
         }
         if p.temperature == 0.0 {
@@ -131,7 +164,12 @@ impl Sampler {
 
         let c = &mut self.candidates;
         c.clear();
-        c.extend(logits.iter().enumerate().map(|(i, &l)| (l / p.temperature, i as u32)));
+        c.extend(
+            logits
+                .iter()
+                .enumerate()
+                .map(|(i, &l)| (l / p.temperature, i as u32)),
+        );
         let by_logit = |a: &(f32, u32), b: &(f32, u32)| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1));
         if p.top_k > 0 && p.top_k < c.len() {
             c.select_nth_unstable_by(p.top_k - 1, by_logit);
@@ -141,7 +179,8 @@ impl Sampler {
 
         let max = c[0].0 as f64;
         self.probs.clear();
-        self.probs.extend(c.iter().map(|&(l, _)| (l as f64 - max).exp()));
+        self.probs
+            .extend(c.iter().map(|&(l, _)| (l as f64 - max).exp()));
         let total: f64 = self.probs.iter().sum();
         let mut keep = self.probs.len();
         if p.top_p < 1.0 {
@@ -157,7 +196,13 @@ impl Sampler {
         if p.min_p > 0.0 {
             // probs[0] is the largest (exp(0) = 1 before normalising).
             let floor = p.min_p as f64 * self.probs[0];
-            keep = keep.min(self.probs.iter().take_while(|&&q| q >= floor).count().max(1));
+            keep = keep.min(
+                self.probs
+                    .iter()
+                    .take_while(|&&q| q >= floor)
+                    .count()
+                    .max(1),
+            );
         }
         let kept = &self.probs[..keep];
         let mut r = self.rng.next_f64() * kept.iter().sum::<f64>();
@@ -176,7 +221,15 @@ mod tests {
     use super::*;
 
     fn params(temperature: f32, seed: u64) -> SamplingParams {
-        SamplingParams { temperature, top_k: 0, top_p: 1.0, min_p: 0.0, repeat_penalty: 1.0, repeat_last_n: 64, seed }
+        SamplingParams {
+            temperature,
+            top_k: 0,
+            top_p: 1.0,
+            min_p: 0.0,
+            repeat_penalty: 1.0,
+            repeat_last_n: 64,
+            seed,
+        }
     }
 
     #[test]
@@ -190,7 +243,9 @@ mod tests {
         let logits = [0.0f32, 1.0, 2.0];
         let draw = |seed| {
             let mut s = Sampler::new(params(1.0, seed));
-            (0..3000).map(|_| s.sample(&mut logits.clone(), &[])).collect::<Vec<_>>()
+            (0..3000)
+                .map(|_| s.sample(&mut logits.clone(), &[]))
+                .collect::<Vec<_>>()
         };
         assert_eq!(draw(7), draw(7));
         assert_ne!(draw(7), draw(8));
@@ -199,16 +254,28 @@ mod tests {
         for k in 0..3 {
             let freq = d.iter().filter(|&&t| t == k).count() as f64 / d.len() as f64;
             let expected = (logits[k as usize] as f64).exp() / z;
-            assert!((freq - expected).abs() < 0.03, "token {k}: {freq} vs {expected}");
+            assert!(
+                (freq - expected).abs() < 0.03,
+                "token {k}: {freq} vs {expected}"
+            );
         }
     }
 
     #[test]
     fn filters_restrict_the_candidates() {
         let logits = [3.0f32, 2.9, 0.0, -5.0];
-        for (top_k, top_p, min_p, allowed) in [(1, 1.0, 0.0, vec![0]), (2, 1.0, 0.0, vec![0, 1]),
-                                                (0, 0.5, 0.0, vec![0, 1]), (0, 1.0, 0.5, vec![0, 1])] {
-            let mut s = Sampler::new(SamplingParams { top_k, top_p, min_p, ..params(1.0, 11) });
+        for (top_k, top_p, min_p, allowed) in [
+            (1, 1.0, 0.0, vec![0]),
+            (2, 1.0, 0.0, vec![0, 1]),
+            (0, 0.5, 0.0, vec![0, 1]),
+            (0, 1.0, 0.5, vec![0, 1]),
+        ] {
+            let mut s = Sampler::new(SamplingParams {
+                top_k,
+                top_p,
+                min_p,
+                ..params(1.0, 11)
+            });
             for _ in 0..200 {
                 assert!(allowed.contains(&s.sample(&mut logits.clone(), &[])));
             }
@@ -217,7 +284,10 @@ mod tests {
 
     #[test]
     fn repetition_penalty_pushes_away_seen_tokens() {
-        let mut s = Sampler::new(SamplingParams { repeat_penalty: 10.0, ..params(0.0, 1) });
+        let mut s = Sampler::new(SamplingParams {
+            repeat_penalty: 10.0,
+            ..params(0.0, 1)
+        });
         assert_eq!(s.sample(&mut [1.0, 0.9, -1.0], &[0]), 1);
     }
 }

@@ -25,7 +25,12 @@ pub struct SessionParams {
 
 impl Default for SessionParams {
     fn default() -> Self {
-        SessionParams { n_ctx: 0, n_threads: 0, n_seq_max: 64, kv_type: None }
+        SessionParams {
+            n_ctx: 0,
+            n_threads: 0,
+            n_seq_max: 64,
+            kv_type: None,
+        }
     }
 }
 
@@ -60,13 +65,18 @@ impl Session {
             params.n_ctx
         };
         if (n_ctx as u128) * (slot(1) as u128) > (64u128 << 30) {
-            return Err(invalid_argument(format!("n_ctx {n_ctx} needs more than 64 GiB of KV cache per sequence")));
+            return Err(invalid_argument(format!(
+                "n_ctx {n_ctx} needs more than 64 GiB of KV cache per sequence"
+            )));
         }
         if params.n_seq_max == 0 {
             return Err(invalid_argument("n_seq_max must be at least 1"));
         }
         if params.n_threads > 1024 {
-            return Err(invalid_argument(format!("n_threads {} is more than 1024", params.n_threads)));
+            return Err(invalid_argument(format!(
+                "n_threads {} is more than 1024",
+                params.n_threads
+            )));
         }
         let cache = KvCache::new(n_ctx, cfg.num_hidden_layers, cfg.kv_dim(), kv_type);
         Ok(Session {
@@ -96,7 +106,11 @@ impl Session {
 
     pub fn logits_len(&self, lengths: &[u32], last_only: bool) -> usize {
         let rows = lengths.len();
-        let per_row = if last_only { 1 } else { lengths.iter().copied().max().unwrap_or(0) as usize };
+        let per_row = if last_only {
+            1
+        } else {
+            lengths.iter().copied().max().unwrap_or(0) as usize
+        };
         rows * per_row * self.model.config.vocab_size
     }
 
@@ -105,16 +119,28 @@ impl Session {
     /// `start_pos[b]` (0 when None: start fresh). Logits go into `out`:
     /// `[rows][vocab]` when `last_only`, else `[rows][longest][vocab]`, padding
     /// rows zero. Nothing changes when an argument is rejected.
-    pub fn forward(&mut self, tokens: &[i32], lengths: &[u32], start_pos: Option<&[u32]>, last_only: bool, out: &mut [f32]) -> Result<usize> {
+    pub fn forward(
+        &mut self,
+        tokens: &[i32],
+        lengths: &[u32],
+        start_pos: Option<&[u32]>,
+        last_only: bool,
+        out: &mut [f32],
+    ) -> Result<usize> {
         let vocab = self.model.config.vocab_size;
         let n_seq = lengths.len();
         if n_seq == 0 {
             return Err(invalid_argument("the batch has no sequences"));
         }
         if n_seq > self.n_seq_max {
-            return Err(invalid_argument(format!("batch of {n_seq} sequences is more than this session's n_seq_max ({})", self.n_seq_max)));
+            return Err(invalid_argument(format!(
+                "batch of {n_seq} sequences is more than this session's n_seq_max ({})",
+                self.n_seq_max
+            )));
         }
-        let total = lengths.iter().try_fold(0usize, |a, &l| a.checked_add(l as usize));
+        let total = lengths
+            .iter()
+            .try_fold(0usize, |a, &l| a.checked_add(l as usize));
         if total != Some(tokens.len()) {
             return Err(invalid_argument(format!(
                 "lengths add up to {} but {} tokens were given",
@@ -124,7 +150,10 @@ impl Session {
         }
         if let Some(sp) = start_pos {
             if sp.len() != n_seq {
-                return Err(invalid_argument(format!("{} start positions given for {n_seq} sequences", sp.len())));
+                return Err(invalid_argument(format!(
+                    "{} start positions given for {n_seq} sequences",
+                    sp.len()
+                )));
             }
         }
         self.starts.clear();
@@ -166,14 +195,23 @@ impl Session {
         if out.len() < needed {
             return Err(Error::new(
                 ErrorKind::BufferTooSmall,
-                format!("logits buffer holds {} floats but {needed} are needed", out.len()),
+                format!(
+                    "logits buffer holds {} floats but {needed} are needed",
+                    out.len()
+                ),
             ));
         }
         self.cache.ensure_slots(n_seq)?;
 
-        let batch = Batch { tokens: &self.tokens, lengths: &self.lengths, start_pos: &self.starts };
+        let batch = Batch {
+            tokens: &self.tokens,
+            lengths: &self.lengths,
+            start_pos: &self.starts,
+        };
         let (model, cache, scratch) = (&*self.model, &mut self.cache, &mut self.scratch);
-        self.pool.enter(|| llama::forward(model, cache, scratch, &batch, last_only, &mut out[..needed]))?;
+        self.pool.enter(|| {
+            llama::forward(model, cache, scratch, &batch, last_only, &mut out[..needed])
+        })?;
         for (b, (&len, &start)) in self.lengths.iter().zip(&self.starts).enumerate() {
             self.cache.set_len(b, start + len);
         }

@@ -40,12 +40,16 @@ pub struct TensorView<'a> {
 impl TensorView<'_> {
     /// Checked element count (shapes come from untrusted files).
     pub fn numel(&self) -> Option<usize> {
-        self.shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d))
+        self.shape
+            .iter()
+            .try_fold(1usize, |acc, &d| acc.checked_mul(d))
     }
 
     /// Convert into `out`, whose length must equal the element count.
     pub fn to_f32(&self, out: &mut [f32]) -> Result<()> {
-        let n = self.numel().ok_or_else(|| invalid_weights(format!("shape {:?} overflows", self.shape)))?;
+        let n = self
+            .numel()
+            .ok_or_else(|| invalid_weights(format!("shape {:?} overflows", self.shape)))?;
         let expected = n.checked_mul(self.dtype.size());
         if expected != Some(self.data.len()) || out.len() != n {
             return Err(invalid_weights(format!(
@@ -125,8 +129,9 @@ fn zeroed<T: ZeroBits>(n: usize) -> Result<Vec<T>> {
     if n == 0 {
         return Ok(Vec::new());
     }
-    let layout = std::alloc::Layout::array::<T>(n)
-        .map_err(|_| crate::error::invalid_argument(format!("buffer of {n} values is too large")))?;
+    let layout = std::alloc::Layout::array::<T>(n).map_err(|_| {
+        crate::error::invalid_argument(format!("buffer of {n} values is too large"))
+    })?;
     // SAFETY: layout has non-zero size; a non-null result is a zeroed block of
     // n values of T (all-zero bits are 0.0 for every ZeroBits type), owned by
     // the Vec from here on.
@@ -151,7 +156,9 @@ pub fn f32_le_bytes(values: &[f32]) -> std::borrow::Cow<'_, [u8]> {
     if cfg!(target_endian = "little") {
         // SAFETY: f32 has no padding and any byte is a valid u8; the length
         // covers exactly the values' memory.
-        std::borrow::Cow::Borrowed(unsafe { std::slice::from_raw_parts(values.as_ptr() as *const u8, values.len() * 4) })
+        std::borrow::Cow::Borrowed(unsafe {
+            std::slice::from_raw_parts(values.as_ptr() as *const u8, values.len() * 4)
+        })
     } else {
         std::borrow::Cow::Owned(values.iter().flat_map(|v| v.to_le_bytes()).collect())
     }

@@ -20,10 +20,21 @@ fn load(name: &str) -> Arc<Model> {
 fn missing_and_broken_files_are_typed_errors() {
     let dir = std::env::temp_dir().join(format!("pyffi-engine-test-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    assert_eq!(Model::load(&dir.join("nope")).err().unwrap().kind, ErrorKind::NotFound);
-    std::fs::copy(fixtures().join("models/tiny-llama/config.json"), dir.join("config.json")).unwrap();
+    assert_eq!(
+        Model::load(&dir.join("nope")).err().unwrap().kind,
+        ErrorKind::NotFound
+    );
+    std::fs::copy(
+        fixtures().join("models/tiny-llama/config.json"),
+        dir.join("config.json"),
+    )
+    .unwrap();
     assert_eq!(Model::load(&dir).err().unwrap().kind, ErrorKind::NotFound);
-    for bytes in [&b""[..], &[0xffu8; 16][..], &[8, 0, 0, 0, 0, 0, 0, 0, b'{', b'}'][..]] {
+    for bytes in [
+        &b""[..],
+        &[0xffu8; 16][..],
+        &[8, 0, 0, 0, 0, 0, 0, 0, b'{', b'}'][..],
+    ] {
         std::fs::write(dir.join("model.safetensors"), bytes).unwrap();
         let e = Model::load(&dir).err().unwrap();
         assert_eq!(e.kind, ErrorKind::InvalidWeights, "{}", e.message);
@@ -35,14 +46,23 @@ fn missing_and_broken_files_are_typed_errors() {
 fn incremental_decoding_equals_full_forward() {
     let model = load("stories260K");
     let vocab = model.config.vocab_size;
-    let mut s = Session::new(model, &SessionParams { n_ctx: 64, ..Default::default() }).unwrap();
+    let mut s = Session::new(
+        model,
+        &SessionParams {
+            n_ctx: 64,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     let toks = [1, 50, 60, 70, 80, 90];
     let mut full = vec![0.0; toks.len() * vocab];
-    s.forward(&toks, &[toks.len() as u32], None, false, &mut full).unwrap();
+    s.forward(&toks, &[toks.len() as u32], None, false, &mut full)
+        .unwrap();
     let mut step = vec![0.0; vocab];
     s.forward(&toks[..2], &[2], None, true, &mut step).unwrap();
     for (i, &t) in toks.iter().enumerate().skip(2) {
-        s.forward(&[t], &[1], Some(&[i as u32]), true, &mut step).unwrap();
+        s.forward(&[t], &[1], Some(&[i as u32]), true, &mut step)
+            .unwrap();
         let want = &full[i * vocab..(i + 1) * vocab];
         let scale = want.iter().fold(0.0f32, |m, v| m.max(v.abs()));
         for (a, b) in step.iter().zip(want) {
@@ -54,12 +74,23 @@ fn incremental_decoding_equals_full_forward() {
 #[test]
 fn seeded_generation_repeats_and_greedy_is_seed_free() {
     let model = load("tiny-llama");
-    let mut s = Session::new(model, &SessionParams { n_ctx: 64, ..Default::default() }).unwrap();
+    let mut s = Session::new(
+        model,
+        &SessionParams {
+            n_ctx: 64,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     let mut run = |temperature: f32, seed: u64| {
         let req = GenerateRequest {
             prompt: &[1, 2, 3],
             max_new_tokens: 12,
-            sampling: SamplingParams { temperature, seed, ..Default::default() },
+            sampling: SamplingParams {
+                temperature,
+                seed,
+                ..Default::default()
+            },
             stop_tokens: &[],
             stop_at_eos: false,
         };

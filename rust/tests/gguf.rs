@@ -6,14 +6,21 @@ use std::collections::BTreeSet;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 
-use pyffi::loader::gguf::{GgmlType, Gguf, GgufWriter, MetaArray, MetaValue, StrArray, MAX_ARRAY_DEPTH};
+use pyffi::loader::gguf::{
+    GgmlType, Gguf, GgufWriter, MetaArray, MetaValue, StrArray, MAX_ARRAY_DEPTH,
+};
 use pyffi::tensor::DType;
 use pyffi::ErrorKind;
 
 fn fixtures() -> PathBuf {
     std::env::var_os("PYFFI_FIXTURES")
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/fixtures")))
+        .unwrap_or_else(|| {
+            PathBuf::from(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../../shared/fixtures"
+            ))
+        })
 }
 
 fn corpus_dir() -> PathBuf {
@@ -38,17 +45,32 @@ fn temp_path(name: &str) -> PathBuf {
 fn check_invariants(g: &Gguf) {
     let len = g.bytes().len() as u64;
     for t in g.tensors() {
-        let end = t.offset.checked_add(t.n_bytes as u64).expect("tensor end overflows");
+        let end = t
+            .offset
+            .checked_add(t.n_bytes as u64)
+            .expect("tensor end overflows");
         assert!(end <= len, "tensor '{}' ends at {end} past {len}", t.name);
-        assert!(t.offset >= g.data_offset(), "tensor '{}' starts before the data section", t.name);
-        assert_eq!(t.offset % g.alignment(), 0, "tensor '{}' misaligned", t.name);
+        assert!(
+            t.offset >= g.data_offset(),
+            "tensor '{}' starts before the data section",
+            t.name
+        );
+        assert_eq!(
+            t.offset % g.alignment(),
+            0,
+            "tensor '{}' misaligned",
+            t.name
+        );
         assert_eq!(g.tensor_data(t).len(), t.n_bytes);
         assert_eq!(g.tensor(&t.name), Some(t));
         assert!(t.dims.len() <= 4);
     }
     for (k, v) in g.metadata() {
         // Same entry, by address: NaN values never compare equal.
-        assert!(g.get(k).is_some_and(|found| std::ptr::eq(found, v)), "key '{k}'");
+        assert!(
+            g.get(k).is_some_and(|found| std::ptr::eq(found, v)),
+            "key '{k}'"
+        );
     }
 }
 
@@ -71,7 +93,11 @@ const EXPECTED: &[(&str, &str, usize)] = &[
 fn fixture_files_parse() {
     let mut files = gguf_files(&fixtures().join("gguf"));
     files.extend(gguf_files(&fixtures().join("vocab")));
-    assert!(files.len() >= 20, "expected the 17 model and 3 vocab fixtures, found {}", files.len());
+    assert!(
+        files.len() >= 20,
+        "expected the 17 model and 3 vocab fixtures, found {}",
+        files.len()
+    );
     for path in &files {
         let file_name = path.file_name().unwrap().to_str().unwrap();
         let g = Gguf::open(path).unwrap_or_else(|e| panic!("{e}"));
@@ -82,10 +108,20 @@ fn fixture_files_parse() {
             .unwrap_or_else(|| panic!("no expectation for {file_name}"));
         assert!(matches!(g.version(), 2 | 3), "{file_name}");
         assert_eq!(g.architecture(), Some(arch), "{file_name}");
-        let tokens = g.get_strs("tokenizer.ggml.tokens").unwrap_or_else(|| panic!("{file_name}: no tokens"));
+        let tokens = g
+            .get_strs("tokenizer.ggml.tokens")
+            .unwrap_or_else(|| panic!("{file_name}: no tokens"));
         assert_eq!(tokens.len(), vocab, "{file_name}");
-        assert_eq!(g.get_str_array("tokenizer.ggml.tokens").unwrap().len(), vocab);
-        assert_eq!(g.get_i32_array("tokenizer.ggml.token_type").map(|a| a.len()), Some(vocab), "{file_name}");
+        assert_eq!(
+            g.get_str_array("tokenizer.ggml.tokens").unwrap().len(),
+            vocab
+        );
+        assert_eq!(
+            g.get_i32_array("tokenizer.ggml.token_type")
+                .map(|a| a.len()),
+            Some(vocab),
+            "{file_name}"
+        );
         if let Some(scores) = g.get_f32_array("tokenizer.ggml.scores") {
             assert_eq!(scores.len(), vocab, "{file_name}");
         }
@@ -96,13 +132,25 @@ fn fixture_files_parse() {
         assert!((bos as usize) < vocab);
         if file_name.starts_with("ggml-vocab") {
             assert!(g.tensors().is_empty());
-            let model = if file_name.contains("llama-spm") { "llama" } else { "gpt2" };
-            assert_eq!(g.get_str("tokenizer.ggml.model"), Some(model), "{file_name}");
+            let model = if file_name.contains("llama-spm") {
+                "llama"
+            } else {
+                "gpt2"
+            };
+            assert_eq!(
+                g.get_str("tokenizer.ggml.model"),
+                Some(model),
+                "{file_name}"
+            );
         } else {
             let emb = g.tensor("token_embd.weight").expect("token_embd.weight");
             assert_eq!(emb.dims.get(1).copied(), Some(vocab as u64), "{file_name}");
             assert!(g.get_u64(&format!("{arch}.block_count")).unwrap() >= 1);
-            assert!(g.get_f64(&format!("{arch}.attention.layer_norm_rms_epsilon")).unwrap() > 0.0);
+            assert!(
+                g.get_f64(&format!("{arch}.attention.layer_norm_rms_epsilon"))
+                    .unwrap()
+                    > 0.0
+            );
             assert!(!g.tensors().is_empty());
         }
     }
@@ -128,8 +176,11 @@ fn fixture_tensor_types() {
         let found: BTreeSet<&str> = g.tensors().iter().map(|t| t.ggml_type.name()).collect();
         let want: BTreeSet<&str> = expect.iter().map(|t| t.name()).collect();
         // Quantized files keep some rows as F16 when they are not a whole number of blocks.
-        let found_no_f16: BTreeSet<&str> =
-            found.iter().copied().filter(|&n| n != "F16" || want.contains("F16")).collect();
+        let found_no_f16: BTreeSet<&str> = found
+            .iter()
+            .copied()
+            .filter(|&n| n != "F16" || want.contains("F16"))
+            .collect();
         assert_eq!(found_no_f16, want, "{name}");
     }
 }
@@ -139,10 +190,15 @@ fn fixture_tensor_types() {
 fn fixture_data_matches_safetensors() {
     let st_bytes = std::fs::read(fixtures().join("models/tiny-llama/model.safetensors")).unwrap();
     let st = safetensors::SafeTensors::deserialize(&st_bytes).unwrap();
-    let f32s = |b: &[u8]| b.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect::<Vec<_>>();
-    for (ours, theirs) in
-        [("token_embd.weight", "model.embed_tokens.weight"), ("output_norm.weight", "model.norm.weight")]
-    {
+    let f32s = |b: &[u8]| {
+        b.chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect::<Vec<_>>()
+    };
+    for (ours, theirs) in [
+        ("token_embd.weight", "model.embed_tokens.weight"),
+        ("output_norm.weight", "model.norm.weight"),
+    ] {
         let reference = f32s(st.tensor(theirs).unwrap().data());
         let shape = st.tensor(theirs).unwrap().shape().to_vec();
 
@@ -158,7 +214,10 @@ fn fixture_data_matches_safetensors() {
         view.to_f32(&mut out).unwrap();
         assert_eq!(view.shape, shape);
         let max = reference.iter().fold(0f32, |m, x| m.max(x.abs()));
-        let err = out.iter().zip(&reference).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+        let err = out
+            .iter()
+            .zip(&reference)
+            .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
         assert!(err <= max * 1e-3, "{ours}: f16 error {err} vs max {max}");
     }
 }
@@ -180,7 +239,11 @@ fn open_missing_file_is_not_found() {
     let path = temp_path("does-not-exist.gguf");
     let e = Gguf::open(&path).unwrap_err();
     assert_eq!(e.kind, ErrorKind::NotFound);
-    assert!(e.message.contains(&path.display().to_string()), "{}", e.message);
+    assert!(
+        e.message.contains(&path.display().to_string()),
+        "{}",
+        e.message
+    );
     let e = Gguf::open(&std::env::temp_dir()).unwrap_err();
     assert_eq!(e.kind, ErrorKind::Io, "{}", e.message);
 }
@@ -192,7 +255,11 @@ fn open_errors_name_the_file() {
     let e = Gguf::open(&path).unwrap_err();
     std::fs::remove_file(&path).unwrap();
     assert_eq!(e.kind, ErrorKind::InvalidWeights);
-    assert!(e.message.contains(&path.display().to_string()) && e.message.contains("not a GGUF file"), "{}", e.message);
+    assert!(
+        e.message.contains(&path.display().to_string()) && e.message.contains("not a GGUF file"),
+        "{}",
+        e.message
+    );
     let path = temp_path("empty.gguf");
     std::fs::write(&path, b"").unwrap();
     let e = Gguf::open(&path).unwrap_err();
@@ -228,7 +295,8 @@ fn full_writer(alignment: Option<u32>) -> GgufWriter<'static> {
     w.add_kv("v.i64", i64::MIN).unwrap();
     w.add_kv("v.f64", -2.25f64).unwrap();
     w.add_kv("v.empty_str", "").unwrap();
-    w.add_kv("a.strs", vec!["<unk>", "", "▁the", "\u{0}x"]).unwrap();
+    w.add_kv("a.strs", vec!["<unk>", "", "▁the", "\u{0}x"])
+        .unwrap();
     w.add_kv("a.f32", vec![0.0f32, -1.0, 3.5]).unwrap();
     w.add_kv("a.i32", vec![1i32, 2, 3]).unwrap();
     w.add_kv("a.bool", vec![true, false]).unwrap();
@@ -254,11 +322,25 @@ fn full_writer(alignment: Option<u32>) -> GgufWriter<'static> {
     for (i, ty) in GgmlType::ALL.iter().enumerate() {
         let dims = [ty.block_size() as u64 * 2, 3];
         let n = ty.tensor_bytes(&dims).unwrap();
-        w.add_tensor(&format!("t.{}", ty.name()), &dims, *ty, pseudo_bytes(n, i as u64)).unwrap();
+        w.add_tensor(
+            &format!("t.{}", ty.name()),
+            &dims,
+            *ty,
+            pseudo_bytes(n, i as u64),
+        )
+        .unwrap();
     }
-    w.add_tensor("t.scalar", &[], GgmlType::F32, 1.0f32.to_le_bytes().to_vec()).unwrap();
-    w.add_tensor("t.empty", &[0, 4], GgmlType::F16, Vec::new()).unwrap();
-    w.add_tensor("t.4d", &[2, 3, 4, 5], GgmlType::I8, pseudo_bytes(120, 99)).unwrap();
+    w.add_tensor(
+        "t.scalar",
+        &[],
+        GgmlType::F32,
+        1.0f32.to_le_bytes().to_vec(),
+    )
+    .unwrap();
+    w.add_tensor("t.empty", &[0, 4], GgmlType::F16, Vec::new())
+        .unwrap();
+    w.add_tensor("t.4d", &[2, 3, 4, 5], GgmlType::I8, pseudo_bytes(120, 99))
+        .unwrap();
     w
 }
 
@@ -269,7 +351,8 @@ fn rewrite(g: &Gguf) -> Option<Vec<u8>> {
         w.add_kv(k, v.clone()).ok()?;
     }
     for t in g.tensors() {
-        w.add_tensor(&t.name, &t.dims, t.ggml_type, g.tensor_data(t)).ok()?;
+        w.add_tensor(&t.name, &t.dims, t.ggml_type, g.tensor_data(t))
+            .ok()?;
     }
     Some(w.to_bytes())
 }
@@ -290,7 +373,11 @@ fn writer_round_trip() {
 
         // The parsed file equals what went in, key by key and byte by byte.
         let again = Gguf::from_vec(bytes.clone()).unwrap();
-        assert_eq!(rewrite(&again).unwrap(), bytes, "parse + rewrite is the identity");
+        assert_eq!(
+            rewrite(&again).unwrap(),
+            bytes,
+            "parse + rewrite is the identity"
+        );
         assert_eq!(g.metadata().len(), 29 + alignment.is_some() as usize);
         assert_eq!(g.get("v.u8"), Some(&MetaValue::U8(200)));
         assert_eq!(g.get("v.i8"), Some(&MetaValue::I8(-100)));
@@ -306,13 +393,25 @@ fn writer_round_trip() {
         assert_eq!(g.get_i64("v.i64"), Some(i64::MIN));
         assert_eq!(g.get_f64("v.f64"), Some(-2.25));
         assert_eq!(g.get_str("v.empty_str"), Some(""));
-        assert_eq!(g.get_str_array("a.strs"), Some(vec!["<unk>", "", "▁the", "\u{0}x"]));
+        assert_eq!(
+            g.get_str_array("a.strs"),
+            Some(vec!["<unk>", "", "▁the", "\u{0}x"])
+        );
         assert_eq!(g.get_f32_array("a.f32"), Some(&[0.0, -1.0, 3.5][..]));
         assert_eq!(g.get_i32_array("a.i32"), Some(&[1, 2, 3][..]));
-        assert_eq!(g.get("a.bool"), Some(&MetaValue::Array(MetaArray::Bool(vec![true, false]))));
-        assert_eq!(g.get("a.empty"), Some(&MetaValue::Array(MetaArray::U32(vec![]))));
+        assert_eq!(
+            g.get("a.bool"),
+            Some(&MetaValue::Array(MetaArray::Bool(vec![true, false])))
+        );
+        assert_eq!(
+            g.get("a.empty"),
+            Some(&MetaValue::Array(MetaArray::U32(vec![])))
+        );
         assert_eq!(g.get_str_array("a.empty_strs"), Some(vec![]));
-        assert_eq!(g.get_array("a.nested").map(|a| (a.len(), a.depth())), Some((3, 3)));
+        assert_eq!(
+            g.get_array("a.nested").map(|a| (a.len(), a.depth())),
+            Some((3, 3))
+        );
         assert_eq!(g.get("missing"), None);
         assert_eq!(g.get_str("v.u8"), None);
         let keys: Vec<&str> = g.metadata().iter().map(|(k, _)| k.as_str()).collect();
@@ -321,15 +420,30 @@ fn writer_round_trip() {
         assert_eq!(g.tensors().len(), GgmlType::ALL.len() + 3);
         for (i, ty) in GgmlType::ALL.iter().enumerate() {
             let t = g.tensor(&format!("t.{}", ty.name())).unwrap();
-            assert_eq!((t.ggml_type, t.dims.as_slice()), (*ty, &[ty.block_size() as u64 * 2, 3][..]));
+            assert_eq!(
+                (t.ggml_type, t.dims.as_slice()),
+                (*ty, &[ty.block_size() as u64 * 2, 3][..])
+            );
             assert_eq!(g.tensor_data(t), pseudo_bytes(t.n_bytes, i as u64));
         }
-        assert_eq!(g.tensor_data(g.tensor("t.scalar").unwrap()), 1.0f32.to_le_bytes());
+        assert_eq!(
+            g.tensor_data(g.tensor("t.scalar").unwrap()),
+            1.0f32.to_le_bytes()
+        );
         assert_eq!(g.tensor("t.empty").unwrap().n_bytes, 0);
         assert_eq!(g.tensor("t.4d").unwrap().shape(), vec![5, 4, 3, 2]);
         let v = g.tensor_view(g.tensor("t.F16").unwrap()).unwrap();
-        assert_eq!((v.dtype, v.shape.as_slice()), (DType::F16, &[3usize, 2][..]));
-        assert_eq!(g.tensor_view(g.tensor("t.Q4_K").unwrap()).err().unwrap().kind, ErrorKind::Unsupported);
+        assert_eq!(
+            (v.dtype, v.shape.as_slice()),
+            (DType::F16, &[3usize, 2][..])
+        );
+        assert_eq!(
+            g.tensor_view(g.tensor("t.Q4_K").unwrap())
+                .err()
+                .unwrap()
+                .kind,
+            ErrorKind::Unsupported
+        );
     }
 }
 
@@ -348,7 +462,11 @@ fn writer_rejects_bad_input() {
     let mut w = GgufWriter::new();
     w.add_kv("k", 1u32).unwrap();
     let bad_kv = |w: &mut GgufWriter, k: &str, v: MetaValue| {
-        assert_eq!(w.add_kv(k, v).unwrap_err().kind, ErrorKind::InvalidArgument, "{k}");
+        assert_eq!(
+            w.add_kv(k, v).unwrap_err().kind,
+            ErrorKind::InvalidArgument,
+            "{k}"
+        );
     };
     bad_kv(&mut w, "k", MetaValue::U32(2));
     bad_kv(&mut w, "general.alignment", MetaValue::U32(3));
@@ -361,9 +479,14 @@ fn writer_rejects_bad_input() {
     bad_kv(&mut w, "deep", deep.into());
 
     let bad_t = |w: &mut GgufWriter, name: &str, dims: &[u64], ty: GgmlType, n: usize| {
-        assert_eq!(w.add_tensor(name, dims, ty, vec![0u8; n]).unwrap_err().kind, ErrorKind::InvalidArgument, "{name}");
+        assert_eq!(
+            w.add_tensor(name, dims, ty, vec![0u8; n]).unwrap_err().kind,
+            ErrorKind::InvalidArgument,
+            "{name}"
+        );
     };
-    w.add_tensor("a", &[4], GgmlType::F32, vec![0u8; 16]).unwrap();
+    w.add_tensor("a", &[4], GgmlType::F32, vec![0u8; 16])
+        .unwrap();
     bad_t(&mut w, "a", &[4], GgmlType::F32, 16);
     bad_t(&mut w, "size", &[4], GgmlType::F32, 15);
     bad_t(&mut w, "block", &[33], GgmlType::Q8_0, 34);
@@ -430,18 +553,29 @@ fn parse_err(bytes: &[u8]) -> pyffi::Error {
 fn assert_invalid(bytes: &[u8], needle: &str) {
     let e = parse_err(bytes);
     assert_eq!(e.kind, ErrorKind::InvalidWeights, "{}", e.message);
-    assert!(e.message.contains(needle), "'{needle}' not in: {}", e.message);
+    assert!(
+        e.message.contains(needle),
+        "'{needle}' not in: {}",
+        e.message
+    );
 }
 
 fn assert_unsupported(bytes: &[u8], needle: &str) {
     let e = parse_err(bytes);
     assert_eq!(e.kind, ErrorKind::Unsupported, "{}", e.message);
-    assert!(e.message.contains(needle), "'{needle}' not in: {}", e.message);
+    assert!(
+        e.message.contains(needle),
+        "'{needle}' not in: {}",
+        e.message
+    );
 }
 
 /// One F32 tensor of 4 elements and one metadata entry.
 fn one_tensor(dims: &[u64], ty: u32, offset: u64, data_len: usize) -> Vec<u8> {
-    Raw::new(3, 1, 1).kv_u32("k", 1).tensor("w", dims, ty, offset).data(32, &vec![0u8; data_len])
+    Raw::new(3, 1, 1)
+        .kv_u32("k", 1)
+        .tensor("w", dims, ty, offset)
+        .data(32, &vec![0u8; data_len])
 }
 
 #[test]
@@ -460,12 +594,24 @@ fn small_file() -> Vec<u8> {
     w.add_kv("llama.block_count", 2u32).unwrap();
     w.add_kv("llama.eps", 1e-5f32).unwrap();
     w.add_kv("tokenizer.ggml.add_bos_token", true).unwrap();
-    w.add_kv("tokenizer.ggml.tokens", vec!["<unk>", "<s>", "a", "bc"]).unwrap();
-    w.add_kv("tokenizer.ggml.scores", vec![0.0f32, 0.0, -1.0, -2.0]).unwrap();
-    w.add_kv("x.nested", vec![MetaArray::I64(vec![-1]), MetaArray::Str(["z"].into_iter().collect())]).unwrap();
-    w.add_tensor("a", &[8, 2], GgmlType::F32, pseudo_bytes(64, 1)).unwrap();
-    w.add_tensor("b", &[32, 1], GgmlType::Q8_0, pseudo_bytes(34, 2)).unwrap();
-    w.add_tensor("c", &[3], GgmlType::F16, pseudo_bytes(6, 3)).unwrap();
+    w.add_kv("tokenizer.ggml.tokens", vec!["<unk>", "<s>", "a", "bc"])
+        .unwrap();
+    w.add_kv("tokenizer.ggml.scores", vec![0.0f32, 0.0, -1.0, -2.0])
+        .unwrap();
+    w.add_kv(
+        "x.nested",
+        vec![
+            MetaArray::I64(vec![-1]),
+            MetaArray::Str(["z"].into_iter().collect()),
+        ],
+    )
+    .unwrap();
+    w.add_tensor("a", &[8, 2], GgmlType::F32, pseudo_bytes(64, 1))
+        .unwrap();
+    w.add_tensor("b", &[32, 1], GgmlType::Q8_0, pseudo_bytes(34, 2))
+        .unwrap();
+    w.add_tensor("c", &[3], GgmlType::F16, pseudo_bytes(6, 3))
+        .unwrap();
     w.to_bytes()
 }
 
@@ -474,7 +620,12 @@ fn truncated_at_every_byte_offset() {
     let file = small_file();
     let full = Gguf::parse_bytes(&file).unwrap();
     // Bytes past the last tensor's data are padding: dropping them is harmless.
-    let needed = full.tensors().iter().map(|t| t.offset as usize + t.n_bytes).max().unwrap();
+    let needed = full
+        .tensors()
+        .iter()
+        .map(|t| t.offset as usize + t.n_bytes)
+        .max()
+        .unwrap();
     for len in 0..file.len() {
         let result = catch_unwind(|| Gguf::parse_bytes(&file[..len]));
         match result {
@@ -488,7 +639,9 @@ fn truncated_at_every_byte_offset() {
                 assert_eq!(e.kind, ErrorKind::InvalidWeights, "{}", e.message);
                 let m = &e.message;
                 assert!(
-                    ["truncated", "past the end", "cannot fit", "not a GGUF file"].iter().any(|w| m.contains(w)),
+                    ["truncated", "past the end", "cannot fit", "not a GGUF file"]
+                        .iter()
+                        .any(|w| m.contains(w)),
                     "length {len}: {m}"
                 );
             }
@@ -496,9 +649,17 @@ fn truncated_at_every_byte_offset() {
     }
     // Truncation inside the header says where.
     let e = parse_err(&file[..200]);
-    assert!(e.message.contains("at byte") && e.message.contains("metadata entry"), "{}", e.message);
+    assert!(
+        e.message.contains("at byte") && e.message.contains("metadata entry"),
+        "{}",
+        e.message
+    );
     let e = parse_err(&file[..20]);
-    assert!(e.message.contains("truncated at byte 16 in the header"), "{}", e.message);
+    assert!(
+        e.message.contains("truncated at byte 16 in the header"),
+        "{}",
+        e.message
+    );
 }
 
 #[test]
@@ -540,7 +701,10 @@ fn absurd_tensor_count() {
     file[8..16].copy_from_slice(&u64::MAX.to_le_bytes());
     assert_invalid(&file, "cannot fit");
     // Plausible for the header check, but more than the bytes after the metadata.
-    assert_invalid(&Raw::new(3, 2, 0).tensor("w", &[4], 0, 0).bytes(&[0; 20]).0, "truncated");
+    assert_invalid(
+        &Raw::new(3, 2, 0).tensor("w", &[4], 0, 0).bytes(&[0; 20]).0,
+        "truncated",
+    );
 }
 
 #[test]
@@ -561,19 +725,44 @@ fn string_length_past_end() {
         "string length 1000 runs past the end",
     );
     // A key of length u64::MAX.
-    assert_invalid(&Raw::new(3, 0, 1).u64(u64::MAX).bytes(&[0; 16]).0, "runs past the end");
+    assert_invalid(
+        &Raw::new(3, 0, 1).u64(u64::MAX).bytes(&[0; 16]).0,
+        "runs past the end",
+    );
     // A tensor name too long for the file.
-    assert_invalid(&Raw::new(3, 1, 0).u64(1 << 40).bytes(&[0; 40]).0, "runs past the end");
+    assert_invalid(
+        &Raw::new(3, 1, 0).u64(1 << 40).bytes(&[0; 40]).0,
+        "runs past the end",
+    );
 }
 
 #[test]
 fn array_count_huge() {
-    for (elem_type, count) in [(4u32, u64::MAX), (0, 1 << 40), (8, 1 << 60), (9, u64::MAX / 12), (12, 5)] {
-        let bytes = Raw::new(3, 0, 1).str("k").u32(9).u32(elem_type).u64(count).bytes(&[0; 32]).0;
+    for (elem_type, count) in [
+        (4u32, u64::MAX),
+        (0, 1 << 40),
+        (8, 1 << 60),
+        (9, u64::MAX / 12),
+        (12, 5),
+    ] {
+        let bytes = Raw::new(3, 0, 1)
+            .str("k")
+            .u32(9)
+            .u32(elem_type)
+            .u64(count)
+            .bytes(&[0; 32])
+            .0;
         assert_invalid(&bytes, "array element count");
     }
     // Strings inside the array run out before the claimed count.
-    let bytes = Raw::new(3, 0, 1).str("k").u32(9).u32(8).u64(2).str("abcdefgh").u64(2).0;
+    let bytes = Raw::new(3, 0, 1)
+        .str("k")
+        .u32(9)
+        .u32(8)
+        .u64(2)
+        .str("abcdefgh")
+        .u64(2)
+        .0;
     assert_invalid(&bytes, "string length 2 runs past the end");
 }
 
@@ -596,14 +785,20 @@ fn nested_arrays_deep() {
 #[test]
 fn n_dims_5() {
     assert_invalid(&one_tensor(&[1, 1, 1, 1, 4], 0, 0, 16), "5 dimensions");
-    assert_invalid(&Raw::new(3, 1, 0).str("w").u32(u32::MAX).bytes(&[0; 64]).0, "dimensions");
+    assert_invalid(
+        &Raw::new(3, 1, 0).str("w").u32(u32::MAX).bytes(&[0; 64]).0,
+        "dimensions",
+    );
 }
 
 #[test]
 fn dims_product_overflows() {
     assert_invalid(&one_tensor(&[1 << 32, 1 << 32], 0, 0, 16), "overflows");
     assert_invalid(&one_tensor(&[u64::MAX], 0, 0, 16), "out of range");
-    assert_invalid(&one_tensor(&[1 << 21, 1 << 21, 1 << 21], 0, 0, 16), "overflows");
+    assert_invalid(
+        &one_tensor(&[1 << 21, 1 << 21, 1 << 21], 0, 0, 16),
+        "overflows",
+    );
     // Fits in the element count, but not in bytes.
     assert_invalid(&one_tensor(&[1 << 62], 28, 0, 16), "overflows");
 }
@@ -619,12 +814,28 @@ fn offset_past_end() {
 
 #[test]
 fn misaligned_offset() {
-    assert_invalid(&one_tensor(&[4], 0, 4, 64), "not a multiple of the alignment 32");
-    let bytes = Raw::new(3, 1, 1).kv_u32("general.alignment", 64).tensor("w", &[4], 0, 32).data(64, &[0; 128]);
+    assert_invalid(
+        &one_tensor(&[4], 0, 4, 64),
+        "not a multiple of the alignment 32",
+    );
+    let bytes = Raw::new(3, 1, 1)
+        .kv_u32("general.alignment", 64)
+        .tensor("w", &[4], 0, 32)
+        .data(64, &[0; 128]);
     assert_invalid(&bytes, "not a multiple of the alignment 64");
-    let bytes = Raw::new(3, 1, 1).kv_u32("general.alignment", 64).tensor("w", &[4], 0, 64).data(64, &[0; 128]);
+    let bytes = Raw::new(3, 1, 1)
+        .kv_u32("general.alignment", 64)
+        .tensor("w", &[4], 0, 64)
+        .data(64, &[0; 128]);
     let g = Gguf::from_vec(bytes).unwrap();
-    assert_eq!((g.alignment(), g.data_offset() % 64, g.tensors()[0].offset % 64), (64, 0, 0));
+    assert_eq!(
+        (
+            g.alignment(),
+            g.data_offset() % 64,
+            g.tensors()[0].offset % 64
+        ),
+        (64, 0, 0)
+    );
 }
 
 #[test]
@@ -636,55 +847,115 @@ fn unknown_type_99() {
 
 #[test]
 fn unknown_value_type() {
-    assert_invalid(&Raw::new(3, 0, 1).str("k").u32(13).u64(0).0, "unknown metadata value type 13");
-    assert_invalid(&Raw::new(3, 0, 1).str("k").u32(9).u32(77).u64(0).0, "unknown array element type 77");
+    assert_invalid(
+        &Raw::new(3, 0, 1).str("k").u32(13).u64(0).0,
+        "unknown metadata value type 13",
+    );
+    assert_invalid(
+        &Raw::new(3, 0, 1).str("k").u32(9).u32(77).u64(0).0,
+        "unknown array element type 77",
+    );
 }
 
 #[test]
 fn bool_must_be_0_or_1() {
-    assert_invalid(&Raw::new(3, 0, 1).str("k").u32(7).bytes(&[2]).0, "neither 0 nor 1");
-    assert_invalid(&Raw::new(3, 0, 1).str("k").u32(9).u32(7).u64(2).bytes(&[1, 9]).0, "neither 0 nor 1");
+    assert_invalid(
+        &Raw::new(3, 0, 1).str("k").u32(7).bytes(&[2]).0,
+        "neither 0 nor 1",
+    );
+    assert_invalid(
+        &Raw::new(3, 0, 1)
+            .str("k")
+            .u32(9)
+            .u32(7)
+            .u64(2)
+            .bytes(&[1, 9])
+            .0,
+        "neither 0 nor 1",
+    );
 }
 
 #[test]
 fn row_not_multiple_of_block() {
-    assert_invalid(&one_tensor(&[33], 8, 0, 64), "not a multiple of the Q8_0 block size 32");
+    assert_invalid(
+        &one_tensor(&[33], 8, 0, 64),
+        "not a multiple of the Q8_0 block size 32",
+    );
 }
 
 #[test]
 fn duplicate_names() {
-    let bytes = Raw::new(3, 2, 0).tensor("w", &[4], 0, 0).tensor("w", &[4], 0, 32).data(32, &[0; 64]);
+    let bytes = Raw::new(3, 2, 0)
+        .tensor("w", &[4], 0, 0)
+        .tensor("w", &[4], 0, 32)
+        .data(32, &[0; 64]);
     assert_invalid(&bytes, "duplicate tensor name 'w'");
 }
 
 #[test]
 fn duplicate_keys() {
-    assert_invalid(&Raw::new(3, 0, 2).kv_u32("k", 1).kv_u32("k", 2).0, "duplicate metadata key 'k'");
+    assert_invalid(
+        &Raw::new(3, 0, 2).kv_u32("k", 1).kv_u32("k", 2).0,
+        "duplicate metadata key 'k'",
+    );
 }
 
 #[test]
 fn alignment_0() {
-    let bytes = Raw::new(3, 1, 1).kv_u32("general.alignment", 0).tensor("w", &[4], 0, 0).data(32, &[0; 16]);
+    let bytes = Raw::new(3, 1, 1)
+        .kv_u32("general.alignment", 0)
+        .tensor("w", &[4], 0, 0)
+        .data(32, &[0; 16]);
     assert_invalid(&bytes, "power of two");
 }
 
 #[test]
 fn alignment_3() {
-    let bytes = Raw::new(3, 1, 1).kv_u32("general.alignment", 3).tensor("w", &[4], 0, 0).data(32, &[0; 16]);
+    let bytes = Raw::new(3, 1, 1)
+        .kv_u32("general.alignment", 3)
+        .tensor("w", &[4], 0, 0)
+        .data(32, &[0; 16]);
     assert_invalid(&bytes, "power of two");
-    let bytes = Raw::new(3, 0, 1).str("general.alignment").u32(8).str("32").0;
+    let bytes = Raw::new(3, 0, 1)
+        .str("general.alignment")
+        .u32(8)
+        .str("32")
+        .0;
     assert_invalid(&bytes, "power of two");
 }
 
 #[test]
 fn utf8_rules() {
     // Keys and names must be exact; values are decoded lossily.
-    assert_invalid(&Raw::new(3, 0, 1).u64(2).bytes(&[0xff, 0xfe]).u32(4).u32(1).0, "not valid UTF-8");
     assert_invalid(
-        &Raw::new(3, 1, 0).u64(1).bytes(&[0xff]).u32(1).u64(4).u32(0).u64(0).data(32, &[0; 16]),
+        &Raw::new(3, 0, 1)
+            .u64(2)
+            .bytes(&[0xff, 0xfe])
+            .u32(4)
+            .u32(1)
+            .0,
         "not valid UTF-8",
     );
-    let g = Gguf::from_vec(Raw::new(3, 0, 1).str("k").u32(8).u64(2).bytes(&[b'a', 0xff]).0).unwrap();
+    assert_invalid(
+        &Raw::new(3, 1, 0)
+            .u64(1)
+            .bytes(&[0xff])
+            .u32(1)
+            .u64(4)
+            .u32(0)
+            .u64(0)
+            .data(32, &[0; 16]),
+        "not valid UTF-8",
+    );
+    let g = Gguf::from_vec(
+        Raw::new(3, 0, 1)
+            .str("k")
+            .u32(8)
+            .u64(2)
+            .bytes(&[b'a', 0xff])
+            .0,
+    )
+    .unwrap();
     assert_eq!(g.get_str("k"), Some("a\u{fffd}"));
 }
 
@@ -714,8 +985,24 @@ impl Rng {
     }
 }
 
-const INTERESTING_U64: [u64; 16] =
-    [0, 1, 2, 3, 5, 9, 12, 31, 32, 33, 256, u32::MAX as u64, 1 << 32, i64::MAX as u64, 1 << 63, u64::MAX];
+const INTERESTING_U64: [u64; 16] = [
+    0,
+    1,
+    2,
+    3,
+    5,
+    9,
+    12,
+    31,
+    32,
+    33,
+    256,
+    u32::MAX as u64,
+    1 << 32,
+    i64::MAX as u64,
+    1 << 63,
+    u64::MAX,
+];
 
 fn mutate(rng: &mut Rng, base: &[u8]) -> Vec<u8> {
     let mut m = base.to_vec();
@@ -730,7 +1017,11 @@ fn mutate(rng: &mut Rng, base: &[u8]) -> Vec<u8> {
             2 => m[at] = [0, 1, 0x7f, 0x80, 0xff][rng.below(5)],
             3 | 4 => {
                 // Counts, lengths, dims and offsets are u64s (u32 for types).
-                let v = if rng.below(2) == 0 { u64::MAX } else { INTERESTING_U64[rng.below(16)] };
+                let v = if rng.below(2) == 0 {
+                    u64::MAX
+                } else {
+                    INTERESTING_U64[rng.below(16)]
+                };
                 let width = if rng.below(3) == 0 { 4 } else { 8 };
                 let end = (at + width).min(m.len());
                 m[at..end].copy_from_slice(&v.to_le_bytes()[..end - at]);
@@ -759,7 +1050,9 @@ fn mutate(rng: &mut Rng, base: &[u8]) -> Vec<u8> {
 /// Parse one input and check everything a successful parse promises; the
 /// rewritten file must parse back to the same bytes.
 fn exercise(bytes: &[u8]) -> bool {
-    let Ok(g) = Gguf::parse_bytes(bytes) else { return false };
+    let Ok(g) = Gguf::parse_bytes(bytes) else {
+        return false;
+    };
     check_invariants(&g);
     if let Some(out) = rewrite(&g) {
         let back = Gguf::from_vec(out.clone()).expect("rewritten file parses");
@@ -780,9 +1073,16 @@ fn save_crasher(bytes: &[u8], name: &str) -> PathBuf {
 #[test]
 fn mutation_fuzz() {
     let mut no_tensors = GgufWriter::new();
-    no_tensors.add_kv("tokenizer.ggml.tokens", vec!["a", "b"]).unwrap();
+    no_tensors
+        .add_kv("tokenizer.ggml.tokens", vec!["a", "b"])
+        .unwrap();
     no_tensors.add_kv("general.alignment", 64u32).unwrap();
-    let bases = [small_file(), no_tensors.to_bytes(), one_tensor(&[32, 2], 8, 0, 68), full_writer(None).to_bytes()];
+    let bases = [
+        small_file(),
+        no_tensors.to_bytes(),
+        one_tensor(&[32, 2], 8, 0, 68),
+        full_writer(None).to_bytes(),
+    ];
     // Longer or different runs: PYFFI_GGUF_FUZZ=<mutants>[,<seed>].
     let knob = std::env::var("PYFFI_GGUF_FUZZ").unwrap_or_default();
     let mut knob = knob.split(',').map(|s| s.trim().parse::<u64>().ok());
@@ -798,10 +1098,17 @@ fn mutation_fuzz() {
             Err(_) => crashers.push(save_crasher(&m, &format!("fuzz-{seed:x}-{i}"))),
         }
     }
-    assert!(crashers.is_empty(), "{} mutants panicked, saved: {crashers:?}", crashers.len());
+    assert!(
+        crashers.is_empty(),
+        "{} mutants panicked, saved: {crashers:?}",
+        crashers.len()
+    );
     eprintln!("mutation_fuzz: {ok} of {mutants} mutants parsed (seed {seed:#x})");
     // Sanity: the mutations reach both outcomes.
-    assert!(ok > mutants / 50 && ok < mutants * 9 / 10, "{ok} of {mutants} parsed");
+    assert!(
+        ok > mutants / 50 && ok < mutants * 9 / 10,
+        "{ok} of {mutants} parsed"
+    );
 }
 
 /// Every file ever saved by the fuzz test must now be handled without panic.

@@ -13,7 +13,11 @@ pub struct pyffi_config {
 
 /// Parse a Hugging Face config.json, given as the file or its folder.
 #[no_mangle]
-pub unsafe extern "C" fn pyffi_config_load(path: *const c_char, out: *mut *mut pyffi_config, err: *mut *mut pyffi_error) -> pyffi_status {
+pub unsafe extern "C" fn pyffi_config_load(
+    path: *const c_char,
+    out: *mut *mut pyffi_config,
+    err: *mut *mut pyffi_error,
+) -> pyffi_status {
     run(err, || {
         if out.is_null() {
             return Err(invalid_argument("out is NULL"));
@@ -26,7 +30,11 @@ pub unsafe extern "C" fn pyffi_config_load(path: *const c_char, out: *mut *mut p
 
 /// Parse a config from a JSON string (HF config.json format).
 #[no_mangle]
-pub unsafe extern "C" fn pyffi_config_from_json(json: *const c_char, out: *mut *mut pyffi_config, err: *mut *mut pyffi_error) -> pyffi_status {
+pub unsafe extern "C" fn pyffi_config_from_json(
+    json: *const c_char,
+    out: *mut *mut pyffi_config,
+    err: *mut *mut pyffi_error,
+) -> pyffi_status {
     run(err, || {
         if out.is_null() {
             return Err(invalid_argument("out is NULL"));
@@ -40,8 +48,16 @@ pub unsafe extern "C" fn pyffi_config_from_json(json: *const c_char, out: *mut *
 /// The normalized config as JSON (NUL-terminated) into `buf`; `*len` gets
 /// the bytes needed, NUL included.
 #[no_mangle]
-pub unsafe extern "C" fn pyffi_config_to_json(config: *const pyffi_config, buf: *mut c_char, cap: usize, len: *mut usize, err: *mut *mut pyffi_error) -> pyffi_status {
-    run(err, || write_string(&arg(config, "config")?.inner.to_json(), buf, cap, len))
+pub unsafe extern "C" fn pyffi_config_to_json(
+    config: *const pyffi_config,
+    buf: *mut c_char,
+    cap: usize,
+    len: *mut usize,
+    err: *mut *mut pyffi_error,
+) -> pyffi_status {
+    run(err, || {
+        write_string(&arg(config, "config")?.inner.to_json(), buf, cap, len)
+    })
 }
 
 /// Vocabulary size (0 for NULL).

@@ -20,7 +20,8 @@ impl pyffi_error {
 /// The error's status code (PYFFI_INVALID_ARGUMENT for NULL).
 #[no_mangle]
 pub unsafe extern "C" fn pyffi_error_code(err: *const pyffi_error) -> pyffi_status {
-    err.as_ref().map_or(pyffi_status::PYFFI_INVALID_ARGUMENT, |e| e.code)
+    err.as_ref()
+        .map_or(pyffi_status::PYFFI_INVALID_ARGUMENT, |e| e.code)
 }
 
 /// The error's message, valid until the error is freed ("" for NULL).

@@ -80,7 +80,10 @@ pub(crate) fn run(err: *mut *mut pyffi_error, body: impl FnOnce() -> Result<()>)
     let outcome = catch_unwind(AssertUnwindSafe(body));
     let (status, error) = match outcome {
         Ok(Ok(())) => (pyffi_status::PYFFI_OK, None),
-        Ok(Err(e)) => (e.kind.into(), Some(pyffi_error::new(e.kind.into(), &e.message))),
+        Ok(Err(e)) => (
+            e.kind.into(),
+            Some(pyffi_error::new(e.kind.into(), &e.message)),
+        ),
         Err(payload) => {
             let what = payload
                 .downcast_ref::<&str>()
@@ -88,7 +91,10 @@ pub(crate) fn run(err: *mut *mut pyffi_error, body: impl FnOnce() -> Result<()>)
                 .or_else(|| payload.downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "unknown panic".into());
             let msg = format!("internal error (please report): {what}");
-            (pyffi_status::PYFFI_PANIC, Some(pyffi_error::new(pyffi_status::PYFFI_PANIC, &msg)))
+            (
+                pyffi_status::PYFFI_PANIC,
+                Some(pyffi_error::new(pyffi_status::PYFFI_PANIC, &msg)),
+            )
         }
     };
     if !err.is_null() {
@@ -104,11 +110,13 @@ pub(crate) fn guard<T>(fallback: T, body: impl FnOnce() -> T) -> T {
 }
 
 pub(crate) unsafe fn arg<'a, T>(p: *const T, name: &str) -> Result<&'a T> {
-    p.as_ref().ok_or_else(|| invalid_argument(format!("{name} is NULL")))
+    p.as_ref()
+        .ok_or_else(|| invalid_argument(format!("{name} is NULL")))
 }
 
 pub(crate) unsafe fn arg_mut<'a, T>(p: *mut T, name: &str) -> Result<&'a mut T> {
-    p.as_mut().ok_or_else(|| invalid_argument(format!("{name} is NULL")))
+    p.as_mut()
+        .ok_or_else(|| invalid_argument(format!("{name} is NULL")))
 }
 
 /// A caller's array of `n` elements; NULL is allowed only when `n` is 0.
@@ -117,7 +125,9 @@ pub(crate) unsafe fn slice<'a, T>(p: *const T, n: usize, name: &str) -> Result<&
         return Ok(&[]);
     }
     if p.is_null() {
-        return Err(invalid_argument(format!("{name} is NULL but its length is {n}")));
+        return Err(invalid_argument(format!(
+            "{name} is NULL but its length is {n}"
+        )));
     }
     Ok(std::slice::from_raw_parts(p, n))
 }
@@ -127,7 +137,9 @@ pub(crate) unsafe fn slice_mut<'a, T>(p: *mut T, n: usize, name: &str) -> Result
         return Ok(&mut []);
     }
     if p.is_null() {
-        return Err(invalid_argument(format!("{name} is NULL but its capacity is {n}")));
+        return Err(invalid_argument(format!(
+            "{name} is NULL but its capacity is {n}"
+        )));
     }
     Ok(std::slice::from_raw_parts_mut(p, n))
 }
@@ -135,11 +147,15 @@ pub(crate) unsafe fn slice_mut<'a, T>(p: *mut T, n: usize, name: &str) -> Result
 pub(crate) unsafe fn c_path<'a>(p: *const c_char, name: &str) -> Result<&'a std::path::Path> {
     use std::os::unix::ffi::OsStrExt;
     let s = CStr::from_ptr(arg(p, name)?);
-    Ok(std::path::Path::new(std::ffi::OsStr::from_bytes(s.to_bytes())))
+    Ok(std::path::Path::new(std::ffi::OsStr::from_bytes(
+        s.to_bytes(),
+    )))
 }
 
 pub(crate) unsafe fn c_str<'a>(p: *const c_char, name: &str) -> Result<&'a str> {
-    CStr::from_ptr(arg(p, name)?).to_str().map_err(|_| invalid_argument(format!("{name} is not valid UTF-8")))
+    CStr::from_ptr(arg(p, name)?)
+        .to_str()
+        .map_err(|_| invalid_argument(format!("{name} is not valid UTF-8")))
 }
 
 pub(crate) unsafe fn set<T>(p: *mut T, value: T) {
@@ -149,11 +165,19 @@ pub(crate) unsafe fn set<T>(p: *mut T, value: T) {
 }
 
 /// Write `s` NUL-terminated into a caller's buffer, under the one buffer rule.
-pub(crate) unsafe fn write_string(s: &str, buf: *mut c_char, cap: usize, len_out: *mut usize) -> Result<()> {
+pub(crate) unsafe fn write_string(
+    s: &str,
+    buf: *mut c_char,
+    cap: usize,
+    len_out: *mut usize,
+) -> Result<()> {
     let needed = s.len() + 1;
     set(len_out, needed);
     if cap < needed {
-        return Err(Error::new(ErrorKind::BufferTooSmall, format!("buffer holds {cap} bytes but {needed} are needed")));
+        return Err(Error::new(
+            ErrorKind::BufferTooSmall,
+            format!("buffer holds {cap} bytes but {needed} are needed"),
+        ));
     }
     let out = slice_mut(buf as *mut u8, cap, "buf")?;
     out[..s.len()].copy_from_slice(s.as_bytes());
@@ -162,11 +186,20 @@ pub(crate) unsafe fn write_string(s: &str, buf: *mut c_char, cap: usize, len_out
 }
 
 /// Write `items` into a caller's array, under the one buffer rule.
-pub(crate) unsafe fn write_items<T>(items: impl ExactSizeIterator<Item = T>, buf: *mut T, cap: usize, len_out: *mut usize, what: &str) -> Result<()> {
+pub(crate) unsafe fn write_items<T>(
+    items: impl ExactSizeIterator<Item = T>,
+    buf: *mut T,
+    cap: usize,
+    len_out: *mut usize,
+    what: &str,
+) -> Result<()> {
     let needed = items.len();
     set(len_out, needed);
     if cap < needed {
-        return Err(Error::new(ErrorKind::BufferTooSmall, format!("{what} holds {cap} but {needed} are needed")));
+        return Err(Error::new(
+            ErrorKind::BufferTooSmall,
+            format!("{what} holds {cap} but {needed} are needed"),
+        ));
     }
     for (d, v) in slice_mut(buf, cap, what)?.iter_mut().zip(items) {
         *d = v;

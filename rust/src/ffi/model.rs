@@ -27,13 +27,19 @@ pub enum pyffi_dtype {
 }
 
 unsafe fn give(out: *mut *mut pyffi_model, model: Model) {
-    *out = Box::into_raw(Box::new(pyffi_model { inner: Arc::new(model) }));
+    *out = Box::into_raw(Box::new(pyffi_model {
+        inner: Arc::new(model),
+    }));
 }
 
 /// A model of the given config with all-zero weights, to fill with
 /// `pyffi_model_set_tensor`.
 #[no_mangle]
-pub unsafe extern "C" fn pyffi_model_new(config: *const pyffi_config, out: *mut *mut pyffi_model, err: *mut *mut pyffi_error) -> pyffi_status {
+pub unsafe extern "C" fn pyffi_model_new(
+    config: *const pyffi_config,
+    out: *mut *mut pyffi_model,
+    err: *mut *mut pyffi_error,
+) -> pyffi_status {
     run(err, || {
         if out.is_null() {
             return Err(invalid_argument("out is NULL"));
@@ -46,7 +52,11 @@ pub unsafe extern "C" fn pyffi_model_new(config: *const pyffi_config, out: *mut 
 /// Load a Hugging Face model folder (config.json + model.safetensors or a
 /// sharded model.safetensors.index.json).
 #[no_mangle]
-pub unsafe extern "C" fn pyffi_model_load(path: *const c_char, out: *mut *mut pyffi_model, err: *mut *mut pyffi_error) -> pyffi_status {
+pub unsafe extern "C" fn pyffi_model_load(
+    path: *const c_char,
+    out: *mut *mut pyffi_model,
+    err: *mut *mut pyffi_error,
+) -> pyffi_status {
     run(err, || {
         if out.is_null() {
             return Err(invalid_argument("out is NULL"));
@@ -62,7 +72,11 @@ pub unsafe extern "C" fn pyffi_model_load(path: *const c_char, out: *mut *mut py
 /// head in Q6_K). Matrices already quantized, or whose rows do not split into
 /// blocks, stay as they are. Fails while any session uses the model.
 #[no_mangle]
-pub unsafe extern "C" fn pyffi_model_quantize(model: *mut pyffi_model, qtype: *const c_char, err: *mut *mut pyffi_error) -> pyffi_status {
+pub unsafe extern "C" fn pyffi_model_quantize(
+    model: *mut pyffi_model,
+    qtype: *const c_char,
+    err: *mut *mut pyffi_error,
+) -> pyffi_status {
     run(err, || {
         let handle = arg_mut(model, "model")?;
         let t = super::quantize::block_format(c_str(qtype, "qtype")?)?;
@@ -99,14 +113,24 @@ pub unsafe extern "C" fn pyffi_model_set_tensor(
             0 => DType::F32,
             1 => DType::F16,
             2 => DType::BF16,
-            other => return Err(invalid_weights(format!("tensor '{name}': unknown dtype code {other}"))),
+            other => {
+                return Err(invalid_weights(format!(
+                    "tensor '{name}': unknown dtype code {other}"
+                )))
+            }
         };
         if ndim > 8 {
-            return Err(invalid_weights(format!("tensor '{name}' has {ndim} dimensions")));
+            return Err(invalid_weights(format!(
+                "tensor '{name}' has {ndim} dimensions"
+            )));
         }
         let shape = slice(shape, ndim, "shape")?
             .iter()
-            .map(|&d| usize::try_from(d).map_err(|_| invalid_weights(format!("tensor '{name}' has a negative dimension {d}"))))
+            .map(|&d| {
+                usize::try_from(d).map_err(|_| {
+                    invalid_weights(format!("tensor '{name}' has a negative dimension {d}"))
+                })
+            })
             .collect::<crate::Result<Vec<usize>>>()?;
         let data = slice(data as *const u8, nbytes, "data")?;
         let users = Arc::strong_count(&handle.inner) - 1;
@@ -119,24 +143,45 @@ pub unsafe extern "C" fn pyffi_model_set_tensor(
 
 /// The tensors this model expects, as JSON: [{"name": ..., "shape": [...]}, ...].
 #[no_mangle]
-pub unsafe extern "C" fn pyffi_model_tensors_json(model: *const pyffi_model, buf: *mut c_char, cap: usize, len: *mut usize, err: *mut *mut pyffi_error) -> pyffi_status {
+pub unsafe extern "C" fn pyffi_model_tensors_json(
+    model: *const pyffi_model,
+    buf: *mut c_char,
+    cap: usize,
+    len: *mut usize,
+    err: *mut *mut pyffi_error,
+) -> pyffi_status {
     run(err, || {
         let m = &arg(model, "model")?.inner;
-        let list: Vec<_> = m.weight_map.specs.iter().map(|s| json!({"name": s.name, "shape": s.shape})).collect();
+        let list: Vec<_> = m
+            .weight_map
+            .specs
+            .iter()
+            .map(|s| json!({"name": s.name, "shape": s.shape}))
+            .collect();
         write_string(&serde_json::Value::from(list).to_string(), buf, cap, len)
     })
 }
 
 /// The model's config as JSON (see `pyffi_config_to_json`).
 #[no_mangle]
-pub unsafe extern "C" fn pyffi_model_config_json(model: *const pyffi_model, buf: *mut c_char, cap: usize, len: *mut usize, err: *mut *mut pyffi_error) -> pyffi_status {
-    run(err, || write_string(&arg(model, "model")?.inner.config.to_json(), buf, cap, len))
+pub unsafe extern "C" fn pyffi_model_config_json(
+    model: *const pyffi_model,
+    buf: *mut c_char,
+    cap: usize,
+    len: *mut usize,
+    err: *mut *mut pyffi_error,
+) -> pyffi_status {
+    run(err, || {
+        write_string(&arg(model, "model")?.inner.config.to_json(), buf, cap, len)
+    })
 }
 
 /// Vocabulary size (0 for NULL).
 #[no_mangle]
 pub unsafe extern "C" fn pyffi_model_vocab_size(model: *const pyffi_model) -> u32 {
-    model.as_ref().map_or(0, |m| m.inner.config.vocab_size as u32)
+    model
+        .as_ref()
+        .map_or(0, |m| m.inner.config.vocab_size as u32)
 }
 
 /// Free a model handle. NULL is a no-op.

@@ -12,8 +12,14 @@ use crate::quantize::{quantize_file, Target};
 /// Called before each tensor is written: `done` of `total` tensors are
 /// finished and `tensor` (NUL-terminated, valid during the call) is next;
 /// a last call has done == total and an empty name. Return false to stop.
-pub type pyffi_progress_callback =
-    Option<unsafe extern "C" fn(user_data: *mut c_void, done: usize, total: usize, tensor: *const c_char) -> bool>;
+pub type pyffi_progress_callback = Option<
+    unsafe extern "C" fn(
+        user_data: *mut c_void,
+        done: usize,
+        total: usize,
+        tensor: *const c_char,
+    ) -> bool,
+>;
 
 /// Convert `src` (a .gguf file or a Hugging Face folder) into a GGUF file at
 /// `dst` with its weights in `qtype` (see the module's list; norms stay f32,
@@ -49,14 +55,22 @@ pub(crate) fn block_format(name: &str) -> Result<QuantType> {
     QuantType::ALL
         .into_iter()
         .find(|q| q.name() == name.to_ascii_lowercase())
-        .ok_or_else(|| invalid_argument(format!("'{name}' is not a block format (q8_0, q4_0, q4_1, q4_k, q5_k, q6_k)")))
+        .ok_or_else(|| {
+            invalid_argument(format!(
+                "'{name}' is not a block format (q8_0, q4_0, q4_1, q4_k, q5_k, q6_k)"
+            ))
+        })
 }
 
 fn row_format(qtype: *const c_char, n: usize) -> Result<QuantType> {
     // SAFETY: forwarded from the caller's contract (a NUL-terminated string or NULL).
     let q = block_format(unsafe { c_str(qtype, "qtype") }?)?;
     if n % q.block_len() != 0 {
-        return Err(invalid_argument(format!("{} needs a multiple of {} values, got {n}", q.name(), q.block_len())));
+        return Err(invalid_argument(format!(
+            "{} needs a multiple of {} values, got {n}",
+            q.name(),
+            q.block_len()
+        )));
     }
     Ok(q)
 }
@@ -107,9 +121,16 @@ pub unsafe extern "C" fn pyffi_dequantize_row(
         let q = row_format(qtype, n)?;
         let need = q.row_bytes(n);
         if src_len != need {
-            return Err(invalid_argument(format!("{n} values of {} are {need} bytes, got {src_len}", q.name())));
+            return Err(invalid_argument(format!(
+                "{n} values of {} are {need} bytes, got {src_len}",
+                q.name()
+            )));
         }
-        crate::kernels::quant::dequantize_row(q, slice(src, need, "src")?, slice_mut(dst, n, "dst")?);
+        crate::kernels::quant::dequantize_row(
+            q,
+            slice(src, need, "src")?,
+            slice_mut(dst, n, "dst")?,
+        );
         Ok(())
     })
 }

@@ -5,11 +5,11 @@ use std::ffi::c_void;
 use std::sync::Mutex;
 
 use super::model::pyffi_model;
-use super::{arg, read_params, run, set, slice, slice_mut, pyffi_error, pyffi_status};
+use super::{arg, pyffi_error, pyffi_status, read_params, run, set, slice, slice_mut};
 use crate::error::{invalid_argument, Error};
 use crate::generate::{FinishReason, GenerateRequest};
-use crate::sampling::SamplingParams;
 use crate::model::kv_cache::KvType;
+use crate::sampling::SamplingParams;
 use crate::session::{Session, SessionParams};
 
 /// A session. One call runs on it at a time (a second thread waits); use one
@@ -70,12 +70,15 @@ pub unsafe extern "C" fn pyffi_session_new(
         }
         let model = arg(model, "model")?.inner.clone();
         let p = read_params(params, pyffi_session_default_params(), "params")?;
-        let kv_type = match p.kv_type {
-            PYFFI_KV_DEFAULT => None,
-            PYFFI_KV_F32 => Some(KvType::F32),
-            PYFFI_KV_F16 => Some(KvType::F16),
-            other => return Err(invalid_argument(format!("kv_type {other} is not one of PYFFI_KV_DEFAULT, PYFFI_KV_F32, PYFFI_KV_F16"))),
-        };
+        let kv_type =
+            match p.kv_type {
+                PYFFI_KV_DEFAULT => None,
+                PYFFI_KV_F32 => Some(KvType::F32),
+                PYFFI_KV_F16 => Some(KvType::F16),
+                other => return Err(invalid_argument(format!(
+                    "kv_type {other} is not one of PYFFI_KV_DEFAULT, PYFFI_KV_F32, PYFFI_KV_F16"
+                ))),
+            };
         let params = SessionParams {
             n_ctx: p.n_ctx as usize,
             n_threads: p.n_threads as usize,
@@ -83,25 +86,39 @@ pub unsafe extern "C" fn pyffi_session_new(
             kv_type,
         };
         let session = Session::new(model, &params)?;
-        *out = Box::into_raw(Box::new(pyffi_session { inner: Mutex::new(session) }));
+        *out = Box::into_raw(Box::new(pyffi_session {
+            inner: Mutex::new(session),
+        }));
         Ok(())
     })
 }
 
 fn lock(s: &pyffi_session) -> crate::Result<std::sync::MutexGuard<'_, Session>> {
-    s.inner.lock().map_err(|_| invalid_argument("session is unusable after an internal error; free it"))
+    s.inner
+        .lock()
+        .map_err(|_| invalid_argument("session is unusable after an internal error; free it"))
 }
 
 /// The session's context length (0 for NULL).
 #[no_mangle]
 pub unsafe extern "C" fn pyffi_session_n_ctx(session: *const pyffi_session) -> u32 {
-    super::guard(0, || session.as_ref().and_then(|s| lock(s).ok()).map_or(0, |s| s.n_ctx() as u32))
+    super::guard(0, || {
+        session
+            .as_ref()
+            .and_then(|s| lock(s).ok())
+            .map_or(0, |s| s.n_ctx() as u32)
+    })
 }
 
 /// Positions currently cached for batch row `seq` (0 for NULL or unused rows).
 #[no_mangle]
 pub unsafe extern "C" fn pyffi_session_cached_len(session: *const pyffi_session, seq: u32) -> u32 {
-    super::guard(0, || session.as_ref().and_then(|s| lock(s).ok()).map_or(0, |s| s.cached_len(seq as usize) as u32))
+    super::guard(0, || {
+        session
+            .as_ref()
+            .and_then(|s| lock(s).ok())
+            .map_or(0, |s| s.cached_len(seq as usize) as u32)
+    })
 }
 
 /// Free a session. NULL is a no-op.
@@ -136,11 +153,17 @@ pub unsafe extern "C" fn pyffi_forward(
         let lengths = slice(lengths, n_seq, "lengths")?;
         let total = lengths.iter().map(|&l| l as usize).sum();
         let tokens = slice(tokens, total, "tokens")?;
-        let starts = if start_pos.is_null() { None } else { Some(slice(start_pos, n_seq, "start_pos")?) };
+        let starts = if start_pos.is_null() {
+            None
+        } else {
+            Some(slice(start_pos, n_seq, "start_pos")?)
+        };
         let mut guard = lock(s)?;
         set(logits_len, guard.logits_len(lengths, last_only));
         let out = slice_mut(logits, logits_cap, "logits")?;
-        guard.forward(tokens, lengths, starts, last_only, out).map(|_| ())
+        guard
+            .forward(tokens, lengths, starts, last_only, out)
+            .map(|_| ())
     })
 }
 
@@ -206,12 +229,17 @@ pub enum pyffi_finish_reason {
 }
 
 /// Called after each new token; return false to stop generating.
-pub type pyffi_token_callback = Option<unsafe extern "C" fn(user_data: *mut c_void, token: i32) -> bool>;
+pub type pyffi_token_callback =
+    Option<unsafe extern "C" fn(user_data: *mut c_void, token: i32) -> bool>;
 
 fn random_seed() -> u64 {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos()));
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
     h.finish() & !(1 << 63)
 }
 
@@ -241,7 +269,10 @@ pub unsafe extern "C" fn pyffi_generate(
         let prompt = slice(prompt, n_prompt, "prompt")?;
         let p = read_params(params, pyffi_sampling_default_params(), "params")?;
         if p.top_k < 0 {
-            return Err(invalid_argument(format!("top_k must be >= 0, got {}", p.top_k)));
+            return Err(invalid_argument(format!(
+                "top_k must be >= 0, got {}",
+                p.top_k
+            )));
         }
         let sampling = SamplingParams {
             temperature: p.temperature,
@@ -250,7 +281,11 @@ pub unsafe extern "C" fn pyffi_generate(
             min_p: p.min_p,
             repeat_penalty: p.repeat_penalty,
             repeat_last_n: p.repeat_last_n as i64,
-            seed: if p.seed == PYFFI_SEED_RANDOM { random_seed() } else { p.seed },
+            seed: if p.seed == PYFFI_SEED_RANDOM {
+                random_seed()
+            } else {
+                p.seed
+            },
         };
         let stop_tokens = slice(p.stop_tokens, p.n_stop_tokens, "params.stop_tokens")?;
         if out_cap < max_new_tokens {
@@ -260,7 +295,13 @@ pub unsafe extern "C" fn pyffi_generate(
             ));
         }
         let out = slice_mut(out_tokens, max_new_tokens, "out_tokens")?;
-        let req = GenerateRequest { prompt, max_new_tokens, sampling, stop_tokens, stop_at_eos: p.stop_at_eos };
+        let req = GenerateRequest {
+            prompt,
+            max_new_tokens,
+            sampling,
+            stop_tokens,
+            stop_at_eos: p.stop_at_eos,
+        };
         let mut on_token = |tok: i32| match callback {
             // SAFETY: the caller promises the callback and user_data are valid for this call.
             Some(cb) => unsafe { cb(user_data, tok) },

@@ -4,7 +4,10 @@
 use std::ffi::c_char;
 use std::sync::Arc;
 
-use super::{arg, arg_mut, c_path, c_str, pyffi_error, pyffi_status, run, set, slice, write_items, write_string};
+use super::{
+    arg, arg_mut, c_path, c_str, pyffi_error, pyffi_status, run, set, slice, write_items,
+    write_string,
+};
 use crate::error::{invalid_argument, Result};
 use crate::tokenizer::{Detokenizer, Tokenizer};
 
@@ -22,7 +25,11 @@ pub struct pyffi_detokenizer {
 /// Load a tokenizer: a tokenizer.json, a SentencePiece tokenizer.model, a
 /// .gguf file, or a model folder holding one.
 #[no_mangle]
-pub unsafe extern "C" fn pyffi_tokenizer_load(path: *const c_char, out: *mut *mut pyffi_tokenizer, err: *mut *mut pyffi_error) -> pyffi_status {
+pub unsafe extern "C" fn pyffi_tokenizer_load(
+    path: *const c_char,
+    out: *mut *mut pyffi_tokenizer,
+    err: *mut *mut pyffi_error,
+) -> pyffi_status {
     run(err, || {
         if out.is_null() {
             return Err(invalid_argument("out is NULL"));
@@ -44,25 +51,47 @@ pub unsafe extern "C" fn pyffi_tokenizer_free(tokenizer: *mut pyffi_tokenizer) {
 /// Vocabulary size (0 for NULL).
 #[no_mangle]
 pub unsafe extern "C" fn pyffi_tokenizer_vocab_size(tokenizer: *const pyffi_tokenizer) -> u32 {
-    tokenizer.as_ref().map_or(0, |t| t.inner.vocab_size() as u32)
+    tokenizer
+        .as_ref()
+        .map_or(0, |t| t.inner.vocab_size() as u32)
 }
 
 /// Special tokens and settings as JSON: bos/eos/pad/unk ids and text,
 /// eos_token_ids, add_bos_token, special_tokens {text: id}, chat_template.
 #[no_mangle]
-pub unsafe extern "C" fn pyffi_tokenizer_info_json(tokenizer: *const pyffi_tokenizer, buf: *mut c_char, cap: usize, len: *mut usize, err: *mut *mut pyffi_error) -> pyffi_status {
-    run(err, || write_string(&arg(tokenizer, "tokenizer")?.inner.info_json(), buf, cap, len))
+pub unsafe extern "C" fn pyffi_tokenizer_info_json(
+    tokenizer: *const pyffi_tokenizer,
+    buf: *mut c_char,
+    cap: usize,
+    len: *mut usize,
+    err: *mut *mut pyffi_error,
+) -> pyffi_status {
+    run(err, || {
+        write_string(
+            &arg(tokenizer, "tokenizer")?.inner.info_json(),
+            buf,
+            cap,
+            len,
+        )
+    })
 }
 
 fn utf8<'a>(bytes: &'a [u8], what: &str) -> Result<&'a str> {
-    std::str::from_utf8(bytes).map_err(|e| invalid_argument(format!("{what} is not valid UTF-8 (at byte {})", e.valid_up_to())))
+    std::str::from_utf8(bytes).map_err(|e| {
+        invalid_argument(format!(
+            "{what} is not valid UTF-8 (at byte {})",
+            e.valid_up_to()
+        ))
+    })
 }
 
 fn to_ids(ids: &[i32], vocab: usize) -> Result<Vec<u32>> {
     ids.iter()
         .map(|&i| {
             if i < 0 || i as usize >= vocab {
-                Err(crate::error::out_of_range(format!("token id {i} is outside the vocabulary (size {vocab})")))
+                Err(crate::error::out_of_range(format!(
+                    "token id {i} is outside the vocabulary (size {vocab})"
+                )))
             } else {
                 Ok(i as u32)
             }
@@ -117,7 +146,14 @@ pub unsafe extern "C" fn pyffi_tokenizer_decode(
 /// The raw bytes one token contributes to text (not NUL-terminated; a byte
 /// token may be part of a multi-byte character). `*len` gets the byte count.
 #[no_mangle]
-pub unsafe extern "C" fn pyffi_tokenizer_token_to_bytes(tokenizer: *const pyffi_tokenizer, id: i32, buf: *mut u8, cap: usize, len: *mut usize, err: *mut *mut pyffi_error) -> pyffi_status {
+pub unsafe extern "C" fn pyffi_tokenizer_token_to_bytes(
+    tokenizer: *const pyffi_tokenizer,
+    id: i32,
+    buf: *mut u8,
+    cap: usize,
+    len: *mut usize,
+    err: *mut *mut pyffi_error,
+) -> pyffi_status {
     run(err, || {
         let t = &arg(tokenizer, "tokenizer")?.inner;
         let id = to_ids(&[id], t.vocab_size())?[0];
@@ -127,11 +163,18 @@ pub unsafe extern "C" fn pyffi_tokenizer_token_to_bytes(tokenizer: *const pyffi_
 
 /// The id of a token given by its exact text (e.g. "<|eot_id|>").
 #[no_mangle]
-pub unsafe extern "C" fn pyffi_tokenizer_token_id(tokenizer: *const pyffi_tokenizer, text: *const c_char, id: *mut i32, err: *mut *mut pyffi_error) -> pyffi_status {
+pub unsafe extern "C" fn pyffi_tokenizer_token_id(
+    tokenizer: *const pyffi_tokenizer,
+    text: *const c_char,
+    id: *mut i32,
+    err: *mut *mut pyffi_error,
+) -> pyffi_status {
     run(err, || {
         let t = &arg(tokenizer, "tokenizer")?.inner;
         let text = c_str(text, "text")?;
-        let found = t.token_id(text).ok_or_else(|| invalid_argument(format!("no token '{text}' in the vocabulary")))?;
+        let found = t
+            .token_id(text)
+            .ok_or_else(|| invalid_argument(format!("no token '{text}' in the vocabulary")))?;
         set(id, found as i32);
         Ok(())
     })
@@ -156,9 +199,14 @@ pub unsafe extern "C" fn pyffi_tokenizer_apply_chat_template(
 ) -> pyffi_status {
     run(err, || {
         let t = &arg(tokenizer, "tokenizer")?.inner;
-        let messages: serde_json::Value = serde_json::from_str(c_str(messages_json, "messages_json")?)
-            .map_err(|e| invalid_argument(format!("messages_json is not valid JSON: {e}")))?;
-        let template = if chat_template.is_null() { None } else { Some(c_str(chat_template, "chat_template")?) };
+        let messages: serde_json::Value =
+            serde_json::from_str(c_str(messages_json, "messages_json")?)
+                .map_err(|e| invalid_argument(format!("messages_json is not valid JSON: {e}")))?;
+        let template = if chat_template.is_null() {
+            None
+        } else {
+            Some(c_str(chat_template, "chat_template")?)
+        };
         let extra = if extra_json.is_null() {
             None
         } else {
@@ -167,20 +215,28 @@ pub unsafe extern "C" fn pyffi_tokenizer_apply_chat_template(
                 _ => return Err(invalid_argument("extra_json must be a JSON object")),
             }
         };
-        let text = t.apply_chat_template(&messages, add_generation_prompt, template, extra.as_ref())?;
+        let text =
+            t.apply_chat_template(&messages, add_generation_prompt, template, extra.as_ref())?;
         write_string(&text, buf, cap, len)
     })
 }
 
 /// A streaming detokenizer over `tokenizer` (which it keeps alive).
 #[no_mangle]
-pub unsafe extern "C" fn pyffi_detokenizer_new(tokenizer: *const pyffi_tokenizer, skip_special: bool, out: *mut *mut pyffi_detokenizer, err: *mut *mut pyffi_error) -> pyffi_status {
+pub unsafe extern "C" fn pyffi_detokenizer_new(
+    tokenizer: *const pyffi_tokenizer,
+    skip_special: bool,
+    out: *mut *mut pyffi_detokenizer,
+    err: *mut *mut pyffi_error,
+) -> pyffi_status {
     run(err, || {
         if out.is_null() {
             return Err(invalid_argument("out is NULL"));
         }
         let t = arg(tokenizer, "tokenizer")?.inner.clone();
-        *out = Box::into_raw(Box::new(pyffi_detokenizer { inner: Detokenizer::new(t, skip_special) }));
+        *out = Box::into_raw(Box::new(pyffi_detokenizer {
+            inner: Detokenizer::new(t, skip_special),
+        }));
         Ok(())
     })
 }
@@ -189,7 +245,14 @@ pub unsafe extern "C" fn pyffi_detokenizer_new(tokenizer: *const pyffi_tokenizer
 /// into `buf`. A character split across tokens is held back until complete.
 /// On PYFFI_BUFFER_TOO_SMALL the token is not consumed: call again.
 #[no_mangle]
-pub unsafe extern "C" fn pyffi_detokenizer_feed(detokenizer: *mut pyffi_detokenizer, id: i32, buf: *mut c_char, cap: usize, len: *mut usize, err: *mut *mut pyffi_error) -> pyffi_status {
+pub unsafe extern "C" fn pyffi_detokenizer_feed(
+    detokenizer: *mut pyffi_detokenizer,
+    id: i32,
+    buf: *mut c_char,
+    cap: usize,
+    len: *mut usize,
+    err: *mut *mut pyffi_error,
+) -> pyffi_status {
     run(err, || {
         let d = arg_mut(detokenizer, "detokenizer")?;
         let before = d.inner.clone();
@@ -201,7 +264,13 @@ pub unsafe extern "C" fn pyffi_detokenizer_feed(detokenizer: *mut pyffi_detokeni
 
 /// Whatever text is still held back (an incomplete character becomes U+FFFD).
 #[no_mangle]
-pub unsafe extern "C" fn pyffi_detokenizer_flush(detokenizer: *mut pyffi_detokenizer, buf: *mut c_char, cap: usize, len: *mut usize, err: *mut *mut pyffi_error) -> pyffi_status {
+pub unsafe extern "C" fn pyffi_detokenizer_flush(
+    detokenizer: *mut pyffi_detokenizer,
+    buf: *mut c_char,
+    cap: usize,
+    len: *mut usize,
+    err: *mut *mut pyffi_error,
+) -> pyffi_status {
     run(err, || {
         let d = arg_mut(detokenizer, "detokenizer")?;
         let before = d.inner.clone();

@@ -20,7 +20,11 @@ thread_local! {
 fn has_f16c_fma() -> bool {
     use std::sync::OnceLock;
     static HAS: OnceLock<bool> = OnceLock::new();
-    *HAS.get_or_init(|| is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c"))
+    *HAS.get_or_init(|| {
+        is_x86_feature_detected!("avx2")
+            && is_x86_feature_detected!("fma")
+            && is_x86_feature_detected!("f16c")
+    })
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -84,7 +88,15 @@ pub fn try_dot_heads_f16(q: &[f32], hd: usize, k: &[f16], out: &mut [f32], strid
 /// row loaded once for all heads; bit for bit `axpy_f16` applied key by key
 /// to a zeroed `out`. Returns false, having done nothing, where there is no
 /// such kernel (as `try_dot_heads_f16`).
-pub fn try_mix_heads_f16(out: &mut [f32], hd: usize, p: &[f32], p_stride: usize, n: usize, values: &[f16], v_stride: usize) -> bool {
+pub fn try_mix_heads_f16(
+    out: &mut [f32],
+    hd: usize,
+    p: &[f32],
+    p_stride: usize,
+    n: usize,
+    values: &[f16],
+    v_stride: usize,
+) -> bool {
     let heads = out.len() / hd.max(1);
     assert!(n == 0 || values.len() >= (n - 1) * v_stride + hd);
     assert!(heads == 0 || n == 0 || p.len() >= (heads - 1) * p_stride + n);
@@ -115,13 +127,6 @@ fn tile<E: TileElem>(w: &[&[E]], x: &[&[f32]], out: &mut [f32]) {
     if has_f16c_fma() {
         // SAFETY: the CPU supports the features the kernels are compiled for.
         unsafe {
-            if w.len() == 1 && x.len() == 1 {
-                // A one-token matmul's row: 16-lane vectors where the CPU has
-                // them (half the instructions per weight byte, so it streams
-                // memory faster).
-                out[0] = if has_avx512() { x86::row16(w[0], x[0]) } else { x86::row(w[0], x[0]) };
-                return;
-            }
             macro_rules! go {
                 ($($r:literal $t:literal),*) => {
                     match (w.len(), x.len()) {
@@ -176,7 +181,15 @@ pub fn tile_scalar<E: TileElem>(w: &[&[E]], x: &[&[f32]], out: &mut [f32]) {
 
 /// `out[t][o] = sum_i x[t][i] * w[o][i]`, `w` float16 `[n_out][n_in]`.
 #[allow(clippy::too_many_arguments)]
-pub fn matmul(out: &mut [f32], out_stride: usize, x: &[f32], w: &[f16], n_tok: usize, n_in: usize, n_out: usize) {
+pub fn matmul(
+    out: &mut [f32],
+    out_stride: usize,
+    x: &[f32],
+    w: &[f16],
+    n_tok: usize,
+    n_in: usize,
+    n_out: usize,
+) {
     assert!(x.len() >= n_tok * n_in && w.len() >= n_out * n_in);
     assert!(n_tok == 0 || out.len() >= (n_tok - 1) * out_stride + n_out);
     if n_tok == 0 || n_out == 0 {
@@ -196,13 +209,17 @@ pub fn matmul(out: &mut [f32], out_stride: usize, x: &[f32], w: &[f16], n_tok: u
         let threads = crate::pool::current_threads();
         // Blocks of whole tiles; ~32 KiB of weights per block stays in L1/L2
         // while every token passes.
-        let rows_per_block =
-            ((16384 / n_in.max(1)).clamp(1, 16) * TILE_ROWS).min(n_out.div_ceil(threads * 4).next_multiple_of(TILE_ROWS));
+        let rows_per_block = ((16384 / n_in.max(1)).clamp(1, 16) * TILE_ROWS)
+            .min(n_out.div_ceil(threads * 4).next_multiple_of(TILE_ROWS));
         let dst = SharedOut(out.as_mut_ptr());
         crate::pool::parallel_for(n_out.div_ceil(rows_per_block), |b| {
             let dst = dst;
             let (r0, r1) = (b * rows_per_block, ((b + 1) * rows_per_block).min(n_out));
-            if n_tok >= PANEL_MIN_TOKENS {
+            if n_tok == 1 {
+                // SAFETY: rows r0..r1 of the single output row are this block's alone.
+                let out = unsafe { std::slice::from_raw_parts_mut(dst.0.add(r0), r1 - r0) };
+                one_token(out, &w[r0 * n_in..r1 * n_in], &xh[..n_in]);
+            } else if n_tok >= PANEL_MIN_TOKENS {
                 // Long batch: convert this block's rows to float32 once, then
                 // every tile reads plain floats (no conversion per token group).
                 PANEL.with(|p| {
@@ -212,13 +229,53 @@ pub fn matmul(out: &mut [f32], out_stride: usize, x: &[f32], w: &[f16], n_tok: u
                         panel.resize(len, 0.0);
                     }
                     w[r0 * n_in..r1 * n_in].convert_to_f32_slice(&mut panel[..len]);
-                    tiles(dst, out_stride, &panel[..len], xr, 0..r1 - r0, r0, n_tok, n_in);
+                    tiles(
+                        dst,
+                        out_stride,
+                        &panel[..len],
+                        xr,
+                        0..r1 - r0,
+                        r0,
+                        n_tok,
+                        n_in,
+                    );
                 });
             } else {
                 tiles(dst, out_stride, w, xr, r0..r1, 0, n_tok, n_in);
             }
         });
     });
+}
+
+/// `out[r] = w[r] . x` for the rows of `w` (`x.len()` long each) against one
+/// token, a row at a time: one stream through memory, which the prefetchers
+/// follow best. The activations are read as float16 (the values the float32
+/// copy holds, so the sums are the same): half the bytes, so that a 5632-long
+/// row's activations stay in L1 while the weights stream past.
+fn one_token(out: &mut [f32], w: &[f16], x: &[f16]) {
+    let n = x.len();
+    #[cfg(target_arch = "x86_64")]
+    if has_f16c_fma() {
+        let wide = has_avx512();
+        for (o, row) in out.iter_mut().zip(w.chunks_exact(n)) {
+            // SAFETY: the CPU supports the features the kernels are compiled for.
+            *o = unsafe {
+                if wide {
+                    x86::row16(row, x)
+                } else {
+                    x86::row(row, x)
+                }
+            };
+        }
+        return;
+    }
+    for (o, row) in out.iter_mut().zip(w.chunks_exact(n)) {
+        *o = row
+            .iter()
+            .zip(x)
+            .map(|(a, b)| a.to_f32() * b.to_f32())
+            .sum();
+    }
 }
 
 /// Tokens at or above which a block's weights are converted to float32 once.
@@ -249,12 +306,8 @@ fn tiles<E: TileElem>(
             let t = t0 + k.min(nt - 1);
             &xr[t * n_in..(t + 1) * n_in]
         });
-        // One token: a row at a time (one stream through memory, which the
-        // prefetchers follow best); several: TILE_ROWS rows share each
-        // activation load.
-        let tile_rows = if nt == 1 { 1 } else { TILE_ROWS };
-        for rt in (r0..r1).step_by(tile_rows) {
-            let nr = (r1 - rt).min(tile_rows);
+        for rt in (r0..r1).step_by(TILE_ROWS) {
+            let nr = (r1 - rt).min(TILE_ROWS);
             let ws: [&[E]; TILE_ROWS] = std::array::from_fn(|k| {
                 let r = rt + k.min(nr - 1);
                 &w[r * n_in..(r + 1) * n_in]
@@ -263,7 +316,9 @@ fn tiles<E: TileElem>(
             for r in 0..nr {
                 for t in 0..nt {
                     // SAFETY: (t0+t, rt+r) is written by this block only; bounds asserted above.
-                    unsafe { *dst.0.add((t0 + t) * out_stride + out_row0 + rt + r) = sums[r * nt + t] };
+                    unsafe {
+                        *dst.0.add((t0 + t) * out_stride + out_row0 + rt + r) = sums[r * nt + t]
+                    };
                 }
             }
         }
@@ -281,6 +336,11 @@ mod x86 {
         _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i))
     }
 
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+    unsafe fn load16(p: *const f16) -> __m512 {
+        _mm512_cvtph_ps(_mm256_loadu_si256(p as *const __m256i))
+    }
+
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn hsum(v: __m256) -> f32 {
         let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
@@ -296,7 +356,11 @@ mod x86 {
         let mut acc = _mm256_setzero_ps();
         let mut i = 0;
         while i < full {
-            acc = _mm256_fmadd_ps(_mm256_loadu_ps(a.as_ptr().add(i)), load8(b.as_ptr().add(i)), acc);
+            acc = _mm256_fmadd_ps(
+                _mm256_loadu_ps(a.as_ptr().add(i)),
+                load8(b.as_ptr().add(i)),
+                acc,
+            );
             i += 8;
         }
         let mut s = hsum(acc);
@@ -314,7 +378,10 @@ mod x86 {
         let mut i = 0;
         while i < full {
             let o = out.as_mut_ptr().add(i);
-            _mm256_storeu_ps(o, _mm256_fmadd_ps(pv, load8(v.as_ptr().add(i)), _mm256_loadu_ps(o)));
+            _mm256_storeu_ps(
+                o,
+                _mm256_fmadd_ps(pv, load8(v.as_ptr().add(i)), _mm256_loadu_ps(o)),
+            );
             i += 8;
         }
         for j in full..n {
@@ -324,7 +391,13 @@ mod x86 {
 
     /// `dot_f32_f16` of G queries against one key (hd % 8 == 0).
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn dot_heads<const G: usize>(q: &[f32], hd: usize, k: &[f16], out: *mut f32, stride: usize) {
+    pub unsafe fn dot_heads<const G: usize>(
+        q: &[f32],
+        hd: usize,
+        k: &[f16],
+        out: *mut f32,
+        stride: usize,
+    ) {
         let mut acc = [_mm256_setzero_ps(); G];
         let mut i = 0;
         while i < hd {
@@ -341,7 +414,15 @@ mod x86 {
 
     /// `axpy_f16`'s sums for G heads, 8 dimensions at a time in registers.
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn mix_heads<const G: usize>(out: &mut [f32], hd: usize, p: &[f32], p_stride: usize, n: usize, values: *const f16, v_stride: usize) {
+    pub unsafe fn mix_heads<const G: usize>(
+        out: &mut [f32],
+        hd: usize,
+        p: &[f32],
+        p_stride: usize,
+        n: usize,
+        values: *const f16,
+        v_stride: usize,
+    ) {
         let mut c = 0;
         while c < hd {
             let mut acc = [_mm256_setzero_ps(); G];
@@ -363,9 +444,6 @@ mod x86 {
         /// # Safety
         /// 8 elements must be readable at `p`; the CPU must have AVX2/F16C.
         unsafe fn load8(p: *const Self) -> __m256;
-        /// # Safety
-        /// 16 elements must be readable at `p`; the CPU must have AVX-512F.
-        unsafe fn load16(p: *const Self) -> __m512;
         fn to_f32(self) -> f32;
     }
 
@@ -373,10 +451,6 @@ mod x86 {
         #[inline(always)]
         unsafe fn load8(p: *const f16) -> __m256 {
             _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i))
-        }
-        #[inline(always)]
-        unsafe fn load16(p: *const f16) -> __m512 {
-            _mm512_cvtph_ps(_mm256_loadu_si256(p as *const __m256i))
         }
         fn to_f32(self) -> f32 {
             f16::to_f32(self)
@@ -388,10 +462,6 @@ mod x86 {
         unsafe fn load8(p: *const f32) -> __m256 {
             _mm256_loadu_ps(p)
         }
-        #[inline(always)]
-        unsafe fn load16(p: *const f32) -> __m512 {
-            _mm512_loadu_ps(p)
-        }
         fn to_f32(self) -> f32 {
             self
         }
@@ -401,48 +471,54 @@ mod x86 {
     /// so that the fused multiply-adds' latency does not bound it: the
     /// one-token matmul's kernel, one stream through memory.
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn row<E: Elem>(w: &[E], x: &[f32]) -> f32 {
+    pub unsafe fn row(w: &[f16], x: &[f16]) -> f32 {
         let n = w.len();
         let (wp, xp) = (w.as_ptr(), x.as_ptr());
         let mut acc = [_mm256_setzero_ps(); 4];
         let mut i = 0;
         while i + 32 <= n {
             for (k, a) in acc.iter_mut().enumerate() {
-                *a = _mm256_fmadd_ps(E::load8(wp.add(i + 8 * k)), _mm256_loadu_ps(xp.add(i + 8 * k)), *a);
+                *a = _mm256_fmadd_ps(load8(wp.add(i + 8 * k)), load8(xp.add(i + 8 * k)), *a);
             }
             i += 32;
         }
         while i + 8 <= n {
-            acc[0] = _mm256_fmadd_ps(E::load8(wp.add(i)), _mm256_loadu_ps(xp.add(i)), acc[0]);
+            acc[0] = _mm256_fmadd_ps(load8(wp.add(i)), load8(xp.add(i)), acc[0]);
             i += 8;
         }
-        let mut s = hsum(_mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3])));
+        let mut s = hsum(_mm256_add_ps(
+            _mm256_add_ps(acc[0], acc[1]),
+            _mm256_add_ps(acc[2], acc[3]),
+        ));
         for j in i..n {
-            s += w[j].to_f32() * x[j];
+            s += w[j].to_f32() * x[j].to_f32();
         }
         s
     }
 
     /// `row` on 16-lane vectors (AVX-512F).
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
-    pub unsafe fn row16<E: Elem>(w: &[E], x: &[f32]) -> f32 {
+    pub unsafe fn row16(w: &[f16], x: &[f16]) -> f32 {
         let n = w.len();
         let (wp, xp) = (w.as_ptr(), x.as_ptr());
         let mut acc = [_mm512_setzero_ps(); 4];
         let mut i = 0;
         while i + 64 <= n {
             for (k, a) in acc.iter_mut().enumerate() {
-                *a = _mm512_fmadd_ps(E::load16(wp.add(i + 16 * k)), _mm512_loadu_ps(xp.add(i + 16 * k)), *a);
+                *a = _mm512_fmadd_ps(load16(wp.add(i + 16 * k)), load16(xp.add(i + 16 * k)), *a);
             }
             i += 64;
         }
         while i + 16 <= n {
-            acc[0] = _mm512_fmadd_ps(E::load16(wp.add(i)), _mm512_loadu_ps(xp.add(i)), acc[0]);
+            acc[0] = _mm512_fmadd_ps(load16(wp.add(i)), load16(xp.add(i)), acc[0]);
             i += 16;
         }
-        let mut s = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3])));
+        let mut s = _mm512_reduce_add_ps(_mm512_add_ps(
+            _mm512_add_ps(acc[0], acc[1]),
+            _mm512_add_ps(acc[2], acc[3]),
+        ));
         for j in i..n {
-            s += w[j].to_f32() * x[j];
+            s += w[j].to_f32() * x[j].to_f32();
         }
         s
     }
@@ -450,7 +526,11 @@ mod x86 {
     /// An R x T register tile: each weight vector loaded once for T tokens,
     /// each activation vector once for R rows.
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn tile<E: Elem, const R: usize, const T: usize>(w: &[&[E]], x: &[&[f32]], out: &mut [f32]) {
+    pub unsafe fn tile<E: Elem, const R: usize, const T: usize>(
+        w: &[&[E]],
+        x: &[&[f32]],
+        out: &mut [f32],
+    ) {
         let n = w[0].len();
         let full = n / 8 * 8;
         let wp: [*const E; R] = std::array::from_fn(|r| w[r].as_ptr());
@@ -487,7 +567,9 @@ mod tests {
         let mut s = seed;
         (0..n)
             .map(|_| {
-                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                s = s
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
                 f16::from_f32(((s >> 33) as f32 / (1u64 << 31) as f32) * 2.0 - 1.0)
             })
             .collect()
@@ -497,7 +579,9 @@ mod tests {
     fn fast_tiles_equal_the_plain_ones() {
         for n in [1, 7, 16, 31, 64, 100, 513] {
             let ws: Vec<Vec<f16>> = (0..TILE_ROWS as u64).map(|k| halves(n, 1 + k)).collect();
-            let xs: Vec<Vec<f32>> = (0..TILE_TOKENS as u64).map(|k| halves(n, 10 + k).iter().map(|v| v.to_f32()).collect()).collect();
+            let xs: Vec<Vec<f32>> = (0..TILE_TOKENS as u64)
+                .map(|k| halves(n, 10 + k).iter().map(|v| v.to_f32()).collect())
+                .collect();
             for nr in 1..=TILE_ROWS {
                 for nt in 1..=TILE_TOKENS {
                     let w: Vec<&[f16]> = ws[..nr].iter().map(|v| v.as_slice()).collect();
@@ -507,12 +591,53 @@ mod tests {
                     tile_scalar(&w, &x, &mut plain);
                     for r in 0..nr {
                         for t in 0..nt {
-                            let exact: f64 = w[r].iter().zip(x[t]).map(|(a, b)| a.to_f64() * *b as f64).sum();
+                            let exact: f64 = w[r]
+                                .iter()
+                                .zip(x[t])
+                                .map(|(a, b)| a.to_f64() * *b as f64)
+                                .sum();
                             for got in [fast[r * nt + t], plain[r * nt + t]] {
-                                assert!((got as f64 - exact).abs() <= 1e-5 * (1.0 + n as f64), "n={n} {nr}x{nt}");
+                                assert!(
+                                    (got as f64 - exact).abs() <= 1e-5 * (1.0 + n as f64),
+                                    "n={n} {nr}x{nt}"
+                                );
                             }
                         }
                     }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn one_token_rows_equal_the_exact_sums() {
+        for n in [1, 7, 16, 31, 64, 100, 513, 5632] {
+            let (w, x) = (halves(3 * n, 5), halves(n, 6));
+            let exact: Vec<f64> = w
+                .chunks(n)
+                .map(|r| r.iter().zip(&x).map(|(a, b)| a.to_f64() * b.to_f64()).sum())
+                .collect();
+            let close = |got: &[f32]| {
+                for (g, e) in got.iter().zip(&exact) {
+                    assert!(
+                        (*g as f64 - e).abs() <= 1e-5 * (1.0 + n as f64),
+                        "n={n}: {g} vs {e}"
+                    );
+                }
+            };
+            let mut out = [0.0f32; 3];
+            one_token(&mut out, &w, &x);
+            close(&out);
+            #[cfg(target_arch = "x86_64")]
+            if has_f16c_fma() {
+                // Both widths, whichever `one_token` picked on this CPU.
+                let mut kernels: Vec<unsafe fn(&[f16], &[f16]) -> f32> = vec![x86::row];
+                if has_avx512() {
+                    kernels.push(x86::row16);
+                }
+                for k in kernels {
+                    let got: Vec<f32> = w.chunks(n).map(|r| unsafe { k(r, &x) }).collect();
+                    close(&got);
                 }
             }
         }
@@ -538,7 +663,10 @@ mod tests {
         let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
         for hd in [8, 16, 64, 12] {
             for heads in [1, 3, 4, 7, 8, 9] {
-                let q: Vec<f32> = halves(heads * hd, 21).iter().map(|v| v.to_f32() * 2.0).collect();
+                let q: Vec<f32> = halves(heads * hd, 21)
+                    .iter()
+                    .map(|v| v.to_f32() * 2.0)
+                    .collect();
                 let k = halves(hd, 22);
                 let stride = 5;
                 let mut got = vec![0.0f32; heads * stride];
@@ -549,18 +677,31 @@ mod tests {
                     continue;
                 }
                 for h in 0..heads {
-                    assert_eq!(got[h * stride].to_bits(), dot_f32_f16(&q[h * hd..(h + 1) * hd], &k).to_bits(), "hd {hd} heads {heads}");
+                    assert_eq!(
+                        got[h * stride].to_bits(),
+                        dot_f32_f16(&q[h * hd..(h + 1) * hd], &k).to_bits(),
+                        "hd {hd} heads {heads}"
+                    );
                 }
                 for n in [0, 1, 5, 33] {
                     let (v_stride, p_stride) = (hd + 8, n + 2);
                     let values = halves(n.max(1) * v_stride, 23);
-                    let p: Vec<f32> = halves(heads * p_stride, 24).iter().map(|v| v.to_f32().abs()).collect();
+                    let p: Vec<f32> = halves(heads * p_stride, 24)
+                        .iter()
+                        .map(|v| v.to_f32().abs())
+                        .collect();
                     let mut fused = vec![f32::NAN; heads * hd];
-                    assert!(try_mix_heads_f16(&mut fused, hd, &p, p_stride, n, &values, v_stride));
+                    assert!(try_mix_heads_f16(
+                        &mut fused, hd, &p, p_stride, n, &values, v_stride
+                    ));
                     let mut want = vec![0.0f32; heads * hd];
                     for i in 0..n {
                         for h in 0..heads {
-                            axpy_f16(&mut want[h * hd..(h + 1) * hd], p[h * p_stride + i], &values[i * v_stride..i * v_stride + hd]);
+                            axpy_f16(
+                                &mut want[h * hd..(h + 1) * hd],
+                                p[h * p_stride + i],
+                                &values[i * v_stride..i * v_stride + hd],
+                            );
                         }
                     }
                     assert_eq!(bits(&fused), bits(&want), "hd {hd} heads {heads} n {n}");
@@ -571,15 +712,18 @@ mod tests {
 
     #[test]
     fn matmul_rounds_activations_to_f16_like_llama_cpp() {
-        // 6 tokens use the float16 tiles, 13 the float32 panel.
-        for (n_tok, n_in) in [(6, 40), (13, 40), (13, 1100)] {
+        // 1 token uses the row kernels, 6 the float16 tiles, 13 the float32 panel.
+        for (n_tok, n_in) in [(1, 40), (1, 1100), (6, 40), (13, 40), (13, 1100)] {
             matmul_case(n_tok, n_in, 9);
         }
     }
 
     fn matmul_case(n_tok: usize, n_in: usize, n_out: usize) {
         let w = halves(n_out * n_in, 3);
-        let x: Vec<f32> = halves(n_tok * n_in, 4).iter().map(|v| v.to_f32() + 1e-4).collect();
+        let x: Vec<f32> = halves(n_tok * n_in, 4)
+            .iter()
+            .map(|v| v.to_f32() + 1e-4)
+            .collect();
         let mut out = vec![0.0f32; n_tok * n_out];
         matmul(&mut out, n_out, &x, &w, n_tok, n_in, n_out);
         for t in 0..n_tok {

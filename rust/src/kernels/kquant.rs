@@ -30,7 +30,11 @@ pub struct BlockQ8K {
 
 impl Default for BlockQ8K {
     fn default() -> Self {
-        BlockQ8K { d: 0.0, qs: [0; QK_K], bsums: [0; QK_K / 16] }
+        BlockQ8K {
+            d: 0.0,
+            qs: [0; QK_K],
+            bsums: [0; QK_K / 16],
+        }
     }
 }
 
@@ -86,7 +90,10 @@ pub(crate) fn scale_min(j: usize, q: &[u8]) -> (u8, u8) {
     if j < 4 {
         (q[j] & 63, q[j + 4] & 63)
     } else {
-        ((q[j + 4] & 0xf) | ((q[j - 4] >> 6) << 4), (q[j + 4] >> 4) | ((q[j] >> 6) << 4))
+        (
+            (q[j + 4] & 0xf) | ((q[j - 4] >> 6) << 4),
+            (q[j + 4] >> 4) | ((q[j] >> 6) << 4),
+        )
     }
 }
 
@@ -108,7 +115,11 @@ pub(crate) fn pack_scale_min(ls: &[u8; 8], lm: &[u8; 8]) -> [u8; 12] {
 
 /// Unsigned values (0..15 or 0..31) of one Q4_K / Q5_K super-block, in order.
 fn unpack_q45k(b: &[u8], five_bits: bool, q: &mut [u8; QK_K]) {
-    let (qh, qs) = if five_bits { (&b[16..48], &b[48..176]) } else { (&b[0..0], &b[16..144]) };
+    let (qh, qs) = if five_bits {
+        (&b[16..48], &b[48..176])
+    } else {
+        (&b[0..0], &b[16..144])
+    };
     for j in 0..8 {
         let bytes = &qs[(j / 2) * 32..][..32];
         let shift = 4 * (j & 1);
@@ -162,7 +173,11 @@ pub fn dot_q45k(w: &[u8], five_bits: bool, x: &[BlockQ8K]) -> f32 {
         for j in 0..8 {
             let (sc, m) = scale_min(j, &b[4..16]);
             summ += m as i32 * (y.bsums[2 * j] as i32 + y.bsums[2 * j + 1] as i32);
-            let si: i32 = q[j * 32..][..32].iter().zip(&y.qs[j * 32..][..32]).map(|(&a, &c)| a as i32 * c as i32).sum();
+            let si: i32 = q[j * 32..][..32]
+                .iter()
+                .zip(&y.qs[j * 32..][..32])
+                .map(|(&a, &c)| a as i32 * c as i32)
+                .sum();
             sumi += sc as i32 * si;
         }
         sum += h(b) * y.d * sumi as f32 - h(&b[2..]) * y.d * summ as f32;
@@ -178,7 +193,11 @@ pub fn dot_q6k(w: &[u8], x: &[BlockQ8K]) -> f32 {
         unpack_q6k(b, &mut q);
         let mut sumi = 0i32;
         for (g, &sc) in q6k_scales(b).iter().enumerate() {
-            let si: i32 = q[g * 16..][..16].iter().zip(&y.qs[g * 16..][..16]).map(|(&a, &c)| a as i32 * c as i32).sum();
+            let si: i32 = q[g * 16..][..16]
+                .iter()
+                .zip(&y.qs[g * 16..][..16])
+                .map(|(&a, &c)| a as i32 * c as i32)
+                .sum();
             sumi += sc as i8 as i32 * si;
         }
         sum += h(&b[208..]) * y.d * sumi as f32;
@@ -222,7 +241,15 @@ pub fn dequantize_q6k(w: &[u8], out: &mut [f32]) {
 /// the plain range/nmax and refitting scale and min by weighted least squares
 /// (ggml's make_qkx2_quants). Returns (scale, -min).
 #[allow(clippy::too_many_arguments)]
-fn fit_scale_min(x: &[f32], weights: &[f32], nmax: i32, l: &mut [u8], rmin: f32, rdelta: f32, nstep: i32) -> (f32, f32) {
+fn fit_scale_min(
+    x: &[f32],
+    weights: &[f32],
+    nmax: i32,
+    l: &mut [u8],
+    rmin: f32,
+    rdelta: f32,
+    nstep: i32,
+) -> (f32, f32) {
     let n = x.len();
     let mut min = x[0];
     let mut max = x[0];
@@ -288,7 +315,11 @@ fn fit_scale_min(x: &[f32], weights: &[f32], nmax: i32, l: &mut [u8], rmin: f32,
 
 /// Q4_K (`five_bits` false) or Q5_K blocks for `x` (a multiple of 256 long).
 pub fn quantize_q45k(x: &[f32], five_bits: bool, out: &mut [u8]) {
-    let (bb, nmax, rmin, nstep) = if five_bits { (176, 31, -0.5, 15) } else { (144, 15, -1.0, 20) };
+    let (bb, nmax, rmin, nstep) = if five_bits {
+        (176, 31, -0.5, 15)
+    } else {
+        (144, 15, -1.0, 20)
+    };
     for (xs, b) in x.chunks_exact(QK_K).zip(out.chunks_exact_mut(bb)) {
         let mut l = [0u8; QK_K];
         let (mut scales, mut mins) = ([0.0f32; 8], [0.0f32; 8]);
@@ -296,11 +327,25 @@ pub fn quantize_q45k(x: &[f32], five_bits: bool, out: &mut [u8]) {
             let xj = &xs[32 * j..32 * (j + 1)];
             let av_x = (xj.iter().map(|v| v * v).sum::<f32>() / 32.0).sqrt();
             let weights: Vec<f32> = xj.iter().map(|v| av_x + v.abs()).collect();
-            (scales[j], mins[j]) = fit_scale_min(xj, &weights, nmax, &mut l[32 * j..32 * (j + 1)], rmin, 0.1, nstep);
+            (scales[j], mins[j]) = fit_scale_min(
+                xj,
+                &weights,
+                nmax,
+                &mut l[32 * j..32 * (j + 1)],
+                rmin,
+                0.1,
+                nstep,
+            );
         }
-        let max_scale = scales.iter().fold(0.0f32, |m, &v| if v > m { v } else { m });
+        let max_scale = scales
+            .iter()
+            .fold(0.0f32, |m, &v| if v > m { v } else { m });
         let max_min = mins.iter().fold(0.0f32, |m, &v| if v > m { v } else { m });
-        let inv_scale = if max_scale > 0.0 { 63.0 / max_scale } else { 0.0 };
+        let inv_scale = if max_scale > 0.0 {
+            63.0 / max_scale
+        } else {
+            0.0
+        };
         let inv_min = if max_min > 0.0 { 63.0 / max_min } else { 0.0 };
         let (mut ls, mut lm) = ([0u8; 8], [0u8; 8]);
         for j in 0..8 {
@@ -399,7 +444,8 @@ pub fn quantize_q6k(x: &[f32], out: &mut [u8]) {
         let mut scales = [0.0f32; 16];
         let (mut max_scale, mut max_abs_scale) = (0.0f32, 0.0f32);
         for g in 0..16 {
-            scales[g] = fit_scale_signed(&xs[16 * g..16 * (g + 1)], 32, &mut l[16 * g..16 * (g + 1)]);
+            scales[g] =
+                fit_scale_signed(&xs[16 * g..16 * (g + 1)], 32, &mut l[16 * g..16 * (g + 1)]);
             if scales[g].abs() > max_abs_scale {
                 max_abs_scale = scales[g].abs();
                 max_scale = scales[g];
@@ -428,7 +474,8 @@ pub fn quantize_q6k(x: &[f32], out: &mut [u8]) {
                 let v = |k: usize| l[128 * n + 32 * k + i] as u8;
                 b[64 * n + i] = (v(0) & 0xf) | ((v(2) & 0xf) << 4);
                 b[64 * n + 32 + i] = (v(1) & 0xf) | ((v(3) & 0xf) << 4);
-                b[128 + 32 * n + i] = (v(0) >> 4) | ((v(1) >> 4) << 2) | ((v(2) >> 4) << 4) | ((v(3) >> 4) << 6);
+                b[128 + 32 * n + i] =
+                    (v(0) >> 4) | ((v(1) >> 4) << 2) | ((v(2) >> 4) << 4) | ((v(3) >> 4) << 6);
             }
         }
     }

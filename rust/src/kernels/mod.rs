@@ -19,7 +19,9 @@ pub(crate) mod test_data {
         let mut s = seed;
         (0..n)
             .map(|_| {
-                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                s = s
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
                 ((s >> 33) as f32 / (1u64 << 31) as f32) * 2.0 - 1.0
             })
             .collect()
@@ -40,7 +42,8 @@ pub(crate) mod test_data {
         };
         for (i, blk) in bytes.chunks_exact_mut(t.block_bytes()).enumerate() {
             for (k, &at) in scale_at.iter().enumerate() {
-                let s = f16::from_f32(0.01 + 0.001 * (i % 7) as f32 - 0.02 * k as f32).to_le_bytes();
+                let s =
+                    f16::from_f32(0.01 + 0.001 * (i % 7) as f32 - 0.02 * k as f32).to_le_bytes();
                 blk[at..at + 2].copy_from_slice(&s);
             }
         }
@@ -49,7 +52,6 @@ pub(crate) mod test_data {
 }
 #[cfg(target_arch = "x86_64")]
 pub mod x86;
-
 
 /// RMSNorm of each `dim`-long row of `x` into `out`, scaled by `weight`.
 pub fn rmsnorm(out: &mut [f32], x: &[f32], weight: &[f32], eps: f32) {
@@ -142,7 +144,15 @@ unsafe impl Sync for SharedOut {}
 /// `[n_out][n_in]` (the Hugging Face Linear layout). Output rows are
 /// `out_stride` apart. Work is split over blocks of weight rows, so each block
 /// is read from memory once and reused for every token from cache.
-pub fn matmul(out: &mut [f32], out_stride: usize, x: &[f32], w: &[f32], n_tok: usize, n_in: usize, n_out: usize) {
+pub fn matmul(
+    out: &mut [f32],
+    out_stride: usize,
+    x: &[f32],
+    w: &[f32],
+    n_tok: usize,
+    n_in: usize,
+    n_out: usize,
+) {
     assert!(x.len() >= n_tok * n_in && w.len() >= n_out * n_in);
     assert!(n_tok == 0 || out.len() >= (n_tok - 1) * out_stride + n_out);
     if n_tok == 0 || n_out == 0 {
@@ -150,7 +160,9 @@ pub fn matmul(out: &mut [f32], out_stride: usize, x: &[f32], w: &[f32], n_tok: u
     }
     let threads = crate::pool::current_threads();
     // Small blocks keep every thread busy; ~16 KiB of weights keeps a block in L1.
-    let rows_per_block = (16384 / (n_in * 4)).clamp(4, 64).min(n_out.div_ceil(threads * 4).max(1));
+    let rows_per_block = (16384 / (n_in * 4))
+        .clamp(4, 64)
+        .min(n_out.div_ceil(threads * 4).max(1));
     let n_blocks = n_out.div_ceil(rows_per_block);
     let dst = SharedOut(out.as_mut_ptr());
     crate::pool::parallel_for(n_blocks, |b| {
@@ -198,10 +210,14 @@ mod tests {
     use super::*;
 
     fn rand_vec(n: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        let mut s = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
         (0..n)
             .map(|_| {
-                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                s = s
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
                 ((s >> 33) as f32 / (1u64 << 31) as f32) * 2.0 - 1.0
             })
             .collect()
@@ -209,7 +225,13 @@ mod tests {
 
     #[test]
     fn matmul_matches_scalar() {
-        for &(t, k, n) in &[(1, 8, 3), (5, 37, 19), (9, 64, 130), (4, 256, 70), (13, 3, 1)] {
+        for &(t, k, n) in &[
+            (1, 8, 3),
+            (5, 37, 19),
+            (9, 64, 130),
+            (4, 256, 70),
+            (13, 3, 1),
+        ] {
             let x = rand_vec(t * k, 1);
             let w = rand_vec(n * k, 2);
             let mut fast = vec![0.0; t * n];
@@ -217,7 +239,10 @@ mod tests {
             matmul(&mut fast, n, &x, &w, t, k, n);
             scalar::matmul(&mut slow, &x, &w, t, k, n);
             for (a, b) in fast.iter().zip(&slow) {
-                assert!((a - b).abs() <= 1e-5 * (1.0 + b.abs()), "{a} vs {b} for shape {t}x{k}x{n}");
+                assert!(
+                    (a - b).abs() <= 1e-5 * (1.0 + b.abs()),
+                    "{a} vs {b} for shape {t}x{k}x{n}"
+                );
             }
         }
     }

@@ -104,14 +104,36 @@ impl PackedMatrix {
     }
 
     /// `new`, in the layout of the kernels `k`.
-    fn for_kernels(t: QuantType, pieces: &[&[u8]], rows: usize, cols: usize, k: Kernels) -> PackedMatrix {
+    fn for_kernels(
+        t: QuantType,
+        pieces: &[&[u8]],
+        rows: usize,
+        cols: usize,
+        k: Kernels,
+    ) -> PackedMatrix {
         assert!(t != QuantType::Q4_1, "{t:?} has no packed layout");
         let rb = t.row_bytes(cols);
-        assert!(cols % t.block_len() == 0 && pieces.iter().all(|p| p.len() % rb.max(1) == 0), "{t:?} rows of {cols} values in pieces");
-        let row_of: Vec<&[u8]> = pieces.iter().flat_map(|p| p.chunks_exact(rb.max(1))).collect();
-        assert_eq!(row_of.len(), rows, "{t:?} matrix of {rows} rows of {cols} values");
+        assert!(
+            cols % t.block_len() == 0 && pieces.iter().all(|p| p.len() % rb.max(1) == 0),
+            "{t:?} rows of {cols} values in pieces"
+        );
+        let row_of: Vec<&[u8]> = pieces
+            .iter()
+            .flat_map(|p| p.chunks_exact(rb.max(1)))
+            .collect();
+        assert_eq!(
+            row_of.len(),
+            rows,
+            "{t:?} matrix of {rows} rows of {cols} values"
+        );
         let group = rows_per_group(t, k);
-        let mut m = PackedMatrix { t, rows, cols, group, data: Vec::new() };
+        let mut m = PackedMatrix {
+            t,
+            rows,
+            cols,
+            group,
+            data: Vec::new(),
+        };
         let total = m.groups() * m.group_bytes() + m.tail_rows() * rb;
         m.data = crate::tensor::weight_buffer(total.div_ceil(64));
         m.data.resize(total.div_ceil(64), Chunk([0; 64]));
@@ -121,7 +143,12 @@ impl PackedMatrix {
         let (body, tail) = buf.split_at_mut(groups * gb);
         body.par_chunks_mut(gb).enumerate().for_each(|(g, dst)| {
             if t.is_k() {
-                return packed_k::pack_group(t, std::array::from_fn(|r| row_of[g * GROUP + r]), nb, dst);
+                return packed_k::pack_group(
+                    t,
+                    std::array::from_fn(|r| row_of[g * GROUP + r]),
+                    nb,
+                    dst,
+                );
             }
             let qb = quant_bytes(t);
             for r in 0..group {
@@ -136,7 +163,10 @@ impl PackedMatrix {
                 }
             }
         });
-        for (dst, row) in tail.chunks_exact_mut(rb.max(1)).zip(&row_of[groups * group..]) {
+        for (dst, row) in tail
+            .chunks_exact_mut(rb.max(1))
+            .zip(&row_of[groups * group..])
+        {
             dst.copy_from_slice(row);
         }
         m
@@ -186,7 +216,9 @@ impl PackedMatrix {
 
     fn bytes_mut(&mut self) -> &mut [u8] {
         // SAFETY: as above.
-        unsafe { std::slice::from_raw_parts_mut(self.data.as_mut_ptr() as *mut u8, self.data.len() * 64) }
+        unsafe {
+            std::slice::from_raw_parts_mut(self.data.as_mut_ptr() as *mut u8, self.data.len() * 64)
+        }
     }
 
     /// The tail rows in ggml's format.
@@ -236,7 +268,11 @@ impl PackedMatrix {
 
     /// `matmul` with the kernels `k`: `Plain`, or the ones the matrix was packed for.
     fn matmul_with(&self, out: &mut [f32], out_stride: usize, x: &[f32], n_tok: usize, k: Kernels) {
-        assert!(k == Kernels::Plain || rows_per_group(self.t, k) == self.group, "{k:?} kernels on {}-row groups", self.group);
+        assert!(
+            k == Kernels::Plain || rows_per_group(self.t, k) == self.group,
+            "{k:?} kernels on {}-row groups",
+            self.group
+        );
         let (n_in, n_out) = (self.cols, self.rows);
         assert!(x.len() >= n_tok * n_in);
         assert!(n_tok == 0 || out.len() >= (n_tok - 1) * out_stride + n_out);
@@ -256,7 +292,15 @@ impl PackedMatrix {
                     // written by this tile only, within the bounds asserted above.
                     unsafe {
                         if four {
-                            packed_k::group_dot::<4>(t, grp, nb, std::array::from_fn(|j| tok(tk + j)), out, out_stride, k)
+                            packed_k::group_dot::<4>(
+                                t,
+                                grp,
+                                nb,
+                                std::array::from_fn(|j| tok(tk + j)),
+                                out,
+                                out_stride,
+                                k,
+                            )
                         } else {
                             packed_k::group_dot::<1>(t, grp, nb, [tok(tk)], out, out_stride, k)
                         }
@@ -273,7 +317,16 @@ impl PackedMatrix {
         }
         if self.tail_rows() > 0 {
             let r0 = groups * self.group;
-            quant::matmul(self.t, &mut out[r0..], out_stride, x, self.tail(), n_tok, n_in, self.tail_rows());
+            quant::matmul(
+                self.t,
+                &mut out[r0..],
+                out_stride,
+                x,
+                self.tail(),
+                n_tok,
+                n_in,
+                self.tail_rows(),
+            );
         }
     }
 
@@ -302,7 +355,15 @@ impl PackedMatrix {
 
     /// All whole groups against all tokens, groups split across the pool in
     /// runs; tokens four at a time, then one at a time.
-    fn groups_times_activations(&self, dst: SharedOut, stride: usize, qx: &[BlockQ8], bias: &[i32], n_tok: usize, k: Kernels) {
+    fn groups_times_activations(
+        &self,
+        dst: SharedOut,
+        stride: usize,
+        qx: &[BlockQ8],
+        bias: &[i32],
+        n_tok: usize,
+        k: Kernels,
+    ) {
         let (nb, gb, groups) = (self.blocks(), self.group_bytes(), self.groups());
         let threads = crate::pool::current_threads();
         let per_task = groups.div_ceil(threads * 8).clamp(1, 8);
@@ -317,11 +378,15 @@ impl PackedMatrix {
                 // SAFETY (each call): rows g*G..(g+1)*G of the call's tokens are
                 // written by this task only, within the bounds the caller asserted.
                 while tk + 4 <= n_tok {
-                    unsafe { tokens_times_group::<4>(t, rows, grp, nb, qx, bias, tk, out, stride, k) };
+                    unsafe {
+                        tokens_times_group::<4>(t, rows, grp, nb, qx, bias, tk, out, stride, k)
+                    };
                     tk += 4;
                 }
                 for tk in tk..n_tok {
-                    unsafe { tokens_times_group::<1>(t, rows, grp, nb, qx, bias, tk, out, stride, k) };
+                    unsafe {
+                        tokens_times_group::<1>(t, rows, grp, nb, qx, bias, tk, out, stride, k)
+                    };
                 }
             }
         });
@@ -426,10 +491,18 @@ unsafe fn group_dot<const N: usize>(
     #[cfg(target_arch = "x86_64")]
     match (k, t) {
         (Kernels::Plain, _) => {}
-        (Kernels::Avx2, QuantType::Q4_0) => return avx2::group_q4_0::<N>(grp.as_ptr(), nb, xs, bias, out, stride),
-        (Kernels::Avx2, QuantType::Q8_0) => return avx2::group_q8_0::<N>(grp.as_ptr(), nb, xs, bias, out, stride),
-        (Kernels::Vnni, QuantType::Q4_0) => return avx512::group_q4_0::<N>(grp.as_ptr(), nb, xs, bias, out, stride),
-        (Kernels::Vnni, QuantType::Q8_0) => return avx512::group_q8_0::<N>(grp.as_ptr(), nb, xs, bias, out, stride),
+        (Kernels::Avx2, QuantType::Q4_0) => {
+            return avx2::group_q4_0::<N>(grp.as_ptr(), nb, xs, bias, out, stride)
+        }
+        (Kernels::Avx2, QuantType::Q8_0) => {
+            return avx2::group_q8_0::<N>(grp.as_ptr(), nb, xs, bias, out, stride)
+        }
+        (Kernels::Vnni, QuantType::Q4_0) => {
+            return avx512::group_q4_0::<N>(grp.as_ptr(), nb, xs, bias, out, stride)
+        }
+        (Kernels::Vnni, QuantType::Q8_0) => {
+            return avx512::group_q8_0::<N>(grp.as_ptr(), nb, xs, bias, out, stride)
+        }
         _ => unreachable!("only Q4_0 and Q8_0 are packed"),
     }
     let _ = k;
@@ -444,7 +517,13 @@ unsafe fn group_dot<const N: usize>(
 /// The plain version of the group kernels: each row's blocks as
 /// `quant::dot_row_scalar` computes them, accumulated as the fast kernels do
 /// (one fused multiply-add per block), so the two agree bit for bit.
-fn group_dot_scalar<const N: usize>(t: QuantType, rows: usize, grp: &[u8], nb: usize, xs: [&[BlockQ8]; N]) -> [[f32; WIDE_GROUP]; N] {
+fn group_dot_scalar<const N: usize>(
+    t: QuantType,
+    rows: usize,
+    grp: &[u8],
+    nb: usize,
+    xs: [&[BlockQ8]; N],
+) -> [[f32; WIDE_GROUP]; N] {
     let qb = quant_bytes(t);
     let mut out = [[0.0f32; WIDE_GROUP]; N];
     for r in 0..rows {
@@ -459,7 +538,8 @@ fn group_dot_scalar<const N: usize>(t: QuantType, rows: usize, grp: &[u8], nb: u
                     QuantType::Q4_0 => {
                         for j in 0..16 {
                             let q = byte(j);
-                            si += ((q & 0x0f) as i32 - 8) * y.qs[j] as i32 + ((q >> 4) as i32 - 8) * y.qs[j + 16] as i32;
+                            si += ((q & 0x0f) as i32 - 8) * y.qs[j] as i32
+                                + ((q >> 4) as i32 - 8) * y.qs[j + 16] as i32;
                         }
                     }
                     QuantType::Q8_0 => {
@@ -548,7 +628,14 @@ mod avx2 {
     /// 30480, no overflow; then minus the bias. Vector k's low nibbles are
     /// values 4k..4k+3, its high ones 16+4k..16+4k+3.
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub(super) unsafe fn group_q4_0<const N: usize>(g: *const u8, nb: usize, xs: [&[BlockQ8]; N], bias: [&[i32]; N], out: *mut f32, stride: usize) {
+    pub(super) unsafe fn group_q4_0<const N: usize>(
+        g: *const u8,
+        nb: usize,
+        xs: [&[BlockQ8]; N],
+        bias: [&[i32]; N],
+        out: *mut f32,
+        stride: usize,
+    ) {
         let m4 = _mm256_set1_epi8(0x0f);
         let ones = _mm256_set1_epi16(1);
         let mut acc = [_mm256_setzero_ps(); N];
@@ -564,15 +651,23 @@ mod avx2 {
                 let lo = _mm256_and_si256(v, m4);
                 let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(v), m4);
                 for t in 0..N {
-                    let p = _mm256_add_epi16(_mm256_maddubs_epi16(lo, bcast(ys[t], k)), _mm256_maddubs_epi16(hi, bcast(ys[t], k + 4)));
+                    let p = _mm256_add_epi16(
+                        _mm256_maddubs_epi16(lo, bcast(ys[t], k)),
+                        _mm256_maddubs_epi16(hi, bcast(ys[t], k + 4)),
+                    );
                     s[t] = _mm256_add_epi16(s[t], p);
                 }
             }
             let d = scales(g.add(sc));
             for t in 0..N {
                 // sum q*y - 8 * sum y = sum (q - 8) * y, lane r for row r.
-                let si = _mm256_sub_epi32(_mm256_madd_epi16(s[t], ones), _mm256_set1_epi32(bias_of(t)));
-                acc[t] = _mm256_fmadd_ps(_mm256_mul_ps(d, _mm256_set1_ps(ys[t].d)), _mm256_cvtepi32_ps(si), acc[t]);
+                let si =
+                    _mm256_sub_epi32(_mm256_madd_epi16(s[t], ones), _mm256_set1_epi32(bias_of(t)));
+                acc[t] = _mm256_fmadd_ps(
+                    _mm256_mul_ps(d, _mm256_set1_ps(ys[t].d)),
+                    _mm256_cvtepi32_ps(si),
+                    acc[t],
+                );
             }
         }
         for (t, a) in acc.iter().enumerate() {
@@ -584,7 +679,14 @@ mod avx2 {
     /// |w| as unsigned bytes (-128 gives 128) times y with w's signs, each
     /// 16-bit lane (up to 2 * 128 * 127) widened at once.
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub(super) unsafe fn group_q8_0<const N: usize>(g: *const u8, nb: usize, xs: [&[BlockQ8]; N], _bias: [&[i32]; N], out: *mut f32, stride: usize) {
+    pub(super) unsafe fn group_q8_0<const N: usize>(
+        g: *const u8,
+        nb: usize,
+        xs: [&[BlockQ8]; N],
+        _bias: [&[i32]; N],
+        out: *mut f32,
+        stride: usize,
+    ) {
         let ones = _mm256_set1_epi16(1);
         let mut acc = [_mm256_setzero_ps(); N];
         for b in 0..nb {
@@ -603,7 +705,11 @@ mod avx2 {
             }
             let d = scales(g.add(sc));
             for t in 0..N {
-                acc[t] = _mm256_fmadd_ps(_mm256_mul_ps(d, _mm256_set1_ps(ys[t].d)), _mm256_cvtepi32_ps(s[t]), acc[t]);
+                acc[t] = _mm256_fmadd_ps(
+                    _mm256_mul_ps(d, _mm256_set1_ps(ys[t].d)),
+                    _mm256_cvtepi32_ps(s[t]),
+                    acc[t],
+                );
             }
         }
         for (t, a) in acc.iter().enumerate() {
@@ -640,25 +746,41 @@ mod avx512 {
     /// and 8 * sum(y), the bias, comes off; the low nibbles of vector k are
     /// values 4k..4k+3, the high ones 16+4k..16+4k+3.
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
-    pub(super) unsafe fn group_q4_0<const N: usize>(g: *const u8, nb: usize, xs: [&[BlockQ8]; N], bias: [&[i32]; N], out: *mut f32, stride: usize) {
+    pub(super) unsafe fn group_q4_0<const N: usize>(
+        g: *const u8,
+        nb: usize,
+        xs: [&[BlockQ8]; N],
+        bias: [&[i32]; N],
+        out: *mut f32,
+        stride: usize,
+    ) {
         let m4 = _mm512_set1_epi8(0x0f);
         let mut acc = [_mm512_setzero_ps(); N];
         for b in 0..nb {
             let (sc, qs) = super::block_at(16, b, WIDE_GROUP);
             let q = g.add(qs);
             let ys: [&BlockQ8; N] = std::array::from_fn(|t| xs[t].get_unchecked(b));
-            let mut s: [__m512i; N] = std::array::from_fn(|t| _mm512_set1_epi32(-*bias[t].get_unchecked(b)));
+            let mut s: [__m512i; N] =
+                std::array::from_fn(|t| _mm512_set1_epi32(-*bias[t].get_unchecked(b)));
             for k in 0..4 {
                 let v = _mm512_loadu_si512(q.add(64 * k) as *const __m512i);
                 let lo = _mm512_and_si512(v, m4);
                 let hi = _mm512_and_si512(_mm512_srli_epi16::<4>(v), m4);
                 for t in 0..N {
-                    s[t] = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(s[t], lo, bcast(ys[t], k)), hi, bcast(ys[t], k + 4));
+                    s[t] = _mm512_dpbusd_epi32(
+                        _mm512_dpbusd_epi32(s[t], lo, bcast(ys[t], k)),
+                        hi,
+                        bcast(ys[t], k + 4),
+                    );
                 }
             }
             let d = scales(g.add(sc));
             for t in 0..N {
-                acc[t] = _mm512_fmadd_ps(_mm512_mul_ps(d, _mm512_set1_ps(ys[t].d)), _mm512_cvtepi32_ps(s[t]), acc[t]);
+                acc[t] = _mm512_fmadd_ps(
+                    _mm512_mul_ps(d, _mm512_set1_ps(ys[t].d)),
+                    _mm512_cvtepi32_ps(s[t]),
+                    acc[t],
+                );
             }
         }
         for (t, a) in acc.iter().enumerate() {
@@ -670,14 +792,22 @@ mod avx512 {
     /// bytes w + 128 (a sign-bit flip), and 128 * sum(y) = 16 * bias comes
     /// off.
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
-    pub(super) unsafe fn group_q8_0<const N: usize>(g: *const u8, nb: usize, xs: [&[BlockQ8]; N], bias: [&[i32]; N], out: *mut f32, stride: usize) {
+    pub(super) unsafe fn group_q8_0<const N: usize>(
+        g: *const u8,
+        nb: usize,
+        xs: [&[BlockQ8]; N],
+        bias: [&[i32]; N],
+        out: *mut f32,
+        stride: usize,
+    ) {
         let flip = _mm512_set1_epi8(-128);
         let mut acc = [_mm512_setzero_ps(); N];
         for b in 0..nb {
             let (sc, qs) = super::block_at(32, b, WIDE_GROUP);
             let q = g.add(qs);
             let ys: [&BlockQ8; N] = std::array::from_fn(|t| xs[t].get_unchecked(b));
-            let mut s: [__m512i; N] = std::array::from_fn(|t| _mm512_set1_epi32(-16 * *bias[t].get_unchecked(b)));
+            let mut s: [__m512i; N] =
+                std::array::from_fn(|t| _mm512_set1_epi32(-16 * *bias[t].get_unchecked(b)));
             for k in 0..8 {
                 let u = _mm512_xor_si512(_mm512_loadu_si512(q.add(64 * k) as *const __m512i), flip);
                 for t in 0..N {
@@ -686,7 +816,11 @@ mod avx512 {
             }
             let d = scales(g.add(sc));
             for t in 0..N {
-                acc[t] = _mm512_fmadd_ps(_mm512_mul_ps(d, _mm512_set1_ps(ys[t].d)), _mm512_cvtepi32_ps(s[t]), acc[t]);
+                acc[t] = _mm512_fmadd_ps(
+                    _mm512_mul_ps(d, _mm512_set1_ps(ys[t].d)),
+                    _mm512_cvtepi32_ps(s[t]),
+                    acc[t],
+                );
             }
         }
         for (t, a) in acc.iter().enumerate() {
@@ -715,7 +849,10 @@ mod tests {
             let rb = t.row_bytes(cols);
             let cut = rows / 3 * rb;
             let packs = LAYOUTS.iter().flat_map(|&k| {
-                [PackedMatrix::for_kernels(t, &[&w], rows, cols, k), PackedMatrix::for_kernels(t, &[&w[..cut], &w[cut..]], rows, cols, k)]
+                [
+                    PackedMatrix::for_kernels(t, &[&w], rows, cols, k),
+                    PackedMatrix::for_kernels(t, &[&w[..cut], &w[cut..]], rows, cols, k),
+                ]
             });
             for m in packs {
                 let mut row = vec![0u8; rb];
@@ -734,7 +871,18 @@ mod tests {
     #[test]
     fn packing_keeps_every_row() {
         for t in TYPES {
-            check_keeps_every_row(t, &[(8, 32), (13, 64), (24, 96), (7, 32), (40, 320), (16, 32), (35, 96)]);
+            check_keeps_every_row(
+                t,
+                &[
+                    (8, 32),
+                    (13, 64),
+                    (24, 96),
+                    (7, 32),
+                    (40, 320),
+                    (16, 32),
+                    (35, 96),
+                ],
+            );
         }
         for t in K_TYPES {
             check_keeps_every_row(t, &[(8, 256), (13, 512), (24, 768), (7, 256), (35, 512)]);
@@ -745,9 +893,22 @@ mod tests {
     /// against `quant::matmul` on the same rows: equal up to the order of
     /// float additions (the integer block sums are exact).
     #[allow(clippy::too_many_arguments)]
-    fn check_against_unpacked(t: QuantType, rows: usize, cols: usize, n_tok: usize, stride: usize, layout: Kernels, k: Kernels, seed: u64) {
+    fn check_against_unpacked(
+        t: QuantType,
+        rows: usize,
+        cols: usize,
+        n_tok: usize,
+        stride: usize,
+        layout: Kernels,
+        k: Kernels,
+        seed: u64,
+    ) {
         let w = rand_blocks(t, rows, cols, seed);
-        let x: Vec<f32> = rand(n_tok * cols, seed + 1).iter().enumerate().map(|(i, v)| v * (1.0 + (i % 5) as f32)).collect();
+        let x: Vec<f32> = rand(n_tok * cols, seed + 1)
+            .iter()
+            .enumerate()
+            .map(|(i, v)| v * (1.0 + (i % 5) as f32))
+            .collect();
         let m = PackedMatrix::for_kernels(t, &[&w], rows, cols, layout);
         let mut got = vec![f32::NAN; n_tok * stride];
         m.matmul_with(&mut got, stride, &x, n_tok, k);
@@ -762,9 +923,17 @@ mod tests {
                 quant::dequantize_row(t, &w[r * rb..(r + 1) * rb], &mut wf);
                 let scale: f32 = wf.iter().zip(xs).map(|(a, b)| (a * b).abs()).sum();
                 let (g, e) = (got[tk * stride + r], want[tk * rows + r]);
-                assert!((g - e).abs() <= 1e-5 * (1.0 + scale), "{t:?} {rows}x{cols}, {n_tok} tokens, token {tk} row {r}: {g} vs {e}");
+                assert!(
+                    (g - e).abs() <= 1e-5 * (1.0 + scale),
+                    "{t:?} {rows}x{cols}, {n_tok} tokens, token {tk} row {r}: {g} vs {e}"
+                );
             }
-            assert!(got[tk * stride + rows..(tk + 1) * stride].iter().all(|v| v.is_nan()), "{t:?}: gap written");
+            assert!(
+                got[tk * stride + rows..(tk + 1) * stride]
+                    .iter()
+                    .all(|v| v.is_nan()),
+                "{t:?}: gap written"
+            );
         }
     }
 
@@ -773,10 +942,31 @@ mod tests {
         let fast = best_kernels();
         eprintln!("packed kernels: {fast:?}");
         for t in TYPES {
-            for (i, &(rows, cols)) in [(8, 32), (16, 64), (13, 96), (21, 512), (64, 256), (7, 64), (35, 128), (48, 96)].iter().enumerate() {
+            for (i, &(rows, cols)) in [
+                (8, 32),
+                (16, 64),
+                (13, 96),
+                (21, 512),
+                (64, 256),
+                (7, 64),
+                (35, 128),
+                (48, 96),
+            ]
+            .iter()
+            .enumerate()
+            {
                 for n_tok in 1..=9 {
                     for stride in [rows, rows + 3] {
-                        check_against_unpacked(t, rows, cols, n_tok, stride, fast, fast, 100 * i as u64 + n_tok as u64);
+                        check_against_unpacked(
+                            t,
+                            rows,
+                            cols,
+                            n_tok,
+                            stride,
+                            fast,
+                            fast,
+                            100 * i as u64 + n_tok as u64,
+                        );
                     }
                 }
             }
@@ -785,11 +975,23 @@ mod tests {
 
     #[test]
     fn scalar_group_kernels_match_unpacked() {
-        let cases = TYPES.iter().map(|&t| (t, 160)).chain(K_TYPES.iter().map(|&t| (t, 512)));
+        let cases = TYPES
+            .iter()
+            .map(|&t| (t, 160))
+            .chain(K_TYPES.iter().map(|&t| (t, 512)));
         for (t, cols) in cases {
             for n_tok in [1, 4, 6] {
                 for layout in LAYOUTS {
-                    check_against_unpacked(t, 37, cols, n_tok, 41, layout, Kernels::Plain, 7 + n_tok as u64);
+                    check_against_unpacked(
+                        t,
+                        37,
+                        cols,
+                        n_tok,
+                        41,
+                        layout,
+                        Kernels::Plain,
+                        7 + n_tok as u64,
+                    );
                 }
             }
         }
@@ -801,14 +1003,32 @@ mod tests {
         if !fast_kernels() {
             return;
         }
-        let cases = TYPES.iter().flat_map(|&t| [(t, 8, 32, 1), (t, 16, 32, 1), (t, 24, 512, 5), (t, 40, 2048, 9), (t, 48, 96, 4)]).chain(
-            K_TYPES.iter().flat_map(|&t| [(t, 8, 256, 1), (t, 24, 512, 5), (t, 40, 2048, 9), (t, 16, 768, 4)]),
-        );
+        let cases = TYPES
+            .iter()
+            .flat_map(|&t| {
+                [
+                    (t, 8, 32, 1),
+                    (t, 16, 32, 1),
+                    (t, 24, 512, 5),
+                    (t, 40, 2048, 9),
+                    (t, 48, 96, 4),
+                ]
+            })
+            .chain(K_TYPES.iter().flat_map(|&t| {
+                [
+                    (t, 8, 256, 1),
+                    (t, 24, 512, 5),
+                    (t, 40, 2048, 9),
+                    (t, 16, 768, 4),
+                ]
+            }));
         for (t, rows, cols, n_tok) in cases {
             let w = rand_blocks(t, rows, cols, 3);
             let x = rand(n_tok * cols, 4);
             // Every fast level this CPU has, on a matrix in its layout.
-            let levels = [Kernels::Avx2, Kernels::Vnni].into_iter().filter(|&k| k != Kernels::Vnni || has_vnni());
+            let levels = [Kernels::Avx2, Kernels::Vnni]
+                .into_iter()
+                .filter(|&k| k != Kernels::Vnni || has_vnni());
             for k in levels {
                 let m = PackedMatrix::for_kernels(t, &[&w], rows, cols, k);
                 let mut b = vec![0.0f32; n_tok * rows];
@@ -840,7 +1060,13 @@ mod tests {
                         .map(|i| match pattern {
                             0 => 127.0,
                             1 => -127.0,
-                            _ => if i % 3 == 0 { 127.0 } else { -127.0 },
+                            _ => {
+                                if i % 3 == 0 {
+                                    127.0
+                                } else {
+                                    -127.0
+                                }
+                            }
                         })
                         .collect();
                     let mut got = vec![0.0f32; rows];
@@ -865,7 +1091,16 @@ mod tests {
                 for nb in 1..=3 {
                     for n_tok in 1..=9 {
                         for stride in [rows, rows + 3] {
-                            check_against_unpacked(t, rows, 256 * nb, n_tok, stride, fast, fast, 100 * i as u64 + 10 * nb as u64 + n_tok as u64);
+                            check_against_unpacked(
+                                t,
+                                rows,
+                                256 * nb,
+                                n_tok,
+                                stride,
+                                fast,
+                                fast,
+                                100 * i as u64 + 10 * nb as u64 + n_tok as u64,
+                            );
                         }
                     }
                 }
@@ -894,7 +1129,13 @@ mod tests {
                 cases.push((QuantType::Q4_K, blk.repeat(rows * cols / 256)));
             }
         }
-        for (qs, qh) in [(0xffu8, 0xffu8), (0x00, 0xff), (0xff, 0x00), (0x0f, 0xaa), (0xf0, 0x55)] {
+        for (qs, qh) in [
+            (0xffu8, 0xffu8),
+            (0x00, 0xff),
+            (0xff, 0x00),
+            (0x0f, 0xaa),
+            (0xf0, 0x55),
+        ] {
             for (sc, mn) in [(0xffu8, 0xffu8), (0xff, 0x00), (0x3f, 0xc0)] {
                 let mut blk = vec![qs; 176];
                 blk[0..2].copy_from_slice(&one);
@@ -925,7 +1166,13 @@ mod tests {
                     .map(|i| match pattern {
                         0 => 127.0,
                         1 => -127.0,
-                        _ => if i % 3 == 0 { 127.0 } else { -127.0 },
+                        _ => {
+                            if i % 3 == 0 {
+                                127.0
+                            } else {
+                                -127.0
+                            }
+                        }
                     })
                     .collect();
                 let mut got = vec![0.0f32; rows];
@@ -937,8 +1184,15 @@ mod tests {
                     quant::dequantize_row(t, &w[r * rb..(r + 1) * rb], &mut wf);
                     let exact: f64 = wf.iter().zip(&x).map(|(&a, &b)| a as f64 * b as f64).sum();
                     let tol = 4.0 * f32::EPSILON as f64 * exact.abs().max(1.0);
-                    assert!((got[r] as f64 - exact).abs() <= tol, "{t:?} pattern {pattern} row {r}: {} vs exact {exact}", got[r]);
-                    assert!((want[r] as f64 - exact).abs() <= tol, "{t:?} unpacked pattern {pattern} row {r}");
+                    assert!(
+                        (got[r] as f64 - exact).abs() <= tol,
+                        "{t:?} pattern {pattern} row {r}: {} vs exact {exact}",
+                        got[r]
+                    );
+                    assert!(
+                        (want[r] as f64 - exact).abs() <= tol,
+                        "{t:?} unpacked pattern {pattern} row {r}"
+                    );
                 }
             }
         }

@@ -66,7 +66,6 @@ const fn quant_at(i: usize, r: usize) -> usize {
     32 * (i / 4) + 4 * r + i % 4
 }
 
-
 /// Inverse of `q6k_values` into the first 192 bytes of a block.
 fn q6k_store(q: &[u8; QK_K], b: &mut [u8]) {
     for n in 0..2 {
@@ -74,7 +73,8 @@ fn q6k_store(q: &[u8; QK_K], b: &mut [u8]) {
             let v = |k: usize| q[128 * n + 32 * k + i];
             b[64 * n + i] = (v(0) & 0xf) | ((v(2) & 0xf) << 4);
             b[64 * n + 32 + i] = (v(1) & 0xf) | ((v(3) & 0xf) << 4);
-            b[128 + 32 * n + i] = (v(0) >> 4) | ((v(1) >> 4) << 2) | ((v(2) >> 4) << 4) | ((v(3) >> 4) << 6);
+            b[128 + 32 * n + i] =
+                (v(0) >> 4) | ((v(1) >> 4) << 2) | ((v(2) >> 4) << 4) | ((v(3) >> 4) << 6);
         }
     }
 }
@@ -198,7 +198,12 @@ pub(crate) unsafe fn group_dot<const N: usize>(
 
 /// The plain group kernels, read from the packed bytes: the integer sums of
 /// `kquant::dot_q45k` / `dot_q6k`, accumulated as the fast kernels do.
-pub(crate) fn group_dot_scalar<const N: usize>(t: QuantType, grp: &[u8], nb: usize, xs: [&[BlockQ8K]; N]) -> [[f32; GROUP]; N] {
+pub(crate) fn group_dot_scalar<const N: usize>(
+    t: QuantType,
+    grp: &[u8],
+    nb: usize,
+    xs: [&[BlockQ8K]; N],
+) -> [[f32; GROUP]; N] {
     let sbb = superblock_bytes(t);
     let mut out = [[0.0f32; GROUP]; N];
     for b in 0..nb {
@@ -210,10 +215,14 @@ pub(crate) fn group_dot_scalar<const N: usize>(t: QuantType, grp: &[u8], nb: usi
                 let y = &x[b];
                 match t {
                     QuantType::Q4_K | QuantType::Q5_K => {
-                        let dmin = f16::from_le_bytes([sb[16 + 2 * r], sb[16 + 2 * r + 1]]).to_f32();
+                        let dmin =
+                            f16::from_le_bytes([sb[16 + 2 * r], sb[16 + 2 * r + 1]]).to_f32();
                         let (mut sumi, mut summ) = (0i32, 0i32);
                         for j in 0..8 {
-                            let (sc, m) = (sb[32 + scale_at(j, r)] as i32, sb[96 + scale_at(j, r)] as i32);
+                            let (sc, m) = (
+                                sb[32 + scale_at(j, r)] as i32,
+                                sb[96 + scale_at(j, r)] as i32,
+                            );
                             let mut si = 0i32;
                             for l in 0..32 {
                                 let mut q = (byte(32 * (j / 2) + l) >> (4 * (j % 2))) & 0xf;
@@ -232,7 +241,9 @@ pub(crate) fn group_dot_scalar<const N: usize>(t: QuantType, grp: &[u8], nb: usi
                         let mut sumi = 0i32;
                         for g in 0..16 {
                             let sc = sb[32 + scale_at(g, r)] as i8 as i32;
-                            let si: i32 = (0..16).map(|l| (byte(16 * g + l) as i32 - 32) * y.qs[16 * g + l] as i32).sum();
+                            let si: i32 = (0..16)
+                                .map(|l| (byte(16 * g + l) as i32 - 32) * y.qs[16 * g + l] as i32)
+                                .sum();
                             sumi += sc * si;
                         }
                         out[k][r] = (d * y.d).mul_add(sumi as f32, out[k][r]);
@@ -251,7 +262,12 @@ thread_local! {
 
 /// Runs `f` on `x`'s `n_tok` rows quantized to Q8_K (as `quant::matmul`
 /// quantizes them), from a buffer reused call to call.
-pub(crate) fn with_activations<R>(x: &[f32], n_tok: usize, n_in: usize, f: impl FnOnce(&[BlockQ8K]) -> R) -> R {
+pub(crate) fn with_activations<R>(
+    x: &[f32],
+    n_tok: usize,
+    n_in: usize,
+    f: impl FnOnce(&[BlockQ8K]) -> R,
+) -> R {
     ACTIVATIONS.with(|cell| {
         let mut buf = cell.borrow_mut();
         let nb = n_in / QK_K;
@@ -259,7 +275,9 @@ pub(crate) fn with_activations<R>(x: &[f32], n_tok: usize, n_in: usize, f: impl 
             buf.resize(n_tok * nb, BlockQ8K::default());
         }
         let qx = &mut buf[..n_tok * nb];
-        crate::pool::parallel_chunks(qx, nb.max(1), |t, q| kquant::quantize_row_q8k(&x[t * n_in..(t + 1) * n_in], q));
+        crate::pool::parallel_chunks(qx, nb.max(1), |t, q| {
+            kquant::quantize_row_q8k(&x[t * n_in..(t + 1) * n_in], q)
+        });
         f(&buf[..n_tok * nb])
     })
 }
@@ -391,7 +409,11 @@ mod avx2 {
         }
         let unpack = |k: usize| {
             let v = load(chunk.add(32 * k));
-            let v = if J % 2 == 0 { _mm256_and_si256(v, m4) } else { _mm256_and_si256(_mm256_srli_epi16::<4>(v), m4) };
+            let v = if J % 2 == 0 {
+                _mm256_and_si256(v, m4)
+            } else {
+                _mm256_and_si256(_mm256_srli_epi16::<4>(v), m4)
+            };
             if FIVE {
                 _mm256_or_si256(v, fifth_bit::<J>(load(sb.add(Q4K_SB + 32 * k))))
             } else {
@@ -422,7 +444,10 @@ mod avx2 {
             for half in 0..halves {
                 let mut s = _mm256_setzero_si256();
                 for k in 8 / halves * half..8 / halves * (half + 1) {
-                    s = _mm256_add_epi16(s, _mm256_maddubs_epi16(unpack(k), bcast(ys[0], 32 * J + 4 * k)));
+                    s = _mm256_add_epi16(
+                        s,
+                        _mm256_maddubs_epi16(unpack(k), bcast(ys[0], 32 * J + 4 * k)),
+                    );
                 }
                 sumi[0] = _mm256_add_epi32(sumi[0], _mm256_madd_epi16(s, sc));
             }
@@ -436,7 +461,10 @@ mod avx2 {
             for half in 0..halves {
                 let mut s = _mm256_setzero_si256();
                 for k in 8 / halves * half..8 / halves * (half + 1) {
-                    s = _mm256_add_epi16(s, _mm256_maddubs_epi16(w[k], bcast(ys[t], 32 * J + 4 * k)));
+                    s = _mm256_add_epi16(
+                        s,
+                        _mm256_maddubs_epi16(w[k], bcast(ys[t], 32 * J + 4 * k)),
+                    );
                 }
                 sumi[t] = _mm256_add_epi32(sumi[t], _mm256_madd_epi16(s, sc));
             }
@@ -445,13 +473,25 @@ mod avx2 {
 
     /// Q4_K (FIVE false) or Q5_K group against `N` tokens.
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub(super) unsafe fn group_q45k<const N: usize, const FIVE: bool>(g: *const u8, nb: usize, xs: [&[BlockQ8K]; N], out: *mut f32, stride: usize) {
+    pub(super) unsafe fn group_q45k<const N: usize, const FIVE: bool>(
+        g: *const u8,
+        nb: usize,
+        xs: [&[BlockQ8K]; N],
+        out: *mut f32,
+        stride: usize,
+    ) {
         q45k::<N, FIVE, false>(g, nb, xs, out, stride)
     }
 
     /// `group_q45k` with AVX-512 VNNI's `vpdpbusd`.
     #[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
-    pub(super) unsafe fn group_q45k_vnni<const N: usize, const FIVE: bool>(g: *const u8, nb: usize, xs: [&[BlockQ8K]; N], out: *mut f32, stride: usize) {
+    pub(super) unsafe fn group_q45k_vnni<const N: usize, const FIVE: bool>(
+        g: *const u8,
+        nb: usize,
+        xs: [&[BlockQ8K]; N],
+        out: *mut f32,
+        stride: usize,
+    ) {
         q45k::<N, FIVE, true>(g, nb, xs, out, stride)
     }
 
@@ -474,21 +514,62 @@ mod avx2 {
             let ys: [&BlockQ8K; N] = std::array::from_fn(|t| xs[t].get_unchecked(b));
             let mut sumi = [_mm256_setzero_si256(); N];
             let scales = [load(sb.add(32)), load(sb.add(64))];
-            sub_block::<N, FIVE, 0, VNNI>(sb, &ys, shuffle(scales[0], if VNNI { &ONE[0] } else { &DUP[0] }), &mut sumi);
-            sub_block::<N, FIVE, 1, VNNI>(sb, &ys, shuffle(scales[0], if VNNI { &ONE[1] } else { &DUP[1] }), &mut sumi);
-            sub_block::<N, FIVE, 2, VNNI>(sb, &ys, shuffle(scales[0], if VNNI { &ONE[2] } else { &DUP[2] }), &mut sumi);
-            sub_block::<N, FIVE, 3, VNNI>(sb, &ys, shuffle(scales[0], if VNNI { &ONE[3] } else { &DUP[3] }), &mut sumi);
-            sub_block::<N, FIVE, 4, VNNI>(sb, &ys, shuffle(scales[1], if VNNI { &ONE[0] } else { &DUP[0] }), &mut sumi);
-            sub_block::<N, FIVE, 5, VNNI>(sb, &ys, shuffle(scales[1], if VNNI { &ONE[1] } else { &DUP[1] }), &mut sumi);
-            sub_block::<N, FIVE, 6, VNNI>(sb, &ys, shuffle(scales[1], if VNNI { &ONE[2] } else { &DUP[2] }), &mut sumi);
-            sub_block::<N, FIVE, 7, VNNI>(sb, &ys, shuffle(scales[1], if VNNI { &ONE[3] } else { &DUP[3] }), &mut sumi);
+            sub_block::<N, FIVE, 0, VNNI>(
+                sb,
+                &ys,
+                shuffle(scales[0], if VNNI { &ONE[0] } else { &DUP[0] }),
+                &mut sumi,
+            );
+            sub_block::<N, FIVE, 1, VNNI>(
+                sb,
+                &ys,
+                shuffle(scales[0], if VNNI { &ONE[1] } else { &DUP[1] }),
+                &mut sumi,
+            );
+            sub_block::<N, FIVE, 2, VNNI>(
+                sb,
+                &ys,
+                shuffle(scales[0], if VNNI { &ONE[2] } else { &DUP[2] }),
+                &mut sumi,
+            );
+            sub_block::<N, FIVE, 3, VNNI>(
+                sb,
+                &ys,
+                shuffle(scales[0], if VNNI { &ONE[3] } else { &DUP[3] }),
+                &mut sumi,
+            );
+            sub_block::<N, FIVE, 4, VNNI>(
+                sb,
+                &ys,
+                shuffle(scales[1], if VNNI { &ONE[0] } else { &DUP[0] }),
+                &mut sumi,
+            );
+            sub_block::<N, FIVE, 5, VNNI>(
+                sb,
+                &ys,
+                shuffle(scales[1], if VNNI { &ONE[1] } else { &DUP[1] }),
+                &mut sumi,
+            );
+            sub_block::<N, FIVE, 6, VNNI>(
+                sb,
+                &ys,
+                shuffle(scales[1], if VNNI { &ONE[2] } else { &DUP[2] }),
+                &mut sumi,
+            );
+            sub_block::<N, FIVE, 7, VNNI>(
+                sb,
+                &ys,
+                shuffle(scales[1], if VNNI { &ONE[3] } else { &DUP[3] }),
+                &mut sumi,
+            );
             // Min term: sum_j m_j * (bsums[2j] + bsums[2j+1]).
             let mins = [load(sb.add(96)), load(sb.add(128))];
             let mut summ = [_mm256_setzero_si256(); N];
             for j in 0..8 {
                 let m = shuffle(mins[j / 4], &DUP[j % 4]);
                 for t in 0..N {
-                    summ[t] = _mm256_add_epi32(summ[t], _mm256_madd_epi16(m, bcast_bsums(ys[t], 2 * j)));
+                    summ[t] =
+                        _mm256_add_epi32(summ[t], _mm256_madd_epi16(m, bcast_bsums(ys[t], 2 * j)));
                 }
             }
             let d = _mm256_cvtph_ps(_mm_load_si128(sb as *const __m128i));
@@ -496,7 +577,8 @@ mod avx2 {
             for t in 0..N {
                 let yd = _mm256_set1_ps(ys[t].d);
                 acc[t] = _mm256_fmadd_ps(_mm256_mul_ps(d, yd), _mm256_cvtepi32_ps(sumi[t]), acc[t]);
-                acc[t] = _mm256_fnmadd_ps(_mm256_mul_ps(dmin, yd), _mm256_cvtepi32_ps(summ[t]), acc[t]);
+                acc[t] =
+                    _mm256_fnmadd_ps(_mm256_mul_ps(dmin, yd), _mm256_cvtepi32_ps(summ[t]), acc[t]);
             }
         }
         for (t, a) in acc.iter().enumerate() {
@@ -506,18 +588,36 @@ mod avx2 {
 
     /// Q6_K group against `N` tokens.
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub(super) unsafe fn group_q6k<const N: usize>(g: *const u8, nb: usize, xs: [&[BlockQ8K]; N], out: *mut f32, stride: usize) {
+    pub(super) unsafe fn group_q6k<const N: usize>(
+        g: *const u8,
+        nb: usize,
+        xs: [&[BlockQ8K]; N],
+        out: *mut f32,
+        stride: usize,
+    ) {
         q6k::<N, false>(g, nb, xs, out, stride)
     }
 
     /// `group_q6k` with AVX-512 VNNI's `vpdpbusd`.
     #[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
-    pub(super) unsafe fn group_q6k_vnni<const N: usize>(g: *const u8, nb: usize, xs: [&[BlockQ8K]; N], out: *mut f32, stride: usize) {
+    pub(super) unsafe fn group_q6k_vnni<const N: usize>(
+        g: *const u8,
+        nb: usize,
+        xs: [&[BlockQ8K]; N],
+        out: *mut f32,
+        stride: usize,
+    ) {
         q6k::<N, true>(g, nb, xs, out, stride)
     }
 
     #[inline(always)]
-    unsafe fn q6k<const N: usize, const VNNI: bool>(g: *const u8, nb: usize, xs: [&[BlockQ8K]; N], out: *mut f32, stride: usize) {
+    unsafe fn q6k<const N: usize, const VNNI: bool>(
+        g: *const u8,
+        nb: usize,
+        xs: [&[BlockQ8K]; N],
+        out: *mut f32,
+        stride: usize,
+    ) {
         let mut acc = [_mm256_setzero_ps(); N];
         for b in 0..nb {
             let sb = g.add(b * Q6K_SB);
@@ -530,10 +630,13 @@ mod avx2 {
             for p in 0..8 {
                 let sc = _mm256_srai_epi16::<8>(shuffle(tables[p / 2], &PAIR[p % 2]));
                 for t in 0..N {
-                    corr[t] = _mm256_add_epi32(corr[t], _mm256_madd_epi16(sc, bcast_bsums(ys[t], 2 * p)));
+                    corr[t] =
+                        _mm256_add_epi32(corr[t], _mm256_madd_epi16(sc, bcast_bsums(ys[t], 2 * p)));
                 }
             }
-            let mut sumi: [__m256i; N] = std::array::from_fn(|t| _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32::<5>(corr[t])));
+            let mut sumi: [__m256i; N] = std::array::from_fn(|t| {
+                _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32::<5>(corr[t]))
+            });
             for gi in 0..16 {
                 let v = q.add(128 * gi);
                 if gi % 2 == 0 {
@@ -557,16 +660,26 @@ mod avx2 {
                     // Two maddubs per 16-bit sum: four products of at most
                     // 63 * 127, at most 32004.
                     let at = 16 * gi;
-                    let p01 = _mm256_add_epi16(_mm256_maddubs_epi16(w[0], bcast(ys[t], at)), _mm256_maddubs_epi16(w[1], bcast(ys[t], at + 4)));
-                    let p23 =
-                        _mm256_add_epi16(_mm256_maddubs_epi16(w[2], bcast(ys[t], at + 8)), _mm256_maddubs_epi16(w[3], bcast(ys[t], at + 12)));
-                    let p = _mm256_add_epi32(_mm256_madd_epi16(p01, sc), _mm256_madd_epi16(p23, sc));
+                    let p01 = _mm256_add_epi16(
+                        _mm256_maddubs_epi16(w[0], bcast(ys[t], at)),
+                        _mm256_maddubs_epi16(w[1], bcast(ys[t], at + 4)),
+                    );
+                    let p23 = _mm256_add_epi16(
+                        _mm256_maddubs_epi16(w[2], bcast(ys[t], at + 8)),
+                        _mm256_maddubs_epi16(w[3], bcast(ys[t], at + 12)),
+                    );
+                    let p =
+                        _mm256_add_epi32(_mm256_madd_epi16(p01, sc), _mm256_madd_epi16(p23, sc));
                     sumi[t] = _mm256_add_epi32(sumi[t], p);
                 }
             }
             let d = _mm256_cvtph_ps(_mm_load_si128(sb as *const __m128i));
             for t in 0..N {
-                acc[t] = _mm256_fmadd_ps(_mm256_mul_ps(d, _mm256_set1_ps(ys[t].d)), _mm256_cvtepi32_ps(sumi[t]), acc[t]);
+                acc[t] = _mm256_fmadd_ps(
+                    _mm256_mul_ps(d, _mm256_set1_ps(ys[t].d)),
+                    _mm256_cvtepi32_ps(sumi[t]),
+                    acc[t],
+                );
             }
         }
         for (t, a) in acc.iter().enumerate() {

@@ -27,8 +27,14 @@ pub enum QuantType {
 }
 
 impl QuantType {
-    pub const ALL: [QuantType; 6] =
-        [QuantType::Q8_0, QuantType::Q4_0, QuantType::Q4_1, QuantType::Q4_K, QuantType::Q5_K, QuantType::Q6_K];
+    pub const ALL: [QuantType; 6] = [
+        QuantType::Q8_0,
+        QuantType::Q4_0,
+        QuantType::Q4_1,
+        QuantType::Q4_K,
+        QuantType::Q5_K,
+        QuantType::Q6_K,
+    ];
 
     /// Values per block.
     pub fn block_len(self) -> usize {
@@ -145,7 +151,8 @@ pub fn dot_row_scalar(t: QuantType, w: &[u8], x: &[BlockQ8]) -> f32 {
             for (b, y) in w.chunks_exact(18).zip(x) {
                 let mut si = 0i32;
                 for (j, &q) in b[2..].iter().enumerate() {
-                    si += ((q & 0x0f) as i32 - 8) * y.qs[j] as i32 + ((q >> 4) as i32 - 8) * y.qs[j + 16] as i32;
+                    si += ((q & 0x0f) as i32 - 8) * y.qs[j] as i32
+                        + ((q >> 4) as i32 - 8) * y.qs[j + 16] as i32;
                 }
                 sum += si as f32 * (h(b) * y.d);
             }
@@ -154,12 +161,15 @@ pub fn dot_row_scalar(t: QuantType, w: &[u8], x: &[BlockQ8]) -> f32 {
             for (b, y) in w.chunks_exact(20).zip(x) {
                 let mut si = 0i32;
                 for (j, &q) in b[4..].iter().enumerate() {
-                    si += (q & 0x0f) as i32 * y.qs[j] as i32 + (q >> 4) as i32 * y.qs[j + 16] as i32;
+                    si +=
+                        (q & 0x0f) as i32 * y.qs[j] as i32 + (q >> 4) as i32 * y.qs[j + 16] as i32;
                 }
                 sum += (h(b) * y.d) * si as f32 + h(&b[2..]) * y.s;
             }
         }
-        QuantType::Q4_K | QuantType::Q5_K | QuantType::Q6_K => unreachable!("k-quants take Q8_K activations"),
+        QuantType::Q4_K | QuantType::Q5_K | QuantType::Q6_K => {
+            unreachable!("k-quants take Q8_K activations")
+        }
     }
     sum
 }
@@ -319,8 +329,21 @@ thread_local! {
 /// `out[t][o] = dot(w[o], x[t])` with `w` in blocks of type `t`; the
 /// activations are quantized once per call and shared by all rows.
 #[allow(clippy::too_many_arguments)]
-pub fn matmul(t: QuantType, out: &mut [f32], out_stride: usize, x: &[f32], w: &[u8], n_tok: usize, n_in: usize, n_out: usize) {
-    assert!(n_in % t.block_len() == 0 && w.len() >= n_out * t.row_bytes(n_in) && x.len() >= n_tok * n_in);
+pub fn matmul(
+    t: QuantType,
+    out: &mut [f32],
+    out_stride: usize,
+    x: &[f32],
+    w: &[u8],
+    n_tok: usize,
+    n_in: usize,
+    n_out: usize,
+) {
+    assert!(
+        n_in % t.block_len() == 0
+            && w.len() >= n_out * t.row_bytes(n_in)
+            && x.len() >= n_tok * n_in
+    );
     assert!(n_tok == 0 || out.len() >= (n_tok - 1) * out_stride + n_out);
     let dst = SharedOut(out.as_mut_ptr());
     if t.is_k() {
@@ -328,7 +351,10 @@ pub fn matmul(t: QuantType, out: &mut [f32], out_stride: usize, x: &[f32], w: &[
             let mut buf = cell.borrow_mut();
             let qx = quantize_activations(&mut buf, x, n_tok, n_in, QK_K, kquant::quantize_row_q8k);
             let row_bytes = t.row_bytes(n_in);
-            let (one, four) = (|wr: &[u8], xa: &[BlockQ8K]| dot_row_k(t, wr, xa), |wr: &[u8], xs: [&[BlockQ8K]; 4]| dot_row_k4(t, wr, xs));
+            let (one, four) = (
+                |wr: &[u8], xa: &[BlockQ8K]| dot_row_k(t, wr, xa),
+                |wr: &[u8], xs: [&[BlockQ8K]; 4]| dot_row_k4(t, wr, xs),
+            );
             rows_times_activations(dst, out_stride, w, row_bytes, qx, n_tok, n_out, one, four);
         });
     } else {
@@ -336,7 +362,10 @@ pub fn matmul(t: QuantType, out: &mut [f32], out_stride: usize, x: &[f32], w: &[
             let mut buf = cell.borrow_mut();
             let qx = quantize_activations(&mut buf, x, n_tok, n_in, QK, quantize_row_q8);
             let row_bytes = t.row_bytes(n_in);
-            let (one, four) = (|wr: &[u8], xa: &[BlockQ8]| dot_row(t, wr, xa), |wr: &[u8], xs: [&[BlockQ8]; 4]| dot_row4(t, wr, xs));
+            let (one, four) = (
+                |wr: &[u8], xa: &[BlockQ8]| dot_row(t, wr, xa),
+                |wr: &[u8], xs: [&[BlockQ8]; 4]| dot_row4(t, wr, xs),
+            );
             rows_times_activations(dst, out_stride, w, row_bytes, qx, n_tok, n_out, one, four);
         });
     }
@@ -354,7 +383,9 @@ fn quantize_activations<'a, A: Copy + Default + Send + Sync>(
     if buf.len() < n_tok * nb {
         buf.resize(n_tok * nb, A::default());
     }
-    crate::pool::parallel_chunks(&mut buf[..n_tok * nb], nb.max(1), |t, q| quantize(&x[t * n_in..(t + 1) * n_in], q));
+    crate::pool::parallel_chunks(&mut buf[..n_tok * nb], nb.max(1), |t, q| {
+        quantize(&x[t * n_in..(t + 1) * n_in], q)
+    });
     &buf[..n_tok * nb]
 }
 
@@ -409,11 +440,15 @@ mod tests {
         if t.is_k() {
             let mut q = vec![BlockQ8K::default(); x.len() / QK_K];
             kquant::quantize_row_q8k(x, &mut q);
-            q.iter().flat_map(|b| b.qs.iter().map(move |&v| (b.d, v))).collect()
+            q.iter()
+                .flat_map(|b| b.qs.iter().map(move |&v| (b.d, v)))
+                .collect()
         } else {
             let mut q = vec![BlockQ8::default(); x.len() / QK];
             quantize_row_q8(x, &mut q);
-            q.iter().flat_map(|b| b.qs.iter().map(move |&v| (b.d, v))).collect()
+            q.iter()
+                .flat_map(|b| b.qs.iter().map(move |&v| (b.d, v)))
+                .collect()
         }
     }
 
@@ -430,18 +465,40 @@ mod tests {
                 let q = quantized_activations(t, &x[tk * n_in..(tk + 1) * n_in]);
                 for r in 0..n_out {
                     let mut wf = vec![0.0; n_in];
-                    dequantize_row(t, &w[r * t.row_bytes(n_in)..(r + 1) * t.row_bytes(n_in)], &mut wf);
-                    let want: f64 = wf.iter().zip(&q).map(|(&w, &(d, v))| w as f64 * d as f64 * v as f64).sum();
+                    dequantize_row(
+                        t,
+                        &w[r * t.row_bytes(n_in)..(r + 1) * t.row_bytes(n_in)],
+                        &mut wf,
+                    );
+                    let want: f64 = wf
+                        .iter()
+                        .zip(&q)
+                        .map(|(&w, &(d, v))| w as f64 * d as f64 * v as f64)
+                        .sum();
                     let got = fast[tk * n_out + r] as f64;
                     if t == QuantType::Q4_1 {
                         // ggml uses the f16-rounded d*sum(q) for the offset term.
                         let mut bq = vec![BlockQ8::default(); n_in / QK];
                         quantize_row_q8(&x[tk * n_in..(tk + 1) * n_in], &mut bq);
-                        let m_err: f64 = bq.iter().map(|b| (b.s as f64 - b.d as f64 * b.qs.iter().map(|&v| v as f64).sum::<f64>()).abs()).sum();
+                        let m_err: f64 = bq
+                            .iter()
+                            .map(|b| {
+                                (b.s as f64
+                                    - b.d as f64 * b.qs.iter().map(|&v| v as f64).sum::<f64>())
+                                .abs()
+                            })
+                            .sum();
                         assert!((got - want).abs() <= 1e-3 + m_err, "{t:?}");
                     } else {
-                        let scale: f64 = wf.iter().zip(&q).map(|(&w, &(d, v))| (w as f64 * d as f64 * v as f64).abs()).sum();
-                        assert!((got - want).abs() <= 1e-5 * (1.0 + scale), "{t:?}: {got} vs {want}");
+                        let scale: f64 = wf
+                            .iter()
+                            .zip(&q)
+                            .map(|(&w, &(d, v))| (w as f64 * d as f64 * v as f64).abs())
+                            .sum();
+                        assert!(
+                            (got - want).abs() <= 1e-5 * (1.0 + scale),
+                            "{t:?}: {got} vs {want}"
+                        );
                     }
                 }
             }
@@ -473,9 +530,13 @@ mod tests {
             let mut back = vec![0.0f32; n];
             dequantize_row(t, &blocks, &mut back);
             // Per block: the step between levels, from the block's range.
-            for (xs, ys) in x.chunks_exact(t.block_len()).zip(back.chunks_exact(t.block_len())) {
+            for (xs, ys) in x
+                .chunks_exact(t.block_len())
+                .zip(back.chunks_exact(t.block_len()))
+            {
                 let amax = xs.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-                let range = xs.iter().fold(f32::MIN, |m, &v| m.max(v)) - xs.iter().fold(f32::MAX, |m, &v| m.min(v));
+                let range = xs.iter().fold(f32::MIN, |m, &v| m.max(v))
+                    - xs.iter().fold(f32::MAX, |m, &v| m.min(v));
                 // Storing the scale as f16 moves level q by up to q * 2^-11 steps.
                 let f16_slack = 1.0 / 2048.0;
                 let bound = match t {
@@ -495,7 +556,8 @@ mod tests {
                 }
             }
             // And on the whole, the error is what each format is known for.
-            let rms = |v: &[f32]| (v.iter().map(|a| (a * a) as f64).sum::<f64>() / v.len() as f64).sqrt();
+            let rms =
+                |v: &[f32]| (v.iter().map(|a| (a * a) as f64).sum::<f64>() / v.len() as f64).sqrt();
             let err: Vec<f32> = x.iter().zip(&back).map(|(a, b)| a - b).collect();
             let rel = rms(&err) / rms(&x);
             let limit = match t {
@@ -534,7 +596,13 @@ mod tests {
                 assert!((qv as f32 * b.d - v).abs() <= b.d.abs() * 0.5 * 1.0001);
             }
             for (g, &s) in b.bsums.iter().enumerate() {
-                assert_eq!(s as i32, b.qs[16 * g..16 * (g + 1)].iter().map(|&v| v as i32).sum::<i32>());
+                assert_eq!(
+                    s as i32,
+                    b.qs[16 * g..16 * (g + 1)]
+                        .iter()
+                        .map(|&v| v as i32)
+                        .sum::<i32>()
+                );
             }
         }
     }
@@ -563,7 +631,10 @@ mod tests {
             Acts::Q8K(
                 qs.chunks_exact(QK_K)
                     .map(|c| {
-                        let mut b = BlockQ8K { d, ..Default::default() };
+                        let mut b = BlockQ8K {
+                            d,
+                            ..Default::default()
+                        };
                         b.qs.copy_from_slice(c);
                         for (s, g) in b.bsums.iter_mut().zip(c.chunks_exact(16)) {
                             *s = g.iter().map(|&v| v as i16).sum();
@@ -577,7 +648,11 @@ mod tests {
                 qs.chunks_exact(QK)
                     .map(|c| {
                         let sum: i32 = c.iter().map(|&v| v as i32).sum();
-                        let mut b = BlockQ8 { d, s: round_f16(d * sum as f32), qs: [0; QK] };
+                        let mut b = BlockQ8 {
+                            d,
+                            s: round_f16(d * sum as f32),
+                            qs: [0; QK],
+                        };
                         b.qs.copy_from_slice(c);
                         b
                     })
@@ -612,7 +687,10 @@ mod tests {
                 *m = m.max(v.abs() as f64);
             }
         }
-        mag.iter().zip(qs).map(|(&m, &q)| m * (d as f64 * q as f64).abs()).sum()
+        mag.iter()
+            .zip(qs)
+            .map(|(&m, &q)| m * (d as f64 * q as f64).abs())
+            .sum()
     }
 
     /// The dispatched dot product (AVX2 where the CPU has it) against the
@@ -628,7 +706,10 @@ mod tests {
     }
 
     fn rand_i8(n: usize, seed: u64, max: f32) -> Vec<i8> {
-        rand(n, seed).iter().map(|&v| (v * (max + 0.5)).round().clamp(-max, max) as i8).collect()
+        rand(n, seed)
+            .iter()
+            .map(|&v| (v * (max + 0.5)).round().clamp(-max, max) as i8)
+            .collect()
     }
 
     fn block_counts(t: QuantType) -> &'static [usize] {
@@ -654,7 +735,13 @@ mod tests {
                     let q = quantized_activations(t, &x);
                     let qs: Vec<i8> = q.iter().map(|&(_, v)| v).collect();
                     assert_fast_dot_matches(t, &w, &qs, q[0].0, "quantized activations");
-                    assert_fast_dot_matches(t, &w, &rand_i8(n, seed + 99, 127.0), 0.37, "random int8");
+                    assert_fast_dot_matches(
+                        t,
+                        &w,
+                        &rand_i8(n, seed + 99, 127.0),
+                        0.37,
+                        "random int8",
+                    );
                 }
             }
         }
@@ -669,8 +756,19 @@ mod tests {
             let acts: [(&str, Vec<i8>); 4] = [
                 ("all +127", vec![127; n]),
                 ("all -127", vec![-127; n]),
-                ("alternating", (0..n).map(|i| if i % 2 == 0 { 127 } else { -127 }).collect()),
-                ("random signs", rand(n, 5).iter().map(|&v| if v < 0.0 { -127 } else { 127 }).collect()),
+                (
+                    "alternating",
+                    (0..n)
+                        .map(|i| if i % 2 == 0 { 127 } else { -127 })
+                        .collect(),
+                ),
+                (
+                    "random signs",
+                    rand(n, 5)
+                        .iter()
+                        .map(|&v| if v < 0.0 { -127 } else { 127 })
+                        .collect(),
+                ),
             ];
             for (fi, &fill) in fills.iter().enumerate() {
                 // Every byte but the f16 scales set to `fill`: all nibbles 0 or 15,
@@ -704,18 +802,45 @@ mod tests {
 
     #[test]
     fn fast_activation_quantizers_equal_the_plain_ones() {
-        let mut cases: Vec<Vec<f32>> = (0..6).map(|s| rand(512, 40 + s).iter().map(|v| v * 10f32.powi(s as i32 - 2)).collect()).collect();
+        let mut cases: Vec<Vec<f32>> = (0..6)
+            .map(|s| {
+                rand(512, 40 + s)
+                    .iter()
+                    .map(|v| v * 10f32.powi(s as i32 - 2))
+                    .collect()
+            })
+            .collect();
         cases.push(vec![0.0; 512]);
         // Ties at .5 after scaling, repeated maxima of both signs, a lone outlier.
         cases.push((0..512).map(|i| ((i % 255) as f32 - 127.0) / 2.0).collect());
-        cases.push((0..512).map(|i| if i % 3 == 0 { -4.0 } else if i % 3 == 1 { 4.0 } else { 0.5 }).collect());
-        cases.push((0..512).map(|i| if i == 300 { 1e4 } else { 1e-3 * i as f32 }).collect());
+        cases.push(
+            (0..512)
+                .map(|i| {
+                    if i % 3 == 0 {
+                        -4.0
+                    } else if i % 3 == 1 {
+                        4.0
+                    } else {
+                        0.5
+                    }
+                })
+                .collect(),
+        );
+        cases.push(
+            (0..512)
+                .map(|i| if i == 300 { 1e4 } else { 1e-3 * i as f32 })
+                .collect(),
+        );
         for x in &cases {
             let (mut a, mut b) = (vec![BlockQ8::default(); 16], vec![BlockQ8::default(); 16]);
             quantize_row_q8(x, &mut a);
             quantize_row_q8_scalar(x, &mut b);
             for (p, q) in a.iter().zip(&b) {
-                assert!(p.qs == q.qs && p.d.to_bits() == q.d.to_bits() && p.s.to_bits() == q.s.to_bits());
+                assert!(
+                    p.qs == q.qs
+                        && p.d.to_bits() == q.d.to_bits()
+                        && p.s.to_bits() == q.s.to_bits()
+                );
             }
             let (mut a, mut b) = (vec![BlockQ8K::default(); 2], vec![BlockQ8K::default(); 2]);
             kquant::quantize_row_q8k(x, &mut a);
@@ -762,19 +887,51 @@ mod tests {
                 let n = nb * t.block_len();
                 let w = rand_blocks(t, 1, n, 200 + j as u64);
                 let qs: Vec<Vec<i8>> = (0..4).map(|k| rand_i8(n, 300 + k, 127.0)).collect();
-                let acts: Vec<Acts> = qs.iter().enumerate().map(|(k, q)| acts_from(t, q, 0.01 * (k + 1) as f32)).collect();
+                let acts: Vec<Acts> = qs
+                    .iter()
+                    .enumerate()
+                    .map(|(k, q)| acts_from(t, q, 0.01 * (k + 1) as f32))
+                    .collect();
                 let (four, one): ([f32; 4], Vec<f32>) = match &acts[0] {
                     Acts::Q8(_) => {
-                        let xs: Vec<&[BlockQ8]> = acts.iter().map(|a| if let Acts::Q8(x) = a { &x[..] } else { unreachable!() }).collect();
-                        (dot_row4(t, &w, [xs[0], xs[1], xs[2], xs[3]]), xs.iter().map(|x| dot_row(t, &w, x)).collect())
+                        let xs: Vec<&[BlockQ8]> = acts
+                            .iter()
+                            .map(|a| {
+                                if let Acts::Q8(x) = a {
+                                    &x[..]
+                                } else {
+                                    unreachable!()
+                                }
+                            })
+                            .collect();
+                        (
+                            dot_row4(t, &w, [xs[0], xs[1], xs[2], xs[3]]),
+                            xs.iter().map(|x| dot_row(t, &w, x)).collect(),
+                        )
                     }
                     Acts::Q8K(_) => {
-                        let xs: Vec<&[BlockQ8K]> = acts.iter().map(|a| if let Acts::Q8K(x) = a { &x[..] } else { unreachable!() }).collect();
-                        (dot_row_k4(t, &w, [xs[0], xs[1], xs[2], xs[3]]), xs.iter().map(|x| dot_row_k(t, &w, x)).collect())
+                        let xs: Vec<&[BlockQ8K]> = acts
+                            .iter()
+                            .map(|a| {
+                                if let Acts::Q8K(x) = a {
+                                    &x[..]
+                                } else {
+                                    unreachable!()
+                                }
+                            })
+                            .collect();
+                        (
+                            dot_row_k4(t, &w, [xs[0], xs[1], xs[2], xs[3]]),
+                            xs.iter().map(|x| dot_row_k(t, &w, x)).collect(),
+                        )
                     }
                 };
                 for k in 0..4 {
-                    assert_eq!(four[k].to_bits(), one[k].to_bits(), "{t:?}, {nb} blocks, token {k}");
+                    assert_eq!(
+                        four[k].to_bits(),
+                        one[k].to_bits(),
+                        "{t:?}, {nb} blocks, token {k}"
+                    );
                 }
             }
         }
@@ -791,13 +948,30 @@ mod tests {
             matmul(t, &mut all, stride, &x, &w, n_tok, n_in, n_out);
             for tk in 0..n_tok {
                 let mut one = vec![0.0f32; n_out];
-                matmul(t, &mut one, n_out, &x[tk * n_in..(tk + 1) * n_in], &w, 1, n_in, n_out);
+                matmul(
+                    t,
+                    &mut one,
+                    n_out,
+                    &x[tk * n_in..(tk + 1) * n_in],
+                    &w,
+                    1,
+                    n_in,
+                    n_out,
+                );
                 for r in 0..n_out {
-                    assert_eq!(all[tk * stride + r].to_bits(), one[r].to_bits(), "{t:?}, token {tk}, row {r}");
+                    assert_eq!(
+                        all[tk * stride + r].to_bits(),
+                        one[r].to_bits(),
+                        "{t:?}, token {tk}, row {r}"
+                    );
                 }
-                assert!(all[tk * stride + n_out..(tk + 1) * stride].iter().all(|v| v.is_nan()), "{t:?}: gap written");
+                assert!(
+                    all[tk * stride + n_out..(tk + 1) * stride]
+                        .iter()
+                        .all(|v| v.is_nan()),
+                    "{t:?}: gap written"
+                );
             }
         }
     }
-
 }

@@ -2,7 +2,10 @@
 //! fast kernel is tested against.
 
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
-    a.iter().zip(b).map(|(x, y)| (*x as f64) * (*y as f64)).sum::<f64>() as f32
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (*x as f64) * (*y as f64))
+        .sum::<f64>() as f32
 }
 
 pub fn matmul(out: &mut [f32], x: &[f32], w: &[f32], n_tok: usize, n_in: usize, n_out: usize) {

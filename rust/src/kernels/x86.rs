@@ -25,7 +25,9 @@ pub fn has_avx2() -> bool {
         2 => true,
         1 => false,
         _ => {
-            let ok = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c");
+            let ok = is_x86_feature_detected!("avx2")
+                && is_x86_feature_detected!("fma")
+                && is_x86_feature_detected!("f16c");
             AVX2.store(if ok { 2 } else { 1 }, Ordering::Relaxed);
             ok
         }
@@ -234,7 +236,10 @@ fn dot_q4_1<const N: usize>(w: &[u8], xs: [&[BlockQ8]; N]) -> [f32; N] {
         let (d, m) = (_mm_cvtss_f32(dm), _mm_cvtss_f32(_mm_movehdup_ps(dm)));
         for k in 0..N {
             let y = xs[k].get_unchecked(i);
-            let p = _mm256_cvtepi32_ps(sum_pairs(_mm256_maddubs_epi16(q, load256(y.qs.as_ptr() as *const u8))));
+            let p = _mm256_cvtepi32_ps(sum_pairs(_mm256_maddubs_epi16(
+                q,
+                load256(y.qs.as_ptr() as *const u8),
+            )));
             acc[k][h] = _mm256_fmadd_ps(_mm256_set1_ps(d * y.d), p, acc[k][h]);
             mins[k] += m * y.s;
         }
@@ -311,7 +316,10 @@ fn dot_q45k<const N: usize, const FIVE: bool>(w: &[u8], xs: [&[BlockQ8K]; N]) ->
             for k in 0..N {
                 // Min term: sum_j m_j * (bsums[2j] + bsums[2j+1]).
                 let bs = load256(ys[k].bsums.as_ptr() as *const u8);
-                let pair_sums = _mm_hadd_epi16(_mm256_castsi256_si128(bs), _mm256_extracti128_si256::<1>(bs));
+                let pair_sums = _mm_hadd_epi16(
+                    _mm256_castsi256_si128(bs),
+                    _mm256_extracti128_si256::<1>(bs),
+                );
                 let summ = hsum_epi32_128(_mm_madd_epi16(mins, pair_sums));
                 dd[k] = _mm_mul_ps(dm, _mm_set1_ps(ys[k].d));
                 acc_m[k] += _mm_cvtss_f32(_mm_movehdup_ps(dd[k])) * summ as f32;
@@ -320,7 +328,11 @@ fn dot_q45k<const N: usize, const FIVE: bool>(w: &[u8], xs: [&[BlockQ8K]; N]) ->
             // The scales as 16-bit lanes, in both halves.
             let sc16 = _mm_cvtepu8_epi16(_mm_loadl_epi64(sc.as_ptr() as *const __m128i));
             let sc16 = _mm256_broadcastsi128_si256(sc16);
-            let mut hb = if FIVE { load256(bp.add(16)) } else { _mm256_setzero_si256() };
+            let mut hb = if FIVE {
+                load256(bp.add(16))
+            } else {
+                _mm256_setzero_si256()
+            };
             let mut sumi = [_mm256_setzero_si256(); N];
             for c in 0..4 {
                 let q4 = load256(bp.add(qs_at + 32 * c));
@@ -339,12 +351,19 @@ fn dot_q45k<const N: usize, const FIVE: bool>(w: &[u8], xs: [&[BlockQ8K]; N]) ->
                     let yp = ys[k].qs.as_ptr() as *const u8;
                     let p_lo = _mm256_maddubs_epi16(lo, load256(yp.add(64 * c)));
                     let p_hi = _mm256_maddubs_epi16(hi, load256(yp.add(64 * c + 32)));
-                    let p = _mm256_add_epi32(_mm256_madd_epi16(p_lo, s_lo), _mm256_madd_epi16(p_hi, s_hi));
+                    let p = _mm256_add_epi32(
+                        _mm256_madd_epi16(p_lo, s_lo),
+                        _mm256_madd_epi16(p_hi, s_hi),
+                    );
                     sumi[k] = _mm256_add_epi32(sumi[k], p);
                 }
             }
             for k in 0..N {
-                acc[k] = _mm256_fmadd_ps(_mm256_broadcastss_ps(dd[k]), _mm256_cvtepi32_ps(sumi[k]), acc[k]);
+                acc[k] = _mm256_fmadd_ps(
+                    _mm256_broadcastss_ps(dd[k]),
+                    _mm256_cvtepi32_ps(sumi[k]),
+                    acc[k],
+                );
             }
         }
     }
@@ -385,7 +404,10 @@ fn dot_q6k<const N: usize>(w: &[u8], xs: [&[BlockQ8K]; N]) -> [f32; N] {
                 let q4b = load256(bp.add(64 * n + 32));
                 let qh = load256(bp.add(128 + 32 * n));
                 let q = [
-                    _mm256_or_si256(_mm256_and_si256(q4a, m4), _mm256_slli_epi16::<4>(_mm256_and_si256(qh, m2))),
+                    _mm256_or_si256(
+                        _mm256_and_si256(q4a, m4),
+                        _mm256_slli_epi16::<4>(_mm256_and_si256(qh, m2)),
+                    ),
                     _mm256_or_si256(
                         _mm256_and_si256(q4b, m4),
                         _mm256_slli_epi16::<4>(_mm256_and_si256(_mm256_srli_epi16::<2>(qh), m2)),
@@ -400,10 +422,14 @@ fn dot_q6k<const N: usize>(w: &[u8], xs: [&[BlockQ8K]; N]) -> [f32; N] {
                     ),
                 ];
                 for (part, &qp) in q.iter().enumerate() {
-                    let s = _mm256_shuffle_epi8(sc16, load256(LANE_BROADCAST[4 * n + part].as_ptr()));
+                    let s =
+                        _mm256_shuffle_epi8(sc16, load256(LANE_BROADCAST[4 * n + part].as_ptr()));
                     for k in 0..N {
                         let yk = load256((ys[k].qs.as_ptr() as *const u8).add(128 * n + 32 * part));
-                        sumi[k] = _mm256_add_epi32(sumi[k], _mm256_madd_epi16(_mm256_maddubs_epi16(qp, yk), s));
+                        sumi[k] = _mm256_add_epi32(
+                            sumi[k],
+                            _mm256_madd_epi16(_mm256_maddubs_epi16(qp, yk), s),
+                        );
                     }
                 }
             }
@@ -441,7 +467,10 @@ unsafe fn abs_max(v: &[__m256]) -> f32 {
 unsafe fn pack32(r: [__m256i; 4], dst: *mut i8) {
     let a = _mm256_packs_epi32(r[0], r[1]);
     let b = _mm256_packs_epi32(r[2], r[3]);
-    let c = _mm256_permutevar8x32_epi32(_mm256_packs_epi16(a, b), _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+    let c = _mm256_permutevar8x32_epi32(
+        _mm256_packs_epi16(a, b),
+        _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7),
+    );
     _mm256_storeu_si256(dst as *mut __m256i, c);
 }
 
@@ -454,7 +483,10 @@ unsafe fn hsum_i32(v: __m256i) -> i32 {
 
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn round_to_i32(v: __m256, mul: __m256) -> __m256i {
-    _mm256_cvtps_epi32(_mm256_round_ps(_mm256_mul_ps(v, mul), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC))
+    _mm256_cvtps_epi32(_mm256_round_ps(
+        _mm256_mul_ps(v, mul),
+        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC,
+    ))
 }
 
 /// `quant::quantize_row_q8`.
@@ -470,7 +502,10 @@ pub unsafe fn quantize_row_q8(x: &[f32], out: &mut [BlockQ8]) {
         let d = amax / 127.0;
         let mul = _mm256_set1_ps(if amax != 0.0 { 127.0 / amax } else { 0.0 });
         let r = v.map(|vi| round_to_i32(vi, mul));
-        let sum = hsum_i32(_mm256_add_epi32(_mm256_add_epi32(r[0], r[1]), _mm256_add_epi32(r[2], r[3])));
+        let sum = hsum_i32(_mm256_add_epi32(
+            _mm256_add_epi32(r[0], r[1]),
+            _mm256_add_epi32(r[2], r[3]),
+        ));
         pack32(r, blk.qs.as_mut_ptr());
         blk.d = half::f16::from_f32(d).to_f32();
         blk.s = half::f16::from_f32(sum as f32 * d).to_f32();
@@ -492,12 +527,16 @@ pub unsafe fn quantize_row_q8k(x: &[f32], out: &mut [BlockQ8K]) {
             continue;
         }
         // The first value of largest magnitude sets the sign, as in ggml.
-        let max = *xs.iter().find(|v| v.abs() == amax).expect("amax comes from xs");
+        let max = *xs
+            .iter()
+            .find(|v| v.abs() == amax)
+            .expect("amax comes from xs");
         let iscale = -127.0 / max;
         let mul = _mm256_set1_ps(iscale);
         let top = _mm256_set1_epi32(127);
         for g in 0..8 {
-            let r: [__m256i; 4] = std::array::from_fn(|k| _mm256_min_epi32(round_to_i32(v[4 * g + k], mul), top));
+            let r: [__m256i; 4] =
+                std::array::from_fn(|k| _mm256_min_epi32(round_to_i32(v[4 * g + k], mul), top));
             blk.bsums[2 * g] = hsum_i32(_mm256_add_epi32(r[0], r[1])) as i16;
             blk.bsums[2 * g + 1] = hsum_i32(_mm256_add_epi32(r[2], r[3])) as i16;
             pack32(r, blk.qs.as_mut_ptr().add(32 * g));

@@ -19,7 +19,9 @@ use std::path::Path;
 
 use memmap2::Mmap;
 
-use crate::error::{invalid_argument, invalid_weights, io_error, unsupported, Error, ErrorKind, Result};
+use crate::error::{
+    invalid_argument, invalid_weights, io_error, unsupported, Error, ErrorKind, Result,
+};
 use crate::tensor::{DType, TensorView};
 
 pub const MAGIC: [u8; 4] = *b"GGUF";
@@ -199,21 +201,31 @@ fn other_ggml_type_name(id: u32) -> Option<&'static str> {
 /// Byte size of a tensor, with every step checked: dims come from the file.
 fn tensor_size(dims: &[u64], ty: GgmlType) -> std::result::Result<usize, String> {
     if dims.len() > MAX_DIMS {
-        return Err(format!("has {} dimensions; GGUF allows at most {MAX_DIMS}", dims.len()));
+        return Err(format!(
+            "has {} dimensions; GGUF allows at most {MAX_DIMS}",
+            dims.len()
+        ));
     }
     // ggml keeps dims as int64, so larger values are negative there.
     if let Some(d) = dims.iter().find(|&&d| d > i64::MAX as u64) {
         return Err(format!("dimension {d} is out of range"));
     }
     let ne0 = dims.first().copied().unwrap_or(1);
-    let rows = dims.iter().skip(1).try_fold(1u64, |acc, &d| acc.checked_mul(d));
-    let numel = rows.and_then(|r| r.checked_mul(ne0)).filter(|&n| n <= i64::MAX as u64);
+    let rows = dims
+        .iter()
+        .skip(1)
+        .try_fold(1u64, |acc, &d| acc.checked_mul(d));
+    let numel = rows
+        .and_then(|r| r.checked_mul(ne0))
+        .filter(|&n| n <= i64::MAX as u64);
     let (Some(rows), Some(_)) = (rows, numel) else {
         return Err(format!("dims {dims:?}: the element count overflows"));
     };
     let bs = ty.block_size() as u64;
     if ne0 % bs != 0 {
-        return Err(format!("row length {ne0} is not a multiple of the {ty} block size {bs}"));
+        return Err(format!(
+            "row length {ne0} is not a multiple of the {ty} block size {bs}"
+        ));
     }
     (ne0 / bs)
         .checked_mul(ty.block_bytes() as u64)
@@ -317,7 +329,9 @@ impl StrArray {
 
     pub fn iter(&self) -> impl Iterator<Item = &str> + '_ {
         let starts = std::iter::once(0).chain(self.ends.iter().copied());
-        starts.zip(self.ends.iter().copied()).map(|(s, e)| &self.text[s..e])
+        starts
+            .zip(self.ends.iter().copied())
+            .map(|(s, e)| &self.text[s..e])
     }
 
     pub fn to_vec(&self) -> Vec<&str> {
@@ -586,7 +600,10 @@ impl<'a> Reader<'a> {
     }
 
     fn fail_at(&self, at: usize, msg: impl fmt::Display) -> Error {
-        invalid_weights(format!("{}: {msg} (in {}, at byte {at})", self.origin, self.place))
+        invalid_weights(format!(
+            "{}: {msg} (in {}, at byte {at})",
+            self.origin, self.place
+        ))
     }
 
     fn fail(&self, msg: impl fmt::Display) -> Error {
@@ -630,9 +647,13 @@ impl<'a> Reader<'a> {
         let room = self.left() / min_each.max(1);
         match usize::try_from(n) {
             Ok(n) if n <= room => Ok(n),
-            _ => {
-                Err(self.fail_at(at, format!("{what} {n} runs past the end of the file ({} bytes left)", self.left())))
-            }
+            _ => Err(self.fail_at(
+                at,
+                format!(
+                    "{what} {n} runs past the end of the file ({} bytes left)",
+                    self.left()
+                ),
+            )),
         }
     }
 
@@ -677,14 +698,18 @@ impl<'a> Reader<'a> {
             T_U64 => MetaValue::U64(u64::from_le_bytes(self.fixed()?)),
             T_I64 => MetaValue::I64(i64::from_le_bytes(self.fixed()?)),
             T_F64 => MetaValue::F64(f64::from_le_bytes(self.fixed()?)),
-            _ => return Err(self.fail_at(self.pos - 4, format!("unknown metadata value type {ty}"))),
+            _ => {
+                return Err(self.fail_at(self.pos - 4, format!("unknown metadata value type {ty}")))
+            }
         })
     }
 
     /// An array header and elements; `depth` is 1 for a top-level array.
     fn array(&mut self, depth: usize) -> Result<MetaArray> {
         if depth > MAX_ARRAY_DEPTH {
-            return Err(self.fail(format!("arrays are nested more than {MAX_ARRAY_DEPTH} deep")));
+            return Err(self.fail(format!(
+                "arrays are nested more than {MAX_ARRAY_DEPTH} deep"
+            )));
         }
         let ty = self.u32()?;
         let min_each = match ty {
@@ -732,7 +757,10 @@ impl<'a> Reader<'a> {
             }
             T_STR => {
                 // n <= bytes left / 8, so `ends` is at most the file's size.
-                let mut s = StrArray { text: String::new(), ends: Vec::with_capacity(n) };
+                let mut s = StrArray {
+                    text: String::new(),
+                    ends: Vec::with_capacity(n),
+                };
                 for _ in 0..n {
                     let t = self.text()?;
                     s.push(&t);
@@ -765,9 +793,16 @@ struct Parsed {
 
 fn parse(buf: &[u8], origin: &str) -> Result<Parsed> {
     if buf.len() < 4 || buf[..4] != MAGIC {
-        return Err(invalid_weights(format!("{origin}: not a GGUF file (it does not start with \"GGUF\")")));
+        return Err(invalid_weights(format!(
+            "{origin}: not a GGUF file (it does not start with \"GGUF\")"
+        )));
     }
-    let mut r = Reader { buf, pos: 4, origin, place: "the header".to_string() };
+    let mut r = Reader {
+        buf,
+        pos: 4,
+        origin,
+        place: "the header".to_string(),
+    };
     let version = r.u32()?;
     match version {
         2 | 3 => {}
@@ -786,11 +821,15 @@ fn parse(buf: &[u8], origin: &str) -> Result<Parsed> {
     let n_tensors = r.u64()?;
     let n_kv = r.u64()?;
     // Both claims together must fit in the rest of the file (u128: no overflow).
-    let need = n_kv as u128 * MIN_KV_BYTES as u128 + n_tensors as u128 * MIN_TENSOR_INFO_BYTES as u128;
+    let need =
+        n_kv as u128 * MIN_KV_BYTES as u128 + n_tensors as u128 * MIN_TENSOR_INFO_BYTES as u128;
     if need > r.left() as u128 {
         return Err(r.fail_at(
             count_at,
-            format!("{n_tensors} tensors and {n_kv} metadata entries cannot fit in the {} bytes left", r.left()),
+            format!(
+                "{n_tensors} tensors and {n_kv} metadata entries cannot fit in the {} bytes left",
+                r.left()
+            ),
         ));
     }
     let (n_tensors, n_kv) = (n_tensors as usize, n_kv as usize);
@@ -805,7 +844,10 @@ fn parse(buf: &[u8], origin: &str) -> Result<Parsed> {
         let ty = r.u32()?;
         let value = r.value(ty)?;
         if let Some(j) = keys.insert(key.clone(), i) {
-            return Err(r.fail_at(at, format!("duplicate metadata key '{key}' (also entry {j})")));
+            return Err(r.fail_at(
+                at,
+                format!("duplicate metadata key '{key}' (also entry {j})"),
+            ));
         }
         metadata.push((key, value));
     }
@@ -816,14 +858,14 @@ fn parse(buf: &[u8], origin: &str) -> Result<Parsed> {
             Some(a) if a.is_power_of_two() => a,
             // Not the value itself: a hostile file could make it a huge array.
             Some(a) => {
-                return Err(invalid_weights(format!("{origin}: {ALIGNMENT_KEY} is {a}; it must be a power of two")))
-            }
-            None => {
                 return Err(invalid_weights(format!(
-                    "{origin}: {ALIGNMENT_KEY} has value type {}; it must be an integer power of two",
-                    metadata[i].1.type_id()
+                    "{origin}: {ALIGNMENT_KEY} is {a}; it must be a power of two"
                 )))
             }
+            None => return Err(invalid_weights(format!(
+                "{origin}: {ALIGNMENT_KEY} has value type {}; it must be an integer power of two",
+                metadata[i].1.type_id()
+            ))),
         },
     };
 
@@ -836,7 +878,10 @@ fn parse(buf: &[u8], origin: &str) -> Result<Parsed> {
         r.place = format!("tensor info {i} '{name}'");
         let n_dims = r.u32()?;
         if n_dims as usize > MAX_DIMS {
-            return Err(r.fail_at(r.pos - 4, format!("{n_dims} dimensions; GGUF allows at most {MAX_DIMS}")));
+            return Err(r.fail_at(
+                r.pos - 4,
+                format!("{n_dims} dimensions; GGUF allows at most {MAX_DIMS}"),
+            ));
         }
         let mut dims = Vec::with_capacity(n_dims as usize);
         for _ in 0..n_dims {
@@ -844,7 +889,9 @@ fn parse(buf: &[u8], origin: &str) -> Result<Parsed> {
         }
         let ty = r.u32()?;
         let Some(ggml_type) = GgmlType::from_u32(ty) else {
-            let known = other_ggml_type_name(ty).map(|n| format!(" ({n})")).unwrap_or_default();
+            let known = other_ggml_type_name(ty)
+                .map(|n| format!(" ({n})"))
+                .unwrap_or_default();
             return Err(unsupported(format!(
                 "{origin}: tensor '{name}' has ggml type {ty}{known}, which pyffi does not support"
             )));
@@ -852,18 +899,32 @@ fn parse(buf: &[u8], origin: &str) -> Result<Parsed> {
         let offset = r.u64()?;
         let n_bytes = tensor_size(&dims, ggml_type).map_err(|m| r.fail(m))?;
         if offset % alignment != 0 {
-            return Err(r.fail(format!("data offset {offset} is not a multiple of the alignment {alignment}")));
+            return Err(r.fail(format!(
+                "data offset {offset} is not a multiple of the alignment {alignment}"
+            )));
         }
         if let Some(j) = by_name.insert(name.clone(), i) {
-            return Err(r.fail_at(at, format!("duplicate tensor name '{name}' (also tensor info {j})")));
+            return Err(r.fail_at(
+                at,
+                format!("duplicate tensor name '{name}' (also tensor info {j})"),
+            ));
         }
-        tensors.push(TensorInfo { name, dims, ggml_type, offset, n_bytes });
+        tensors.push(TensorInfo {
+            name,
+            dims,
+            ggml_type,
+            offset,
+            n_bytes,
+        });
     }
 
     // Vocab-only files may end right after the infos, without padding, so a
     // data section past the end is only wrong if a tensor lies in it.
-    let data_offset = align_up(r.pos as u64, alignment)
-        .ok_or_else(|| invalid_weights(format!("{origin}: alignment {alignment} overflows the data offset")))?;
+    let data_offset = align_up(r.pos as u64, alignment).ok_or_else(|| {
+        invalid_weights(format!(
+            "{origin}: alignment {alignment} overflows the data offset"
+        ))
+    })?;
     let file_len = buf.len() as u64;
     for t in &mut tensors {
         let start = data_offset.checked_add(t.offset);
@@ -877,7 +938,15 @@ fn parse(buf: &[u8], origin: &str) -> Result<Parsed> {
             }
         }
     }
-    Ok(Parsed { version, metadata, keys, tensors, by_name, alignment, data_offset })
+    Ok(Parsed {
+        version,
+        metadata,
+        keys,
+        tensors,
+        by_name,
+        alignment,
+        data_offset,
+    })
 }
 
 enum Backing {
@@ -929,7 +998,9 @@ impl Gguf {
             if end > start {
                 // SAFETY: a read-only private file mapping: dropped pages read
                 // back the same bytes from the file; no borrowed slice changes.
-                let _ = unsafe { m.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, end - start) };
+                let _ = unsafe {
+                    m.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, end - start)
+                };
             }
         }
         #[cfg(not(unix))]
@@ -942,7 +1013,10 @@ impl Gguf {
         let file = File::open(path).map_err(|e| io_error(path, e))?;
         let meta = file.metadata().map_err(|e| io_error(path, e))?;
         if !meta.is_file() {
-            return Err(Error::new(ErrorKind::Io, format!("{}: not a file", path.display())));
+            return Err(Error::new(
+                ErrorKind::Io,
+                format!("{}: not a file", path.display()),
+            ));
         }
         let backing = if meta.len() == 0 {
             // Mapping an empty file fails on some systems; parse reports it.
@@ -967,7 +1041,11 @@ impl Gguf {
 
     fn from_backing(backing: Backing, origin: String) -> Result<Gguf> {
         let parsed = parse(backing.bytes(), &origin)?;
-        Ok(Gguf { backing, origin, parsed })
+        Ok(Gguf {
+            backing,
+            origin,
+            parsed,
+        })
     }
 
     /// The path (or "GGUF bytes"), as used in error messages.
@@ -999,7 +1077,10 @@ impl Gguf {
     }
 
     pub fn get(&self, key: &str) -> Option<&MetaValue> {
-        self.parsed.keys.get(key).map(|&i| &self.parsed.metadata[i].1)
+        self.parsed
+            .keys
+            .get(key)
+            .map(|&i| &self.parsed.metadata[i].1)
     }
 
     pub fn get_str(&self, key: &str) -> Option<&str> {
@@ -1059,14 +1140,19 @@ impl Gguf {
     }
 
     pub fn tensor(&self, name: &str) -> Option<&TensorInfo> {
-        self.parsed.by_name.get(name).map(|&i| &self.parsed.tensors[i])
+        self.parsed
+            .by_name
+            .get(name)
+            .map(|&i| &self.parsed.tensors[i])
     }
 
     /// The tensor's bytes, borrowed from the mapping. Infos from this file
     /// always lie inside it; one from another file yields an empty slice
     /// rather than a panic.
     pub fn tensor_data(&self, info: &TensorInfo) -> &[u8] {
-        let range = usize::try_from(info.offset).ok().and_then(|s| Some(s..s.checked_add(info.n_bytes)?));
+        let range = usize::try_from(info.offset)
+            .ok()
+            .and_then(|s| Some(s..s.checked_add(info.n_bytes)?));
         range.and_then(|r| self.bytes().get(r)).unwrap_or(&[])
     }
 
@@ -1078,7 +1164,11 @@ impl Gguf {
                 self.origin, info.name, info.ggml_type
             ))
         })?;
-        Ok(TensorView { dtype, shape: info.shape(), data: self.tensor_data(info) })
+        Ok(TensorView {
+            dtype,
+            shape: info.shape(),
+            data: self.tensor_data(info),
+        })
     }
 }
 
@@ -1172,13 +1262,17 @@ impl<'a> GgufWriter<'a> {
     pub fn add_kv(&mut self, key: &str, value: impl Into<MetaValue>) -> Result<()> {
         let value = value.into();
         if self.keys.contains(key) {
-            return Err(invalid_argument(format!("GGUF metadata key '{key}' added twice")));
+            return Err(invalid_argument(format!(
+                "GGUF metadata key '{key}' added twice"
+            )));
         }
         if key == ALIGNMENT_KEY {
             match value {
                 MetaValue::U32(a) if a.is_power_of_two() => self.alignment = Some(a.into()),
                 _ => {
-                    return Err(invalid_argument(format!("{ALIGNMENT_KEY} must be a u32 power of two, not {value:?}")))
+                    return Err(invalid_argument(format!(
+                        "{ALIGNMENT_KEY} must be a u32 power of two, not {value:?}"
+                    )))
                 }
             }
         }
@@ -1210,9 +1304,12 @@ impl<'a> GgufWriter<'a> {
             )));
         }
         if self.names.contains(name) {
-            return Err(invalid_argument(format!("GGUF tensor '{name}' added twice")));
+            return Err(invalid_argument(format!(
+                "GGUF tensor '{name}' added twice"
+            )));
         }
-        let need = tensor_size(dims, ggml_type).map_err(|m| invalid_argument(format!("GGUF tensor '{name}': {m}")))?;
+        let need = tensor_size(dims, ggml_type)
+            .map_err(|m| invalid_argument(format!("GGUF tensor '{name}': {m}")))?;
         if data.len() != need {
             return Err(invalid_argument(format!(
                 "GGUF tensor '{name}': {ggml_type} {dims:?} needs {need} bytes, got {}",
@@ -1220,7 +1317,12 @@ impl<'a> GgufWriter<'a> {
             )));
         }
         self.names.insert(name.to_string());
-        self.tensors.push(PendingTensor { name: name.to_string(), dims: dims.to_vec(), ggml_type, data });
+        self.tensors.push(PendingTensor {
+            name: name.to_string(),
+            dims: dims.to_vec(),
+            ggml_type,
+            data,
+        });
         Ok(())
     }
 
@@ -1288,7 +1390,8 @@ impl<'a> GgufWriter<'a> {
 
     pub fn write(&self, path: &Path) -> Result<()> {
         let file = File::create(path).map_err(|e| io_error(path, e))?;
-        self.write_to(BufWriter::new(file)).map_err(|e| io_error(path, e))
+        self.write_to(BufWriter::new(file))
+            .map_err(|e| io_error(path, e))
     }
 }
 
@@ -1321,7 +1424,11 @@ mod tests {
             (30, 1, 2),
         ];
         for (t, (id, bs, bb)) in GgmlType::ALL.iter().zip(expect) {
-            assert_eq!((t.id(), t.block_size(), t.block_bytes()), (id, bs, bb), "{t}");
+            assert_eq!(
+                (t.id(), t.block_size(), t.block_bytes()),
+                (id, bs, bb),
+                "{t}"
+            );
             assert_eq!(GgmlType::from_u32(id), Some(*t));
         }
         let names: HashSet<_> = GgmlType::ALL.iter().map(|t| t.name()).collect();
@@ -1371,7 +1478,8 @@ mod tests {
         let mut w = GgufWriter::new();
         w.add_kv("general.architecture", "llama").unwrap();
         w.add_kv("x.ints", vec![1i32, -2, 3]).unwrap();
-        w.add_tensor("t", &[3], GgmlType::F32, vec![0u8; 12]).unwrap();
+        w.add_tensor("t", &[3], GgmlType::F32, vec![0u8; 12])
+            .unwrap();
         let g = Gguf::from_vec(w.to_bytes()).unwrap();
         assert_eq!(g.version(), WRITE_VERSION);
         assert_eq!(g.architecture(), Some("llama"));
@@ -1387,7 +1495,12 @@ mod tests {
         let mut buf = Vec::new();
         put_u64(&mut buf, 2);
         buf.extend_from_slice(&[0; 23]);
-        let mut r = Reader { buf: &buf, pos: 0, origin: "t", place: "test".into() };
+        let mut r = Reader {
+            buf: &buf,
+            pos: 0,
+            origin: "t",
+            place: "test".into(),
+        };
         // 2 items of 8 bytes fit in 23 bytes; 2 of 12 do not.
         assert_eq!(r.count(8, "n").unwrap(), 2);
         r.pos = 0;

@@ -25,14 +25,23 @@ fn ctx(path: &Path) -> impl Fn(Error) -> Error + '_ {
 
 /// HF config JSON from `{arch}.*` metadata.
 fn config_of(g: &Gguf) -> Result<ModelConfig> {
-    let arch = g.architecture().ok_or_else(|| invalid_weights("general.architecture is missing"))?.to_string();
+    let arch = g
+        .architecture()
+        .ok_or_else(|| invalid_weights("general.architecture is missing"))?
+        .to_string();
     let model_type = match arch.as_str() {
         "llama" | "qwen2" | "phi3" => arch.as_str(),
-        other => return Err(unsupported(format!("GGUF architecture '{other}' is not supported (llama, qwen2, phi3)"))),
+        other => {
+            return Err(unsupported(format!(
+                "GGUF architecture '{other}' is not supported (llama, qwen2, phi3)"
+            )))
+        }
     };
     let u = |k: &str| g.get_u64(&format!("{arch}.{k}"));
     let need = |k: &str| u(k).ok_or_else(|| invalid_weights(format!("{arch}.{k} is missing")));
-    let embd = g.tensor("token_embd.weight").ok_or_else(|| invalid_weights("token_embd.weight is missing"))?;
+    let embd = g
+        .tensor("token_embd.weight")
+        .ok_or_else(|| invalid_weights("token_embd.weight is missing"))?;
     let vocab = embd.dims.get(1).copied().unwrap_or(0);
     let heads = need("attention.head_count")?;
     let hidden = need("embedding_length")?;
@@ -64,7 +73,11 @@ fn config_of(g: &Gguf) -> Result<ModelConfig> {
         Some("linear") => {
             cfg["rope_scaling"] = json!({"rope_type": "linear", "factor": g.get_f64(&format!("{arch}.rope.scaling.factor")).unwrap_or(1.0)})
         }
-        Some(other) => return Err(unsupported(format!("{arch}.rope.scaling.type '{other}' is not supported"))),
+        Some(other) => {
+            return Err(unsupported(format!(
+                "{arch}.rope.scaling.type '{other}' is not supported"
+            )))
+        }
     }
     ModelConfig::from_json(&cfg.to_string())
 }
@@ -112,13 +125,24 @@ pub(crate) fn dequantize(g: &Gguf, t: &TensorInfo) -> Result<Vec<f32>> {
                 GgmlType::F16 => DType::F16,
                 _ => DType::BF16,
             };
-            TensorView { dtype, shape: vec![n], data }.to_f32(&mut out)?;
+            TensorView {
+                dtype,
+                shape: vec![n],
+                data,
+            }
+            .to_f32(&mut out)?;
         }
-        other if quant_type(other).is_some() => {
-            crate::kernels::quant::dequantize_row(quant_type(other).expect("checked"), data, &mut out)
-        }
+        other if quant_type(other).is_some() => crate::kernels::quant::dequantize_row(
+            quant_type(other).expect("checked"),
+            data,
+            &mut out,
+        ),
         other => {
-            return Err(unsupported(format!("tensor '{}' is {}, which pyffi cannot compute with yet", t.name, other.name())))
+            return Err(unsupported(format!(
+                "tensor '{}' is {}, which pyffi cannot compute with yet",
+                t.name,
+                other.name()
+            )))
         }
     }
     Ok(out)
@@ -215,7 +239,10 @@ fn quantized_targets(g: &Gguf) -> std::collections::HashSet<Target> {
             all_quant.entry(target).and_modify(|e| *e &= q).or_insert(q);
         }
     }
-    all_quant.into_iter().filter_map(|(k, v)| v.then_some(k)).collect()
+    all_quant
+        .into_iter()
+        .filter_map(|(k, v)| v.then_some(k))
+        .collect()
 }
 
 /// One matrix from its parts' raw rows, in fused order. Each band is
@@ -257,11 +284,18 @@ fn stacked(mut parts: Vec<(u8, Kept, usize, Cow<[u8]>)>, pack: bool) -> Matrix {
                     // SAFETY: f16 is a plain 2-byte value and the file stores it
                     // little-endian like this machine; the capacity holds `add` more.
                     unsafe {
-                        std::ptr::copy_nonoverlapping(p.as_ptr(), v.as_mut_ptr().add(len) as *mut u8, 2 * add);
+                        std::ptr::copy_nonoverlapping(
+                            p.as_ptr(),
+                            v.as_mut_ptr().add(len) as *mut u8,
+                            2 * add,
+                        );
                         v.set_len(len + add);
                     }
                 } else {
-                    v.extend(p.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]])));
+                    v.extend(
+                        p.chunks_exact(2)
+                            .map(|b| half::f16::from_le_bytes([b[0], b[1]])),
+                    );
                 }
             }
             Matrix::F16(v)
@@ -271,7 +305,12 @@ fn stacked(mut parts: Vec<(u8, Kept, usize, Cow<[u8]>)>, pack: bool) -> Matrix {
         let (rows, t, pieces) = bands.pop().expect("one band");
         matrix(rows, t, pieces)
     } else {
-        Matrix::Stack(bands.into_iter().map(|(rows, t, pieces)| (rows, matrix(rows, t, pieces))).collect())
+        Matrix::Stack(
+            bands
+                .into_iter()
+                .map(|(rows, t, pieces)| (rows, matrix(rows, t, pieces)))
+                .collect(),
+        )
     }
 }
 
@@ -291,8 +330,12 @@ pub fn load_model(path: &Path) -> Result<Model> {
     let g = Gguf::open(path)?;
     let config = config_of(&g).map_err(ctx(path))?;
     let permuted = g.architecture() == Some("llama");
-    let (heads, kv_heads, hidden, ffn) =
-        (config.num_attention_heads, config.num_key_value_heads, config.hidden_size, config.intermediate_size);
+    let (heads, kv_heads, hidden, ffn) = (
+        config.num_attention_heads,
+        config.num_key_value_heads,
+        config.hidden_size,
+        config.intermediate_size,
+    );
     let mut model = Model::new(config)?;
     let quantized = quantized_targets(&g);
     // How many parts each kept matrix has, so each is built (and its source
@@ -303,37 +346,61 @@ pub fn load_model(path: &Path) -> Result<Model> {
             *expected.entry(tg).or_default() += 1;
         }
     }
-    let mut sources: std::collections::HashMap<Target, Vec<&TensorInfo>> = std::collections::HashMap::new();
+    let mut sources: std::collections::HashMap<Target, Vec<&TensorInfo>> =
+        std::collections::HashMap::new();
     // Raw rows of the matrices kept quantized: (part, format, rows, bytes).
-    let mut parts: std::collections::HashMap<Target, Vec<(u8, Kept, usize, Cow<[u8]>)>> = std::collections::HashMap::new();
+    let mut parts: std::collections::HashMap<Target, Vec<(u8, Kept, usize, Cow<[u8]>)>> =
+        std::collections::HashMap::new();
     let mut seen = std::collections::HashSet::new();
     for t in g.tensors() {
         let shape = t.shape();
         // Phi-3 keeps gate and up fused under ffn_up.
         let fused_up = t.name.ends_with(".ffn_up.weight") && shape.first() == Some(&(2 * ffn));
         let name = if fused_up {
-            hf_name(&t.name.replace("ffn_up", "ffn_gate")).expect("blk name").replace("gate_proj", "gate_up_proj")
+            hf_name(&t.name.replace("ffn_up", "ffn_gate"))
+                .expect("blk name")
+                .replace("gate_proj", "gate_up_proj")
         } else {
             match hf_name(&t.name) {
                 Some(n) => n,
                 None if t.name.ends_with("ffn_up.weight") => {
-                    hf_name(&t.name.replace("ffn_up", "ffn_gate")).expect("blk").replace("gate_proj", "up_proj")
+                    hf_name(&t.name.replace("ffn_up", "ffn_gate"))
+                        .expect("blk")
+                        .replace("gate_proj", "up_proj")
                 }
                 None if t.name == "rope_freqs.weight" => continue,
-                None => return Err(invalid_weights(format!("{}: unexpected tensor '{}'", path.display(), t.name))),
+                None => {
+                    return Err(invalid_weights(format!(
+                        "{}: unexpected tensor '{}'",
+                        path.display(),
+                        t.name
+                    )))
+                }
             }
         };
-        let order = if permuted && (name.ends_with("q_proj.weight") || name.ends_with("k_proj.weight")) {
-            let h = if name.ends_with("q_proj.weight") { heads } else { kv_heads };
-            Some(unpermute_order(shape[0], h))
-        } else {
-            None
-        };
+        let order =
+            if permuted && (name.ends_with("q_proj.weight") || name.ends_with("k_proj.weight")) {
+                let h = if name.ends_with("q_proj.weight") {
+                    heads
+                } else {
+                    kv_heads
+                };
+                Some(unpermute_order(shape[0], h))
+            } else {
+                None
+            };
         let target = target_of(&t.name).filter(|(tg, _)| quantized.contains(tg));
         if let Some((tg, part)) = target {
-            let spec = model.weight_map.get(&name).ok_or_else(|| invalid_weights(format!("{}: unexpected tensor '{name}'", path.display())))?;
+            let spec = model.weight_map.get(&name).ok_or_else(|| {
+                invalid_weights(format!("{}: unexpected tensor '{name}'", path.display()))
+            })?;
             if spec.shape != shape {
-                return Err(invalid_weights(format!("{}: tensor '{}' has shape {shape:?}, expected {:?}", path.display(), t.name, spec.shape)));
+                return Err(invalid_weights(format!(
+                    "{}: tensor '{}' has shape {shape:?}, expected {:?}",
+                    path.display(),
+                    t.name,
+                    spec.shape
+                )));
             }
             let data = g.tensor_data(t);
             let bytes = match &order {
@@ -341,7 +408,10 @@ pub fn load_model(path: &Path) -> Result<Model> {
                 None => Cow::Borrowed(data),
             };
             let qt = kept(t.ggml_type).expect("kept target");
-            parts.entry(tg).or_default().push((part, qt, shape[0], bytes));
+            parts
+                .entry(tg)
+                .or_default()
+                .push((part, qt, shape[0], bytes));
             sources.entry(tg).or_default().push(t);
             if parts[&tg].len() == expected[&tg] {
                 let m = stacked(parts.remove(&tg).expect("parts"), tg != Target::Embed);
@@ -365,13 +435,30 @@ pub fn load_model(path: &Path) -> Result<Model> {
     model.kv_default = crate::model::kv_cache::KvType::F16;
     let cfg = model.config.clone();
     model.rope.use_ggml_angles(&cfg);
-    let missing: Vec<&str> = model.weight_map.specs.iter().map(|s| s.name.as_str()).filter(|n| !seen.contains(*n)).collect();
+    let missing: Vec<&str> = model
+        .weight_map
+        .specs
+        .iter()
+        .map(|s| s.name.as_str())
+        .filter(|n| !seen.contains(*n))
+        .collect();
     if !missing.is_empty() {
-        return Err(invalid_weights(format!("{}: missing tensors: {}", path.display(), missing.join(", "))));
+        return Err(invalid_weights(format!(
+            "{}: missing tensors: {}",
+            path.display(),
+            missing.join(", ")
+        )));
     }
     Ok(model)
 }
 
 fn set(model: &mut Model, name: &str, shape: &[usize], values: &[f32]) -> Result<()> {
-    model.set_tensor(name, &TensorView { dtype: DType::F32, shape: shape.to_vec(), data: &f32_le_bytes(values) })
+    model.set_tensor(
+        name,
+        &TensorView {
+            dtype: DType::F32,
+            shape: shape.to_vec(),
+            data: &f32_le_bytes(values),
+        },
+    )
 }

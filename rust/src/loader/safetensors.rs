@@ -11,7 +11,7 @@ use memmap2::Mmap;
 use serde_json::Value;
 
 use crate::config::ModelConfig;
-use crate::error::{io_error, invalid_weights, unsupported, Error, ErrorKind, Result};
+use crate::error::{invalid_weights, io_error, unsupported, Error, ErrorKind, Result};
 use crate::model::weights::is_ignorable;
 use crate::model::Model;
 use crate::tensor::{DType, TensorView};
@@ -19,7 +19,11 @@ use crate::tensor::{DType, TensorView};
 /// The folder of a model path: the path itself, or the folder of a file in it.
 fn model_dir(path: &Path) -> Result<PathBuf> {
     let meta = std::fs::metadata(path).map_err(|e| io_error(path, e))?;
-    Ok(if meta.is_dir() { path.to_path_buf() } else { path.parent().unwrap_or(Path::new(".")).to_path_buf() })
+    Ok(if meta.is_dir() {
+        path.to_path_buf()
+    } else {
+        path.parent().unwrap_or(Path::new(".")).to_path_buf()
+    })
 }
 
 /// The safetensors files of a folder, in load order.
@@ -35,11 +39,17 @@ pub(crate) fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
             .ok_or_else(|| invalid_weights(format!("{}: no weight_map object", index.display())))?;
         let mut files = BTreeSet::new();
         for (name, file) in map {
-            let f = file
-                .as_str()
-                .ok_or_else(|| invalid_weights(format!("{}: weight_map entry '{name}' is not a file name", index.display())))?;
+            let f = file.as_str().ok_or_else(|| {
+                invalid_weights(format!(
+                    "{}: weight_map entry '{name}' is not a file name",
+                    index.display()
+                ))
+            })?;
             if f.contains('/') || f.contains('\\') || f == ".." {
-                return Err(invalid_weights(format!("{}: shard name '{f}' must be a file in the same folder", index.display())));
+                return Err(invalid_weights(format!(
+                    "{}: shard name '{f}' must be a file in the same folder",
+                    index.display()
+                )));
             }
             files.insert(f.to_string());
         }
@@ -51,7 +61,10 @@ pub(crate) fn weight_files(dir: &Path) -> Result<Vec<PathBuf>> {
     }
     Err(Error::new(
         ErrorKind::NotFound,
-        format!("{}: no model.safetensors or model.safetensors.index.json", dir.display()),
+        format!(
+            "{}: no model.safetensors or model.safetensors.index.json",
+            dir.display()
+        ),
     ))
 }
 
@@ -81,24 +94,52 @@ pub fn load_model(path: &Path) -> Result<Model> {
         // SAFETY: the mapping is read-only and dropped before this function
         // returns; a file truncated underneath us is the usual mmap caveat.
         let map = unsafe { Mmap::map(&handle) }.map_err(|e| io_error(file, e))?;
-        let st = SafeTensors::deserialize(&map)
-            .map_err(|e| invalid_weights(format!("{}: not a valid safetensors file: {e}", file.display())))?;
+        let st = SafeTensors::deserialize(&map).map_err(|e| {
+            invalid_weights(format!(
+                "{}: not a valid safetensors file: {e}",
+                file.display()
+            ))
+        })?;
         for (name, view) in st.tensors() {
-            let tensor = TensorView { dtype: dtype_of(view.dtype(), &name, file)?, shape: view.shape().to_vec(), data: view.data() };
+            let tensor = TensorView {
+                dtype: dtype_of(view.dtype(), &name, file)?,
+                shape: view.shape().to_vec(),
+                data: view.data(),
+            };
             model
                 .set_tensor(&name, &tensor)
                 .map_err(|e| Error::new(e.kind, format!("{}: {}", file.display(), e.message)))?;
             if !is_ignorable(&model.config, &name) && !seen.insert(name.clone()) {
-                return Err(invalid_weights(format!("{}: tensor '{name}' appears in more than one file", file.display())));
+                return Err(invalid_weights(format!(
+                    "{}: tensor '{name}' appears in more than one file",
+                    file.display()
+                )));
             }
         }
     }
-    let missing: Vec<&str> =
-        model.weight_map.specs.iter().map(|s| s.name.as_str()).filter(|n| !seen.contains(*n)).collect();
+    let missing: Vec<&str> = model
+        .weight_map
+        .specs
+        .iter()
+        .map(|s| s.name.as_str())
+        .filter(|n| !seen.contains(*n))
+        .collect();
     if !missing.is_empty() {
-        let shown = missing.iter().take(5).copied().collect::<Vec<_>>().join(", ");
-        let more = if missing.len() > 5 { format!(" and {} more", missing.len() - 5) } else { String::new() };
-        return Err(invalid_weights(format!("{}: missing tensors: {shown}{more}", dir.display())));
+        let shown = missing
+            .iter()
+            .take(5)
+            .copied()
+            .collect::<Vec<_>>()
+            .join(", ");
+        let more = if missing.len() > 5 {
+            format!(" and {} more", missing.len() - 5)
+        } else {
+            String::new()
+        };
+        return Err(invalid_weights(format!(
+            "{}: missing tensors: {shown}{more}",
+            dir.display()
+        )));
     }
     Ok(model)
 }

@@ -43,7 +43,15 @@ pub trait KvElem: Copy + Send + Sync + 'static {
     /// `out_h = sum_i p[h * p_stride + i] * v_i` for each `hd`-long head of
     /// `out`, over `i < n` in order (`axpy` key by key from zero), with
     /// `v_i = values[i * v_stride..][..hd]`.
-    fn mix_heads(out: &mut [f32], hd: usize, p: &[f32], p_stride: usize, n: usize, values: &[Self], v_stride: usize) {
+    fn mix_heads(
+        out: &mut [f32],
+        hd: usize,
+        p: &[f32],
+        p_stride: usize,
+        n: usize,
+        values: &[Self],
+        v_stride: usize,
+    ) {
         mix_each_head(out, hd, p, p_stride, n, values, v_stride)
     }
 }
@@ -56,7 +64,15 @@ fn dot_each_head<T: KvElem>(q: &[f32], hd: usize, k: &[T], out: &mut [f32], stri
 }
 
 /// `KvElem::mix_heads` one head and key at a time.
-fn mix_each_head<T: KvElem>(out: &mut [f32], hd: usize, p: &[f32], p_stride: usize, n: usize, values: &[T], v_stride: usize) {
+fn mix_each_head<T: KvElem>(
+    out: &mut [f32],
+    hd: usize,
+    p: &[f32],
+    p_stride: usize,
+    n: usize,
+    values: &[T],
+    v_stride: usize,
+) {
     out.fill(0.0);
     for i in 0..n {
         let v = &values[i * v_stride..i * v_stride + hd];
@@ -100,7 +116,15 @@ impl KvElem for f16 {
             dot_each_head(q, hd, k, out, stride)
         }
     }
-    fn mix_heads(out: &mut [f32], hd: usize, p: &[f32], p_stride: usize, n: usize, values: &[f16], v_stride: usize) {
+    fn mix_heads(
+        out: &mut [f32],
+        hd: usize,
+        p: &[f32],
+        p_stride: usize,
+        n: usize,
+        values: &[f16],
+        v_stride: usize,
+    ) {
         if !crate::kernels::f16::try_mix_heads_f16(out, hd, p, p_stride, n, values, v_stride) {
             mix_each_head(out, hd, p, p_stride, n, values, v_stride)
         }
@@ -148,7 +172,13 @@ pub enum LayerView<'a> {
 
 impl KvCache {
     pub fn new(n_ctx: usize, n_layers: usize, kv_dim: usize, kv_type: KvType) -> KvCache {
-        KvCache { n_ctx, kv_type, n_layers, kv_dim, slots: Vec::new() }
+        KvCache {
+            n_ctx,
+            kv_type,
+            n_layers,
+            kv_dim,
+            slots: Vec::new(),
+        }
     }
 
     /// Bytes one slot takes (keys and values, all layers, n_ctx positions).
@@ -164,7 +194,11 @@ impl KvCache {
     pub fn ensure_slots(&mut self, n: usize) -> Result<()> {
         while self.slots.len() < n {
             let size = self.n_layers * self.n_ctx * self.kv_dim;
-            self.slots.push(SeqCache { k: Store::new(self.kv_type, size)?, v: Store::new(self.kv_type, size)?, len: 0 });
+            self.slots.push(SeqCache {
+                k: Store::new(self.kv_type, size)?,
+                v: Store::new(self.kv_type, size)?,
+                len: 0,
+            });
         }
         Ok(())
     }

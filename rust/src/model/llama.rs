@@ -85,7 +85,14 @@ struct AttnSpan {
 /// query and the weights go through the cache's number type before their
 /// products, as in a matmul against that cache (llama.cpp rounds both to
 /// float16 for a float16 cache).
-fn attend_group<T: KvElem>(q: &[f32], keys: &[T], values: &[T], span: &AttnSpan, scratch: &mut [f32], out: &mut [f32]) {
+fn attend_group<T: KvElem>(
+    q: &[f32],
+    keys: &[T],
+    values: &[T],
+    span: &AttnSpan,
+    scratch: &mut [f32],
+    out: &mut [f32],
+) {
     let hd = span.hd;
     let heads = q.len() / hd;
     let len = span.n - span.first;
@@ -110,7 +117,15 @@ fn attend_group<T: KvElem>(q: &[f32], keys: &[T], values: &[T], span: &AttnSpan,
     }
     if len > 0 {
         let base = span.first * span.kvd + span.kv_off;
-        T::mix_heads(out, hd, scores, stride, len, &values[base..(span.n - 1) * span.kvd + span.kv_off + hd], span.kvd);
+        T::mix_heads(
+            out,
+            hd,
+            scores,
+            stride,
+            len,
+            &values[base..(span.n - 1) * span.kvd + span.kv_off + hd],
+            span.kvd,
+        );
     } else {
         out.fill(0.0);
     }
@@ -118,10 +133,23 @@ fn attend_group<T: KvElem>(q: &[f32], keys: &[T], values: &[T], span: &AttnSpan,
 
 /// Runs the batch and writes logits into `out` (sized by `logits_len`).
 /// The caller has validated tokens, positions and sizes.
-pub fn forward(model: &Model, cache: &mut KvCache, s: &mut Scratch, batch: &Batch, last_only: bool, out: &mut [f32]) {
+pub fn forward(
+    model: &Model,
+    cache: &mut KvCache,
+    s: &mut Scratch,
+    batch: &Batch,
+    last_only: bool,
+    out: &mut [f32],
+) {
     let cfg = &model.config;
     let w = &model.weights;
-    let (h, hd, qd, kvd, ffn) = (cfg.hidden_size, cfg.head_dim, cfg.q_dim(), cfg.kv_dim(), cfg.intermediate_size);
+    let (h, hd, qd, kvd, ffn) = (
+        cfg.hidden_size,
+        cfg.head_dim,
+        cfg.q_dim(),
+        cfg.kv_dim(),
+        cfg.intermediate_size,
+    );
     let qkv_dim = qd + 2 * kvd;
     let n_heads = cfg.num_attention_heads;
     let group = n_heads / cfg.num_key_value_heads;
@@ -155,7 +183,11 @@ pub fn forward(model: &Model, cache: &mut KvCache, s: &mut Scratch, batch: &Batc
     for (t, &tok) in batch.tokens.iter().enumerate() {
         let tok = tok as usize;
         w.embed.row_f32(tok, h, &mut s.x[t * h..(t + 1) * h]);
-        model.rope.angles(s.pos[t], &mut s.cos[t * half..(t + 1) * half], &mut s.sin[t * half..(t + 1) * half]);
+        model.rope.angles(
+            s.pos[t],
+            &mut s.cos[t * half..(t + 1) * half],
+            &mut s.sin[t * half..(t + 1) * half],
+        );
     }
 
     let x = &mut s.x[..n_tok * h];
@@ -171,7 +203,10 @@ pub fn forward(model: &Model, cache: &mut KvCache, s: &mut Scratch, batch: &Batc
         lw.wqkv.matmul(qkv, qkv_dim, xn, n_tok, h, qkv_dim);
         add_bias(qkv, &lw.bqkv);
         parallel_chunks(qkv, qkv_dim, |t, row| {
-            let (c, sn) = (&cos[t * half..(t + 1) * half], &sin[t * half..(t + 1) * half]);
+            let (c, sn) = (
+                &cos[t * half..(t + 1) * half],
+                &sin[t * half..(t + 1) * half],
+            );
             for head in row[..qd + kvd].chunks_exact_mut(hd) {
                 rope_rotate_half(&mut head[..rot], c, sn);
             }
@@ -180,7 +215,11 @@ pub fn forward(model: &Model, cache: &mut KvCache, s: &mut Scratch, batch: &Batc
             let row = &qkv[t * qkv_dim..(t + 1) * qkv_dim];
             cache.store(seq_of[t], l, pos[t], &row[qd..qd + kvd], &row[qd + kvd..]);
         }
-        let window = if cfg.sliding_layers[l] { cfg.sliding_window } else { None };
+        let window = if cfg.sliding_layers[l] {
+            cfg.sliding_window
+        } else {
+            None
+        };
         let cache_ref = &*cache;
         let qkv_ref = &*qkv;
         let n_kv_heads = n_heads / group;
@@ -191,7 +230,14 @@ pub fn forward(model: &Model, cache: &mut KvCache, s: &mut Scratch, batch: &Batc
             let q = &qkv_ref[t * qkv_dim + kv_head * group * hd..][..group * hd];
             let n = pos[t] + 1;
             let first = window.map_or(0, |w| n.saturating_sub(w));
-            let span = AttnSpan { first, n, kvd, kv_off: kv_head * hd, hd, scale };
+            let span = AttnSpan {
+                first,
+                n,
+                kvd,
+                kv_off: kv_head * hd,
+                hd,
+                scale,
+            };
             match cache_ref.layer(seq_of[t], l, n) {
                 LayerView::F32(k, v) => attend_group(q, k, v, &span, scratch, out),
                 LayerView::F16(k, v) => attend_group(q, k, v, &span, scratch, out),
@@ -230,7 +276,12 @@ pub fn forward(model: &Model, cache: &mut KvCache, s: &mut Scratch, batch: &Batc
         let mut off = 0;
         for (b, &len) in batch.lengths.iter().enumerate() {
             let r = off + len - 1;
-            rmsnorm(&mut xn[b * h..(b + 1) * h], &x[r * h..(r + 1) * h], &w.norm, eps);
+            rmsnorm(
+                &mut xn[b * h..(b + 1) * h],
+                &x[r * h..(r + 1) * h],
+                &w.norm,
+                eps,
+            );
             off += len;
         }
         head.matmul(out, vocab, xn, batch.lengths.len(), h, vocab);

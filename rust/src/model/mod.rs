@@ -57,6 +57,7 @@ impl Model {
 
     /// Set one tensor by its Hugging Face name.
     pub fn set_tensor(&mut self, name: &str, tensor: &TensorView) -> Result<()> {
-        self.weights.set(&self.weight_map, &self.config, name, tensor)
+        self.weights
+            .set(&self.weight_map, &self.config, name, tensor)
     }
 }

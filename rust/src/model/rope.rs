@@ -36,21 +36,37 @@ impl Rope {
                     *f = (*f as f64 / factor) as f32;
                 }
             }
-            RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_position_embeddings } => {
+            RopeScaling::Llama3 {
+                factor,
+                low_freq_factor,
+                high_freq_factor,
+                original_max_position_embeddings,
+            } => {
                 let low_wavelen = original_max_position_embeddings / low_freq_factor;
                 let high_wavelen = original_max_position_embeddings / high_freq_factor;
                 for f in inv_freq.iter_mut() {
                     let freq = *f as f64;
                     let wavelen = 2.0 * std::f64::consts::PI / freq;
-                    let scaled = if wavelen > low_wavelen { freq / factor } else { freq };
+                    let scaled = if wavelen > low_wavelen {
+                        freq / factor
+                    } else {
+                        freq
+                    };
                     let smooth = (original_max_position_embeddings / wavelen - low_freq_factor)
                         / (high_freq_factor - low_freq_factor);
                     let medium = !(wavelen < high_wavelen) && !(wavelen > low_wavelen);
-                    *f = if medium { ((1.0 - smooth) * scaled / factor + smooth * scaled) as f32 } else { scaled as f32 };
+                    *f = if medium {
+                        ((1.0 - smooth) * scaled / factor + smooth * scaled) as f32
+                    } else {
+                        scaled as f32
+                    };
                 }
             }
         }
-        Rope { inv_freq, ggml: None }
+        Rope {
+            inv_freq,
+            ggml: None,
+        }
     }
 
     /// Switch to ggml's angle arithmetic (for weights that came from GGUF).
@@ -67,7 +83,10 @@ impl Rope {
                 ff
             })
             .collect();
-        self.ggml = Some(GgmlAngles { theta_scale, freq_factors });
+        self.ggml = Some(GgmlAngles {
+            theta_scale,
+            freq_factors,
+        });
     }
 
     /// cos and sin of every pair's angle at `pos`, into slices of len inv_freq.len().

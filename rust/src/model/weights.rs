@@ -44,9 +44,18 @@ impl Matrix {
 
     /// `quantized` from the matrix's `rows` rows given in consecutive pieces
     /// of whole rows (copied once, straight into the packed layout).
-    pub fn quantized_parts(t: quant::QuantType, pieces: &[&[u8]], rows: usize, pack: bool) -> Matrix {
+    pub fn quantized_parts(
+        t: quant::QuantType,
+        pieces: &[&[u8]],
+        rows: usize,
+        pack: bool,
+    ) -> Matrix {
         let len: usize = pieces.iter().map(|p| p.len()).sum();
-        let cols = if rows == 0 { 0 } else { len / rows / t.block_bytes() * t.block_len() };
+        let cols = if rows == 0 {
+            0
+        } else {
+            len / rows / t.block_bytes() * t.block_len()
+        };
         if pack && rows * t.row_bytes(cols) == len && PackedMatrix::worth_packing(t, rows, cols) {
             Matrix::Packed(PackedMatrix::new(t, pieces, rows, cols))
         } else {
@@ -59,13 +68,26 @@ impl Matrix {
     }
 
     /// `out[t][o] = sum_i x[t][i] * self[o][i]`, output rows `stride` apart.
-    pub fn matmul(&self, out: &mut [f32], stride: usize, x: &[f32], n_tok: usize, n_in: usize, n_out: usize) {
+    pub fn matmul(
+        &self,
+        out: &mut [f32],
+        stride: usize,
+        x: &[f32],
+        n_tok: usize,
+        n_in: usize,
+        n_out: usize,
+    ) {
         match self {
             Matrix::F32(w) => kernels::matmul(out, stride, x, w, n_tok, n_in, n_out),
             Matrix::F16(w) => kernels::f16::matmul(out, stride, x, w, n_tok, n_in, n_out),
             Matrix::Quant(t, w) => quant::matmul(*t, out, stride, x, w, n_tok, n_in, n_out),
             Matrix::Packed(p) => {
-                assert!(p.cols() == n_in && p.rows() == n_out, "packed {}x{} matrix used as {n_out}x{n_in}", p.rows(), p.cols());
+                assert!(
+                    p.cols() == n_in && p.rows() == n_out,
+                    "packed {}x{} matrix used as {n_out}x{n_in}",
+                    p.rows(),
+                    p.cols()
+                );
                 p.matmul(out, stride, x, n_tok)
             }
             Matrix::Stack(bands) => {
@@ -83,7 +105,10 @@ impl Matrix {
     pub fn row_f32(&self, r: usize, cols: usize, out: &mut [f32]) {
         match self {
             Matrix::F32(w) => out.copy_from_slice(&w[r * cols..(r + 1) * cols]),
-            Matrix::F16(w) => half::slice::HalfFloatSliceExt::convert_to_f32_slice(&w[r * cols..(r + 1) * cols], out),
+            Matrix::F16(w) => half::slice::HalfFloatSliceExt::convert_to_f32_slice(
+                &w[r * cols..(r + 1) * cols],
+                out,
+            ),
             Matrix::Quant(t, w) => {
                 let rb = t.row_bytes(cols);
                 quant::dequantize_row(*t, &w[r * rb..(r + 1) * rb], out)
@@ -139,7 +164,11 @@ impl Weights {
     /// rows do not split into blocks stay float32.
     pub fn quantize(&mut self, t: quant::QuantType, cfg: &ModelConfig) {
         use quant::QuantType::*;
-        let head_type = if matches!(t, Q4_0 | Q4_1 | Q4_K | Q5_K) { Q6_K } else { t };
+        let head_type = if matches!(t, Q4_0 | Q4_1 | Q4_K | Q5_K) {
+            Q6_K
+        } else {
+            t
+        };
         // `pack`: false for the embedding, which is read row by row.
         let convert = |m: &mut Matrix, t: quant::QuantType, cols: usize, pack: bool| {
             if let Matrix::F16(w) = m {
@@ -151,7 +180,10 @@ impl Weights {
                 if cols % t.block_len() == 0 && !w.is_empty() {
                     let mut bytes = vec![0u8; w.len() / cols * t.row_bytes(cols)];
                     use rayon::prelude::*;
-                    bytes.par_chunks_mut(t.row_bytes(cols)).zip(w.par_chunks(cols)).for_each(|(o, row)| quant::quantize_row(t, row, o));
+                    bytes
+                        .par_chunks_mut(t.row_bytes(cols))
+                        .zip(w.par_chunks(cols))
+                        .for_each(|(o, row)| quant::quantize_row(t, row, o));
                     *m = Matrix::quantized(t, bytes, cols, pack);
                 }
             }
@@ -210,50 +242,181 @@ pub struct TensorSpec {
 
 /// The expected tensors of a model with this config, in checkpoint order.
 pub fn tensor_specs(cfg: &ModelConfig) -> Vec<TensorSpec> {
-    let (h, q, kv, ffn) = (cfg.hidden_size, cfg.q_dim(), cfg.kv_dim(), cfg.intermediate_size);
+    let (h, q, kv, ffn) = (
+        cfg.hidden_size,
+        cfg.q_dim(),
+        cfg.kv_dim(),
+        cfg.intermediate_size,
+    );
     let mut specs = Vec::new();
     let mut add = |name: String, shape: Vec<usize>, field: Field, layer: usize, offset: usize| {
-        specs.push(TensorSpec { name, shape, field, layer, offset })
+        specs.push(TensorSpec {
+            name,
+            shape,
+            field,
+            layer,
+            offset,
+        })
     };
-    add("model.embed_tokens.weight".into(), vec![cfg.vocab_size, h], Field::Embed, 0, 0);
+    add(
+        "model.embed_tokens.weight".into(),
+        vec![cfg.vocab_size, h],
+        Field::Embed,
+        0,
+        0,
+    );
     for i in 0..cfg.num_hidden_layers {
         let p = format!("model.layers.{i}");
-        add(format!("{p}.input_layernorm.weight"), vec![h], Field::AttnNorm, i, 0);
+        add(
+            format!("{p}.input_layernorm.weight"),
+            vec![h],
+            Field::AttnNorm,
+            i,
+            0,
+        );
         if cfg.arch.fused_projections() {
-            add(format!("{p}.self_attn.qkv_proj.weight"), vec![q + 2 * kv, h], Field::Wqkv, i, 0);
+            add(
+                format!("{p}.self_attn.qkv_proj.weight"),
+                vec![q + 2 * kv, h],
+                Field::Wqkv,
+                i,
+                0,
+            );
         } else {
-            add(format!("{p}.self_attn.q_proj.weight"), vec![q, h], Field::Wqkv, i, 0);
-            add(format!("{p}.self_attn.k_proj.weight"), vec![kv, h], Field::Wqkv, i, q * h);
-            add(format!("{p}.self_attn.v_proj.weight"), vec![kv, h], Field::Wqkv, i, (q + kv) * h);
+            add(
+                format!("{p}.self_attn.q_proj.weight"),
+                vec![q, h],
+                Field::Wqkv,
+                i,
+                0,
+            );
+            add(
+                format!("{p}.self_attn.k_proj.weight"),
+                vec![kv, h],
+                Field::Wqkv,
+                i,
+                q * h,
+            );
+            add(
+                format!("{p}.self_attn.v_proj.weight"),
+                vec![kv, h],
+                Field::Wqkv,
+                i,
+                (q + kv) * h,
+            );
         }
         if cfg.qkv_bias {
-            add(format!("{p}.self_attn.q_proj.bias"), vec![q], Field::Bqkv, i, 0);
-            add(format!("{p}.self_attn.k_proj.bias"), vec![kv], Field::Bqkv, i, q);
-            add(format!("{p}.self_attn.v_proj.bias"), vec![kv], Field::Bqkv, i, q + kv);
+            add(
+                format!("{p}.self_attn.q_proj.bias"),
+                vec![q],
+                Field::Bqkv,
+                i,
+                0,
+            );
+            add(
+                format!("{p}.self_attn.k_proj.bias"),
+                vec![kv],
+                Field::Bqkv,
+                i,
+                q,
+            );
+            add(
+                format!("{p}.self_attn.v_proj.bias"),
+                vec![kv],
+                Field::Bqkv,
+                i,
+                q + kv,
+            );
         }
-        add(format!("{p}.self_attn.o_proj.weight"), vec![h, q], Field::Wo, i, 0);
+        add(
+            format!("{p}.self_attn.o_proj.weight"),
+            vec![h, q],
+            Field::Wo,
+            i,
+            0,
+        );
         if cfg.o_bias {
-            add(format!("{p}.self_attn.o_proj.bias"), vec![h], Field::Bo, i, 0);
+            add(
+                format!("{p}.self_attn.o_proj.bias"),
+                vec![h],
+                Field::Bo,
+                i,
+                0,
+            );
         }
-        add(format!("{p}.post_attention_layernorm.weight"), vec![h], Field::FfnNorm, i, 0);
+        add(
+            format!("{p}.post_attention_layernorm.weight"),
+            vec![h],
+            Field::FfnNorm,
+            i,
+            0,
+        );
         if cfg.arch.fused_projections() {
-            add(format!("{p}.mlp.gate_up_proj.weight"), vec![2 * ffn, h], Field::WGateUp, i, 0);
+            add(
+                format!("{p}.mlp.gate_up_proj.weight"),
+                vec![2 * ffn, h],
+                Field::WGateUp,
+                i,
+                0,
+            );
         } else {
-            add(format!("{p}.mlp.gate_proj.weight"), vec![ffn, h], Field::WGateUp, i, 0);
-            add(format!("{p}.mlp.up_proj.weight"), vec![ffn, h], Field::WGateUp, i, ffn * h);
+            add(
+                format!("{p}.mlp.gate_proj.weight"),
+                vec![ffn, h],
+                Field::WGateUp,
+                i,
+                0,
+            );
+            add(
+                format!("{p}.mlp.up_proj.weight"),
+                vec![ffn, h],
+                Field::WGateUp,
+                i,
+                ffn * h,
+            );
         }
         if cfg.mlp_bias {
-            add(format!("{p}.mlp.gate_proj.bias"), vec![ffn], Field::BGateUp, i, 0);
-            add(format!("{p}.mlp.up_proj.bias"), vec![ffn], Field::BGateUp, i, ffn);
+            add(
+                format!("{p}.mlp.gate_proj.bias"),
+                vec![ffn],
+                Field::BGateUp,
+                i,
+                0,
+            );
+            add(
+                format!("{p}.mlp.up_proj.bias"),
+                vec![ffn],
+                Field::BGateUp,
+                i,
+                ffn,
+            );
         }
-        add(format!("{p}.mlp.down_proj.weight"), vec![h, ffn], Field::WDown, i, 0);
+        add(
+            format!("{p}.mlp.down_proj.weight"),
+            vec![h, ffn],
+            Field::WDown,
+            i,
+            0,
+        );
         if cfg.mlp_bias {
-            add(format!("{p}.mlp.down_proj.bias"), vec![h], Field::BDown, i, 0);
+            add(
+                format!("{p}.mlp.down_proj.bias"),
+                vec![h],
+                Field::BDown,
+                i,
+                0,
+            );
         }
     }
     add("model.norm.weight".into(), vec![h], Field::Norm, 0, 0);
     if !cfg.tie_word_embeddings {
-        add("lm_head.weight".into(), vec![cfg.vocab_size, h], Field::LmHead, 0, 0);
+        add(
+            "lm_head.weight".into(),
+            vec![cfg.vocab_size, h],
+            Field::LmHead,
+            0,
+            0,
+        );
     }
     specs
 }
@@ -271,7 +434,11 @@ pub struct WeightMap {
 impl WeightMap {
     pub fn new(cfg: &ModelConfig) -> WeightMap {
         let specs = tensor_specs(cfg);
-        let index = specs.iter().enumerate().map(|(i, s)| (s.name.clone(), i)).collect();
+        let index = specs
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.name.clone(), i))
+            .collect();
         WeightMap { specs, index }
     }
 
@@ -284,32 +451,47 @@ impl Weights {
     /// All-zero weights of the right sizes (model_new: the caller fills them).
     pub fn zeros(cfg: &ModelConfig) -> Result<Weights> {
         let z = zeroed_f32;
-        let (h, q, kv, ffn) = (cfg.hidden_size, cfg.q_dim(), cfg.kv_dim(), cfg.intermediate_size);
+        let (h, q, kv, ffn) = (
+            cfg.hidden_size,
+            cfg.q_dim(),
+            cfg.kv_dim(),
+            cfg.intermediate_size,
+        );
         let layers = (0..cfg.num_hidden_layers)
-            .map(|_| -> Result<LayerWeights> { Ok(LayerWeights {
-                attn_norm: z(h)?,
-                wqkv: Matrix::F32(z((q + 2 * kv) * h)?),
-                bqkv: cfg.qkv_bias.then(|| z(q + 2 * kv)).transpose()?,
-                wo: Matrix::F32(z(h * q)?),
-                bo: cfg.o_bias.then(|| z(h)).transpose()?,
-                ffn_norm: z(h)?,
-                w_gate_up: Matrix::F32(z(2 * ffn * h)?),
-                b_gate_up: cfg.mlp_bias.then(|| z(2 * ffn)).transpose()?,
-                w_down: Matrix::F32(z(h * ffn)?),
-                b_down: cfg.mlp_bias.then(|| z(h)).transpose()?,
-            }) })
+            .map(|_| -> Result<LayerWeights> {
+                Ok(LayerWeights {
+                    attn_norm: z(h)?,
+                    wqkv: Matrix::F32(z((q + 2 * kv) * h)?),
+                    bqkv: cfg.qkv_bias.then(|| z(q + 2 * kv)).transpose()?,
+                    wo: Matrix::F32(z(h * q)?),
+                    bo: cfg.o_bias.then(|| z(h)).transpose()?,
+                    ffn_norm: z(h)?,
+                    w_gate_up: Matrix::F32(z(2 * ffn * h)?),
+                    b_gate_up: cfg.mlp_bias.then(|| z(2 * ffn)).transpose()?,
+                    w_down: Matrix::F32(z(h * ffn)?),
+                    b_down: cfg.mlp_bias.then(|| z(h)).transpose()?,
+                })
+            })
             .collect::<Result<Vec<_>>>()?;
         Ok(Weights {
             embed: Matrix::F32(z(cfg.vocab_size * h)?),
             layers,
             norm: z(h)?,
-            lm_head: (!cfg.tie_word_embeddings).then(|| z(cfg.vocab_size * h).map(Matrix::F32)).transpose()?,
+            lm_head: (!cfg.tie_word_embeddings)
+                .then(|| z(cfg.vocab_size * h).map(Matrix::F32))
+                .transpose()?,
         })
     }
 
     /// Copy one named tensor into place, converting to float32. Name, shape and
     /// data size are checked; nothing is written when a check fails.
-    pub fn set(&mut self, map: &WeightMap, cfg: &ModelConfig, name: &str, tensor: &TensorView) -> Result<()> {
+    pub fn set(
+        &mut self,
+        map: &WeightMap,
+        cfg: &ModelConfig,
+        name: &str,
+        tensor: &TensorView,
+    ) -> Result<()> {
         let spec = match map.get(name) {
             Some(s) => s,
             None if is_ignorable(cfg, name) => return Ok(()),
@@ -327,9 +509,11 @@ impl Weights {
             )));
         }
         let n: usize = spec.shape.iter().product();
-        let target = self
-            .buffer(spec.field, spec.layer)
-            .ok_or_else(|| invalid_weights(format!("tensor '{name}' is stored quantized and cannot be replaced")))?;
+        let target = self.buffer(spec.field, spec.layer).ok_or_else(|| {
+            invalid_weights(format!(
+                "tensor '{name}' is stored quantized and cannot be replaced"
+            ))
+        })?;
         tensor.to_f32(&mut target[spec.offset..spec.offset + n])
     }
 
@@ -338,7 +522,13 @@ impl Weights {
         Some(match field {
             Field::Embed => return self.embed.f32_mut(),
             Field::Norm => &mut self.norm,
-            Field::LmHead => return self.lm_head.as_mut().expect("untied model has lm_head").f32_mut(),
+            Field::LmHead => {
+                return self
+                    .lm_head
+                    .as_mut()
+                    .expect("untied model has lm_head")
+                    .f32_mut()
+            }
             Field::AttnNorm => &mut self.layers[layer].attn_norm,
             Field::Wqkv => return self.layers[layer].wqkv.f32_mut(),
             Field::Bqkv => self.layers[layer].bqkv.as_mut().expect(missing),

@@ -17,7 +17,12 @@ pub struct Detokenizer {
 
 impl Detokenizer {
     pub fn new(tokenizer: Arc<Tokenizer>, skip_special: bool) -> Detokenizer {
-        Detokenizer { tokenizer, skip_special, pending: Vec::new(), at_start: true }
+        Detokenizer {
+            tokenizer,
+            skip_special,
+            pending: Vec::new(),
+            at_start: true,
+        }
     }
 
     /// The text completed by this token (possibly empty).
@@ -59,7 +64,9 @@ impl Detokenizer {
                 }
                 Err(e) => {
                     let good = e.valid_up_to();
-                    out.push_str(std::str::from_utf8(&self.pending[..good]).expect("checked valid"));
+                    out.push_str(
+                        std::str::from_utf8(&self.pending[..good]).expect("checked valid"),
+                    );
                     match e.error_len() {
                         // An incomplete character at the end: wait for more bytes.
                         None => {

@@ -23,22 +23,37 @@ const QWEN2_PATTERN: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{
 pub fn load(path: &Path) -> Result<Tokenizer> {
     let g = Gguf::open(path)?;
     let ctx = |e: Error| Error::new(e.kind, format!("{}: {}", path.display(), e.message));
-    let model = g
-        .get_str("tokenizer.ggml.model")
-        .ok_or_else(|| invalid_argument(format!("{}: no tokenizer in this GGUF file (tokenizer.ggml.model)", path.display())))?;
-    let tokens: Vec<&str> = g
-        .get_str_array("tokenizer.ggml.tokens")
-        .ok_or_else(|| invalid_argument(format!("{}: tokenizer.ggml.tokens is missing", path.display())))?;
+    let model = g.get_str("tokenizer.ggml.model").ok_or_else(|| {
+        invalid_argument(format!(
+            "{}: no tokenizer in this GGUF file (tokenizer.ggml.model)",
+            path.display()
+        ))
+    })?;
+    let tokens: Vec<&str> = g.get_str_array("tokenizer.ggml.tokens").ok_or_else(|| {
+        invalid_argument(format!(
+            "{}: tokenizer.ggml.tokens is missing",
+            path.display()
+        ))
+    })?;
     let n = tokens.len();
-    let types: Vec<i32> = g.get_i32_array("tokenizer.ggml.token_type").map_or_else(|| vec![1; n], |t| t.to_vec());
+    let types: Vec<i32> = g
+        .get_i32_array("tokenizer.ggml.token_type")
+        .map_or_else(|| vec![1; n], |t| t.to_vec());
     if types.len() != n {
-        return Err(invalid_argument(format!("{}: {} token types for {n} tokens", path.display(), types.len())));
+        return Err(invalid_argument(format!(
+            "{}: {} token types for {n} tokens",
+            path.display(),
+            types.len()
+        )));
     }
     let id = |key: &str| -> Result<Option<u32>> {
         match g.get_u64(key) {
             None => Ok(None),
             Some(i) if (i as usize) < n => Ok(Some(i as u32)),
-            Some(i) => Err(invalid_argument(format!("{}: {key} {i} is outside the vocabulary ({n})", path.display()))),
+            Some(i) => Err(invalid_argument(format!(
+                "{}: {key} {i} is outside the vocabulary ({n})",
+                path.display()
+            ))),
         }
     };
     let (bos, eos, unk, pad) = (
@@ -86,8 +101,12 @@ pub fn load(path: &Path) -> Result<Tokenizer> {
             }
         }
     }
-    tok.add_bos = g.get_bool("tokenizer.ggml.add_bos_token").unwrap_or(tok.add_bos) && tok.bos_id.is_some();
-    tok.add_eos = g.get_bool("tokenizer.ggml.add_eos_token").unwrap_or(false) && tok.eos_id.is_some();
+    tok.add_bos = g
+        .get_bool("tokenizer.ggml.add_bos_token")
+        .unwrap_or(tok.add_bos)
+        && tok.bos_id.is_some();
+    tok.add_eos =
+        g.get_bool("tokenizer.ggml.add_eos_token").unwrap_or(false) && tok.eos_id.is_some();
     if let Some(t) = g.get_str("tokenizer.chat_template") {
         tok.set_chat_template(t).map_err(ctx)?;
     }
@@ -96,9 +115,16 @@ pub fn load(path: &Path) -> Result<Tokenizer> {
 
 fn byte_level_json(tokens: &[&str], types: &[i32], merges: &[&str], pre: &str) -> Option<Value> {
     let (pre_tokenizer, ignore_merges) = match pre {
-        "default" | "gpt-2" | "gpt2" => (json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true}), false),
+        "default" | "gpt-2" | "gpt2" => (
+            json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true}),
+            false,
+        ),
         "llama-bpe" | "llama3" | "llama-v3" | "qwen2" => {
-            let pattern = if pre == "qwen2" { QWEN2_PATTERN } else { LLAMA3_PATTERN };
+            let pattern = if pre == "qwen2" {
+                QWEN2_PATTERN
+            } else {
+                LLAMA3_PATTERN
+            };
             (
                 json!({"type": "Sequence", "pretokenizers": [
                     {"type": "Split", "pattern": {"Regex": pattern}, "behavior": "Isolated", "invert": false},
@@ -108,7 +134,11 @@ fn byte_level_json(tokens: &[&str], types: &[i32], merges: &[&str], pre: &str) -
         }
         _ => return None,
     };
-    let vocab: serde_json::Map<String, Value> = tokens.iter().enumerate().map(|(i, t)| (t.to_string(), json!(i))).collect();
+    let vocab: serde_json::Map<String, Value> = tokens
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.to_string(), json!(i)))
+        .collect();
     let added: Vec<Value> = tokens
         .iter()
         .zip(types)
@@ -135,7 +165,8 @@ fn byte_level_json(tokens: &[&str], types: &[i32], merges: &[&str], pre: &str) -
 
 /// `tokenizer.ggml.pre` for a byte-level pre-tokenizer we can name.
 fn pre_name(pre: &Value) -> Option<&'static str> {
-    let byte_level_regex = |p: &Value| p["type"] == "ByteLevel" && p["use_regex"].as_bool().unwrap_or(true);
+    let byte_level_regex =
+        |p: &Value| p["type"] == "ByteLevel" && p["use_regex"].as_bool().unwrap_or(true);
     if byte_level_regex(pre) {
         return Some("gpt-2");
     }
@@ -154,7 +185,10 @@ fn pre_name(pre: &Value) -> Option<&'static str> {
 /// a tokenizer gets llama.cpp's "no_vocab" marker (token ids in and out only).
 pub fn metadata_for_folder(dir: &Path) -> Result<Vec<(String, MetaValue)>> {
     if !dir.join("tokenizer.json").exists() && !dir.join("tokenizer.model").exists() {
-        return Ok(vec![("tokenizer.ggml.model".to_string(), "no_vocab".into())]);
+        return Ok(vec![(
+            "tokenizer.ggml.model".to_string(),
+            "no_vocab".into(),
+        )]);
     }
     let tok = Tokenizer::load(dir)?;
     let n = tok.vocab_size();
@@ -163,16 +197,41 @@ pub fn metadata_for_folder(dir: &Path) -> Result<Vec<(String, MetaValue)>> {
     match &tok.backend {
         Backend::Spm(spm) => {
             put("tokenizer.ggml.model", "llama".into());
-            put("tokenizer.ggml.tokens", (0..n as u32).map(|i| spm.piece(i).to_string()).collect::<Vec<_>>().into());
-            put("tokenizer.ggml.scores", (0..n as u32).map(|i| spm.score(i)).collect::<Vec<f32>>().into());
-            let types: Vec<i32> = (0..n as u32).map(|i| spm.token_type(i).map_or(1, |t| t as i32)).collect();
+            put(
+                "tokenizer.ggml.tokens",
+                (0..n as u32)
+                    .map(|i| spm.piece(i).to_string())
+                    .collect::<Vec<_>>()
+                    .into(),
+            );
+            put(
+                "tokenizer.ggml.scores",
+                (0..n as u32)
+                    .map(|i| spm.score(i))
+                    .collect::<Vec<f32>>()
+                    .into(),
+            );
+            let types: Vec<i32> = (0..n as u32)
+                .map(|i| spm.token_type(i).map_or(1, |t| t as i32))
+                .collect();
             put("tokenizer.ggml.token_type", types.into());
-            put("tokenizer.ggml.add_space_prefix", spm.add_dummy_prefix().into());
+            put(
+                "tokenizer.ggml.add_space_prefix",
+                spm.add_dummy_prefix().into(),
+            );
         }
         Backend::Hf { plain, .. } => {
-            let text = plain.to_string(false).map_err(|e| invalid_argument(format!("tokenizer.json: {e}")))?;
-            let json: Value = serde_json::from_str(&text).map_err(|e| invalid_argument(format!("tokenizer.json: {e}")))?;
-            let cant = |why: &str| unsupported_vocab(&dir.join("tokenizer.json"), &format!("cannot be written to GGUF: {why}"));
+            let text = plain
+                .to_string(false)
+                .map_err(|e| invalid_argument(format!("tokenizer.json: {e}")))?;
+            let json: Value = serde_json::from_str(&text)
+                .map_err(|e| invalid_argument(format!("tokenizer.json: {e}")))?;
+            let cant = |why: &str| {
+                unsupported_vocab(
+                    &dir.join("tokenizer.json"),
+                    &format!("cannot be written to GGUF: {why}"),
+                )
+            };
             if json["model"]["type"] != "BPE" {
                 return Err(cant("only BPE tokenizers are supported"));
             }
@@ -180,7 +239,10 @@ pub fn metadata_for_folder(dir: &Path) -> Result<Vec<(String, MetaValue)>> {
                 .ok_or_else(|| cant("its pre-tokenizer is not byte-level BPE (gpt-2, llama-bpe or qwen2 style); a SentencePiece model needs tokenizer.model"))?;
             let mut tokens = vec![String::new(); n];
             let mut types = vec![1i32; n];
-            for (piece, id) in json["model"]["vocab"].as_object().ok_or_else(|| cant("model.vocab is missing"))? {
+            for (piece, id) in json["model"]["vocab"]
+                .as_object()
+                .ok_or_else(|| cant("model.vocab is missing"))?
+            {
                 if let Some(slot) = id.as_u64().and_then(|i| tokens.get_mut(i as usize)) {
                     *slot = piece.clone();
                 }
@@ -189,7 +251,11 @@ pub fn metadata_for_folder(dir: &Path) -> Result<Vec<(String, MetaValue)>> {
                 if let (Some(id), Some(content)) = (t["id"].as_u64(), t["content"].as_str()) {
                     if let Some(slot) = tokens.get_mut(id as usize) {
                         *slot = content.to_string();
-                        types[id as usize] = if t["special"].as_bool().unwrap_or(false) { 3 } else { 4 };
+                        types[id as usize] = if t["special"].as_bool().unwrap_or(false) {
+                            3
+                        } else {
+                            4
+                        };
                     }
                 }
             }
@@ -199,7 +265,9 @@ pub fn metadata_for_folder(dir: &Path) -> Result<Vec<(String, MetaValue)>> {
                 .flatten()
                 .filter_map(|m| match m {
                     Value::String(s) => Some(s.clone()),
-                    Value::Array(p) => Some(format!("{} {}", p.first()?.as_str()?, p.get(1)?.as_str()?)),
+                    Value::Array(p) => {
+                        Some(format!("{} {}", p.first()?.as_str()?, p.get(1)?.as_str()?))
+                    }
                     _ => None,
                 })
                 .collect();

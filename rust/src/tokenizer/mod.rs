@@ -18,14 +18,19 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{json, Map, Value};
 
-use crate::error::{invalid_argument, io_error, out_of_range, unsupported, Error, ErrorKind, Result};
+use crate::error::{
+    invalid_argument, io_error, out_of_range, unsupported, Error, ErrorKind, Result,
+};
 pub use detokenizer::Detokenizer;
 use spm::SpmTokenizer;
 use template::ChatTemplate;
 
 enum Backend {
     /// `plain` parses special-token text in the input; `literal` treats it as text.
-    Hf { plain: Box<tokenizers::Tokenizer>, literal: Box<tokenizers::Tokenizer> },
+    Hf {
+        plain: Box<tokenizers::Tokenizer>,
+        literal: Box<tokenizers::Tokenizer>,
+    },
     Spm(SpmTokenizer),
 }
 
@@ -72,7 +77,11 @@ fn token_text(v: Option<&Value>) -> Option<String> {
 fn ids_of(v: Option<&Value>) -> Vec<u32> {
     match v {
         Some(Value::Number(n)) => n.as_u64().map(|x| vec![x as u32]).unwrap_or_default(),
-        Some(Value::Array(a)) => a.iter().filter_map(|x| x.as_u64()).map(|x| x as u32).collect(),
+        Some(Value::Array(a)) => a
+            .iter()
+            .filter_map(|x| x.as_u64())
+            .map(|x| x as u32)
+            .collect(),
         _ => vec![],
     }
 }
@@ -99,7 +108,10 @@ impl Tokenizer {
             };
             (path.to_path_buf(), file)
         } else {
-            (path.parent().unwrap_or(Path::new(".")).to_path_buf(), path.to_path_buf())
+            (
+                path.parent().unwrap_or(Path::new(".")).to_path_buf(),
+                path.to_path_buf(),
+            )
         };
         let name = file.file_name().and_then(|n| n.to_str()).unwrap_or("");
         let mut tok = if name.ends_with(".gguf") {
@@ -107,7 +119,8 @@ impl Tokenizer {
         } else if name.ends_with(".model") {
             Self::from_spm(SpmTokenizer::from_model_file(&file)?)
         } else {
-            Self::from_hf_json(&read(&file)?).map_err(|e| Error::new(e.kind, format!("{}: {}", file.display(), e.message)))?
+            Self::from_hf_json(&read(&file)?)
+                .map_err(|e| Error::new(e.kind, format!("{}: {}", file.display(), e.message)))?
         };
         tok.apply_folder_configs(&dir)?;
         Ok(tok)
@@ -115,10 +128,17 @@ impl Tokenizer {
 
     pub(crate) fn from_spm(spm: SpmTokenizer) -> Tokenizer {
         let n = spm.vocab_size();
-        let token_bytes = (0..n as u32).map(|i| spm.token_to_bytes(i).unwrap_or_default()).collect();
+        let token_bytes = (0..n as u32)
+            .map(|i| spm.token_to_bytes(i).unwrap_or_default())
+            .collect();
         // CONTROL (3) and UNKNOWN (2) pieces are what SentencePiece drops on decode.
         let special = (0..n as u32)
-            .map(|i| matches!(spm.token_type(i), Some(spm::TokenType::Unknown | spm::TokenType::Control)))
+            .map(|i| {
+                matches!(
+                    spm.token_type(i),
+                    Some(spm::TokenType::Unknown | spm::TokenType::Control)
+                )
+            })
             .collect();
         Tokenizer {
             token_bytes,
@@ -139,8 +159,8 @@ impl Tokenizer {
 
     /// From the text of a tokenizer.json.
     pub fn from_hf_json(text: &str) -> Result<Tokenizer> {
-        let spec: Value =
-            serde_json::from_str(text).map_err(|e| invalid_argument(format!("tokenizer.json is not valid JSON: {e}")))?;
+        let spec: Value = serde_json::from_str(text)
+            .map_err(|e| invalid_argument(format!("tokenizer.json is not valid JSON: {e}")))?;
         let plain: tokenizers::Tokenizer = text
             .parse()
             .map_err(|e| invalid_argument(format!("tokenizer.json could not be loaded: {e}")))?;
@@ -148,16 +168,31 @@ impl Tokenizer {
         literal.set_encode_special_tokens(true);
         let n = plain.get_vocab_size(true);
 
-        let decoder = spec.get("decoder").map(|d| d.to_string()).unwrap_or_default();
+        let decoder = spec
+            .get("decoder")
+            .map(|d| d.to_string())
+            .unwrap_or_default();
         let byte_level = decoder.contains("\"ByteLevel\"");
         let strip_first_space = decoder.contains("\"Strip\"")
             || (decoder.contains("\"Metaspace\"")
-                && (decoder.contains("\"prepend_scheme\":\"always\"") || decoder.contains("\"prepend_scheme\":\"first\"")));
-        let byte_fallback = spec.pointer("/model/byte_fallback").and_then(|b| b.as_bool()).unwrap_or(false);
+                && (decoder.contains("\"prepend_scheme\":\"always\"")
+                    || decoder.contains("\"prepend_scheme\":\"first\"")));
+        let byte_fallback = spec
+            .pointer("/model/byte_fallback")
+            .and_then(|b| b.as_bool())
+            .unwrap_or(false);
 
         let mut added: HashMap<u32, (String, bool)> = HashMap::new();
-        for t in spec.get("added_tokens").and_then(|a| a.as_array()).into_iter().flatten() {
-            if let (Some(id), Some(content)) = (t.get("id").and_then(|i| i.as_u64()), t.get("content").and_then(|c| c.as_str())) {
+        for t in spec
+            .get("added_tokens")
+            .and_then(|a| a.as_array())
+            .into_iter()
+            .flatten()
+        {
+            if let (Some(id), Some(content)) = (
+                t.get("id").and_then(|i| i.as_u64()),
+                t.get("content").and_then(|c| c.as_str()),
+            ) {
                 let is_special = t.get("special").and_then(|s| s.as_bool()).unwrap_or(false);
                 added.insert(id as u32, (content.to_string(), is_special));
             }
@@ -173,8 +208,14 @@ impl Tokenizer {
             }
             let piece = plain.id_to_token(id).unwrap_or_default();
             let bytes = if byte_level {
-                piece.chars().map(|c| byte_decoder.get(&c).copied().unwrap_or(b'?')).collect()
-            } else if let Some(b) = byte_fallback.then(|| spm::parse_byte_piece(&piece)).flatten() {
+                piece
+                    .chars()
+                    .map(|c| byte_decoder.get(&c).copied().unwrap_or(b'?'))
+                    .collect()
+            } else if let Some(b) = byte_fallback
+                .then(|| spm::parse_byte_piece(&piece))
+                .flatten()
+            {
                 vec![b]
             } else {
                 piece.replace('\u{2581}', " ").into_bytes()
@@ -191,10 +232,22 @@ impl Tokenizer {
             .and_then(|v| v.as_str())
             .and_then(|t| plain.token_to_id(t))
             .or_else(|| find(&["<s>", "<|begin_of_text|>", "<bos>", "<|startoftext|>"]));
-        let eos_id = find(&["</s>", "<|end_of_text|>", "<eos>", "<|endoftext|>", "<|im_end|>"]);
-        let unk_id = spec.pointer("/model/unk_token").and_then(|v| v.as_str()).and_then(|t| plain.token_to_id(t));
+        let eos_id = find(&[
+            "</s>",
+            "<|end_of_text|>",
+            "<eos>",
+            "<|endoftext|>",
+            "<|im_end|>",
+        ]);
+        let unk_id = spec
+            .pointer("/model/unk_token")
+            .and_then(|v| v.as_str())
+            .and_then(|t| plain.token_to_id(t));
         Ok(Tokenizer {
-            backend: Backend::Hf { plain: Box::new(plain), literal: Box::new(literal) },
+            backend: Backend::Hf {
+                plain: Box::new(plain),
+                literal: Box::new(literal),
+            },
             token_bytes,
             special,
             strip_first_space,
@@ -220,11 +273,19 @@ impl Tokenizer {
                 match token_text(cfg.get(key)) {
                     None => Ok(None),
                     Some(t) => self.token_id(&t).map(Some).ok_or_else(|| {
-                        invalid_argument(format!("{}: {key} '{t}' is not in the vocabulary", cfg_path.display()))
+                        invalid_argument(format!(
+                            "{}: {key} '{t}' is not in the vocabulary",
+                            cfg_path.display()
+                        ))
                     }),
                 }
             };
-            let (bos, eos, pad, unk) = (id_of("bos_token")?, id_of("eos_token")?, id_of("pad_token")?, id_of("unk_token")?);
+            let (bos, eos, pad, unk) = (
+                id_of("bos_token")?,
+                id_of("eos_token")?,
+                id_of("pad_token")?,
+                id_of("unk_token")?,
+            );
             if cfg.get("bos_token").is_some() {
                 self.bos_id = bos;
             }
@@ -234,17 +295,29 @@ impl Tokenizer {
             }
             self.pad_id = pad.or(self.pad_id);
             self.unk_id = unk.or(self.unk_id);
-            self.add_bos = cfg.get("add_bos_token").and_then(|v| v.as_bool()).unwrap_or(self.bos_id.is_some()) && self.bos_id.is_some();
-            self.add_eos = cfg.get("add_eos_token").and_then(|v| v.as_bool()).unwrap_or(false) && self.eos_id.is_some();
+            self.add_bos = cfg
+                .get("add_bos_token")
+                .and_then(|v| v.as_bool())
+                .unwrap_or(self.bos_id.is_some())
+                && self.bos_id.is_some();
+            self.add_eos = cfg
+                .get("add_eos_token")
+                .and_then(|v| v.as_bool())
+                .unwrap_or(false)
+                && self.eos_id.is_some();
             match cfg.get("chat_template") {
                 Some(Value::String(s)) => self.set_chat_template(s)?,
                 Some(Value::Array(list)) => {
                     for t in list {
-                        if let (Some(name), Some(src)) = (t.get("name").and_then(|v| v.as_str()), t.get("template").and_then(|v| v.as_str())) {
+                        if let (Some(name), Some(src)) = (
+                            t.get("name").and_then(|v| v.as_str()),
+                            t.get("template").and_then(|v| v.as_str()),
+                        ) {
                             if name == "default" {
                                 self.set_chat_template(src)?;
                             } else {
-                                self.named_templates.push((name.to_string(), src.to_string()));
+                                self.named_templates
+                                    .push((name.to_string(), src.to_string()));
                             }
                         }
                     }
@@ -307,7 +380,13 @@ impl Tokenizer {
 
     /// Token ids of `text`; `parse_special` turns special-token text such as
     /// "<s>" into that token, otherwise it is ordinary text.
-    pub fn encode(&self, text: &str, add_bos: bool, add_eos: bool, parse_special: bool) -> Result<Vec<u32>> {
+    pub fn encode(
+        &self,
+        text: &str,
+        add_bos: bool,
+        add_eos: bool,
+        parse_special: bool,
+    ) -> Result<Vec<u32>> {
         let mut ids = Vec::with_capacity(text.len() / 3 + 2);
         if add_bos {
             ids.extend(self.bos_id);
@@ -315,7 +394,9 @@ impl Tokenizer {
         match &self.backend {
             Backend::Hf { plain, literal } => {
                 let t = if parse_special { plain } else { literal };
-                let enc = t.encode_fast(text, false).map_err(|e| invalid_argument(format!("encoding failed: {e}")))?;
+                let enc = t
+                    .encode_fast(text, false)
+                    .map_err(|e| invalid_argument(format!("encoding failed: {e}")))?;
                 ids.extend_from_slice(enc.get_ids());
             }
             Backend::Spm(s) => ids.extend(s.encode(text, parse_special)),
@@ -328,7 +409,10 @@ impl Tokenizer {
 
     fn check_ids(&self, ids: &[u32]) -> Result<()> {
         match ids.iter().find(|&&i| i as usize >= self.vocab_size()) {
-            Some(bad) => Err(out_of_range(format!("token id {bad} is outside the vocabulary (size {})", self.vocab_size()))),
+            Some(bad) => Err(out_of_range(format!(
+                "token id {bad} is outside the vocabulary (size {})",
+                self.vocab_size()
+            ))),
             None => Ok(()),
         }
     }
@@ -337,8 +421,12 @@ impl Tokenizer {
     pub fn decode(&self, ids: &[u32], skip_special: bool) -> Result<String> {
         self.check_ids(ids)?;
         match &self.backend {
-            Backend::Hf { plain, .. } => plain.decode(ids, skip_special).map_err(|e| invalid_argument(format!("decoding failed: {e}"))),
-            Backend::Spm(s) => Ok(String::from_utf8_lossy(&s.decode(ids, skip_special)?).into_owned()),
+            Backend::Hf { plain, .. } => plain
+                .decode(ids, skip_special)
+                .map_err(|e| invalid_argument(format!("decoding failed: {e}"))),
+            Backend::Spm(s) => {
+                Ok(String::from_utf8_lossy(&s.decode(ids, skip_special)?).into_owned())
+            }
         }
     }
 
@@ -352,17 +440,35 @@ impl Tokenizer {
     /// Render a chat (a JSON array of {"role", "content"} objects) with the
     /// tokenizer's template, or with `template` when given (its source, or the
     /// name of one of the tokenizer's named templates).
-    pub fn apply_chat_template(&self, messages: &Value, add_generation_prompt: bool, template: Option<&str>, extra: Option<&Map<String, Value>>) -> Result<String> {
-        let bos = self.bos_id.map(|i| self.token_text(i).unwrap_or_default()).unwrap_or_default();
-        let eos = self.eos_id.map(|i| self.token_text(i).unwrap_or_default()).unwrap_or_default();
+    pub fn apply_chat_template(
+        &self,
+        messages: &Value,
+        add_generation_prompt: bool,
+        template: Option<&str>,
+        extra: Option<&Map<String, Value>>,
+    ) -> Result<String> {
+        let bos = self
+            .bos_id
+            .map(|i| self.token_text(i).unwrap_or_default())
+            .unwrap_or_default();
+        let eos = self
+            .eos_id
+            .map(|i| self.token_text(i).unwrap_or_default())
+            .unwrap_or_default();
         match template {
             Some(src) => {
-                let src = self.named_templates.iter().find(|(n, _)| n == src).map_or(src, |(_, s)| s.as_str());
+                let src = self
+                    .named_templates
+                    .iter()
+                    .find(|(n, _)| n == src)
+                    .map_or(src, |(_, s)| s.as_str());
                 ChatTemplate::new(src)?.render(messages, add_generation_prompt, &bos, &eos, extra)
             }
             None => match &self.chat_template {
                 Some((_, t)) => t.render(messages, add_generation_prompt, &bos, &eos, extra),
-                None => Err(invalid_argument("this tokenizer has no chat template; pass one with chat_template=")),
+                None => Err(invalid_argument(
+                    "this tokenizer has no chat template; pass one with chat_template=",
+                )),
             },
         }
     }
@@ -397,7 +503,8 @@ pub(crate) fn byte_level_decoder() -> HashMap<char, u8> {
     let mut map = HashMap::with_capacity(256);
     let mut extra = 0u32;
     for b in 0u32..256 {
-        let printable = (33..=126).contains(&b) || (161..=172).contains(&b) || (174..=255).contains(&b);
+        let printable =
+            (33..=126).contains(&b) || (161..=172).contains(&b) || (174..=255).contains(&b);
         let c = if printable {
             char::from_u32(b).expect("latin-1 range")
         } else {

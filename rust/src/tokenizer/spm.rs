@@ -65,7 +65,10 @@ impl TokenType {
     /// SentencePiece's `pieces_` map: the types BPE may merge into. Others
     /// (unknown, control, byte) are reachable only by id.
     fn is_mergeable(self) -> bool {
-        matches!(self, TokenType::Normal | TokenType::UserDefined | TokenType::Unused)
+        matches!(
+            self,
+            TokenType::Normal | TokenType::UserDefined | TokenType::Unused
+        )
     }
 }
 
@@ -119,7 +122,8 @@ impl SpmTokenizer {
     /// Load a SentencePiece `tokenizer.model` file (BPE models only).
     pub fn from_model_file(path: &Path) -> Result<Self> {
         let bytes = std::fs::read(path).map_err(|e| io_error(path, e))?;
-        Self::from_model_bytes(&bytes).map_err(|e| Error::new(e.kind, format!("{}: {}", path.display(), e.message)))
+        Self::from_model_bytes(&bytes)
+            .map_err(|e| Error::new(e.kind, format!("{}: {}", path.display(), e.message)))
     }
 
     /// Parse the bytes of a SentencePiece `ModelProto` (BPE models only).
@@ -133,16 +137,24 @@ impl SpmTokenizer {
                 4 => "CHAR".to_string(),
                 n => format!("unknown ({n})"),
             };
-            return Err(unsupported(format!("SentencePiece model type {name} is not supported; only BPE models are")));
+            return Err(unsupported(format!(
+                "SentencePiece model type {name} is not supported; only BPE models are"
+            )));
         }
         if t.treat_whitespace_as_suffix {
-            return Err(unsupported("SentencePiece models with treat_whitespace_as_suffix are not supported"));
+            return Err(unsupported(
+                "SentencePiece models with treat_whitespace_as_suffix are not supported",
+            ));
         }
         let n = &proto.normalizer;
         if n.has_charsmap {
             // A precompiled charsmap is a normalization rule (e.g. nmt_nfkc) we do
             // not implement; ignoring it would silently give different ids.
-            let name = if n.name.is_empty() { "custom" } else { n.name.as_str() };
+            let name = if n.name.is_empty() {
+                "custom"
+            } else {
+                n.name.as_str()
+            };
             return Err(unsupported(format!(
                 "SentencePiece normalization rule '{name}' (precompiled charsmap) is not supported; only 'identity' is"
             )));
@@ -181,7 +193,10 @@ impl SpmTokenizer {
             add_dummy_prefix: n.add_dummy_prefix,
             remove_extra_whitespaces: n.remove_extra_whitespaces,
             escape_whitespaces: n.escape_whitespaces,
-            unk_surface: t.unk_surface.clone().unwrap_or_else(|| DEFAULT_UNK_SURFACE.to_string()),
+            unk_surface: t
+                .unk_surface
+                .clone()
+                .unwrap_or_else(|| DEFAULT_UNK_SURFACE.to_string()),
         };
         Self::build(pieces, scores, types, opts)
     }
@@ -212,10 +227,18 @@ impl SpmTokenizer {
         }
         let mut ttypes = Vec::with_capacity(n);
         for (i, &t) in types.iter().enumerate() {
-            let ty = if t == 0 { Some(TokenType::Normal) } else { TokenType::from_i32(t) };
+            let ty = if t == 0 {
+                Some(TokenType::Normal)
+            } else {
+                TokenType::from_i32(t)
+            };
             match ty {
                 Some(ty) => ttypes.push(ty),
-                None => return Err(invalid_argument(format!("token {i} has unknown token type {t}"))),
+                None => {
+                    return Err(invalid_argument(format!(
+                        "token {i} has unknown token type {t}"
+                    )))
+                }
             }
         }
         for (what, id) in [("bos", bos), ("eos", eos), ("unk", unk), ("pad", pad)] {
@@ -227,7 +250,12 @@ impl SpmTokenizer {
                 }
             }
         }
-        let unk = unk.or_else(|| ttypes.iter().position(|&t| t == TokenType::Unknown).map(|i| i as u32));
+        let unk = unk.or_else(|| {
+            ttypes
+                .iter()
+                .position(|&t| t == TokenType::Unknown)
+                .map(|i| i as u32)
+        });
         let opts = Options {
             byte_fallback: ttypes.contains(&TokenType::Byte),
             bos,
@@ -242,13 +270,20 @@ impl SpmTokenizer {
         Self::build(tokens, scores, ttypes, opts)
     }
 
-    fn build(pieces: Vec<String>, scores: Vec<f32>, types: Vec<TokenType>, o: Options) -> Result<Self> {
+    fn build(
+        pieces: Vec<String>,
+        scores: Vec<f32>,
+        types: Vec<TokenType>,
+        o: Options,
+    ) -> Result<Self> {
         let n = pieces.len();
         if n == 0 {
             return Err(invalid_argument("the vocabulary is empty"));
         }
         if n > u32::MAX as usize {
-            return Err(invalid_argument(format!("vocabulary of {n} tokens is too large")));
+            return Err(invalid_argument(format!(
+                "vocabulary of {n} tokens is too large"
+            )));
         }
         let mut mergeable: HashMap<Box<str>, u32, FxBuild> = HashMap::default();
         let mut reserved: HashMap<Box<str>, u32, FxBuild> = HashMap::default();
@@ -262,7 +297,9 @@ impl SpmTokenizer {
             let id = i as u32;
             if ty == TokenType::Byte {
                 let b = parse_byte_piece(piece).ok_or_else(|| {
-                    invalid_argument(format!("token {i} is of type BYTE but is {piece:?}, not <0xXX>"))
+                    invalid_argument(format!(
+                        "token {i} is of type BYTE but is {piece:?}, not <0xXX>"
+                    ))
                 })?;
                 byte_ids[b as usize].get_or_insert(id);
             }
@@ -274,7 +311,9 @@ impl SpmTokenizer {
             if ty.is_mergeable() {
                 mergeable.entry(piece.as_str().into()).or_insert(id);
                 max_piece_len = max_piece_len.max(piece.len());
-                let mut chars = piece.char_indices().map(|(i, c)| pack_char(&piece.as_bytes()[i..i + c.len_utf8()]));
+                let mut chars = piece
+                    .char_indices()
+                    .map(|(i, c)| pack_char(&piece.as_bytes()[i..i + c.len_utf8()]));
                 if let Some(mut prev) = chars.next() {
                     for c in chars {
                         bigrams.insert((prev as u64) << 32 | c as u64);
@@ -288,7 +327,10 @@ impl SpmTokenizer {
             if ty == TokenType::UserDefined {
                 user_defined.insert(piece.as_bytes(), id);
             }
-            if matches!(ty, TokenType::Control | TokenType::UserDefined | TokenType::Unknown) {
+            if matches!(
+                ty,
+                TokenType::Control | TokenType::UserDefined | TokenType::Unknown
+            ) {
                 specials.insert(piece.as_bytes(), id);
             }
         }
@@ -361,7 +403,10 @@ impl SpmTokenizer {
     }
     /// The id of a piece text, as SentencePiece's PieceToId (but None instead of unk).
     pub fn token_id(&self, piece: &str) -> Option<u32> {
-        self.reserved.get(piece).or_else(|| self.mergeable.get(piece)).copied()
+        self.reserved
+            .get(piece)
+            .or_else(|| self.mergeable.get(piece))
+            .copied()
     }
 
     /// Encode `text` to ids, without BOS/EOS (the caller adds them).
@@ -438,7 +483,11 @@ impl SpmTokenizer {
         if input.is_empty() {
             return String::new();
         }
-        let space = if self.escape_whitespaces { SPACE_SYMBOL } else { " " };
+        let space = if self.escape_whitespaces {
+            SPACE_SYMBOL
+        } else {
+            " "
+        };
         let mut out = String::with_capacity(input.len() + input.len() / 2 + 3);
         if self.add_dummy_prefix {
             out.push_str(space);
@@ -485,7 +534,10 @@ impl SpmTokenizer {
     fn bpe_with<'a>(&self, s: &'a str, segment: bool) -> Vec<(&'a str, Option<u32>)> {
         let bytes = s.as_bytes();
         // Symbol offsets are u32 to halve memory on long texts.
-        assert!(bytes.len() < u32::MAX as usize, "text too long to encode at once (4 GiB or more)");
+        assert!(
+            bytes.len() < u32::MAX as usize,
+            "text too long to encode at once (4 GiB or more)"
+        );
         let mut syms: Vec<Sym> = Vec::with_capacity(bytes.len().min(1 << 20));
         // Split into runs that no merge can cross, so the heap holds one run at a
         // time: the same merges in the same order, but small, cache-friendly heaps.
@@ -500,7 +552,11 @@ impl SpmTokenizer {
                 None => (utf8_len(bytes[pos]).min(bytes.len() - pos), false),
             };
             let i = syms.len() as u32;
-            let this_char = if freeze { None } else { Some(pack_char(&bytes[pos..pos + len])) };
+            let this_char = if freeze {
+                None
+            } else {
+                Some(pack_char(&bytes[pos..pos + len]))
+            };
             if segment && i > 0 {
                 let spannable = match (prev_char, this_char) {
                     (Some(a), Some(b)) => self.bigrams.contains(&((a as u64) << 32 | b as u64)),
@@ -511,7 +567,13 @@ impl SpmTokenizer {
                 }
             }
             prev_char = this_char;
-            syms.push(Sym { start: pos as u32, len: len as u32, prev: i.wrapping_sub(1), next: i + 1, freeze });
+            syms.push(Sym {
+                start: pos as u32,
+                len: len as u32,
+                prev: i.wrapping_sub(1),
+                next: i + 1,
+                freeze,
+            });
             pos += len;
         }
         if let Some(last) = syms.last_mut() {
@@ -610,8 +672,15 @@ impl SpmTokenizer {
             return;
         }
         let start = a.start as usize;
-        let Some(&id) = self.mergeable.get(&s[start..start + size as usize]) else { return };
-        heap.push(Candidate { score: heap_score(self.scores[id as usize]), left, right, size });
+        let Some(&id) = self.mergeable.get(&s[start..start + size as usize]) else {
+            return;
+        };
+        heap.push(Candidate {
+            score: heap_score(self.scores[id as usize]),
+            left,
+            right,
+            size,
+        });
         // Keyed by piece, last pair queued wins, exactly as SentencePiece's rev_merge.
         if self.has_unused && self.types[id as usize] == TokenType::Unused {
             rev_merge.insert(id, a.len);
@@ -688,7 +757,10 @@ impl SpmTokenizer {
 
     fn checked_type(&self, id: u32) -> Result<TokenType> {
         self.types.get(id as usize).copied().ok_or_else(|| {
-            out_of_range(format!("token id {id} is outside the vocabulary of {} tokens", self.pieces.len()))
+            out_of_range(format!(
+                "token id {id} is outside the vocabulary of {} tokens",
+                self.pieces.len()
+            ))
         })
     }
 }
@@ -772,7 +844,9 @@ fn heap_score(s: f32) -> f32 {
 
 impl Ord for Candidate {
     fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        self.score.total_cmp(&other.score).then_with(|| other.left.cmp(&self.left))
+        self.score
+            .total_cmp(&other.score)
+            .then_with(|| other.left.cmp(&self.left))
     }
 }
 impl PartialOrd for Candidate {
@@ -805,7 +879,10 @@ struct TrieNode {
 
 impl Trie {
     fn new() -> Self {
-        Trie { nodes: vec![TrieNode::default()], first: [false; 256] }
+        Trie {
+            nodes: vec![TrieNode::default()],
+            first: [false; 256],
+        }
     }
 
     fn is_empty(&self) -> bool {
@@ -952,7 +1029,10 @@ impl<'a> Reader<'a> {
                 return Ok(v);
             }
         }
-        Err(malformed(format!("varint longer than 10 bytes ending at byte {}", self.pos)))
+        Err(malformed(format!(
+            "varint longer than 10 bytes ending at byte {}",
+            self.pos
+        )))
     }
 
     /// A field key: (field number, wire type).
@@ -991,7 +1071,9 @@ impl<'a> Reader<'a> {
             WIRE_LEN => self.len_delimited().map(drop),
             WIRE_FIXED32 => self.take(4, "fixed32 field").map(drop),
             // Groups (3, 4) are unused by this proto; anything else is garbage.
-            _ => Err(malformed(format!("field {field} has unsupported wire type {wire}"))),
+            _ => Err(malformed(format!(
+                "field {field} has unsupported wire type {wire}"
+            ))),
         }
     }
 
@@ -1000,7 +1082,9 @@ impl<'a> Reader<'a> {
         if wire == want {
             Ok(())
         } else {
-            Err(malformed(format!("field {field} has wire type {wire}, expected {want}")))
+            Err(malformed(format!(
+                "field {field} has wire type {wire}, expected {want}"
+            )))
         }
     }
 
@@ -1016,7 +1100,8 @@ impl<'a> Reader<'a> {
     fn string(&mut self, what: &str) -> Result<String> {
         let at = self.pos;
         let b = self.len_delimited()?;
-        String::from_utf8(b.to_vec()).map_err(|_| malformed(format!("{what} at byte {at} is not UTF-8")))
+        String::from_utf8(b.to_vec())
+            .map_err(|_| malformed(format!("{what} at byte {at} is not UTF-8")))
     }
 }
 
@@ -1076,8 +1161,11 @@ struct ModelProto {
 
 impl ModelProto {
     fn parse(bytes: &[u8]) -> Result<Self> {
-        let mut m =
-            ModelProto { pieces: Vec::new(), trainer: TrainerSpec::default(), normalizer: NormalizerSpec::default() };
+        let mut m = ModelProto {
+            pieces: Vec::new(),
+            trainer: TrainerSpec::default(),
+            normalizer: NormalizerSpec::default(),
+        };
         let mut r = Reader::new(bytes);
         while !r.done() {
             let (field, wire) = r.key()?;
@@ -1124,7 +1212,8 @@ fn parse_piece(body: &[u8], index: usize) -> Result<(String, f32, TokenType)> {
             3 => {
                 r.expect(field, wire, WIRE_VARINT)?;
                 let v = r.int32()?;
-                ty = TokenType::from_i32(v).ok_or_else(|| malformed(format!("piece {index} has unknown type {v}")))?;
+                ty = TokenType::from_i32(v)
+                    .ok_or_else(|| malformed(format!("piece {index} has unknown type {v}")))?;
             }
             _ => r.skip(field, wire)?,
         }
@@ -1213,7 +1302,11 @@ mod tests {
         varint(b.len() as u64, out);
         out.extend_from_slice(b);
     }
-    fn model(pieces: &[(&str, f32, i32)], trainer: &[(u64, i64)], normalizer: &[(u64, i64)]) -> Vec<u8> {
+    fn model(
+        pieces: &[(&str, f32, i32)],
+        trainer: &[(u64, i64)],
+        normalizer: &[(u64, i64)],
+    ) -> Vec<u8> {
         let mut out = Vec::new();
         for &(p, s, t) in pieces {
             let mut m = Vec::new();
@@ -1275,13 +1368,25 @@ mod tests {
         assert_eq!(r.varint().unwrap(), 300);
         assert_eq!(r.int32().unwrap(), -1);
         assert!(r.done());
-        assert_eq!(Reader::new(&[0x80, 0x80]).varint().unwrap_err().kind, ErrorKind::InvalidArgument);
-        assert_eq!(Reader::new(&[0xff; 11]).varint().unwrap_err().kind, ErrorKind::InvalidArgument);
+        assert_eq!(
+            Reader::new(&[0x80, 0x80]).varint().unwrap_err().kind,
+            ErrorKind::InvalidArgument
+        );
+        assert_eq!(
+            Reader::new(&[0xff; 11]).varint().unwrap_err().kind,
+            ErrorKind::InvalidArgument
+        );
         // A length far past the end is refused before anything is allocated.
         let mut b = Vec::new();
         varint(u64::MAX / 2, &mut b);
-        assert_eq!(Reader::new(&b).len_delimited().unwrap_err().kind, ErrorKind::InvalidArgument);
-        assert_eq!(Reader::new(&[1, 2, 3]).fixed32().unwrap_err().kind, ErrorKind::InvalidArgument);
+        assert_eq!(
+            Reader::new(&b).len_delimited().unwrap_err().kind,
+            ErrorKind::InvalidArgument
+        );
+        assert_eq!(
+            Reader::new(&[1, 2, 3]).fixed32().unwrap_err().kind,
+            ErrorKind::InvalidArgument
+        );
         assert!(Reader::new(&[0]).skip(1, 3).is_err());
     }
 
@@ -1306,7 +1411,10 @@ mod tests {
         let t = toy(false);
         assert!(!t.byte_fallback());
         assert_eq!(t.encode("a€€b", false), vec![4, 0, 5]);
-        assert_eq!(t.decode(&[4, 0, 5], false).unwrap(), "a \u{2047} b".as_bytes());
+        assert_eq!(
+            t.decode(&[4, 0, 5], false).unwrap(),
+            "a \u{2047} b".as_bytes()
+        );
     }
 
     #[test]
@@ -1323,7 +1431,12 @@ mod tests {
 
     #[test]
     fn normalization_flags() {
-        let pieces = [("<unk>", 0.0, 2), ("▁", -1.0, 1), ("a", -2.0, 1), (" ", -3.0, 1)];
+        let pieces = [
+            ("<unk>", 0.0, 2),
+            ("▁", -1.0, 1),
+            ("a", -2.0, 1),
+            (" ", -3.0, 1),
+        ];
         let bpe = (3, 2);
         // Proto defaults: dummy prefix, extra-space removal, escaping all on.
         let t = SpmTokenizer::from_model_bytes(&model(&pieces, &[bpe], &[])).unwrap();
@@ -1338,17 +1451,33 @@ mod tests {
 
     #[test]
     fn model_spec_fields_are_read() {
-        let pieces = [("<unk>", 0.0, 2), ("<s>", 0.0, 3), ("</s>", 0.0, 3), ("<pad>", 0.0, 3), ("a", -1.0, 1)];
-        let t = SpmTokenizer::from_model_bytes(&model(&pieces, &[(3, 2), (40, 0), (41, 1), (42, 2), (43, 3)], &[]))
+        let pieces = [
+            ("<unk>", 0.0, 2),
+            ("<s>", 0.0, 3),
+            ("</s>", 0.0, 3),
+            ("<pad>", 0.0, 3),
+            ("a", -1.0, 1),
+        ];
+        let t = SpmTokenizer::from_model_bytes(&model(
+            &pieces,
+            &[(3, 2), (40, 0), (41, 1), (42, 2), (43, 3)],
+            &[],
+        ))
+        .unwrap();
+        assert_eq!(
+            (t.unk_id(), t.bos_id(), t.eos_id(), t.pad_id()),
+            (Some(0), Some(1), Some(2), Some(3))
+        );
+        let t = SpmTokenizer::from_model_bytes(&model(&pieces, &[(3, 2), (41, -1), (43, -1)], &[]))
             .unwrap();
-        assert_eq!((t.unk_id(), t.bos_id(), t.eos_id(), t.pad_id()), (Some(0), Some(1), Some(2), Some(3)));
-        let t = SpmTokenizer::from_model_bytes(&model(&pieces, &[(3, 2), (41, -1), (43, -1)], &[])).unwrap();
         assert_eq!((t.bos_id(), t.pad_id()), (None, None));
         assert_eq!(t.token_type(3), Some(TokenType::Control));
         assert_eq!(t.token_type(99), None);
         assert_eq!(t.piece(4), "a");
         assert_eq!(t.piece(99), "");
-        let e = SpmTokenizer::from_model_bytes(&model(&pieces, &[(3, 2), (42, 77)], &[])).err().unwrap();
+        let e = SpmTokenizer::from_model_bytes(&model(&pieces, &[(3, 2), (42, 77)], &[]))
+            .err()
+            .unwrap();
         assert_eq!(e.kind, ErrorKind::InvalidArgument, "{}", e.message);
     }
 
@@ -1356,10 +1485,14 @@ mod tests {
     fn non_bpe_and_charsmap_models_are_unsupported() {
         let pieces = [("<unk>", 0.0, 2), ("a", -1.0, 1)];
         for trainer in [&[][..], &[(3, 1)][..], &[(3, 4)][..]] {
-            let e = SpmTokenizer::from_model_bytes(&model(&pieces, trainer, &[])).err().unwrap();
+            let e = SpmTokenizer::from_model_bytes(&model(&pieces, trainer, &[]))
+                .err()
+                .unwrap();
             assert_eq!(e.kind, ErrorKind::Unsupported, "{}", e.message);
         }
-        let e = SpmTokenizer::from_model_bytes(&model(&pieces, &[(3, 1)], &[])).err().unwrap();
+        let e = SpmTokenizer::from_model_bytes(&model(&pieces, &[(3, 1)], &[]))
+            .err()
+            .unwrap();
         assert!(e.message.contains("UNIGRAM"), "{}", e.message);
         let mut m = model(&pieces, &[(3, 2)], &[]);
         let mut n = Vec::new();
@@ -1374,10 +1507,46 @@ mod tests {
         let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
         let bad = [
             SpmTokenizer::from_vocab(vec![], vec![], vec![], None, None, None, None, true),
-            SpmTokenizer::from_vocab(s(&["<unk>", "a"]), vec![0.0], vec![2, 1], None, None, None, None, true),
-            SpmTokenizer::from_vocab(s(&["<unk>", "a"]), vec![0.0; 2], vec![2, 9], None, None, None, None, true),
-            SpmTokenizer::from_vocab(s(&["<unk>", "a"]), vec![0.0; 2], vec![2, 1], Some(2), None, None, None, true),
-            SpmTokenizer::from_vocab(s(&["<0xZZ>", "a"]), vec![0.0; 2], vec![6, 1], None, None, None, None, true),
+            SpmTokenizer::from_vocab(
+                s(&["<unk>", "a"]),
+                vec![0.0],
+                vec![2, 1],
+                None,
+                None,
+                None,
+                None,
+                true,
+            ),
+            SpmTokenizer::from_vocab(
+                s(&["<unk>", "a"]),
+                vec![0.0; 2],
+                vec![2, 9],
+                None,
+                None,
+                None,
+                None,
+                true,
+            ),
+            SpmTokenizer::from_vocab(
+                s(&["<unk>", "a"]),
+                vec![0.0; 2],
+                vec![2, 1],
+                Some(2),
+                None,
+                None,
+                None,
+                true,
+            ),
+            SpmTokenizer::from_vocab(
+                s(&["<0xZZ>", "a"]),
+                vec![0.0; 2],
+                vec![6, 1],
+                None,
+                None,
+                None,
+                None,
+                true,
+            ),
             // Nothing to encode unknown characters with.
             SpmTokenizer::from_vocab(s(&["a"]), vec![0.0], vec![1], None, None, None, None, true),
         ];
@@ -1385,8 +1554,17 @@ mod tests {
             assert_eq!(r.err().unwrap().kind, ErrorKind::InvalidArgument);
         }
         // GGUF type 0 ("undefined") is taken as normal; unk found by type.
-        let t = SpmTokenizer::from_vocab(s(&["<unk>", "a"]), vec![0.0; 2], vec![2, 0], None, None, None, None, false)
-            .unwrap();
+        let t = SpmTokenizer::from_vocab(
+            s(&["<unk>", "a"]),
+            vec![0.0; 2],
+            vec![2, 0],
+            None,
+            None,
+            None,
+            None,
+            false,
+        )
+        .unwrap();
         assert_eq!(t.unk_id(), Some(0));
         assert_eq!(t.encode("ab", false), vec![1, 0]);
     }
@@ -1406,7 +1584,10 @@ mod tests {
         let e = t.decode(&[4, 1000], false).unwrap_err();
         assert_eq!(e.kind, ErrorKind::OutOfRange);
         assert!(e.message.contains("1000"), "{}", e.message);
-        assert_eq!(t.token_to_bytes(12).unwrap_err().kind, ErrorKind::OutOfRange);
+        assert_eq!(
+            t.token_to_bytes(12).unwrap_err().kind,
+            ErrorKind::OutOfRange
+        );
         assert_eq!(t.decode(&[], false).unwrap(), b"");
     }
 
@@ -1414,14 +1595,18 @@ mod tests {
     fn runs_give_the_same_merges_as_one_heap() {
         let dir = std::env::var_os("PYFFI_FIXTURES")
             .map(std::path::PathBuf::from)
-            .unwrap_or_else(|| concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/fixtures").into());
+            .unwrap_or_else(|| {
+                concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/fixtures").into()
+            });
         let t = SpmTokenizer::from_model_file(&dir.join("text/llama2-tokenizer.model")).unwrap();
         let mut text = String::new();
-        for (i, w) in ["Hello", " ", "  ", "wörld", "\n", "\t", "中文", "🦙", "aaaa", "x", "<s>", "3.14", "▁"]
-            .iter()
-            .cycle()
-            .take(4000)
-            .enumerate()
+        for (i, w) in [
+            "Hello", " ", "  ", "wörld", "\n", "\t", "中文", "🦙", "aaaa", "x", "<s>", "3.14", "▁",
+        ]
+        .iter()
+        .cycle()
+        .take(4000)
+        .enumerate()
         {
             text.push_str(w);
             if i % 3 == 0 {

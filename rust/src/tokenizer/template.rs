@@ -26,13 +26,18 @@ impl ChatTemplate {
                 .expect("default delimiters are valid"),
         );
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
-        env.add_function("raise_exception", |msg: String| -> std::result::Result<Value, minijinja::Error> {
-            Err(minijinja::Error::new(JinjaErrorKind::InvalidOperation, msg))
-        });
+        env.add_function(
+            "raise_exception",
+            |msg: String| -> std::result::Result<Value, minijinja::Error> {
+                Err(minijinja::Error::new(JinjaErrorKind::InvalidOperation, msg))
+            },
+        );
         env.add_function("strftime_now", |fmt: String| strftime_now(&fmt));
         env.add_filter("tojson", tojson);
         env.add_template_owned(NAME, source.to_string())
-            .map_err(|e| invalid_argument(format!("chat template does not compile: {}", describe(&e))))?;
+            .map_err(|e| {
+                invalid_argument(format!("chat template does not compile: {}", describe(&e)))
+            })?;
         Ok(ChatTemplate { env })
     }
 
@@ -44,10 +49,14 @@ impl ChatTemplate {
         eos_token: &str,
         extra: Option<&Map<String, serde_json::Value>>,
     ) -> Result<String> {
-        let list = messages.as_array().ok_or_else(|| invalid_argument("messages must be a list of {role, content} objects"))?;
+        let list = messages.as_array().ok_or_else(|| {
+            invalid_argument("messages must be a list of {role, content} objects")
+        })?;
         for (i, m) in list.iter().enumerate() {
             if m.get("role").and_then(|r| r.as_str()).is_none() {
-                return Err(invalid_argument(format!("message {i} has no string 'role'")));
+                return Err(invalid_argument(format!(
+                    "message {i} has no string 'role'"
+                )));
             }
         }
         let mut ctx = extra.cloned().unwrap_or_default();
@@ -74,14 +83,21 @@ fn tojson(value: Value, kwargs: Kwargs) -> std::result::Result<Value, minijinja:
     let indent: Option<usize> = kwargs.get("indent")?;
     let sort_keys: Option<bool> = kwargs.get("sort_keys")?;
     kwargs.assert_all_used()?;
-    let json = serde_json::to_value(&value)
-        .map_err(|e| minijinja::Error::new(JinjaErrorKind::InvalidOperation, format!("tojson: {e}")))?;
+    let json = serde_json::to_value(&value).map_err(|e| {
+        minijinja::Error::new(JinjaErrorKind::InvalidOperation, format!("tojson: {e}"))
+    })?;
     let mut out = String::new();
     py_json(&json, indent, sort_keys.unwrap_or(false), 0, &mut out);
     Ok(Value::from_safe_string(out))
 }
 
-fn py_json(v: &serde_json::Value, indent: Option<usize>, sort: bool, depth: usize, out: &mut String) {
+fn py_json(
+    v: &serde_json::Value,
+    indent: Option<usize>,
+    sort: bool,
+    depth: usize,
+    out: &mut String,
+) {
     use serde_json::Value as J;
     let newline = |out: &mut String, d: usize| {
         if let Some(n) = indent {
@@ -137,14 +153,36 @@ fn py_json(v: &serde_json::Value, indent: Option<usize>, sort: bool, depth: usiz
 /// The current UTC date and time formatted with Python strftime codes
 /// (%Y %y %m %d %e %B %b %A %a %H %I %M %S %p %j %%).
 fn strftime_now(fmt: &str) -> String {
-    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()) as i64;
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs()) as i64;
     format_time(secs, fmt)
 }
 
 fn format_time(secs: i64, fmt: &str) -> String {
-    const MONTHS: [&str; 12] =
-        ["January", "February", "March", "April", "May", "June", "July", "August", "September", "October", "November", "December"];
-    const DAYS: [&str; 7] = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"];
+    const MONTHS: [&str; 12] = [
+        "January",
+        "February",
+        "March",
+        "April",
+        "May",
+        "June",
+        "July",
+        "August",
+        "September",
+        "October",
+        "November",
+        "December",
+    ];
+    const DAYS: [&str; 7] = [
+        "Monday",
+        "Tuesday",
+        "Wednesday",
+        "Thursday",
+        "Friday",
+        "Saturday",
+        "Sunday",
+    ];
     let days = secs.div_euclid(86400);
     let tod = secs.rem_euclid(86400);
     // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
@@ -204,7 +242,10 @@ mod tests {
     #[test]
     fn dates_format_like_python() {
         // 2024-07-26 12:34:56 UTC was a Friday.
-        assert_eq!(format_time(1_721_997_296, "%d %b %Y %A %H:%M:%S %j"), "26 Jul 2024 Friday 12:34:56 208");
+        assert_eq!(
+            format_time(1_721_997_296, "%d %b %Y %A %H:%M:%S %j"),
+            "26 Jul 2024 Friday 12:34:56 208"
+        );
         assert_eq!(format_time(951_782_400, "%Y-%m-%d"), "2000-02-29");
     }
 
@@ -212,7 +253,9 @@ mod tests {
     fn tojson_matches_json_dumps() {
         let t = ChatTemplate::new("{{ x | tojson }}|{{ x | tojson(indent=2) }}").unwrap();
         let extra = json!({"x": {"a": [1, 2.0], "b": "é<"}});
-        let out = t.render(&json!([]), false, "", "", extra.as_object()).unwrap();
+        let out = t
+            .render(&json!([]), false, "", "", extra.as_object())
+            .unwrap();
         assert_eq!(out, "{\"a\": [1, 2.0], \"b\": \"é<\"}|{\n  \"a\": [\n    1,\n    2.0\n  ],\n  \"b\": \"é<\"\n}");
     }
 
@@ -222,8 +265,12 @@ mod tests {
         let t = ChatTemplate::new("{{ raise_exception('no system role') }}").unwrap();
         let e = t.render(&json!([]), false, "", "", None).unwrap_err();
         assert!(e.message.ends_with("no system role"), "{}", e.message);
-        assert!(t.render(&json!({"role": "user"}), false, "", "", None).is_err());
-        assert!(t.render(&json!([{"content": "x"}]), false, "", "", None).is_err());
+        assert!(t
+            .render(&json!({"role": "user"}), false, "", "", None)
+            .is_err());
+        assert!(t
+            .render(&json!([{"content": "x"}]), false, "", "", None)
+            .is_err());
     }
 
     #[test]
