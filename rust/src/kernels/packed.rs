@@ -39,17 +39,17 @@ use super::packed_k;
 use super::quant::{self, BlockQ8, QuantType, QK};
 use super::SharedOut;
 
-/// Rows per interleaved group of the AVX2 kernels (and of every k-quant).
+/// Rows per interleaved group of the AVX2 kernels.
 pub(crate) const GROUP: usize = 8;
 
-/// Rows per group of the AVX-512 Q4_0/Q8_0 kernels: half the instructions
-/// per weight byte of two 8-row groups, which lets a one-token matmul keep
-/// more of its loads in flight and read memory faster.
+/// Rows per group of the AVX-512 kernels: half the instructions per weight
+/// byte of two 8-row groups, which lets a one-token matmul keep more of its
+/// loads in flight and read memory faster.
 const WIDE_GROUP: usize = 16;
 
-/// Rows per group of a `t` matrix for the kernels `k`.
-fn rows_per_group(t: QuantType, k: Kernels) -> usize {
-    if k == Kernels::Vnni && !t.is_k() {
+/// Rows per group of a matrix for the kernels `k`.
+fn rows_per_group(k: Kernels) -> usize {
+    if k == Kernels::Vnni {
         WIDE_GROUP
     } else {
         GROUP
@@ -126,7 +126,7 @@ impl PackedMatrix {
             rows,
             "{t:?} matrix of {rows} rows of {cols} values"
         );
-        let group = rows_per_group(t, k);
+        let group = rows_per_group(k);
         let mut m = PackedMatrix {
             t,
             rows,
@@ -143,12 +143,7 @@ impl PackedMatrix {
         let (body, tail) = buf.split_at_mut(groups * gb);
         body.par_chunks_mut(gb).enumerate().for_each(|(g, dst)| {
             if t.is_k() {
-                return packed_k::pack_group(
-                    t,
-                    std::array::from_fn(|r| row_of[g * GROUP + r]),
-                    nb,
-                    dst,
-                );
+                return packed_k::pack_group(t, &row_of[g * group..(g + 1) * group], nb, dst);
             }
             let qb = quant_bytes(t);
             for r in 0..group {
@@ -204,7 +199,7 @@ impl PackedMatrix {
     fn group_bytes(&self) -> usize {
         let nb = self.blocks();
         if self.t.is_k() {
-            return nb * packed_k::superblock_bytes(self.t);
+            return nb * packed_k::Layout { g: self.group }.superblock_bytes(self.t);
         }
         nb * self.group * quant_bytes(self.t) + nb.div_ceil(2) * 4 * self.group
     }
@@ -239,7 +234,7 @@ impl PackedMatrix {
         let gb = self.group_bytes();
         let grp = &self.bytes()[g * gb..(g + 1) * gb];
         if self.t.is_k() {
-            return packed_k::unpack_row(self.t, grp, lane, out);
+            return packed_k::unpack_row(self.t, self.group, grp, lane, out);
         }
         let qb = quant_bytes(self.t);
         for (b, blk) in out.chunks_exact_mut(bb).enumerate() {
@@ -269,7 +264,7 @@ impl PackedMatrix {
     /// `matmul` with the kernels `k`: `Plain`, or the ones the matrix was packed for.
     fn matmul_with(&self, out: &mut [f32], out_stride: usize, x: &[f32], n_tok: usize, k: Kernels) {
         assert!(
-            k == Kernels::Plain || rows_per_group(self.t, k) == self.group,
+            k == Kernels::Plain || rows_per_group(k) == self.group,
             "{k:?} kernels on {}-row groups",
             self.group
         );
@@ -282,18 +277,19 @@ impl PackedMatrix {
         let groups = self.groups();
         if groups > 0 && self.t.is_k() {
             let dst = SharedOut(out.as_mut_ptr());
-            let (t, nb) = (self.t, self.blocks());
+            let (t, nb, rows) = (self.t, self.blocks(), self.group);
             packed_k::with_activations(x, n_tok, n_in, |qx| {
                 let tok = |k: usize| &qx[k * nb..(k + 1) * nb];
                 self.for_each_tile(n_tok, |grp, g, tk, four| {
                     let dst = dst;
-                    let out = dst.0.wrapping_add(tk * out_stride + g * GROUP);
-                    // SAFETY: rows g*8..g*8+8 of tokens tk..tk+4 (or tk) are
+                    let out = dst.0.wrapping_add(tk * out_stride + g * rows);
+                    // SAFETY: rows g*G..(g+1)*G of tokens tk..tk+4 (or tk) are
                     // written by this tile only, within the bounds asserted above.
                     unsafe {
                         if four {
                             packed_k::group_dot::<4>(
                                 t,
+                                rows,
                                 grp,
                                 nb,
                                 std::array::from_fn(|j| tok(tk + j)),
@@ -302,7 +298,16 @@ impl PackedMatrix {
                                 k,
                             )
                         } else {
-                            packed_k::group_dot::<1>(t, grp, nb, [tok(tk)], out, out_stride, k)
+                            packed_k::group_dot::<1>(
+                                t,
+                                rows,
+                                grp,
+                                nb,
+                                [tok(tk)],
+                                out,
+                                out_stride,
+                                k,
+                            )
                         }
                     }
                 });
@@ -417,10 +422,10 @@ unsafe fn tokens_times_group<const N: usize>(
     group_dot::<N>(t, rows, grp, nb, xs, bs, out.add(tk * stride), stride, k)
 }
 
-/// Which group kernels run: plain Rust, AVX2, or AVX-512 with VNNI's
-/// `vpdpbusd` (one instruction for the byte products and their sum; on
-/// 512-bit vectors and 16-row groups for Q4_0/Q8_0, on 256-bit vectors for
-/// the k-quants). All give the same integer block sums.
+/// Which group kernels run: plain Rust, AVX2 (8-row groups), or AVX-512
+/// with VNNI's `vpdpbusd` (one instruction for the byte products and their
+/// sum, on 512-bit vectors and 16-row groups). All give the same integer
+/// block sums.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub(crate) enum Kernels {
     Plain,
@@ -1087,7 +1092,7 @@ mod tests {
     fn k_packed_matmul_matches_unpacked() {
         let fast = best_kernels();
         for t in K_TYPES {
-            for (i, &rows) in [7usize, 8, 13, 24, 35].iter().enumerate() {
+            for (i, &rows) in [7usize, 8, 13, 24, 35, 48].iter().enumerate() {
                 for nb in 1..=3 {
                     for n_tok in 1..=9 {
                         for stride in [rows, rows + 3] {

@@ -1,29 +1,31 @@
-//! The k-quants (Q4_K, Q5_K, Q6_K) in `packed`'s interleaved layout: groups of 8
-//! rows, one AVX2 vector holding 4 bytes of each of the 8 rows (row r in i32
-//! lane r), activations (Q8_K) broadcast 4 bytes at a time, one float lane
-//! per row at the end. `packed::PackedMatrix` holds the matrix; this module
-//! has the per-group layout, its packing and unpacking, and the kernels.
+//! The k-quants (Q4_K, Q5_K, Q6_K) in `packed`'s interleaved layout: groups of
+//! G rows (8 for the AVX2 kernels, 16 for the AVX-512 ones), one vector
+//! holding 4 bytes of each of the G rows (row r in i32 lane r), activations
+//! (Q8_K) broadcast 4 bytes at a time, one float lane per row at the end.
+//! `packed::PackedMatrix` holds the matrix; this module has the per-group
+//! layout, its packing and unpacking, and the kernels.
 //!
-//! One group's super-block (256 values of each of the 8 rows), 32-byte
-//! aligned, super-blocks back to back:
-//! - Q4_K (1184 bytes = 148 per row, against 144 in ggml's format):
-//!   `0..16` the rows' d (f16), `16..32` their dmin, `32..96` the 6-bit
-//!   scales as bytes, `96..160` the mins as bytes (see `SCALE_AT`), then 4
-//!   chunks of 64 values, each 8 vectors: vector k of chunk c holds row r's
-//!   nibble bytes 32c+4k..32c+4k+3 (low nibbles: sub-block 2c, values
+//! One group's super-block (256 values of each of the G rows), 64-byte
+//! aligned when G is 16, super-blocks back to back (`Layout` has the offsets):
+//! - Q4_K (148 bytes per row, against 144 in ggml's format): `0..2G` the
+//!   rows' d (f16), `2G..4G` their dmin, `4G..12G` the 6-bit scales as
+//!   bytes, `12G..20G` the mins as bytes (see `Layout::entry`), then 4 chunks
+//!   of 64 values, each 8 vectors of 4G bytes: vector k of chunk c holds row
+//!   r's nibble bytes 32c+4k..32c+4k+3 (low nibbles: sub-block 2c, values
 //!   4k..4k+3; high nibbles: sub-block 2c+1).
-//! - Q5_K (1440 bytes = 180 per row, against 176): as Q4_K, then 8 vectors
-//!   of fifth bits: vector k holds row r's `qh` bytes 4k..4k+3 (bit j: the
-//!   fifth bit of value 4k+i of sub-block j).
-//! - Q6_K (2208 bytes = 276 per row, against 210): `0..16` the rows' d,
-//!   16 zero bytes, `32..160` the 16 int8 scales (see `SCALE_AT`), then 64
+//! - Q5_K (180 bytes per row, against 176): as Q4_K, with 8 vectors of
+//!   fifth bits between the tables and the quants (`20G..52G`, so that a
+//!   super-block is read front to back): vector k holds row r's `qh` bytes
+//!   4k..4k+3 (bit j: the fifth bit of value 4k+i of sub-block j).
+//! - Q6_K (276 bytes per row, against 210): `0..2G` the rows' d, 2G zero
+//!   bytes, `4G..20G` the 16 int8 scales (see `Layout::entry`), then 64
 //!   vectors: vector m holds row r's values 4m..4m+3 as bytes 0..63
 //!   (q + 32, the 6 bits put together at load).
 //!
-//! `SCALE_AT(j, r)`: a scale/min table of `n` per row is `n / 4` vectors;
-//! vector j / 4 holds rows 0..3 in its low 128 bits and rows 4..7 in its
-//! high ones, 4 bytes per row (entries 4(j/4)..4(j/4)+3), so one in-lane
-//! byte shuffle spreads entry j of the 8 rows over the 8 i32 lanes.
+//! `Layout::entry(j, r)`: a scale/min table of `n` entries per row is `n / 4`
+//! vectors; vector j / 4 holds 4 bytes per row (entries 4(j/4)..4(j/4)+3),
+//! row r at byte 4r, so each 128-bit lane holds 4 rows and one in-lane byte
+//! shuffle spreads entry j of every row over the i32 lanes.
 //!
 //! The integer sums are exactly `kquant::dot_q45k`'s / `dot_q6k`'s; per
 //! super-block and token the float accumulation is one fused multiply-add
@@ -35,35 +37,59 @@ use std::cell::RefCell;
 use half::f16;
 
 use super::kquant::{self, pack_scale_min, q6k_values, scale_min, BlockQ8K, QK_K};
-use super::packed::{Kernels, GROUP};
+use super::packed::Kernels;
 use super::quant::QuantType;
 
-/// Bytes of one group's super-block.
-pub(crate) fn superblock_bytes(t: QuantType) -> usize {
-    match t {
-        QuantType::Q4_K => Q4K_SB,
-        QuantType::Q5_K => Q5K_SB,
-        QuantType::Q6_K => Q6K_SB,
-        _ => unreachable!("{t:?} has no packed k-quant layout"),
+/// Where things lie in a super-block of a group of `g` rows.
+#[derive(Clone, Copy)]
+pub(crate) struct Layout {
+    pub g: usize,
+}
+
+impl Layout {
+    /// The rows' f16 d.
+    const fn d(self) -> usize {
+        0
     }
-}
-
-const Q4K_SB: usize = 160 + 1024;
-const Q5K_SB: usize = Q4K_SB + 256;
-const Q6K_SB: usize = 160 + 2048;
-/// Where the quant vectors start in a group's super-block (both formats).
-const QS: usize = 160;
-
-/// Offset of entry `j` of row `r` in a scale table (see the module notes).
-#[inline(always)]
-const fn scale_at(j: usize, r: usize) -> usize {
-    32 * (j / 4) + 16 * (r / 4) + 4 * (r % 4) + j % 4
-}
-
-/// Offset of row `r`'s quant byte `i` in the interleaved vectors.
-#[inline(always)]
-const fn quant_at(i: usize, r: usize) -> usize {
-    32 * (i / 4) + 4 * r + i % 4
+    /// Q4_K/Q5_K: the rows' f16 dmin.
+    const fn dmin(self) -> usize {
+        2 * self.g
+    }
+    /// The scale table (Q4_K/Q5_K: 8 entries per row; Q6_K: 16).
+    const fn scales(self) -> usize {
+        4 * self.g
+    }
+    /// Q4_K/Q5_K: the min table (8 entries per row).
+    const fn mins(self) -> usize {
+        12 * self.g
+    }
+    /// The quant vectors of `t`.
+    const fn qs(self, t: QuantType) -> usize {
+        match t {
+            QuantType::Q5_K => 52 * self.g,
+            _ => 20 * self.g,
+        }
+    }
+    /// Q5_K: the fifth-bit vectors, between the tables and the quants (so
+    /// that a super-block is read front to back).
+    const fn highs(self) -> usize {
+        20 * self.g
+    }
+    /// Bytes of one super-block of `t`.
+    pub(crate) const fn superblock_bytes(self, t: QuantType) -> usize {
+        match t {
+            QuantType::Q4_K => 148 * self.g,
+            QuantType::Q5_K => 180 * self.g,
+            QuantType::Q6_K => 276 * self.g,
+            _ => panic!("no packed k-quant layout"),
+        }
+    }
+    /// Offset of row `r`'s entry `j` in a table (or quant byte `j` in the
+    /// quant vectors): 4 bytes of each row per vector.
+    #[inline(always)]
+    const fn entry(self, j: usize, r: usize) -> usize {
+        4 * self.g * (j / 4) + 4 * r + j % 4
+    }
 }
 
 /// Inverse of `q6k_values` into the first 192 bytes of a block.
@@ -79,39 +105,43 @@ fn q6k_store(q: &[u8; QK_K], b: &mut [u8]) {
     }
 }
 
-/// Packs one group: `rows` are the 8 rows in ggml's format (`nb` blocks).
-pub(crate) fn pack_group(t: QuantType, rows: [&[u8]; GROUP], nb: usize, dst: &mut [u8]) {
-    let (bb, sbb) = (t.block_bytes(), superblock_bytes(t));
+/// Packs one group: `rows` are its rows in ggml's format (`nb` blocks each).
+pub(crate) fn pack_group(t: QuantType, rows: &[&[u8]], nb: usize, dst: &mut [u8]) {
+    let l = Layout { g: rows.len() };
+    let (bb, sbb) = (t.block_bytes(), l.superblock_bytes(t));
     for b in 0..nb {
         let sb = &mut dst[b * sbb..(b + 1) * sbb];
         for (r, row) in rows.iter().enumerate() {
             let blk = &row[b * bb..(b + 1) * bb];
+            sb[l.d() + 2 * r..l.d() + 2 * r + 2].copy_from_slice(if t == QuantType::Q6_K {
+                &blk[208..210]
+            } else {
+                &blk[0..2]
+            });
             match t {
                 QuantType::Q4_K | QuantType::Q5_K => {
-                    sb[2 * r..2 * r + 2].copy_from_slice(&blk[0..2]);
-                    sb[16 + 2 * r..16 + 2 * r + 2].copy_from_slice(&blk[2..4]);
+                    sb[l.dmin() + 2 * r..l.dmin() + 2 * r + 2].copy_from_slice(&blk[2..4]);
                     for j in 0..8 {
                         let (sc, m) = scale_min(j, &blk[4..16]);
-                        sb[32 + scale_at(j, r)] = sc;
-                        sb[96 + scale_at(j, r)] = m;
+                        sb[l.scales() + l.entry(j, r)] = sc;
+                        sb[l.mins() + l.entry(j, r)] = m;
                     }
                     let qs_at = if t == QuantType::Q5_K { 48 } else { 16 };
                     for (i, &q) in blk[qs_at..qs_at + 128].iter().enumerate() {
-                        sb[QS + quant_at(i, r)] = q;
+                        sb[l.qs(t) + l.entry(i, r)] = q;
                     }
                     if t == QuantType::Q5_K {
                         for (i, &h) in blk[16..48].iter().enumerate() {
-                            sb[Q4K_SB + quant_at(i, r)] = h;
+                            sb[l.highs() + l.entry(i, r)] = h;
                         }
                     }
                 }
                 QuantType::Q6_K => {
-                    sb[2 * r..2 * r + 2].copy_from_slice(&blk[208..210]);
-                    for g in 0..16 {
-                        sb[32 + scale_at(g, r)] = blk[192 + g];
+                    for j in 0..16 {
+                        sb[l.scales() + l.entry(j, r)] = blk[192 + j];
                     }
                     for (i, &q) in q6k_values(blk).iter().enumerate() {
-                        sb[QS + quant_at(i, r)] = q;
+                        sb[l.qs(t) + l.entry(i, r)] = q;
                     }
                 }
                 _ => unreachable!(),
@@ -120,35 +150,36 @@ pub(crate) fn pack_group(t: QuantType, rows: [&[u8]; GROUP], nb: usize, dst: &mu
     }
 }
 
-/// Row `lane` of a packed group, back in ggml's format (`out`: `nb` blocks).
-pub(crate) fn unpack_row(t: QuantType, grp: &[u8], lane: usize, out: &mut [u8]) {
-    let (bb, sbb) = (t.block_bytes(), superblock_bytes(t));
+/// Row `r` of a packed group of `g` rows, back in ggml's format (`out`: `nb` blocks).
+pub(crate) fn unpack_row(t: QuantType, g: usize, grp: &[u8], r: usize, out: &mut [u8]) {
+    let l = Layout { g };
+    let (bb, sbb) = (t.block_bytes(), l.superblock_bytes(t));
     for (b, blk) in out.chunks_exact_mut(bb).enumerate() {
         let sb = &grp[b * sbb..(b + 1) * sbb];
-        let r = lane;
+        let d = &sb[l.d() + 2 * r..l.d() + 2 * r + 2];
         match t {
             QuantType::Q4_K | QuantType::Q5_K => {
-                blk[0..2].copy_from_slice(&sb[2 * r..2 * r + 2]);
-                blk[2..4].copy_from_slice(&sb[16 + 2 * r..16 + 2 * r + 2]);
-                let ls: [u8; 8] = std::array::from_fn(|j| sb[32 + scale_at(j, r)]);
-                let lm: [u8; 8] = std::array::from_fn(|j| sb[96 + scale_at(j, r)]);
+                blk[0..2].copy_from_slice(d);
+                blk[2..4].copy_from_slice(&sb[l.dmin() + 2 * r..l.dmin() + 2 * r + 2]);
+                let ls: [u8; 8] = std::array::from_fn(|j| sb[l.scales() + l.entry(j, r)]);
+                let lm: [u8; 8] = std::array::from_fn(|j| sb[l.mins() + l.entry(j, r)]);
                 blk[4..16].copy_from_slice(&pack_scale_min(&ls, &lm));
                 let qs_at = if t == QuantType::Q5_K { 48 } else { 16 };
                 for i in 0..128 {
-                    blk[qs_at + i] = sb[QS + quant_at(i, r)];
+                    blk[qs_at + i] = sb[l.qs(t) + l.entry(i, r)];
                 }
                 if t == QuantType::Q5_K {
                     for i in 0..32 {
-                        blk[16 + i] = sb[Q4K_SB + quant_at(i, r)];
+                        blk[16 + i] = sb[l.highs() + l.entry(i, r)];
                     }
                 }
             }
             QuantType::Q6_K => {
-                blk[208..210].copy_from_slice(&sb[2 * r..2 * r + 2]);
-                for g in 0..16 {
-                    blk[192 + g] = sb[32 + scale_at(g, r)];
+                blk[208..210].copy_from_slice(d);
+                for j in 0..16 {
+                    blk[192 + j] = sb[l.scales() + l.entry(j, r)];
                 }
-                let q: [u8; QK_K] = std::array::from_fn(|i| sb[QS + quant_at(i, r)]);
+                let q: [u8; QK_K] = std::array::from_fn(|i| sb[l.qs(t) + l.entry(i, r)]);
                 q6k_store(&q, blk);
             }
             _ => unreachable!(),
@@ -156,15 +187,18 @@ pub(crate) fn unpack_row(t: QuantType, grp: &[u8], lane: usize, out: &mut [u8]) 
     }
 }
 
-/// One group against `N` tokens' Q8_K activations (`nb` super-blocks each):
-/// writes `out[k * stride + r]` for token k and the group's row r.
+/// One group of `g` rows against `N` tokens' Q8_K activations (`nb`
+/// super-blocks each): writes `out[k * stride + r]` for token k and the
+/// group's row r.
 ///
 /// # Safety
-/// `out` must be valid for those writes; `k` one that this CPU runs.
+/// `out` must be valid for those writes; `k` one that this CPU runs, on a
+/// group in its layout (`g` 8 for AVX2, 16 for VNNI).
 #[allow(clippy::too_many_arguments)]
 #[inline]
 pub(crate) unsafe fn group_dot<const N: usize>(
     t: QuantType,
+    g: usize,
     grp: &[u8],
     nb: usize,
     xs: [&[BlockQ8K]; N],
@@ -172,85 +206,78 @@ pub(crate) unsafe fn group_dot<const N: usize>(
     stride: usize,
     k: Kernels,
 ) {
-    debug_assert!(xs.iter().all(|x| x.len() == nb) && grp.len() == nb * superblock_bytes(t));
+    debug_assert!(
+        xs.iter().all(|x| x.len() == nb) && grp.len() == nb * Layout { g }.superblock_bytes(t)
+    );
     #[cfg(target_arch = "x86_64")]
     if k != Kernels::Plain {
-        let g = grp.as_ptr();
-        match (t, k == Kernels::Vnni) {
-            (QuantType::Q4_K, false) => avx2::group_q45k::<N, false>(g, nb, xs, out, stride),
-            (QuantType::Q5_K, false) => avx2::group_q45k::<N, true>(g, nb, xs, out, stride),
-            (QuantType::Q6_K, false) => avx2::group_q6k::<N>(g, nb, xs, out, stride),
-            (QuantType::Q4_K, true) => avx2::group_q45k_vnni::<N, false>(g, nb, xs, out, stride),
-            (QuantType::Q5_K, true) => avx2::group_q45k_vnni::<N, true>(g, nb, xs, out, stride),
-            (QuantType::Q6_K, true) => avx2::group_q6k_vnni::<N>(g, nb, xs, out, stride),
+        let p = grp.as_ptr();
+        match (t, k) {
+            (QuantType::Q4_K, Kernels::Avx2) => {
+                avx2::group_q45k::<N, false>(p, nb, xs, out, stride)
+            }
+            (QuantType::Q5_K, Kernels::Avx2) => avx2::group_q45k::<N, true>(p, nb, xs, out, stride),
+            (QuantType::Q6_K, Kernels::Avx2) => avx2::group_q6k::<N>(p, nb, xs, out, stride),
+            (QuantType::Q4_K, _) => avx512::group_q45k::<N, false>(p, nb, xs, out, stride),
+            (QuantType::Q5_K, _) => avx512::group_q45k::<N, true>(p, nb, xs, out, stride),
+            (QuantType::Q6_K, _) => avx512::group_q6k::<N>(p, nb, xs, out, stride),
             _ => unreachable!("{t:?} has no packed k-quant layout"),
         }
         return;
     }
     let _ = k;
-    let v = group_dot_scalar(t, grp, nb, xs);
-    for (k, row) in v.iter().enumerate() {
-        for (r, &val) in row.iter().enumerate() {
-            *out.add(k * stride + r) = val;
+    for (k, x) in xs.iter().enumerate() {
+        for r in 0..g {
+            *out.add(k * stride + r) = row_dot_scalar(t, g, grp, r, x);
         }
     }
 }
 
-/// The plain group kernels, read from the packed bytes: the integer sums of
-/// `kquant::dot_q45k` / `dot_q6k`, accumulated as the fast kernels do.
-pub(crate) fn group_dot_scalar<const N: usize>(
-    t: QuantType,
-    grp: &[u8],
-    nb: usize,
-    xs: [&[BlockQ8K]; N],
-) -> [[f32; GROUP]; N] {
-    let sbb = superblock_bytes(t);
-    let mut out = [[0.0f32; GROUP]; N];
-    for b in 0..nb {
+/// The plain group kernel for row `r` of a group of `g` rows, read from the
+/// packed bytes: the integer sums of `kquant::dot_q45k` / `dot_q6k`,
+/// accumulated as the fast kernels do.
+fn row_dot_scalar(t: QuantType, g: usize, grp: &[u8], r: usize, x: &[BlockQ8K]) -> f32 {
+    let l = Layout { g };
+    let sbb = l.superblock_bytes(t);
+    let mut out = 0.0f32;
+    for (b, y) in x.iter().enumerate() {
         let sb = &grp[b * sbb..(b + 1) * sbb];
-        for r in 0..GROUP {
-            let d = f16::from_le_bytes([sb[2 * r], sb[2 * r + 1]]).to_f32();
-            let byte = |i: usize| sb[QS + quant_at(i, r)];
-            for (k, x) in xs.iter().enumerate() {
-                let y = &x[b];
-                match t {
-                    QuantType::Q4_K | QuantType::Q5_K => {
-                        let dmin =
-                            f16::from_le_bytes([sb[16 + 2 * r], sb[16 + 2 * r + 1]]).to_f32();
-                        let (mut sumi, mut summ) = (0i32, 0i32);
-                        for j in 0..8 {
-                            let (sc, m) = (
-                                sb[32 + scale_at(j, r)] as i32,
-                                sb[96 + scale_at(j, r)] as i32,
-                            );
-                            let mut si = 0i32;
-                            for l in 0..32 {
-                                let mut q = (byte(32 * (j / 2) + l) >> (4 * (j % 2))) & 0xf;
-                                if t == QuantType::Q5_K {
-                                    q |= ((sb[Q4K_SB + quant_at(l, r)] >> j) & 1) << 4;
-                                }
-                                si += q as i32 * y.qs[32 * j + l] as i32;
-                            }
-                            sumi += sc * si;
-                            summ += m * (y.bsums[2 * j] as i32 + y.bsums[2 * j + 1] as i32);
+        let half = |at: usize| f16::from_le_bytes([sb[at + 2 * r], sb[at + 2 * r + 1]]).to_f32();
+        let d = half(l.d());
+        let byte = |i: usize| sb[l.qs(t) + l.entry(i, r)];
+        match t {
+            QuantType::Q4_K | QuantType::Q5_K => {
+                let dmin = half(l.dmin());
+                let (mut sumi, mut summ) = (0i32, 0i32);
+                for j in 0..8 {
+                    let sc = sb[l.scales() + l.entry(j, r)] as i32;
+                    let m = sb[l.mins() + l.entry(j, r)] as i32;
+                    let mut si = 0i32;
+                    for i in 0..32 {
+                        let mut q = (byte(32 * (j / 2) + i) >> (4 * (j % 2))) & 0xf;
+                        if t == QuantType::Q5_K {
+                            q |= ((sb[l.highs() + l.entry(i, r)] >> j) & 1) << 4;
                         }
-                        out[k][r] = (d * y.d).mul_add(sumi as f32, out[k][r]);
-                        out[k][r] = (-(dmin * y.d)).mul_add(summ as f32, out[k][r]);
+                        si += q as i32 * y.qs[32 * j + i] as i32;
                     }
-                    QuantType::Q6_K => {
-                        let mut sumi = 0i32;
-                        for g in 0..16 {
-                            let sc = sb[32 + scale_at(g, r)] as i8 as i32;
-                            let si: i32 = (0..16)
-                                .map(|l| (byte(16 * g + l) as i32 - 32) * y.qs[16 * g + l] as i32)
-                                .sum();
-                            sumi += sc * si;
-                        }
-                        out[k][r] = (d * y.d).mul_add(sumi as f32, out[k][r]);
-                    }
-                    _ => unreachable!(),
+                    sumi += sc * si;
+                    summ += m * (y.bsums[2 * j] as i32 + y.bsums[2 * j + 1] as i32);
                 }
+                out = (d * y.d).mul_add(sumi as f32, out);
+                out = (-(dmin * y.d)).mul_add(summ as f32, out);
             }
+            QuantType::Q6_K => {
+                let mut sumi = 0i32;
+                for j in 0..16 {
+                    let sc = sb[l.scales() + l.entry(j, r)] as i8 as i32;
+                    let si: i32 = (0..16)
+                        .map(|i| (byte(16 * j + i) as i32 - 32) * y.qs[16 * j + i] as i32)
+                        .sum();
+                    sumi += sc * si;
+                }
+                out = (d * y.d).mul_add(sumi as f32, out);
+            }
+            _ => unreachable!(),
         }
     }
     out
@@ -289,7 +316,15 @@ mod avx2 {
 
     use std::arch::x86_64::*;
 
-    use super::{BlockQ8K, Q4K_SB, Q5K_SB, Q6K_SB, QS};
+    use super::{BlockQ8K, Layout, QuantType};
+
+    const L: Layout = Layout { g: 8 };
+    const Q4K_SB: usize = L.superblock_bytes(QuantType::Q4_K);
+    const Q5K_SB: usize = L.superblock_bytes(QuantType::Q5_K);
+    const Q6K_SB: usize = L.superblock_bytes(QuantType::Q6_K);
+    /// Where the quant vectors start: Q4_K/Q6_K, and Q5_K.
+    const QS: usize = L.qs(QuantType::Q4_K);
+    const QS5: usize = L.qs(QuantType::Q5_K);
 
     /// Activation bytes `at..at + 4` in every i32 lane.
     #[inline(always)]
@@ -314,7 +349,7 @@ mod avx2 {
         }
     }
 
-    /// In-lane shuffle masks over a scale table vector (`super::scale_at`):
+    /// In-lane shuffle masks over a scale table vector (`Layout::entry`):
     /// for entry `jj` (0..4) of the vector, i32 lane r of the result gets
     /// row r's entry as the i16 pair
     /// - `DUP[jj]`: (e, e), zero-extended;
@@ -322,8 +357,8 @@ mod avx2 {
     ///   the signed entry in both halves);
     /// - `PAIR[p]`: (e_{2p} << 8, e_{2p+1} << 8).
     ///
-    /// (kinds 3 and 4: `ONE` and `TOP` below.)
-    const fn masks(kind: usize) -> [[u8; 32]; 4] {
+    /// (kinds 3 and 4: `avx512`'s `ONE` and `TOP`.)
+    pub(super) const fn masks(kind: usize) -> [[u8; 32]; 4] {
         let mut m = [[0x80u8; 32]; 4];
         let mut jj = 0;
         while jj < 4 {
@@ -355,11 +390,6 @@ mod avx2 {
     static DUP: [[u8; 32]; 4] = masks(0);
     static HIGH: [[u8; 32]; 4] = masks(1);
     static PAIR: [[u8; 32]; 4] = masks(2);
-    /// For `vpdpbusd`'s i32 sums, i32 lane r gets row r's entry `jj`:
-    /// - `ONE[jj]`: zero-extended;
-    /// - `TOP[jj]`: in the top byte (an arithmetic shift by 24 gives it signed).
-    static ONE: [[u8; 32]; 4] = masks(3);
-    static TOP: [[u8; 32]; 4] = masks(4);
 
     #[inline(always)]
     unsafe fn shuffle(table: __m256i, mask: &[u8; 32]) -> __m256i {
@@ -392,18 +422,15 @@ mod avx2 {
     /// then times the scales `sc` into `sumi`. A 16-bit lane adds products
     /// of at most 15 * 127 (Q4_K: 16 of them, at most 30480) or 31 * 127
     /// (Q5_K: 8 of them, at most 31496, then a fresh sum).
-    ///
-    /// With VNNI, `sc` holds the scales as i32 (`ONE`) and `vpdpbusd` makes
-    /// each token's exact i32 sum, then times the scales: the same integers.
     #[inline(always)]
-    unsafe fn sub_block<const N: usize, const FIVE: bool, const J: usize, const VNNI: bool>(
+    unsafe fn sub_block<const N: usize, const FIVE: bool, const J: usize>(
         sb: *const u8,
         ys: &[&BlockQ8K; N],
         sc: __m256i,
         sumi: &mut [__m256i; N],
     ) {
         let m4 = _mm256_set1_epi8(0x0f);
-        let chunk = sb.add(QS + 256 * (J / 2));
+        let chunk = sb.add(if FIVE { QS5 } else { QS } + 256 * (J / 2));
         if J % 2 == 0 {
             prefetch::<4>(chunk);
         }
@@ -415,29 +442,11 @@ mod avx2 {
                 _mm256_and_si256(_mm256_srli_epi16::<4>(v), m4)
             };
             if FIVE {
-                _mm256_or_si256(v, fifth_bit::<J>(load(sb.add(Q4K_SB + 32 * k))))
+                _mm256_or_si256(v, fifth_bit::<J>(load(sb.add(L.highs() + 32 * k))))
             } else {
                 v
             }
         };
-        if VNNI {
-            let dot = |t: usize, w: &dyn Fn(usize) -> __m256i| {
-                let mut s = _mm256_setzero_si256();
-                for k in 0..8 {
-                    s = _mm256_dpbusd_epi32(s, w(k), bcast(ys[t], 32 * J + 4 * k));
-                }
-                _mm256_mullo_epi32(s, sc)
-            };
-            if N == 1 {
-                sumi[0] = _mm256_add_epi32(sumi[0], dot(0, &|k| unpack(k)));
-            } else {
-                let w: [__m256i; 8] = std::array::from_fn(unpack);
-                for t in 0..N {
-                    sumi[t] = _mm256_add_epi32(sumi[t], dot(t, &|k| w[k]));
-                }
-            }
-            return;
-        }
         let halves = if FIVE { 2 } else { 1 };
         if N == 1 {
             // One token: each vector unpacked as it is used.
@@ -471,32 +480,9 @@ mod avx2 {
         }
     }
 
-    /// Q4_K (FIVE false) or Q5_K group against `N` tokens.
+    /// Q4_K (FIVE false) or Q5_K group of 8 rows against `N` tokens.
     #[target_feature(enable = "avx2,fma,f16c")]
     pub(super) unsafe fn group_q45k<const N: usize, const FIVE: bool>(
-        g: *const u8,
-        nb: usize,
-        xs: [&[BlockQ8K]; N],
-        out: *mut f32,
-        stride: usize,
-    ) {
-        q45k::<N, FIVE, false>(g, nb, xs, out, stride)
-    }
-
-    /// `group_q45k` with AVX-512 VNNI's `vpdpbusd`.
-    #[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
-    pub(super) unsafe fn group_q45k_vnni<const N: usize, const FIVE: bool>(
-        g: *const u8,
-        nb: usize,
-        xs: [&[BlockQ8K]; N],
-        out: *mut f32,
-        stride: usize,
-    ) {
-        q45k::<N, FIVE, true>(g, nb, xs, out, stride)
-    }
-
-    #[inline(always)]
-    unsafe fn q45k<const N: usize, const FIVE: bool, const VNNI: bool>(
         g: *const u8,
         nb: usize,
         xs: [&[BlockQ8K]; N],
@@ -509,61 +495,22 @@ mod avx2 {
             let sb = g.add(b * sbb);
             prefetch::<3>(sb);
             if FIVE {
-                prefetch::<4>(sb.add(Q4K_SB));
+                prefetch::<4>(sb.add(L.highs()));
             }
             let ys: [&BlockQ8K; N] = std::array::from_fn(|t| xs[t].get_unchecked(b));
             let mut sumi = [_mm256_setzero_si256(); N];
-            let scales = [load(sb.add(32)), load(sb.add(64))];
-            sub_block::<N, FIVE, 0, VNNI>(
-                sb,
-                &ys,
-                shuffle(scales[0], if VNNI { &ONE[0] } else { &DUP[0] }),
-                &mut sumi,
-            );
-            sub_block::<N, FIVE, 1, VNNI>(
-                sb,
-                &ys,
-                shuffle(scales[0], if VNNI { &ONE[1] } else { &DUP[1] }),
-                &mut sumi,
-            );
-            sub_block::<N, FIVE, 2, VNNI>(
-                sb,
-                &ys,
-                shuffle(scales[0], if VNNI { &ONE[2] } else { &DUP[2] }),
-                &mut sumi,
-            );
-            sub_block::<N, FIVE, 3, VNNI>(
-                sb,
-                &ys,
-                shuffle(scales[0], if VNNI { &ONE[3] } else { &DUP[3] }),
-                &mut sumi,
-            );
-            sub_block::<N, FIVE, 4, VNNI>(
-                sb,
-                &ys,
-                shuffle(scales[1], if VNNI { &ONE[0] } else { &DUP[0] }),
-                &mut sumi,
-            );
-            sub_block::<N, FIVE, 5, VNNI>(
-                sb,
-                &ys,
-                shuffle(scales[1], if VNNI { &ONE[1] } else { &DUP[1] }),
-                &mut sumi,
-            );
-            sub_block::<N, FIVE, 6, VNNI>(
-                sb,
-                &ys,
-                shuffle(scales[1], if VNNI { &ONE[2] } else { &DUP[2] }),
-                &mut sumi,
-            );
-            sub_block::<N, FIVE, 7, VNNI>(
-                sb,
-                &ys,
-                shuffle(scales[1], if VNNI { &ONE[3] } else { &DUP[3] }),
-                &mut sumi,
-            );
+            let scales = [load(sb.add(L.scales())), load(sb.add(L.scales() + 32))];
+            let sc = |j: usize| shuffle(scales[j / 4], &DUP[j % 4]);
+            sub_block::<N, FIVE, 0>(sb, &ys, sc(0), &mut sumi);
+            sub_block::<N, FIVE, 1>(sb, &ys, sc(1), &mut sumi);
+            sub_block::<N, FIVE, 2>(sb, &ys, sc(2), &mut sumi);
+            sub_block::<N, FIVE, 3>(sb, &ys, sc(3), &mut sumi);
+            sub_block::<N, FIVE, 4>(sb, &ys, sc(4), &mut sumi);
+            sub_block::<N, FIVE, 5>(sb, &ys, sc(5), &mut sumi);
+            sub_block::<N, FIVE, 6>(sb, &ys, sc(6), &mut sumi);
+            sub_block::<N, FIVE, 7>(sb, &ys, sc(7), &mut sumi);
             // Min term: sum_j m_j * (bsums[2j] + bsums[2j+1]).
-            let mins = [load(sb.add(96)), load(sb.add(128))];
+            let mins = [load(sb.add(L.mins())), load(sb.add(L.mins() + 32))];
             let mut summ = [_mm256_setzero_si256(); N];
             for j in 0..8 {
                 let m = shuffle(mins[j / 4], &DUP[j % 4]);
@@ -572,8 +519,8 @@ mod avx2 {
                         _mm256_add_epi32(summ[t], _mm256_madd_epi16(m, bcast_bsums(ys[t], 2 * j)));
                 }
             }
-            let d = _mm256_cvtph_ps(_mm_load_si128(sb as *const __m128i));
-            let dmin = _mm256_cvtph_ps(_mm_load_si128(sb.add(16) as *const __m128i));
+            let d = _mm256_cvtph_ps(_mm_load_si128(sb.add(L.d()) as *const __m128i));
+            let dmin = _mm256_cvtph_ps(_mm_load_si128(sb.add(L.dmin()) as *const __m128i));
             for t in 0..N {
                 let yd = _mm256_set1_ps(ys[t].d);
                 acc[t] = _mm256_fmadd_ps(_mm256_mul_ps(d, yd), _mm256_cvtepi32_ps(sumi[t]), acc[t]);
@@ -586,32 +533,9 @@ mod avx2 {
         }
     }
 
-    /// Q6_K group against `N` tokens.
+    /// Q6_K group of 8 rows against `N` tokens.
     #[target_feature(enable = "avx2,fma,f16c")]
     pub(super) unsafe fn group_q6k<const N: usize>(
-        g: *const u8,
-        nb: usize,
-        xs: [&[BlockQ8K]; N],
-        out: *mut f32,
-        stride: usize,
-    ) {
-        q6k::<N, false>(g, nb, xs, out, stride)
-    }
-
-    /// `group_q6k` with AVX-512 VNNI's `vpdpbusd`.
-    #[target_feature(enable = "avx2,fma,f16c,avx512vnni,avx512vl")]
-    pub(super) unsafe fn group_q6k_vnni<const N: usize>(
-        g: *const u8,
-        nb: usize,
-        xs: [&[BlockQ8K]; N],
-        out: *mut f32,
-        stride: usize,
-    ) {
-        q6k::<N, true>(g, nb, xs, out, stride)
-    }
-
-    #[inline(always)]
-    unsafe fn q6k<const N: usize, const VNNI: bool>(
         g: *const u8,
         nb: usize,
         xs: [&[BlockQ8K]; N],
@@ -624,7 +548,7 @@ mod avx2 {
             prefetch::<3>(sb);
             let ys: [&BlockQ8K; N] = std::array::from_fn(|t| xs[t].get_unchecked(b));
             let q = sb.add(QS);
-            let tables = [0, 1, 2, 3].map(|v| load(sb.add(32 + 32 * v)));
+            let tables = [0, 1, 2, 3].map(|v| load(sb.add(L.scales() + 32 * v)));
             // The stored values are q + 32: take off 32 * sum_g sc_g * bsums[g].
             let mut corr = [_mm256_setzero_si256(); N];
             for p in 0..8 {
@@ -643,18 +567,6 @@ mod avx2 {
                     prefetch::<4>(v);
                 }
                 let w = [0, 1, 2, 3].map(|k| load(v.add(32 * k)));
-                if VNNI {
-                    // Each token's exact i32 sum over the 16 values, times the signed scale.
-                    let sc = _mm256_srai_epi32::<24>(shuffle(tables[gi / 4], &TOP[gi % 4]));
-                    for t in 0..N {
-                        let mut s = _mm256_setzero_si256();
-                        for (k, &wk) in w.iter().enumerate() {
-                            s = _mm256_dpbusd_epi32(s, wk, bcast(ys[t], 16 * gi + 4 * k));
-                        }
-                        sumi[t] = _mm256_add_epi32(sumi[t], _mm256_mullo_epi32(s, sc));
-                    }
-                    continue;
-                }
                 let sc = _mm256_srai_epi16::<8>(shuffle(tables[gi / 4], &HIGH[gi % 4]));
                 for t in 0..N {
                     // Two maddubs per 16-bit sum: four products of at most
@@ -673,7 +585,7 @@ mod avx2 {
                     sumi[t] = _mm256_add_epi32(sumi[t], p);
                 }
             }
-            let d = _mm256_cvtph_ps(_mm_load_si128(sb as *const __m128i));
+            let d = _mm256_cvtph_ps(_mm_load_si128(sb.add(L.d()) as *const __m128i));
             for t in 0..N {
                 acc[t] = _mm256_fmadd_ps(
                     _mm256_mul_ps(d, _mm256_set1_ps(ys[t].d)),
@@ -684,6 +596,210 @@ mod avx2 {
         }
         for (t, a) in acc.iter().enumerate() {
             _mm256_storeu_ps(out.add(t * stride), *a);
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    //! The 16-row groups: one 512-bit vector holds 4 bytes of each of the 16
+    //! rows, and `vpdpbusd` adds the byte products straight into each
+    //! token's exact i32 sums (half the instructions per weight byte of the
+    //! AVX2 kernels' 16-bit sums over 8 rows), then times the scales. No
+    //! software prefetch: with it these kernels read memory no faster.
+
+    use std::arch::x86_64::*;
+
+    use super::avx2::masks;
+    use super::{BlockQ8K, Layout, QuantType};
+
+    const L: Layout = Layout { g: 16 };
+    const Q4K_SB: usize = L.superblock_bytes(QuantType::Q4_K);
+    const Q5K_SB: usize = L.superblock_bytes(QuantType::Q5_K);
+    const Q6K_SB: usize = L.superblock_bytes(QuantType::Q6_K);
+    /// Where the quant vectors start: Q4_K/Q6_K, and Q5_K.
+    const QS: usize = L.qs(QuantType::Q4_K);
+    const QS5: usize = L.qs(QuantType::Q5_K);
+
+    /// In-lane byte shuffles over a scale table vector (`Layout::entry`; each
+    /// 128-bit lane holds 4 rows): for entry `jj` (0..4) of the vector, i32
+    /// lane r gets row r's entry
+    /// - `ONE[jj]`: zero-extended;
+    /// - `TOP[jj]`: in the top byte (an arithmetic shift by 24 gives it signed);
+    /// - `PAIR[p]`: entries 2p and 2p+1 as the i16 pair (e << 8, e' << 8).
+    ///
+    /// The AVX2 masks' first 128-bit lane, repeated in every lane.
+    static ONE: [[u8; 32]; 4] = masks(3);
+    static TOP: [[u8; 32]; 4] = masks(4);
+    static PAIR: [[u8; 32]; 4] = masks(2);
+    /// Zero-extended entries jj, as the i16 pair (e, e).
+    static DUP: [[u8; 32]; 4] = masks(0);
+
+    #[inline(always)]
+    unsafe fn shuffle(table: __m512i, mask: &[u8; 32]) -> __m512i {
+        let m = _mm512_broadcast_i32x4(_mm_loadu_si128(mask.as_ptr() as *const __m128i));
+        _mm512_shuffle_epi8(table, m)
+    }
+
+    #[inline(always)]
+    unsafe fn load(p: *const u8) -> __m512i {
+        _mm512_load_si512(p as *const __m512i)
+    }
+
+    /// Activation bytes `at..at + 4` in every i32 lane.
+    #[inline(always)]
+    unsafe fn bcast(y: &BlockQ8K, at: usize) -> __m512i {
+        _mm512_set1_epi32((y.qs.as_ptr().add(at) as *const i32).read_unaligned())
+    }
+
+    /// `bsums[at]` and `bsums[at + 1]` as the two 16-bit halves of every i32 lane.
+    #[inline(always)]
+    unsafe fn bcast_bsums(y: &BlockQ8K, at: usize) -> __m512i {
+        _mm512_set1_epi32((y.bsums.as_ptr().add(at) as *const i32).read_unaligned())
+    }
+
+    /// The 16 rows' f16 values at `p` as floats.
+    #[inline(always)]
+    unsafe fn halves(p: *const u8) -> __m512 {
+        _mm512_cvtph_ps(_mm256_load_si256(p as *const __m256i))
+    }
+
+    /// Q4_K (FIVE false) or Q5_K group of 16 rows against `N` tokens.
+    ///
+    /// A chunk's 8 vectors hold two sub-blocks (low and high nibbles); each
+    /// token's exact i32 sum of value * activation per sub-block, times the
+    /// sub-block's scales, goes into `sumi`. The chunk loop is kept a loop
+    /// (its count hidden from the optimizer): fully unrolled, LLVM hoists
+    /// all of a super-block's loads to its top, and the kernel then reads
+    /// memory markedly slower.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
+    pub(super) unsafe fn group_q45k<const N: usize, const FIVE: bool>(
+        g: *const u8,
+        nb: usize,
+        xs: [&[BlockQ8K]; N],
+        out: *mut f32,
+        stride: usize,
+    ) {
+        let sbb = if FIVE { Q5K_SB } else { Q4K_SB };
+        let (m4, one) = (_mm512_set1_epi8(0x0f), _mm512_set1_epi8(1));
+        let chunks = std::hint::black_box(4usize);
+        let mut acc = [_mm512_setzero_ps(); N];
+        for b in 0..nb {
+            let sb = g.add(b * sbb);
+            let ys: [&BlockQ8K; N] = std::array::from_fn(|t| xs[t].get_unchecked(b));
+            let mut sumi = [_mm512_setzero_si512(); N];
+            for c in 0..chunks {
+                let chunk = sb.add(if FIVE { QS5 } else { QS } + 512 * c);
+                let v: [__m512i; 8] = std::array::from_fn(|k| load(chunk.add(64 * k)));
+                let mut lo: [__m512i; 8] = std::array::from_fn(|k| _mm512_and_si512(v[k], m4));
+                let mut hi: [__m512i; 8] =
+                    std::array::from_fn(|k| _mm512_and_si512(_mm512_srli_epi16::<4>(v[k]), m4));
+                if FIVE {
+                    // Bits 2c and 2c+1 of the fifth-bit bytes, moved to bit 4.
+                    let (s0, s1) = (
+                        _mm_cvtsi32_si128(2 * c as i32),
+                        _mm_cvtsi32_si128(2 * c as i32 + 1),
+                    );
+                    for k in 0..8 {
+                        let h = load(sb.add(L.highs() + 64 * k));
+                        let bit = |s| {
+                            _mm512_slli_epi16::<4>(_mm512_and_si512(_mm512_srl_epi16(h, s), one))
+                        };
+                        lo[k] = _mm512_or_si512(lo[k], bit(s0));
+                        hi[k] = _mm512_or_si512(hi[k], bit(s1));
+                    }
+                }
+                let table = load(sb.add(L.scales() + 64 * (c / 2)));
+                let sc_lo = shuffle(table, &ONE[2 * (c % 2)]);
+                let sc_hi = shuffle(table, &ONE[2 * (c % 2) + 1]);
+                for t in 0..N {
+                    let (mut s0, mut s1) = (_mm512_setzero_si512(), _mm512_setzero_si512());
+                    for k in 0..8 {
+                        s0 = _mm512_dpbusd_epi32(s0, lo[k], bcast(ys[t], 64 * c + 4 * k));
+                        s1 = _mm512_dpbusd_epi32(s1, hi[k], bcast(ys[t], 64 * c + 32 + 4 * k));
+                    }
+                    let s = _mm512_add_epi32(
+                        _mm512_mullo_epi32(s0, sc_lo),
+                        _mm512_mullo_epi32(s1, sc_hi),
+                    );
+                    sumi[t] = _mm512_add_epi32(sumi[t], s);
+                }
+            }
+            // Min term: sum_j m_j * (bsums[2j] + bsums[2j+1]).
+            let mins = [load(sb.add(L.mins())), load(sb.add(L.mins() + 64))];
+            let mut summ = [_mm512_setzero_si512(); N];
+            for j in 0..8 {
+                let m = shuffle(mins[j / 4], &DUP[j % 4]);
+                for t in 0..N {
+                    summ[t] = _mm512_dpwssd_epi32(summ[t], m, bcast_bsums(ys[t], 2 * j));
+                }
+            }
+            let (d, dmin) = (halves(sb.add(L.d())), halves(sb.add(L.dmin())));
+            for t in 0..N {
+                let yd = _mm512_set1_ps(ys[t].d);
+                acc[t] = _mm512_fmadd_ps(_mm512_mul_ps(d, yd), _mm512_cvtepi32_ps(sumi[t]), acc[t]);
+                acc[t] =
+                    _mm512_fnmadd_ps(_mm512_mul_ps(dmin, yd), _mm512_cvtepi32_ps(summ[t]), acc[t]);
+            }
+        }
+        for (t, a) in acc.iter().enumerate() {
+            _mm512_storeu_ps(out.add(t * stride), *a);
+        }
+    }
+
+    /// Q6_K group of 16 rows against `N` tokens.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
+    pub(super) unsafe fn group_q6k<const N: usize>(
+        g: *const u8,
+        nb: usize,
+        xs: [&[BlockQ8K]; N],
+        out: *mut f32,
+        stride: usize,
+    ) {
+        let mut acc = [_mm512_setzero_ps(); N];
+        for b in 0..nb {
+            let sb = g.add(b * Q6K_SB);
+            let ys: [&BlockQ8K; N] = std::array::from_fn(|t| xs[t].get_unchecked(b));
+            let q = sb.add(QS);
+            let tables = [0, 1, 2, 3].map(|v| load(sb.add(L.scales() + 64 * v)));
+            // The stored values are q + 32: take off 32 * sum_g sc_g * bsums[g].
+            let mut corr = [_mm512_setzero_si512(); N];
+            for p in 0..8 {
+                let sc = _mm512_srai_epi16::<8>(shuffle(tables[p / 2], &PAIR[p % 2]));
+                for t in 0..N {
+                    corr[t] = _mm512_dpwssd_epi32(corr[t], sc, bcast_bsums(ys[t], 2 * p));
+                }
+            }
+            let mut sumi: [__m512i; N] = std::array::from_fn(|t| {
+                _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_slli_epi32::<5>(corr[t]))
+            });
+            for gi in 0..16 {
+                let v = q.add(256 * gi);
+                let w = [0, 1, 2, 3].map(|k| load(v.add(64 * k)));
+                // Each token's exact i32 sum over the 16 values, times the signed scale.
+                let sc = _mm512_srai_epi32::<24>(shuffle(tables[gi / 4], &TOP[gi % 4]));
+                for t in 0..N {
+                    let at = 16 * gi;
+                    let s0 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w[0], bcast(ys[t], at));
+                    let s1 =
+                        _mm512_dpbusd_epi32(_mm512_setzero_si512(), w[1], bcast(ys[t], at + 4));
+                    let s0 = _mm512_dpbusd_epi32(s0, w[2], bcast(ys[t], at + 8));
+                    let s1 = _mm512_dpbusd_epi32(s1, w[3], bcast(ys[t], at + 12));
+                    sumi[t] =
+                        _mm512_add_epi32(sumi[t], _mm512_mullo_epi32(_mm512_add_epi32(s0, s1), sc));
+                }
+            }
+            let d = halves(sb.add(L.d()));
+            for t in 0..N {
+                acc[t] = _mm512_fmadd_ps(
+                    _mm512_mul_ps(d, _mm512_set1_ps(ys[t].d)),
+                    _mm512_cvtepi32_ps(sumi[t]),
+                    acc[t],
+                );
+            }
+        }
+        for (t, a) in acc.iter().enumerate() {
+            _mm512_storeu_ps(out.add(t * stride), *a);
         }
     }
 }
