@@ -17,10 +17,12 @@
 //!   fifth bits between the tables and the quants (`20G..52G`, so that a
 //!   super-block is read front to back): vector k holds row r's `qh` bytes
 //!   4k..4k+3 (bit j: the fifth bit of value 4k+i of sub-block j).
-//! - Q6_K (276 bytes per row, against 210): `0..2G` the rows' d, 2G zero
-//!   bytes, `4G..20G` the 16 int8 scales (see `Layout::entry`), then 64
-//!   vectors: vector m holds row r's values 4m..4m+3 as bytes 0..63
-//!   (q + 32, the 6 bits put together at load).
+//! - Q6_K: `0..2G` the rows' d, 2G zero bytes, `4G..20G` the 16 int8
+//!   scales (see `Layout::entry`), then the values q + 32 (0..63, the 6 bits
+//!   put together at load). 8-row groups (276 bytes per row, against 210):
+//!   64 vectors, vector m holding row r's values 4m..4m+3 as bytes.
+//!   16-row groups (212 bytes per row): nibbles and 2-bit planes, as
+//!   `Layout::q6k_at` lays them out.
 //!
 //! `Layout::entry(j, r)`: a scale/min table of `n` entries per row is `n / 4`
 //! vectors; vector j / 4 holds 4 bytes per row (entries 4(j/4)..4(j/4)+3),
@@ -80,10 +82,46 @@ impl Layout {
         match t {
             QuantType::Q4_K => 148 * self.g,
             QuantType::Q5_K => 180 * self.g,
+            QuantType::Q6_K if self.narrow6() => 212 * self.g,
             QuantType::Q6_K => 276 * self.g,
             _ => panic!("no packed k-quant layout"),
         }
     }
+    /// Whether Q6_K values are stored as nibbles and 2-bit planes (16-row
+    /// groups) rather than as whole bytes (8-row groups).
+    const fn narrow6(self) -> bool {
+        self.g == 16
+    }
+    /// Q6_K value `v` (0..256) of row `r`: (byte offset, shift) of its
+    /// nibble, then of its two high bits. Narrow layout: for m in 0..16, three
+    /// vectors: nibbles of values 4m..4m+3 (low) and 128+4m.. (high), of
+    /// 64+4m.. and 192+4m.., then the high bits of the four runs (bits 0-1,
+    /// 2-3, 4-5, 6-7 for 4m.., 64+4m.., 128+4m.., 192+4m..): a kernel reads
+    /// them front to back.
+    fn q6k_at(self, v: usize, r: usize) -> ((usize, u32), (usize, u32)) {
+        let (m, i, run) = ((v % 64) / 4, v % 4, v / 64);
+        let at = |slot: usize| self.qs(QuantType::Q6_K) + (3 * m + slot) * 4 * self.g + 4 * r + i;
+        ((at(run % 2), 4 * (run / 2) as u32), (at(2), 2 * run as u32))
+    }
+    /// Q6_K value `v` (q + 32, 0..64) of row `r` in super-block `sb`.
+    fn q6k_get(self, sb: &[u8], v: usize, r: usize) -> u8 {
+        if !self.narrow6() {
+            return sb[self.qs(QuantType::Q6_K) + self.entry(v, r)];
+        }
+        let ((n, ns), (h, hs)) = self.q6k_at(v, r);
+        ((sb[n] >> ns) & 0xf) | (((sb[h] >> hs) & 3) << 4)
+    }
+    /// Stores `q6k_get`'s value (into zeroed bytes).
+    fn q6k_put(self, sb: &mut [u8], v: usize, r: usize, q: u8) {
+        if !self.narrow6() {
+            sb[self.qs(QuantType::Q6_K) + self.entry(v, r)] = q;
+            return;
+        }
+        let ((n, ns), (h, hs)) = self.q6k_at(v, r);
+        sb[n] |= (q & 0xf) << ns;
+        sb[h] |= (q >> 4) << hs;
+    }
+
     /// Offset of row `r`'s entry `j` in a table (or quant byte `j` in the
     /// quant vectors): 4 bytes of each row per vector.
     #[inline(always)]
@@ -141,7 +179,7 @@ pub(crate) fn pack_group(t: QuantType, rows: &[&[u8]], nb: usize, dst: &mut [u8]
                         sb[l.scales() + l.entry(j, r)] = blk[192 + j];
                     }
                     for (i, &q) in q6k_values(blk).iter().enumerate() {
-                        sb[l.qs(t) + l.entry(i, r)] = q;
+                        l.q6k_put(sb, i, r, q);
                     }
                 }
                 _ => unreachable!(),
@@ -179,7 +217,7 @@ pub(crate) fn unpack_row(t: QuantType, g: usize, grp: &[u8], r: usize, out: &mut
                 for j in 0..16 {
                     blk[192 + j] = sb[l.scales() + l.entry(j, r)];
                 }
-                let q: [u8; QK_K] = std::array::from_fn(|i| sb[l.qs(t) + l.entry(i, r)]);
+                let q: [u8; QK_K] = std::array::from_fn(|i| l.q6k_get(sb, i, r));
                 q6k_store(&q, blk);
             }
             _ => unreachable!(),
@@ -271,7 +309,9 @@ fn row_dot_scalar(t: QuantType, g: usize, grp: &[u8], r: usize, x: &[BlockQ8K]) 
                 for j in 0..16 {
                     let sc = sb[l.scales() + l.entry(j, r)] as i8 as i32;
                     let si: i32 = (0..16)
-                        .map(|i| (byte(16 * j + i) as i32 - 32) * y.qs[16 * j + i] as i32)
+                        .map(|i| {
+                            (l.q6k_get(sb, 16 * j + i, r) as i32 - 32) * y.qs[16 * j + i] as i32
+                        })
                         .sum();
                     sumi += sc * si;
                 }
@@ -747,7 +787,7 @@ mod avx512 {
         }
     }
 
-    /// Q6_K group of 16 rows against `N` tokens.
+    /// Q6_K group of 16 rows (nibbles and 2-bit planes) against `N` tokens.
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
     pub(super) unsafe fn group_q6k<const N: usize>(
         g: *const u8,
@@ -773,20 +813,47 @@ mod avx512 {
             let mut sumi: [__m512i; N] = std::array::from_fn(|t| {
                 _mm512_sub_epi32(_mm512_setzero_si512(), _mm512_slli_epi32::<5>(corr[t]))
             });
-            for gi in 0..16 {
-                let v = q.add(256 * gi);
-                let w = [0, 1, 2, 3].map(|k| load(v.add(64 * k)));
-                // Each token's exact i32 sum over the 16 values, times the signed scale.
-                let sc = _mm512_srai_epi32::<24>(shuffle(tables[gi / 4], &TOP[gi % 4]));
+            // Quarter qq: value groups qq, 4 + qq, 8 + qq, 12 + qq (runs of
+            // 4m.., 64 + 4m.., 128 + 4m.., 192 + 4m.. for m in 4qq..4qq+4).
+            let (m4, m30) = (_mm512_set1_epi8(0x0f), _mm512_set1_epi8(0x30));
+            for qq in 0..4 {
+                let mut s = [[_mm512_setzero_si512(); 4]; N];
+                for m in 4 * qq..4 * qq + 4 {
+                    let v = q.add(192 * m);
+                    let (n0, n1, h) = (load(v), load(v.add(64)), load(v.add(128)));
+                    let runs = [
+                        _mm512_or_si512(
+                            _mm512_and_si512(n0, m4),
+                            _mm512_and_si512(_mm512_slli_epi16::<4>(h), m30),
+                        ),
+                        _mm512_or_si512(
+                            _mm512_and_si512(n1, m4),
+                            _mm512_and_si512(_mm512_slli_epi16::<2>(h), m30),
+                        ),
+                        _mm512_or_si512(
+                            _mm512_and_si512(_mm512_srli_epi16::<4>(n0), m4),
+                            _mm512_and_si512(h, m30),
+                        ),
+                        _mm512_or_si512(
+                            _mm512_and_si512(_mm512_srli_epi16::<4>(n1), m4),
+                            _mm512_and_si512(_mm512_srli_epi16::<2>(h), m30),
+                        ),
+                    ];
+                    for t in 0..N {
+                        for (run, &w) in runs.iter().enumerate() {
+                            s[t][run] =
+                                _mm512_dpbusd_epi32(s[t][run], w, bcast(ys[t], 64 * run + 4 * m));
+                        }
+                    }
+                }
+                // Each group's exact i32 sums times its signed scale.
+                let sc: [__m512i; 4] = std::array::from_fn(|run| {
+                    _mm512_srai_epi32::<24>(shuffle(tables[run], &TOP[qq]))
+                });
                 for t in 0..N {
-                    let at = 16 * gi;
-                    let s0 = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w[0], bcast(ys[t], at));
-                    let s1 =
-                        _mm512_dpbusd_epi32(_mm512_setzero_si512(), w[1], bcast(ys[t], at + 4));
-                    let s0 = _mm512_dpbusd_epi32(s0, w[2], bcast(ys[t], at + 8));
-                    let s1 = _mm512_dpbusd_epi32(s1, w[3], bcast(ys[t], at + 12));
-                    sumi[t] =
-                        _mm512_add_epi32(sumi[t], _mm512_mullo_epi32(_mm512_add_epi32(s0, s1), sc));
+                    for run in 0..4 {
+                        sumi[t] = _mm512_add_epi32(sumi[t], _mm512_mullo_epi32(s[t][run], sc[run]));
+                    }
                 }
             }
             let d = halves(sb.add(L.d()));
