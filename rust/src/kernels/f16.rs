@@ -34,16 +34,92 @@ fn has_avx512() -> bool {
     *HAS.get_or_init(|| has_f16c_fma() && is_x86_feature_detected!("avx512f"))
 }
 
-/// `sum_i a[i] * b[i]` for float32 `a` and float16 `b` (attention: query
-/// against a cached key).
-pub fn dot_f32_f16(a: &[f32], b: &[f16]) -> f32 {
-    debug_assert_eq!(a.len(), b.len());
-    #[cfg(target_arch = "x86_64")]
-    if has_f16c_fma() {
-        // SAFETY: the CPU supports the features the function is compiled for.
-        return unsafe { x86::dot_f32_f16(a, b) };
+/// Sixteen partial sums added the way `_mm512_reduce_add_ps` adds them:
+/// halves, then quarters, then pairs.
+///
+/// The attention's sums use llama.cpp's order on AVX-512 CPUs (its
+/// tinyBLAS matmuls of the float16 cache): lane `l` adds the products of
+/// elements `l, l + 16, l + 32, ...` in turn, then the lanes go through this.
+/// The products are exact (float16 values on both sides), so every CPU, with
+/// or without fused multiply-adds, gets the same bits.
+pub fn reduce16(v: &[f32; 16]) -> f32 {
+    let t: [f32; 8] = std::array::from_fn(|l| v[8 + l] + v[l]);
+    let q: [f32; 4] = std::array::from_fn(|l| t[4 + l] + t[l]);
+    (q[0] + q[2]) + (q[1] + q[3])
+}
+
+/// The `reduce16` lane of element `e` of an `n`-long attention head: its
+/// index in llama.cpp's element order, mod 16. With `pairs`, our head is
+/// llama.cpp's with its rotated pairs (even, odd elements) un-interleaved
+/// into halves (llama-architecture GGUF files store q and k that way), so
+/// element `e` of the first half is its `2e` and of the second its `2e + 1`.
+fn lane(e: usize, n: usize, pairs: bool) -> usize {
+    let half = n / 2;
+    if pairs && n % 2 == 0 {
+        if e < half {
+            (2 * e) % 16
+        } else {
+            (2 * (e - half) + 1) % 16
+        }
+    } else {
+        e % 16
     }
-    a.iter().zip(b).map(|(x, y)| x * y.to_f32()).sum()
+}
+
+/// `sum_i a[i] * b[i]` for float32 `a` holding float16 values and float16
+/// `b` (attention: a rounded query against a cached key), elements in
+/// llama.cpp's order (`lane`): in `reduce16`'s 16 lanes where the length is
+/// a multiple of 16, as `ggml_vec_dot_f16` otherwise.
+pub fn dot_f32_f16(a: &[f32], b: &[f16], pairs: bool) -> f32 {
+    debug_assert_eq!(a.len(), b.len());
+    let n = a.len().min(b.len());
+    #[cfg(target_arch = "x86_64")]
+    if has_f16c_fma() && n % 16 == 0 {
+        // SAFETY: the CPU supports the features the function is compiled for.
+        return unsafe { x86::dot_f32_f16(&a[..n], &b[..n], pairs) };
+    }
+    if n % 16 != 0 {
+        // llama.cpp's tinyBLAS takes whole 16s only; it then calls
+        // `ggml_vec_dot_f16`: 64 at a time in four 16-lane sums, the rest
+        // added one by one in double.
+        let theirs = |j: usize| {
+            if pairs && n % 2 == 0 {
+                (j % 2) * (n / 2) + j / 2
+            } else {
+                j
+            }
+        };
+        let whole = n / 64 * 64;
+        let mut acc = [[0.0f32; 16]; 4];
+        for j in 0..whole {
+            acc[(j / 16) % 4][j % 16] += a[theirs(j)] * b[theirs(j)].to_f32();
+        }
+        let lanes: [f32; 16] =
+            std::array::from_fn(|l| (acc[0][l] + acc[2][l]) + (acc[1][l] + acc[3][l]));
+        let mut sum = reduce16(&lanes) as f64;
+        for j in whole..n {
+            sum += (a[theirs(j)] * b[theirs(j)].to_f32()) as f64;
+        }
+        return sum as f32;
+    }
+    let mut lanes = [0.0f32; 16];
+    for e in 0..n {
+        lanes[lane(e, n, pairs)] += a[e] * b[e].to_f32();
+    }
+    reduce16(&lanes)
+}
+
+/// `out[d] = sum_i p[i] * values[i * v_stride + d]` over `i < n` for each
+/// dimension `d < out.len()` (attention: the weights, float16 values, times
+/// the cached values), in `reduce16`'s 16 lanes over the positions.
+pub fn mix_f16(out: &mut [f32], p: &[f32], n: usize, values: &[f16], v_stride: usize) {
+    for (d, o) in out.iter_mut().enumerate() {
+        let mut lanes = [0.0f32; 16];
+        for i in 0..n {
+            lanes[i % 16] += p[i] * values[i * v_stride + d].to_f32();
+        }
+        *o = reduce16(&lanes);
+    }
 }
 
 /// `out[i] += p * v[i]` for float16 `v` (attention: weighting a cached value).
@@ -63,17 +139,24 @@ pub fn axpy_f16(out: &mut [f32], p: f32, v: &[f16]) {
 /// (`q` holds the heads' `hd`-long queries side by side), the key loaded
 /// once for all heads; bit for bit the per-head `dot_f32_f16`. Returns false,
 /// having done nothing, where there is no such kernel (no AVX2, `hd` not a
-/// multiple of 8, more than 8 heads): the caller goes head by head.
-pub fn try_dot_heads_f16(q: &[f32], hd: usize, k: &[f16], out: &mut [f32], stride: usize) -> bool {
+/// multiple of 16, more than 8 heads): the caller goes head by head.
+pub fn try_dot_heads_f16(
+    q: &[f32],
+    hd: usize,
+    k: &[f16],
+    out: &mut [f32],
+    stride: usize,
+    pairs: bool,
+) -> bool {
     let heads = q.len() / hd.max(1);
     assert!(k.len() >= hd && (heads == 0 || out.len() > (heads - 1) * stride));
     #[cfg(target_arch = "x86_64")]
-    if has_f16c_fma() && hd % 8 == 0 {
+    if has_f16c_fma() && hd % 16 == 0 {
         macro_rules! go {
             ($($g:literal)*) => {
                 match heads {
                     // SAFETY: the CPU has the features; sizes asserted above.
-                    $($g => { unsafe { x86::dot_heads::<$g>(q, hd, k, out.as_mut_ptr(), stride) }; return true })*
+                    $($g => { unsafe { x86::dot_heads::<$g>(q, hd, k, out.as_mut_ptr(), stride, pairs) }; return true })*
                     _ => {}
                 }
             };
@@ -84,10 +167,9 @@ pub fn try_dot_heads_f16(q: &[f32], hd: usize, k: &[f16], out: &mut [f32], strid
 }
 
 /// For every head `h` of a group, `out_h = sum_i p[h * p_stride + i] * v_i`
-/// over `i < n` in order, `v_i = values[i * v_stride..][..hd]`, each value
-/// row loaded once for all heads; bit for bit `axpy_f16` applied key by key
-/// to a zeroed `out`. Returns false, having done nothing, where there is no
-/// such kernel (as `try_dot_heads_f16`).
+/// over `i < n`, `v_i = values[i * v_stride..][..hd]`: bit for bit `mix_f16`
+/// head by head. Returns false, having done nothing, where there is no such
+/// kernel (no AVX2, `hd` not a multiple of 8, more than 8 heads).
 pub fn try_mix_heads_f16(
     out: &mut [f32],
     hd: usize,
@@ -215,7 +297,22 @@ pub fn matmul(
         crate::pool::parallel_for(n_out.div_ceil(rows_per_block), |b| {
             let dst = dst;
             let (r0, r1) = (b * rows_per_block, ((b + 1) * rows_per_block).min(n_out));
-            if n_tok == 1 {
+            if n_in % 16 != 0 {
+                // Rows not in whole 16s: llama.cpp takes each product with
+                // `ggml_vec_dot_f16`, and so do we (`dot_f32_f16`); such
+                // matrices are small (a feed-forward width like 172).
+                for t in 0..n_tok {
+                    for r in r0..r1 {
+                        let v = dot_f32_f16(
+                            &xr[t * n_in..(t + 1) * n_in],
+                            &w[r * n_in..(r + 1) * n_in],
+                            false,
+                        );
+                        // SAFETY: (t, r) is written by this block only; bounds asserted above.
+                        unsafe { *dst.0.add(t * out_stride + r) = v };
+                    }
+                }
+            } else if n_tok == 1 {
                 // SAFETY: rows r0..r1 of the single output row are this block's alone.
                 let out = unsafe { std::slice::from_raw_parts_mut(dst.0.add(r0), r1 - r0) };
                 one_token(out, &w[r0 * n_in..r1 * n_in], &xh[..n_in]);
@@ -349,25 +446,50 @@ mod x86 {
         _mm_cvtss_f32(s)
     }
 
+    /// `super::reduce16` of lanes 0..8 in `lo` and 8..16 in `hi`.
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn dot_f32_f16(a: &[f32], b: &[f16]) -> f32 {
-        let n = a.len().min(b.len());
-        let full = n / 8 * 8;
-        let mut acc = _mm256_setzero_ps();
-        let mut i = 0;
-        while i < full {
-            acc = _mm256_fmadd_ps(
-                _mm256_loadu_ps(a.as_ptr().add(i)),
-                load8(b.as_ptr().add(i)),
-                acc,
-            );
-            i += 8;
+    unsafe fn reduce16(lo: __m256, hi: __m256) -> f32 {
+        hsum(_mm256_add_ps(hi, lo))
+    }
+
+    /// `super::reduce16` of llama.cpp's lanes when our `a` holds its even
+    /// lanes 0, 2, .., 14 and `b` its odd ones (`pairs` heads).
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn reduce16_pairs(a: __m256, b: __m256) -> f32 {
+        let half = |v: __m256| {
+            let q = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+            _mm_add_ps(q, _mm_movehl_ps(q, q))
+        };
+        let (a, b) = (half(a), half(b));
+        let sa = _mm_add_ss(a, _mm_movehdup_ps(a));
+        let sb = _mm_add_ss(b, _mm_movehdup_ps(b));
+        _mm_cvtss_f32(_mm_add_ss(sa, sb))
+    }
+
+    /// `super::dot_f32_f16` for `a.len()` a multiple of 16.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn dot_f32_f16(a: &[f32], b: &[f16], pairs: bool) -> f32 {
+        let n = a.len();
+        let (ap, bp) = (a.as_ptr(), b.as_ptr());
+        let (mut x, mut y) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+        if pairs {
+            // x: llama.cpp's even lanes (our first half), y: its odd ones.
+            let half = n / 2;
+            for i in (0..half).step_by(8) {
+                x = _mm256_fmadd_ps(_mm256_loadu_ps(ap.add(i)), load8(bp.add(i)), x);
+                y = _mm256_fmadd_ps(
+                    _mm256_loadu_ps(ap.add(half + i)),
+                    load8(bp.add(half + i)),
+                    y,
+                );
+            }
+            return reduce16_pairs(x, y);
         }
-        let mut s = hsum(acc);
-        for j in full..n {
-            s += a[j] * b[j].to_f32();
+        for i in (0..n).step_by(16) {
+            x = _mm256_fmadd_ps(_mm256_loadu_ps(ap.add(i)), load8(bp.add(i)), x);
+            y = _mm256_fmadd_ps(_mm256_loadu_ps(ap.add(i + 8)), load8(bp.add(i + 8)), y);
         }
-        s
+        reduce16(x, y)
     }
 
     #[target_feature(enable = "avx2,fma,f16c")]
@@ -389,7 +511,7 @@ mod x86 {
         }
     }
 
-    /// `dot_f32_f16` of G queries against one key (hd % 8 == 0).
+    /// `dot_f32_f16` of G queries against one key (hd % 16 == 0).
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn dot_heads<const G: usize>(
         q: &[f32],
@@ -397,22 +519,35 @@ mod x86 {
         k: &[f16],
         out: *mut f32,
         stride: usize,
+        pairs: bool,
     ) {
-        let mut acc = [_mm256_setzero_ps(); G];
+        // Two accumulators per head: lanes 0..8 and 8..16 of the 16, or
+        // (`pairs`) the even lanes from the first half and the odd ones
+        // from the second.
+        let (mut x, mut y) = ([_mm256_setzero_ps(); G], [_mm256_setzero_ps(); G]);
+        let (step, second) = if pairs { (8, hd / 2) } else { (16, 8) };
         let mut i = 0;
-        while i < hd {
-            let kv = load8(k.as_ptr().add(i));
-            for (h, a) in acc.iter_mut().enumerate() {
-                *a = _mm256_fmadd_ps(_mm256_loadu_ps(q.as_ptr().add(h * hd + i)), kv, *a);
+        while i < if pairs { hd / 2 } else { hd } {
+            let (kx, ky) = (load8(k.as_ptr().add(i)), load8(k.as_ptr().add(i + second)));
+            for h in 0..G {
+                let qp = q.as_ptr().add(h * hd + i);
+                x[h] = _mm256_fmadd_ps(_mm256_loadu_ps(qp), kx, x[h]);
+                y[h] = _mm256_fmadd_ps(_mm256_loadu_ps(qp.add(second)), ky, y[h]);
             }
-            i += 8;
+            i += step;
         }
-        for (h, a) in acc.iter().enumerate() {
-            *out.add(h * stride) = hsum(*a);
+        for h in 0..G {
+            *out.add(h * stride) = if pairs {
+                reduce16_pairs(x[h], y[h])
+            } else {
+                reduce16(x[h], y[h])
+            };
         }
     }
 
-    /// `axpy_f16`'s sums for G heads, 8 dimensions at a time in registers.
+    /// `mix_f16` for G heads, 8 dimensions at a time: the 16 position lanes
+    /// of those dimensions in 16 registers (the dimensions' value columns,
+    /// read once per head, stay in L1 across the heads).
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn mix_heads<const G: usize>(
         out: &mut [f32],
@@ -423,17 +558,29 @@ mod x86 {
         values: *const f16,
         v_stride: usize,
     ) {
+        let full = n / 16 * 16;
         let mut c = 0;
         while c < hd {
-            let mut acc = [_mm256_setzero_ps(); G];
-            for i in 0..n {
-                let v = load8(values.add(i * v_stride + c));
-                for (h, a) in acc.iter_mut().enumerate() {
-                    *a = _mm256_fmadd_ps(_mm256_set1_ps(*p.get_unchecked(h * p_stride + i)), v, *a);
+            for h in 0..G {
+                let ph = p.as_ptr().add(h * p_stride);
+                let mut acc = [_mm256_setzero_ps(); 16];
+                let mut i = 0;
+                while i < full {
+                    for (l, a) in acc.iter_mut().enumerate() {
+                        let v = load8(values.add((i + l) * v_stride + c));
+                        *a = _mm256_fmadd_ps(_mm256_set1_ps(*ph.add(i + l)), v, *a);
+                    }
+                    i += 16;
                 }
-            }
-            for (h, a) in acc.iter().enumerate() {
-                _mm256_storeu_ps(out.as_mut_ptr().add(h * hd + c), *a);
+                for (l, a) in acc[..n - full].iter_mut().enumerate() {
+                    let v = load8(values.add((full + l) * v_stride + c));
+                    *a = _mm256_fmadd_ps(_mm256_set1_ps(*ph.add(full + l)), v, *a);
+                }
+                // super::reduce16, lane by lane over the 8 dimensions.
+                let t: [__m256; 8] = std::array::from_fn(|l| _mm256_add_ps(acc[8 + l], acc[l]));
+                let q: [__m256; 4] = std::array::from_fn(|l| _mm256_add_ps(t[4 + l], t[l]));
+                let r = _mm256_add_ps(_mm256_add_ps(q[0], q[2]), _mm256_add_ps(q[1], q[3]));
+                _mm256_storeu_ps(out.as_mut_ptr().add(h * hd + c), r);
             }
             c += 8;
         }
@@ -649,7 +796,11 @@ mod tests {
             let a: Vec<f32> = halves(n, 7).iter().map(|v| v.to_f32() * 3.0).collect();
             let b = halves(n, 8);
             let exact: f64 = a.iter().zip(&b).map(|(x, y)| *x as f64 * y.to_f64()).sum();
-            assert!((dot_f32_f16(&a, &b) as f64 - exact).abs() <= 1e-5 * (1.0 + n as f64));
+            for pairs in [false, true] {
+                assert!(
+                    (dot_f32_f16(&a, &b, pairs) as f64 - exact).abs() <= 1e-5 * (1.0 + n as f64)
+                );
+            }
             let mut out = a.clone();
             axpy_f16(&mut out, 0.5, &b);
             for i in 0..n {
@@ -661,7 +812,10 @@ mod tests {
     #[test]
     fn head_group_helpers_equal_the_per_head_ones_bit_for_bit() {
         let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-        for hd in [8, 16, 64, 12] {
+        for (hd, pairs) in [8, 16, 64, 12, 48, 96]
+            .into_iter()
+            .flat_map(|hd| [(hd, false), (hd, true)])
+        {
             for heads in [1, 3, 4, 7, 8, 9] {
                 let q: Vec<f32> = halves(heads * hd, 21)
                     .iter()
@@ -670,41 +824,72 @@ mod tests {
                 let k = halves(hd, 22);
                 let stride = 5;
                 let mut got = vec![0.0f32; heads * stride];
-                let fast = try_dot_heads_f16(&q, hd, &k, &mut got, stride);
+                let fast = try_dot_heads_f16(&q, hd, &k, &mut got, stride, pairs);
                 #[cfg(target_arch = "x86_64")]
-                assert_eq!(fast, has_f16c_fma() && hd % 8 == 0 && heads <= 8);
-                if !fast {
-                    continue;
-                }
+                assert_eq!(fast, has_f16c_fma() && hd % 16 == 0 && heads <= 8);
                 for h in 0..heads {
-                    assert_eq!(
-                        got[h * stride].to_bits(),
-                        dot_f32_f16(&q[h * hd..(h + 1) * hd], &k).to_bits(),
-                        "hd {hd} heads {heads}"
-                    );
+                    let qh = &q[h * hd..(h + 1) * hd];
+                    let d = dot_f32_f16(qh, &k, pairs);
+                    if fast {
+                        assert_eq!(
+                            got[h * stride].to_bits(),
+                            d.to_bits(),
+                            "hd {hd} heads {heads}"
+                        );
+                    }
+                    // llama.cpp's lanes over its own element order (`pairs`:
+                    // our halves are its even and odd elements), on any CPU.
+                    let theirs = |j: usize| if pairs { (j % 2) * (hd / 2) + j / 2 } else { j };
+                    let want = if hd % 16 == 0 {
+                        let mut lanes = [0.0f32; 16];
+                        for j in 0..hd {
+                            lanes[j % 16] += qh[theirs(j)] * k[theirs(j)].to_f32();
+                        }
+                        reduce16(&lanes)
+                    } else {
+                        // Under 64 long and not whole 16s: ggml_vec_dot_f16's
+                        // leftovers, one by one in double.
+                        (0..hd)
+                            .map(|j| (qh[theirs(j)] * k[theirs(j)].to_f32()) as f64)
+                            .sum::<f64>() as f32
+                    };
+                    assert_eq!(want.to_bits(), d.to_bits(), "hd {hd} pairs {pairs}");
                 }
-                for n in [0, 1, 5, 33] {
+                for n in [0, 1, 5, 16, 33] {
                     let (v_stride, p_stride) = (hd + 8, n + 2);
                     let values = halves(n.max(1) * v_stride, 23);
                     let p: Vec<f32> = halves(heads * p_stride, 24)
                         .iter()
                         .map(|v| v.to_f32().abs())
                         .collect();
-                    let mut fused = vec![f32::NAN; heads * hd];
-                    assert!(try_mix_heads_f16(
-                        &mut fused, hd, &p, p_stride, n, &values, v_stride
-                    ));
                     let mut want = vec![0.0f32; heads * hd];
-                    for i in 0..n {
-                        for h in 0..heads {
-                            axpy_f16(
-                                &mut want[h * hd..(h + 1) * hd],
-                                p[h * p_stride + i],
-                                &values[i * v_stride..i * v_stride + hd],
+                    for h in 0..heads {
+                        mix_f16(
+                            &mut want[h * hd..(h + 1) * hd],
+                            &p[h * p_stride..],
+                            n,
+                            &values,
+                            v_stride,
+                        );
+                        for d in 0..hd {
+                            let exact: f64 = (0..n)
+                                .map(|i| {
+                                    p[h * p_stride + i] as f64 * values[i * v_stride + d].to_f64()
+                                })
+                                .sum();
+                            assert!(
+                                (want[h * hd + d] as f64 - exact).abs() <= 1e-5 * (1.0 + n as f64)
                             );
                         }
                     }
-                    assert_eq!(bits(&fused), bits(&want), "hd {hd} heads {heads} n {n}");
+                    let mut fused = vec![f32::NAN; heads * hd];
+                    let fast =
+                        try_mix_heads_f16(&mut fused, hd, &p, p_stride, n, &values, v_stride);
+                    #[cfg(target_arch = "x86_64")]
+                    assert_eq!(fast, has_f16c_fma() && hd % 8 == 0 && heads <= 8);
+                    if fast {
+                        assert_eq!(bits(&fused), bits(&want), "hd {hd} heads {heads} n {n}");
+                    }
                 }
             }
         }
@@ -712,8 +897,18 @@ mod tests {
 
     #[test]
     fn matmul_rounds_activations_to_f16_like_llama_cpp() {
-        // 1 token uses the row kernels, 6 the float16 tiles, 13 the float32 panel.
-        for (n_tok, n_in) in [(1, 40), (1, 1100), (6, 40), (13, 40), (13, 1100)] {
+        // 1 token uses the row kernels, 6 the float16 tiles, 13 the float32
+        // panel; rows not in whole 16s (40, 1100) go product by product.
+        for (n_tok, n_in) in [
+            (1, 40),
+            (1, 1100),
+            (1, 1104),
+            (6, 48),
+            (6, 40),
+            (13, 48),
+            (13, 1104),
+            (13, 1100),
+        ] {
             matmul_case(n_tok, n_in, 9);
         }
     }

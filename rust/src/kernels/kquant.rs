@@ -166,7 +166,9 @@ fn q6k_scales(b: &[u8]) -> &[u8] {
 pub fn dot_q45k(w: &[u8], five_bits: bool, x: &[BlockQ8K]) -> f32 {
     let bb = if five_bits { 176 } else { 144 };
     let mut q = [0u8; QK_K];
-    let mut sum = 0.0f32;
+    // As llama.cpp's (repacked) Q4_K kernels: the min terms in a sum of
+    // their own, taken off at the end; one rounding per product-and-add.
+    let (mut sum, mut sum_min) = (0.0f32, 0.0f32);
     for (b, y) in w.chunks_exact(bb).zip(x) {
         unpack_q45k(b, five_bits, &mut q);
         let (mut sumi, mut summ) = (0i32, 0i32);
@@ -180,9 +182,10 @@ pub fn dot_q45k(w: &[u8], five_bits: bool, x: &[BlockQ8K]) -> f32 {
                 .sum();
             sumi += sc as i32 * si;
         }
-        sum += h(b) * y.d * sumi as f32 - h(&b[2..]) * y.d * summ as f32;
+        sum = (h(b) * y.d).mul_add(sumi as f32, sum);
+        sum_min = (h(&b[2..]) * y.d).mul_add(summ as f32, sum_min);
     }
-    sum
+    sum - sum_min
 }
 
 /// Dot product of one Q6_K row with Q8_K activations.

@@ -1,6 +1,7 @@
 //! Numeric kernels. `scalar` holds the plain reference versions (the test
 //! oracle); the functions here are the fast ones the model calls.
 
+pub mod activation;
 pub mod f16;
 pub mod kquant;
 pub mod packed;
@@ -57,32 +58,19 @@ pub mod x86;
 pub fn rmsnorm(out: &mut [f32], x: &[f32], weight: &[f32], eps: f32) {
     let dim = weight.len();
     for (o, xr) in out.chunks_exact_mut(dim).zip(x.chunks_exact(dim)) {
-        let ss = dot(xr, xr) / dim as f32;
-        let inv = 1.0 / (ss + eps).sqrt();
+        // llama.cpp's arithmetic: float squares summed in double, the mean
+        // rounded to float. The output is quantized for the next matmul, so
+        // an ulp here can flip an 8-bit rounding and move the logits.
+        let sum: f64 = xr.iter().map(|&v| (v * v) as f64).sum();
+        let mean = (sum / dim as f64) as f32;
+        let inv = 1.0 / (mean + eps).sqrt();
         for ((o, &v), &w) in o.iter_mut().zip(xr).zip(weight) {
             *o = w * (v * inv);
         }
     }
 }
 
-/// In-place softmax.
-pub fn softmax(x: &mut [f32]) {
-    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut sum = 0.0f32;
-    for v in x.iter_mut() {
-        *v = (*v - max).exp();
-        sum += *v;
-    }
-    let inv = 1.0 / sum;
-    for v in x.iter_mut() {
-        *v *= inv;
-    }
-}
-
-#[inline]
-pub fn silu(x: f32) -> f32 {
-    x / (1.0 + (-x).exp())
-}
+pub use activation::{silu, softmax, swiglu};
 
 /// Dot product with 8 independent accumulators so the compiler vectorizes it.
 #[inline]
@@ -196,13 +184,32 @@ pub fn matmul(
 /// dims i and i + rot/2 form a pair, for i < rot/2; dims past `rot` pass.
 #[inline]
 pub fn rope_rotate_half(head: &mut [f32], cos: &[f32], sin: &[f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if x86::has_avx2() {
+        // SAFETY: `has_avx2` checks FMA too.
+        return unsafe { rotate_half_fma(head, cos, sin) };
+    }
+    rotate_half(head, cos, sin)
+}
+
+/// The rotation with ggml's roundings: compiled for x86 with FMA, its
+/// `x0*cos - x1*sin` and `x0*sin + x1*cos` fuse the first product.
+#[inline(always)]
+fn rotate_half(head: &mut [f32], cos: &[f32], sin: &[f32]) {
     let half = cos.len();
     let (a, b) = head.split_at_mut(half);
     for i in 0..half {
         let (x0, x1) = (a[i], b[i]);
-        a[i] = x0 * cos[i] - x1 * sin[i];
-        b[i] = x1 * cos[i] + x0 * sin[i];
+        a[i] = x0.mul_add(cos[i], -(x1 * sin[i]));
+        b[i] = x0.mul_add(sin[i], x1 * cos[i]);
     }
+}
+
+/// `rotate_half` where `mul_add` is one instruction.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "fma")]
+unsafe fn rotate_half_fma(head: &mut [f32], cos: &[f32], sin: &[f32]) {
+    rotate_half(head, cos, sin)
 }
 
 #[cfg(test)]

@@ -531,6 +531,7 @@ fn group_dot_scalar<const N: usize>(
 ) -> [[f32; WIDE_GROUP]; N] {
     let qb = quant_bytes(t);
     let mut out = [[0.0f32; WIDE_GROUP]; N];
+    let mut lanes = [[[0.0f32; 8]; WIDE_GROUP]; N];
     for r in 0..rows {
         for b in 0..nb {
             let (sc, qs) = block_at(qb, b, rows);
@@ -548,17 +549,38 @@ fn group_dot_scalar<const N: usize>(
                         }
                     }
                     QuantType::Q8_0 => {
-                        for j in 0..32 {
-                            si += byte(j) as i8 as i32 * y.qs[j] as i32;
+                        for (l, lane) in lanes[k][r].iter_mut().enumerate() {
+                            let s: i32 = (4 * l..4 * l + 4)
+                                .map(|j| byte(j) as i8 as i32 * y.qs[j] as i32)
+                                .sum();
+                            *lane = (d * y.d).mul_add(s as f32, *lane);
                         }
+                        continue;
                     }
                     _ => unreachable!("only Q4_0 and Q8_0 are packed"),
                 }
                 out[k][r] = (d * y.d).mul_add(si as f32, out[k][r]);
             }
         }
+        if t == QuantType::Q8_0 {
+            for k in 0..N {
+                out[k][r] = Q8Lanes::sum(&lanes[k][r]);
+            }
+        }
     }
     out
+}
+
+/// How llama.cpp sums a Q8_0 row (its tinyBLAS matmuls): eight float lanes,
+/// lane `l` adding, block by block, the block's exact integer sum of values
+/// 4l..4l+3 times (weight scale * activation scale) in one fused
+/// multiply-add; then the lanes added as `hsum` adds them.
+struct Q8Lanes;
+
+impl Q8Lanes {
+    fn sum(a: &[f32; 8]) -> f32 {
+        ((a[4] + a[0]) + (a[6] + a[2])) + ((a[5] + a[1]) + (a[7] + a[3]))
+    }
 }
 
 /// Quantized activations and, per block, 8 * the sum of its values (the
@@ -680,9 +702,9 @@ mod avx2 {
         }
     }
 
-    /// Q8_0 group of 8 rows (256 quant bytes per block) against `N` tokens:
-    /// |w| as unsigned bytes (-128 gives 128) times y with w's signs, each
-    /// 16-bit lane (up to 2 * 128 * 127) widened at once.
+    /// Q8_0 group of 8 rows (256 quant bytes per block) against `N` tokens,
+    /// in `super::Q8Lanes`: vector k's i32 lane r is row r's lane k (|w| as
+    /// unsigned bytes, -128 giving 128, times y with w's signs).
     #[target_feature(enable = "avx2,fma,f16c")]
     pub(super) unsafe fn group_q8_0<const N: usize>(
         g: *const u8,
@@ -693,32 +715,32 @@ mod avx2 {
         stride: usize,
     ) {
         let ones = _mm256_set1_epi16(1);
-        let mut acc = [_mm256_setzero_ps(); N];
+        let mut acc = [[_mm256_setzero_ps(); 8]; N];
         for b in 0..nb {
             let (sc, qs) = super::block_at(32, b, super::GROUP);
             let q = g.add(qs);
             prefetch::<4>(q);
             let ys: [&BlockQ8; N] = std::array::from_fn(|t| xs[t].get_unchecked(b));
-            let mut s = [_mm256_setzero_si256(); N];
+            let d = scales(g.add(sc));
+            let scale: [__m256; N] =
+                std::array::from_fn(|t| _mm256_mul_ps(d, _mm256_set1_ps(ys[t].d)));
             for k in 0..8 {
                 let w = _mm256_load_si256(q.add(32 * k) as *const __m256i);
                 let a = _mm256_sign_epi8(w, w);
                 for t in 0..N {
                     let p = _mm256_maddubs_epi16(a, _mm256_sign_epi8(bcast(ys[t], k), w));
-                    s[t] = _mm256_add_epi32(s[t], _mm256_madd_epi16(p, ones));
+                    let lane = _mm256_cvtepi32_ps(_mm256_madd_epi16(p, ones));
+                    acc[t][k] = _mm256_fmadd_ps(scale[t], lane, acc[t][k]);
                 }
-            }
-            let d = scales(g.add(sc));
-            for t in 0..N {
-                acc[t] = _mm256_fmadd_ps(
-                    _mm256_mul_ps(d, _mm256_set1_ps(ys[t].d)),
-                    _mm256_cvtepi32_ps(s[t]),
-                    acc[t],
-                );
             }
         }
         for (t, a) in acc.iter().enumerate() {
-            _mm256_storeu_ps(out.add(t * stride), *a);
+            let add = |x, y| _mm256_add_ps(x, y);
+            let r = add(
+                add(add(a[4], a[0]), add(a[6], a[2])),
+                add(add(a[5], a[1]), add(a[7], a[3])),
+            );
+            _mm256_storeu_ps(out.add(t * stride), r);
         }
     }
 }
@@ -793,43 +815,44 @@ mod avx512 {
         }
     }
 
-    /// Q8_0, 16 rows against `N` tokens: the weights go in as unsigned
-    /// bytes w + 128 (a sign-bit flip), and 128 * sum(y) = 16 * bias comes
-    /// off.
+    /// Q8_0, 16 rows against `N` tokens, in `super::Q8Lanes`: vector k's
+    /// i32 lane r is row r's lane k, |w| (unsigned; -128 gives 128) times y
+    /// with w's signs, by `vpdpbusd`.
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
     pub(super) unsafe fn group_q8_0<const N: usize>(
         g: *const u8,
         nb: usize,
         xs: [&[BlockQ8]; N],
-        bias: [&[i32]; N],
+        _bias: [&[i32]; N],
         out: *mut f32,
         stride: usize,
     ) {
-        let flip = _mm512_set1_epi8(-128);
-        let mut acc = [_mm512_setzero_ps(); N];
+        let zero = _mm512_setzero_si512();
+        let mut acc = [[_mm512_setzero_ps(); 8]; N];
         for b in 0..nb {
             let (sc, qs) = super::block_at(32, b, WIDE_GROUP);
             let q = g.add(qs);
             let ys: [&BlockQ8; N] = std::array::from_fn(|t| xs[t].get_unchecked(b));
-            let mut s: [__m512i; N] =
-                std::array::from_fn(|t| _mm512_set1_epi32(-16 * *bias[t].get_unchecked(b)));
-            for k in 0..8 {
-                let u = _mm512_xor_si512(_mm512_loadu_si512(q.add(64 * k) as *const __m512i), flip);
-                for t in 0..N {
-                    s[t] = _mm512_dpbusd_epi32(s[t], u, bcast(ys[t], k));
-                }
-            }
             let d = scales(g.add(sc));
-            for t in 0..N {
-                acc[t] = _mm512_fmadd_ps(
-                    _mm512_mul_ps(d, _mm512_set1_ps(ys[t].d)),
-                    _mm512_cvtepi32_ps(s[t]),
-                    acc[t],
-                );
+            let scale: [__m512; N] =
+                std::array::from_fn(|t| _mm512_mul_ps(d, _mm512_set1_ps(ys[t].d)));
+            for k in 0..8 {
+                let w = _mm512_loadu_si512(q.add(64 * k) as *const __m512i);
+                let (neg, a) = (_mm512_movepi8_mask(w), _mm512_abs_epi8(w));
+                for t in 0..N {
+                    let y = bcast(ys[t], k);
+                    let s = _mm512_dpbusd_epi32(zero, a, _mm512_mask_sub_epi8(y, neg, zero, y));
+                    acc[t][k] = _mm512_fmadd_ps(scale[t], _mm512_cvtepi32_ps(s), acc[t][k]);
+                }
             }
         }
         for (t, a) in acc.iter().enumerate() {
-            _mm512_storeu_ps(out.add(t * stride), *a);
+            let add = |x, y| _mm512_add_ps(x, y);
+            let r = add(
+                add(add(a[4], a[0]), add(a[6], a[2])),
+                add(add(a[5], a[1]), add(a[7], a[3])),
+            );
+            _mm512_storeu_ps(out.add(t * stride), r);
         }
     }
 }

@@ -31,8 +31,9 @@
 //!
 //! The integer sums are exactly `kquant::dot_q45k`'s / `dot_q6k`'s; per
 //! super-block and token the float accumulation is one fused multiply-add
-//! (Q4_K: then one for the min term), in super-block order, in the fast and
-//! the plain group kernels alike (so those agree bit for bit).
+//! (Q4_K/Q5_K: and one into a separate sum of the min terms, taken off at
+//! the end, as llama.cpp's repacked Q4_K kernels do), in super-block order,
+//! in the fast and the plain group kernels alike (so those agree bit for bit).
 
 use std::cell::RefCell;
 
@@ -266,18 +267,33 @@ pub(crate) unsafe fn group_dot<const N: usize>(
     let _ = k;
     for (k, x) in xs.iter().enumerate() {
         for r in 0..g {
-            *out.add(k * stride + r) = row_dot_scalar(t, g, grp, r, x);
+            *out.add(k * stride + r) = row_dot_scalar(t, g, grp, r, x, per_pair_sums(N));
         }
     }
+}
+
+/// Whether a Q4_K/Q5_K kernel for `n` tokens at once rounds per chunk of
+/// two sub-blocks (llama.cpp's four-row Q4_K kernel) rather than per
+/// super-block (its one-row kernel): our tiles of 4 tokens and the single
+/// tokens after them line up with its rows in fours and the rest.
+pub(crate) const fn per_pair_sums(n: usize) -> bool {
+    n > 1
 }
 
 /// The plain group kernel for row `r` of a group of `g` rows, read from the
 /// packed bytes: the integer sums of `kquant::dot_q45k` / `dot_q6k`,
 /// accumulated as the fast kernels do.
-fn row_dot_scalar(t: QuantType, g: usize, grp: &[u8], r: usize, x: &[BlockQ8K]) -> f32 {
+fn row_dot_scalar(
+    t: QuantType,
+    g: usize,
+    grp: &[u8],
+    r: usize,
+    x: &[BlockQ8K],
+    pairs: bool,
+) -> f32 {
     let l = Layout { g };
     let sbb = l.superblock_bytes(t);
-    let mut out = 0.0f32;
+    let (mut out, mut out_min) = (0.0f32, 0.0f32);
     for (b, y) in x.iter().enumerate() {
         let sb = &grp[b * sbb..(b + 1) * sbb];
         let half = |at: usize| f16::from_le_bytes([sb[at + 2 * r], sb[at + 2 * r + 1]]).to_f32();
@@ -300,9 +316,12 @@ fn row_dot_scalar(t: QuantType, g: usize, grp: &[u8], r: usize, x: &[BlockQ8K]) 
                     }
                     sumi += sc * si;
                     summ += m * (y.bsums[2 * j] as i32 + y.bsums[2 * j + 1] as i32);
+                    if (pairs && j % 2 == 1) || j == 7 {
+                        out = (d * y.d).mul_add(sumi as f32, out);
+                        out_min = (dmin * y.d).mul_add(summ as f32, out_min);
+                        (sumi, summ) = (0, 0);
+                    }
                 }
-                out = (d * y.d).mul_add(sumi as f32, out);
-                out = (-(dmin * y.d)).mul_add(summ as f32, out);
             }
             QuantType::Q6_K => {
                 let mut sumi = 0i32;
@@ -320,7 +339,7 @@ fn row_dot_scalar(t: QuantType, g: usize, grp: &[u8], r: usize, x: &[BlockQ8K]) 
             _ => unreachable!(),
         }
     }
-    out
+    out - out_min
 }
 
 thread_local! {
@@ -520,7 +539,8 @@ mod avx2 {
         }
     }
 
-    /// Q4_K (FIVE false) or Q5_K group of 8 rows against `N` tokens.
+    /// Q4_K (FIVE false) or Q5_K group of 8 rows against `N` tokens, with
+    /// `avx512::group_q45k`'s roundings (`super::per_pair_sums`).
     #[target_feature(enable = "avx2,fma,f16c")]
     pub(super) unsafe fn group_q45k<const N: usize, const FIVE: bool>(
         g: *const u8,
@@ -529,8 +549,9 @@ mod avx2 {
         out: *mut f32,
         stride: usize,
     ) {
+        let pairs = super::per_pair_sums(N);
         let sbb = if FIVE { Q5K_SB } else { Q4K_SB };
-        let mut acc = [_mm256_setzero_ps(); N];
+        let (mut acc, mut acc_min) = ([_mm256_setzero_ps(); N], [_mm256_setzero_ps(); N]);
         for b in 0..nb {
             let sb = g.add(b * sbb);
             prefetch::<3>(sb);
@@ -538,38 +559,54 @@ mod avx2 {
                 prefetch::<4>(sb.add(L.highs()));
             }
             let ys: [&BlockQ8K; N] = std::array::from_fn(|t| xs[t].get_unchecked(b));
-            let mut sumi = [_mm256_setzero_si256(); N];
-            let scales = [load(sb.add(L.scales())), load(sb.add(L.scales() + 32))];
-            let sc = |j: usize| shuffle(scales[j / 4], &DUP[j % 4]);
-            sub_block::<N, FIVE, 0>(sb, &ys, sc(0), &mut sumi);
-            sub_block::<N, FIVE, 1>(sb, &ys, sc(1), &mut sumi);
-            sub_block::<N, FIVE, 2>(sb, &ys, sc(2), &mut sumi);
-            sub_block::<N, FIVE, 3>(sb, &ys, sc(3), &mut sumi);
-            sub_block::<N, FIVE, 4>(sb, &ys, sc(4), &mut sumi);
-            sub_block::<N, FIVE, 5>(sb, &ys, sc(5), &mut sumi);
-            sub_block::<N, FIVE, 6>(sb, &ys, sc(6), &mut sumi);
-            sub_block::<N, FIVE, 7>(sb, &ys, sc(7), &mut sumi);
-            // Min term: sum_j m_j * (bsums[2j] + bsums[2j+1]).
-            let mins = [load(sb.add(L.mins())), load(sb.add(L.mins() + 32))];
-            let mut summ = [_mm256_setzero_si256(); N];
-            for j in 0..8 {
-                let m = shuffle(mins[j / 4], &DUP[j % 4]);
-                for t in 0..N {
-                    summ[t] =
-                        _mm256_add_epi32(summ[t], _mm256_madd_epi16(m, bcast_bsums(ys[t], 2 * j)));
-                }
-            }
             let d = _mm256_cvtph_ps(_mm_load_si128(sb.add(L.d()) as *const __m128i));
             let dmin = _mm256_cvtph_ps(_mm_load_si128(sb.add(L.dmin()) as *const __m128i));
-            for t in 0..N {
-                let yd = _mm256_set1_ps(ys[t].d);
-                acc[t] = _mm256_fmadd_ps(_mm256_mul_ps(d, yd), _mm256_cvtepi32_ps(sumi[t]), acc[t]);
-                acc[t] =
-                    _mm256_fnmadd_ps(_mm256_mul_ps(dmin, yd), _mm256_cvtepi32_ps(summ[t]), acc[t]);
-            }
+            let scale: [__m256; N] =
+                std::array::from_fn(|t| _mm256_mul_ps(d, _mm256_set1_ps(ys[t].d)));
+            let scale_min: [__m256; N] =
+                std::array::from_fn(|t| _mm256_mul_ps(dmin, _mm256_set1_ps(ys[t].d)));
+            let scales = [load(sb.add(L.scales())), load(sb.add(L.scales() + 32))];
+            let mins = [load(sb.add(L.mins())), load(sb.add(L.mins() + 32))];
+            let sc = |j: usize| shuffle(scales[j / 4], &DUP[j % 4]);
+            let mut sumi = [_mm256_setzero_si256(); N];
+            let mut summ = [_mm256_setzero_si256(); N];
+            // After sub-blocks 2c and 2c + 1: their min terms, and (`pairs`)
+            // both sums into the float accumulators.
+            let mut pair_done = |c: usize, sumi: &mut [__m256i; N], summ: &mut [__m256i; N]| {
+                for j in [2 * c, 2 * c + 1] {
+                    let m = shuffle(mins[j / 4], &DUP[j % 4]);
+                    for t in 0..N {
+                        summ[t] = _mm256_add_epi32(
+                            summ[t],
+                            _mm256_madd_epi16(m, bcast_bsums(ys[t], 2 * j)),
+                        );
+                    }
+                }
+                if pairs || c == 3 {
+                    for t in 0..N {
+                        acc[t] = _mm256_fmadd_ps(scale[t], _mm256_cvtepi32_ps(sumi[t]), acc[t]);
+                        acc_min[t] =
+                            _mm256_fmadd_ps(scale_min[t], _mm256_cvtepi32_ps(summ[t]), acc_min[t]);
+                    }
+                    *sumi = [_mm256_setzero_si256(); N];
+                    *summ = [_mm256_setzero_si256(); N];
+                }
+            };
+            sub_block::<N, FIVE, 0>(sb, &ys, sc(0), &mut sumi);
+            sub_block::<N, FIVE, 1>(sb, &ys, sc(1), &mut sumi);
+            pair_done(0, &mut sumi, &mut summ);
+            sub_block::<N, FIVE, 2>(sb, &ys, sc(2), &mut sumi);
+            sub_block::<N, FIVE, 3>(sb, &ys, sc(3), &mut sumi);
+            pair_done(1, &mut sumi, &mut summ);
+            sub_block::<N, FIVE, 4>(sb, &ys, sc(4), &mut sumi);
+            sub_block::<N, FIVE, 5>(sb, &ys, sc(5), &mut sumi);
+            pair_done(2, &mut sumi, &mut summ);
+            sub_block::<N, FIVE, 6>(sb, &ys, sc(6), &mut sumi);
+            sub_block::<N, FIVE, 7>(sb, &ys, sc(7), &mut sumi);
+            pair_done(3, &mut sumi, &mut summ);
         }
-        for (t, a) in acc.iter().enumerate() {
-            _mm256_storeu_ps(out.add(t * stride), *a);
+        for t in 0..N {
+            _mm256_storeu_ps(out.add(t * stride), _mm256_sub_ps(acc[t], acc_min[t]));
         }
     }
 
@@ -708,10 +745,12 @@ mod avx512 {
     ///
     /// A chunk's 8 vectors hold two sub-blocks (low and high nibbles); each
     /// token's exact i32 sum of value * activation per sub-block, times the
-    /// sub-block's scales, goes into `sumi`. The chunk loop is kept a loop
-    /// (its count hidden from the optimizer): fully unrolled, LLVM hoists
-    /// all of a super-block's loads to its top, and the kernel then reads
-    /// memory markedly slower.
+    /// sub-block's scales. One token: summed over the super-block, then one
+    /// fused multiply-add (and one for the mins); several: one per chunk, as
+    /// llama.cpp's one-row and four-row Q4_K kernels do (`PAIRS`). The chunk
+    /// loop is kept a loop (its count hidden from the optimizer): fully
+    /// unrolled, LLVM hoists all of a super-block's loads to its top, and
+    /// the kernel then reads memory markedly slower.
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
     pub(super) unsafe fn group_q45k<const N: usize, const FIVE: bool>(
         g: *const u8,
@@ -720,14 +759,20 @@ mod avx512 {
         out: *mut f32,
         stride: usize,
     ) {
+        let pairs = super::per_pair_sums(N);
         let sbb = if FIVE { Q5K_SB } else { Q4K_SB };
         let (m4, one) = (_mm512_set1_epi8(0x0f), _mm512_set1_epi8(1));
         let chunks = std::hint::black_box(4usize);
-        let mut acc = [_mm512_setzero_ps(); N];
+        let (mut acc, mut acc_min) = ([_mm512_setzero_ps(); N], [_mm512_setzero_ps(); N]);
         for b in 0..nb {
             let sb = g.add(b * sbb);
             let ys: [&BlockQ8K; N] = std::array::from_fn(|t| xs[t].get_unchecked(b));
-            let mut sumi = [_mm512_setzero_si512(); N];
+            let (d, dmin) = (halves(sb.add(L.d())), halves(sb.add(L.dmin())));
+            let scale: [__m512; N] =
+                std::array::from_fn(|t| _mm512_mul_ps(d, _mm512_set1_ps(ys[t].d)));
+            let scale_min: [__m512; N] =
+                std::array::from_fn(|t| _mm512_mul_ps(dmin, _mm512_set1_ps(ys[t].d)));
+            let (mut sumi, mut summ) = ([_mm512_setzero_si512(); N], [_mm512_setzero_si512(); N]);
             for c in 0..chunks {
                 let chunk = sb.add(if FIVE { QS5 } else { QS } + 512 * c);
                 let v: [__m512i; 8] = std::array::from_fn(|k| load(chunk.add(64 * k)));
@@ -752,6 +797,12 @@ mod avx512 {
                 let table = load(sb.add(L.scales() + 64 * (c / 2)));
                 let sc_lo = shuffle(table, &ONE[2 * (c % 2)]);
                 let sc_hi = shuffle(table, &ONE[2 * (c % 2) + 1]);
+                // Min terms of the chunk's two sub-blocks: m_j * (bsums[2j] + bsums[2j+1]).
+                let mins = load(sb.add(L.mins() + 64 * (c / 2)));
+                let (m_lo, m_hi) = (
+                    shuffle(mins, &DUP[2 * (c % 2)]),
+                    shuffle(mins, &DUP[2 * (c % 2) + 1]),
+                );
                 for t in 0..N {
                     let (mut s0, mut s1) = (_mm512_setzero_si512(), _mm512_setzero_si512());
                     for k in 0..8 {
@@ -762,28 +813,31 @@ mod avx512 {
                         _mm512_mullo_epi32(s0, sc_lo),
                         _mm512_mullo_epi32(s1, sc_hi),
                     );
-                    sumi[t] = _mm512_add_epi32(sumi[t], s);
+                    let m = _mm512_dpwssd_epi32(
+                        _mm512_madd_epi16(m_lo, bcast_bsums(ys[t], 4 * c)),
+                        m_hi,
+                        bcast_bsums(ys[t], 4 * c + 2),
+                    );
+                    if pairs {
+                        acc[t] = _mm512_fmadd_ps(scale[t], _mm512_cvtepi32_ps(s), acc[t]);
+                        acc_min[t] =
+                            _mm512_fmadd_ps(scale_min[t], _mm512_cvtepi32_ps(m), acc_min[t]);
+                    } else {
+                        sumi[t] = _mm512_add_epi32(sumi[t], s);
+                        summ[t] = _mm512_add_epi32(summ[t], m);
+                    }
                 }
             }
-            // Min term: sum_j m_j * (bsums[2j] + bsums[2j+1]).
-            let mins = [load(sb.add(L.mins())), load(sb.add(L.mins() + 64))];
-            let mut summ = [_mm512_setzero_si512(); N];
-            for j in 0..8 {
-                let m = shuffle(mins[j / 4], &DUP[j % 4]);
+            if !pairs {
                 for t in 0..N {
-                    summ[t] = _mm512_dpwssd_epi32(summ[t], m, bcast_bsums(ys[t], 2 * j));
+                    acc[t] = _mm512_fmadd_ps(scale[t], _mm512_cvtepi32_ps(sumi[t]), acc[t]);
+                    acc_min[t] =
+                        _mm512_fmadd_ps(scale_min[t], _mm512_cvtepi32_ps(summ[t]), acc_min[t]);
                 }
-            }
-            let (d, dmin) = (halves(sb.add(L.d())), halves(sb.add(L.dmin())));
-            for t in 0..N {
-                let yd = _mm512_set1_ps(ys[t].d);
-                acc[t] = _mm512_fmadd_ps(_mm512_mul_ps(d, yd), _mm512_cvtepi32_ps(sumi[t]), acc[t]);
-                acc[t] =
-                    _mm512_fnmadd_ps(_mm512_mul_ps(dmin, yd), _mm512_cvtepi32_ps(summ[t]), acc[t]);
             }
         }
-        for (t, a) in acc.iter().enumerate() {
-            _mm512_storeu_ps(out.add(t * stride), *a);
+        for t in 0..N {
+            _mm512_storeu_ps(out.add(t * stride), _mm512_sub_ps(acc[t], acc_min[t]));
         }
     }
 

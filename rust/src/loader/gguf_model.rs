@@ -435,6 +435,7 @@ pub fn load_model(path: &Path) -> Result<Model> {
     model.kv_default = crate::model::kv_cache::KvType::F16;
     let cfg = model.config.clone();
     model.rope.use_ggml_angles(&cfg);
+    model.rope.pairs = permuted;
     let missing: Vec<&str> = model
         .weight_map
         .specs

@@ -32,17 +32,19 @@ pub trait KvElem: Copy + Send + Sync + 'static {
     fn from_f32_slice(src: &[f32], dst: &mut [Self]);
     /// `x` as the cache would hold it (what the matmul against it sees).
     fn round(x: f32) -> f32;
-    /// `q . k`.
-    fn dot(q: &[f32], k: &[Self]) -> f32;
+    /// `q . k`. `pairs`: the head's halves are llama.cpp's even and odd
+    /// elements (see `kernels::f16::dot_f32_f16`, which sums in its order).
+    fn dot(q: &[f32], k: &[Self], pairs: bool) -> f32;
     /// `out += p * v`.
     fn axpy(out: &mut [f32], p: f32, v: &[Self]);
     /// `out[h * stride] = q_h . k` for each `hd`-long query `q_h` in `q`.
-    fn dot_heads(q: &[f32], hd: usize, k: &[Self], out: &mut [f32], stride: usize) {
-        dot_each_head(q, hd, k, out, stride)
+    fn dot_heads(q: &[f32], hd: usize, k: &[Self], out: &mut [f32], stride: usize, pairs: bool) {
+        dot_each_head(q, hd, k, out, stride, pairs)
     }
     /// `out_h = sum_i p[h * p_stride + i] * v_i` for each `hd`-long head of
-    /// `out`, over `i < n` in order (`axpy` key by key from zero), with
-    /// `v_i = values[i * v_stride..][..hd]`.
+    /// `out`, over `i < n`, with `v_i = values[i * v_stride..][..hd]`: by
+    /// default `axpy` key by key from zero; float16 in llama.cpp's order
+    /// (`kernels::f16::mix_f16`).
     fn mix_heads(
         out: &mut [f32],
         hd: usize,
@@ -57,9 +59,16 @@ pub trait KvElem: Copy + Send + Sync + 'static {
 }
 
 /// `KvElem::dot_heads` one head at a time.
-fn dot_each_head<T: KvElem>(q: &[f32], hd: usize, k: &[T], out: &mut [f32], stride: usize) {
+fn dot_each_head<T: KvElem>(
+    q: &[f32],
+    hd: usize,
+    k: &[T],
+    out: &mut [f32],
+    stride: usize,
+    pairs: bool,
+) {
     for h in 0..q.len() / hd {
-        out[h * stride] = T::dot(&q[h * hd..(h + 1) * hd], &k[..hd]);
+        out[h * stride] = T::dot(&q[h * hd..(h + 1) * hd], &k[..hd], pairs);
     }
 }
 
@@ -90,7 +99,7 @@ impl KvElem for f32 {
     fn round(x: f32) -> f32 {
         x
     }
-    fn dot(q: &[f32], k: &[f32]) -> f32 {
+    fn dot(q: &[f32], k: &[f32], _pairs: bool) -> f32 {
         crate::kernels::dot(q, k)
     }
     fn axpy(out: &mut [f32], p: f32, v: &[f32]) {
@@ -108,12 +117,12 @@ impl KvElem for f16 {
     fn round(x: f32) -> f32 {
         f16::from_f32(x).to_f32()
     }
-    fn dot(q: &[f32], k: &[f16]) -> f32 {
-        crate::kernels::f16::dot_f32_f16(q, k)
+    fn dot(q: &[f32], k: &[f16], pairs: bool) -> f32 {
+        crate::kernels::f16::dot_f32_f16(q, k, pairs)
     }
-    fn dot_heads(q: &[f32], hd: usize, k: &[f16], out: &mut [f32], stride: usize) {
-        if !crate::kernels::f16::try_dot_heads_f16(q, hd, k, out, stride) {
-            dot_each_head(q, hd, k, out, stride)
+    fn dot_heads(q: &[f32], hd: usize, k: &[f16], out: &mut [f32], stride: usize, pairs: bool) {
+        if !crate::kernels::f16::try_dot_heads_f16(q, hd, k, out, stride, pairs) {
+            dot_each_head(q, hd, k, out, stride, pairs)
         }
     }
     fn mix_heads(
@@ -126,7 +135,9 @@ impl KvElem for f16 {
         v_stride: usize,
     ) {
         if !crate::kernels::f16::try_mix_heads_f16(out, hd, p, p_stride, n, values, v_stride) {
-            mix_each_head(out, hd, p, p_stride, n, values, v_stride)
+            for (h, o) in out.chunks_exact_mut(hd).enumerate() {
+                crate::kernels::f16::mix_f16(o, &p[h * p_stride..], n, values, v_stride);
+            }
         }
     }
     fn axpy(out: &mut [f32], p: f32, v: &[f16]) {

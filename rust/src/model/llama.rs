@@ -9,7 +9,7 @@
 
 use super::kv_cache::{KvCache, KvElem, LayerView};
 use super::Model;
-use crate::kernels::{rmsnorm, rope_rotate_half, silu, softmax};
+use crate::kernels::{rmsnorm, rope_rotate_half, softmax, swiglu};
 use crate::pool::{current_threads, parallel_chunks, thread_index};
 
 /// A ragged batch: row `b` has `lengths[b]` tokens (concatenated in `tokens`)
@@ -77,6 +77,8 @@ struct AttnSpan {
     kv_off: usize,
     hd: usize,
     scale: f32,
+    /// q/k heads un-interleaved from llama.cpp's rotated pairs (`Rope::pairs`).
+    pairs: bool,
 }
 
 /// For each query head of one GQA group (`q` and `out` hold the group's
@@ -103,7 +105,7 @@ fn attend_group<T: KvElem>(
     }
     for (i, j) in (span.first..span.n).enumerate() {
         let k = &keys[j * span.kvd + span.kv_off..][..hd];
-        T::dot_heads(qr, hd, k, &mut scores[i..], stride);
+        T::dot_heads(qr, hd, k, &mut scores[i..], stride, span.pairs);
         for h in 0..heads {
             scores[h * stride + i] *= span.scale;
         }
@@ -237,6 +239,7 @@ pub fn forward(
                 kv_off: kv_head * hd,
                 hd,
                 scale,
+                pairs: model.rope.pairs,
             };
             match cache_ref.layer(seq_of[t], l, n) {
                 LayerView::F32(k, v) => attend_group(q, k, v, &span, scratch, out),
@@ -258,9 +261,7 @@ pub fn forward(
         let gate_up = &*gate_up;
         parallel_chunks(hidden, ffn, |t, hrow| {
             let (g, u) = gate_up[t * 2 * ffn..(t + 1) * 2 * ffn].split_at(ffn);
-            for ((o, &gv), &uv) in hrow.iter_mut().zip(g).zip(u) {
-                *o = silu(gv) * uv;
-            }
+            swiglu(hrow, g, u);
         });
         lw.w_down.matmul(xn, h, hidden, n_tok, ffn, h);
         add_bias(xn, &lw.b_down);

@@ -10,13 +10,22 @@ pub struct Rope {
     /// One inverse frequency per rotated pair (rotary_dim / 2 of them).
     pub inv_freq: Vec<f32>,
     ggml: Option<GgmlAngles>,
+    /// Each q/k head holds, in its halves, what llama.cpp holds as
+    /// interleaved (even, odd) pairs (llama-architecture GGUF files, whose
+    /// rows we un-permute): the attention then sums q . k in llama.cpp's
+    /// element order.
+    pub pairs: bool,
 }
 
 #[derive(Debug, Clone)]
 struct GgmlAngles {
     theta_scale: f32,
-    /// Per pair: the unscaled frequency over the scaled one (rope_scaling).
-    freq_factors: Vec<f32>,
+    /// Linear rope scaling: angles times 1 / factor, as ggml's `freq_scale`.
+    freq_scale: f32,
+    /// Llama 3 rope scaling: per pair, the unscaled frequency over the
+    /// scaled one (ggml's `freq_factors`). None without (ggml then takes
+    /// each angle as it is, and so must we, to the bit).
+    freq_factors: Option<Vec<f32>>,
 }
 
 impl Rope {
@@ -66,6 +75,7 @@ impl Rope {
         Rope {
             inv_freq,
             ggml: None,
+            pairs: false,
         }
     }
 
@@ -73,18 +83,26 @@ impl Rope {
     pub fn use_ggml_angles(&mut self, cfg: &ModelConfig) {
         let dim = cfg.rotary_dim();
         let theta_scale = (cfg.rope_theta as f32).powf(-2.0 / dim as f32);
-        let mut plain = 1.0f32;
-        let freq_factors = self
-            .inv_freq
-            .iter()
-            .map(|&f| {
-                let ff = plain / f;
-                plain *= theta_scale;
-                ff
-            })
-            .collect();
+        let (freq_scale, freq_factors) = match cfg.rope_scaling {
+            RopeScaling::None => (1.0, None),
+            RopeScaling::Linear { factor } => (1.0 / factor as f32, None),
+            RopeScaling::Llama3 { .. } => {
+                let mut plain = 1.0f32;
+                let ff = self
+                    .inv_freq
+                    .iter()
+                    .map(|&f| {
+                        let ff = plain / f;
+                        plain *= theta_scale;
+                        ff
+                    })
+                    .collect();
+                (1.0, Some(ff))
+            }
+        };
         self.ggml = Some(GgmlAngles {
             theta_scale,
+            freq_scale,
             freq_factors,
         });
     }
@@ -93,8 +111,13 @@ impl Rope {
     pub fn angles(&self, pos: usize, cos: &mut [f32], sin: &mut [f32]) {
         if let Some(g) = &self.ggml {
             let mut theta = pos as f32;
-            for ((c, s), &ff) in cos.iter_mut().zip(sin.iter_mut()).zip(&g.freq_factors) {
-                let a = theta / ff;
+            for (i, (c, s)) in cos.iter_mut().zip(sin.iter_mut()).enumerate() {
+                let a = match &g.freq_factors {
+                    Some(ff) => theta / ff[i],
+                    None => theta,
+                };
+                let a = g.freq_scale * a;
+                // libm's cosf and sinf, as ggml calls them.
                 *c = a.cos();
                 *s = a.sin();
                 theta *= g.theta_scale;

@@ -1,0 +1,232 @@
+//! exp, SiLU and softmax with ggml's arithmetic: the polynomial `exp` of
+//! ggml's AVX-512 kernels (`ggml_v_expf`, after Arm's optimized routines:
+//! at most ~1.5 ulp from the true value) and softmax sums in double, 16
+//! values at a time. Their results feed matmuls whose inputs are rounded to
+//! 8 bits, so matching llama.cpp to the ulp keeps those roundings, and so
+//! the logits, equal to llama.cpp's far more often than libm's `expf` would.
+//!
+//! The plain `exp_ggml` is the definition (and the test oracle); the AVX2
+//! version computes the same operations on 8 lanes, bit for bit.
+
+const SHIFT: f32 = 12582912.0; // 0x1.8p23: adding it rounds to an integer
+const LOG2E: u32 = 0x3fb8aa3b; // 0x1.715476p+0
+const LN2_HI: u32 = 0x3f317200; // 0x1.62e4p-1
+const LN2_LO: u32 = 0x35bfbe8e; // 0x1.7f7d1cp-20
+const C: [u32; 5] = [
+    0x3f7ffff6, // 0x1.ffffecp-1
+    0x3efffedb, // 0x1.fffdb6p-2
+    0x3e2aaf33, // 0x1.555e66p-3
+    0x3d2b9f17, // 0x1.573e2ep-5
+    0x3c072010, // 0x1.0e4020p-7
+];
+
+#[inline(always)]
+fn k(bits: u32) -> f32 {
+    f32::from_bits(bits)
+}
+
+/// `exp(x)` as ggml's AVX-512 `ggml_v_expf` computes it.
+pub fn exp_ggml(x: f32) -> f32 {
+    let z = x.mul_add(k(LOG2E), SHIFT);
+    let n = z - SHIFT;
+    let b = (-n).mul_add(k(LN2_LO), (-n).mul_add(k(LN2_HI), x));
+    let u = b * b;
+    let j = k(C[4])
+        .mul_add(b, k(C[3]))
+        .mul_add(u, k(C[2]).mul_add(b, k(C[1])));
+    let j = j.mul_add(u, k(C[0]).mul_add(b, 1.0));
+    if n.abs() > 192.0 {
+        return if n <= 0.0 { 0.0 } else { f32::INFINITY };
+    }
+    // j * 2^n in one rounding (`vscalefps`); exact in f64.
+    (j as f64 * 2f64.powi(n as i32)) as f32
+}
+
+/// SiLU, `x / (1 + exp(-x))`, with `exp_ggml`.
+#[inline]
+pub fn silu(x: f32) -> f32 {
+    x / (1.0 + exp_ggml(0.0 - x))
+}
+
+/// `out[i] = silu(gate[i]) * up[i]` (the SwiGLU feed-forward's hidden layer).
+pub fn swiglu(out: &mut [f32], gate: &[f32], up: &[f32]) {
+    assert!(gate.len() == out.len() && up.len() == out.len());
+    let mut i = 0;
+    #[cfg(target_arch = "x86_64")]
+    if super::x86::has_avx2() {
+        // SAFETY: the CPU has AVX2 and FMA (`has_avx2` checks both); bounds as asserted.
+        unsafe { i = x86::swiglu(out, gate, up) };
+    }
+    for ((o, &g), &u) in out[i..].iter_mut().zip(&gate[i..]).zip(&up[i..]) {
+        *o = silu(g) * u;
+    }
+}
+
+/// In-place softmax as ggml's `soft_max` computes it: `exp_ggml(x - max)`,
+/// summed 16 at a time (each 16 in float, pairwise as `_mm512_reduce_add_ps`
+/// adds them) into a double, then times the float of 1 / sum.
+pub fn softmax(x: &mut [f32]) {
+    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut i = 0;
+    #[cfg(target_arch = "x86_64")]
+    if super::x86::has_avx2() {
+        // SAFETY: as in `swiglu`.
+        unsafe { i = x86::exp_minus(x, max) };
+    }
+    for v in x[i..].iter_mut() {
+        *v = exp_ggml(*v - max);
+    }
+    // ggml takes its softmaxes over the whole (padded) cache, the positions
+    // past the last one masked to zero: a partial last 16 sums as if
+    // filled up with zeros.
+    let mut sum = 0.0f64;
+    for c in x.chunks(16) {
+        let at = |l: usize| c.get(l).copied().unwrap_or(0.0);
+        let h: [f32; 8] = std::array::from_fn(|l| at(l) + at(l + 8));
+        let q: [f32; 4] = std::array::from_fn(|l| h[l] + h[l + 4]);
+        sum += ((q[0] + q[2]) + (q[1] + q[3])) as f64;
+    }
+    let inv = (1.0 / sum) as f32;
+    for v in x.iter_mut() {
+        *v *= inv;
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    use super::{k, C, LN2_HI, LN2_LO, LOG2E, SHIFT};
+
+    /// `exp_ggml` on 8 lanes; lanes whose power of two is out of the normal
+    /// range (|n| > 126) are redone by the plain version.
+    #[inline(always)]
+    unsafe fn exp8(x: __m256) -> __m256 {
+        let set = _mm256_set1_ps;
+        let r = set(SHIFT);
+        let z = _mm256_fmadd_ps(x, set(k(LOG2E)), r);
+        let n = _mm256_sub_ps(z, r);
+        let b = _mm256_fnmadd_ps(n, set(k(LN2_LO)), _mm256_fnmadd_ps(n, set(k(LN2_HI)), x));
+        let u = _mm256_mul_ps(b, b);
+        let j = _mm256_fmadd_ps(
+            _mm256_fmadd_ps(
+                _mm256_fmadd_ps(set(k(C[4])), b, set(k(C[3]))),
+                u,
+                _mm256_fmadd_ps(set(k(C[2])), b, set(k(C[1]))),
+            ),
+            u,
+            _mm256_fmadd_ps(set(k(C[0])), b, set(1.0)),
+        );
+        let far = _mm256_cmp_ps::<_CMP_GT_OQ>(_mm256_andnot_ps(set(-0.0), n), set(126.0));
+        // 2^n from its exponent bits (n is a whole number in -126..=126 here).
+        let p = _mm256_castsi256_ps(_mm256_slli_epi32::<23>(_mm256_add_epi32(
+            _mm256_cvtps_epi32(n),
+            _mm256_set1_epi32(127),
+        )));
+        let res = _mm256_mul_ps(j, p);
+        if _mm256_movemask_ps(far) == 0 {
+            return res;
+        }
+        let mut v = [0.0f32; 8];
+        let mut xs = [0.0f32; 8];
+        _mm256_storeu_ps(v.as_mut_ptr(), res);
+        _mm256_storeu_ps(xs.as_mut_ptr(), x);
+        let m = _mm256_movemask_ps(far);
+        for l in 0..8 {
+            if m & (1 << l) != 0 {
+                v[l] = super::exp_ggml(xs[l]);
+            }
+        }
+        _mm256_loadu_ps(v.as_ptr())
+    }
+
+    /// `swiglu` over the whole vectors; returns how many values it did.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn swiglu(out: &mut [f32], gate: &[f32], up: &[f32]) -> usize {
+        let n = out.len() / 8 * 8;
+        for i in (0..n).step_by(8) {
+            let g = _mm256_loadu_ps(gate.as_ptr().add(i));
+            let e = exp8(_mm256_sub_ps(_mm256_setzero_ps(), g));
+            let s = _mm256_div_ps(g, _mm256_add_ps(_mm256_set1_ps(1.0), e));
+            _mm256_storeu_ps(
+                out.as_mut_ptr().add(i),
+                _mm256_mul_ps(s, _mm256_loadu_ps(up.as_ptr().add(i))),
+            );
+        }
+        n
+    }
+
+    /// `x[i] = exp_ggml(x[i] - max)` over the whole vectors; returns how many.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn exp_minus(x: &mut [f32], max: f32) -> usize {
+        let n = x.len() / 8 * 8;
+        for i in (0..n).step_by(8) {
+            let p = x.as_mut_ptr().add(i);
+            _mm256_storeu_ps(
+                p,
+                exp8(_mm256_sub_ps(_mm256_loadu_ps(p), _mm256_set1_ps(max))),
+            );
+        }
+        n
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn values() -> Vec<f32> {
+        let mut v: Vec<f32> = (-2000..=2000).map(|i| i as f32 * 0.0573).collect();
+        v.extend([
+            0.0, -0.0, 1e-30, -1e-30, 88.0, 88.5, 89.0, -87.0, -100.0, -104.0, -150.0, 200.0,
+            -200.0,
+        ]);
+        v.extend([f32::INFINITY, f32::NEG_INFINITY]);
+        v
+    }
+
+    #[test]
+    fn exp_is_within_two_ulps_of_libm() {
+        for x in values() {
+            let (got, want) = (exp_ggml(x), (x as f64).exp() as f32);
+            if want.is_infinite() || want == 0.0 || want < f32::MIN_POSITIVE {
+                assert!(
+                    got == want || (got - want).abs() < 1e-37,
+                    "{x}: {got} vs {want}"
+                );
+                continue;
+            }
+            let ulps = (got.to_bits() as i64 - want.to_bits() as i64).abs();
+            assert!(ulps <= 2, "exp({x}) = {got}, want {want}: {ulps} ulps");
+        }
+    }
+
+    #[test]
+    fn vector_kernels_equal_the_plain_ones_bit_for_bit() {
+        let g = values();
+        let u: Vec<f32> = g.iter().map(|v| 1.0 - v * 0.25).collect();
+        let mut fast = vec![0.0f32; g.len()];
+        swiglu(&mut fast, &g, &u);
+        for ((f, &gv), &uv) in fast.iter().zip(&g).zip(&u) {
+            let want = silu(gv) * uv;
+            assert!(
+                f.to_bits() == want.to_bits() || (f.is_nan() && want.is_nan()),
+                "{gv}"
+            );
+        }
+        for len in [1, 7, 16, 33, 100] {
+            let x: Vec<f32> = (0..len)
+                .map(|i| ((i * 37) % 23) as f32 * 0.7 - 8.0)
+                .collect();
+            let mut a = x.clone();
+            softmax(&mut a);
+            let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let e: Vec<f32> = x.iter().map(|&v| exp_ggml(v - max)).collect();
+            let total: f64 = e.iter().map(|&v| v as f64).sum();
+            for (p, q) in a.iter().zip(&e) {
+                assert!((*p as f64 - *q as f64 / total).abs() <= 1e-6, "len {len}");
+            }
+            assert!((a.iter().map(|&v| v as f64).sum::<f64>() - 1.0).abs() < 1e-5);
+        }
+    }
+}
