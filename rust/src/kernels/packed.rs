@@ -499,14 +499,20 @@ unsafe fn group_dot<const N: usize>(
         (Kernels::Avx2, QuantType::Q4_0) => {
             return avx2::group_q4_0::<N>(grp.as_ptr(), nb, xs, bias, out, stride)
         }
-        (Kernels::Avx2, QuantType::Q8_0) => {
+        (Kernels::Avx2, QuantType::Q8_0) if Q8Lanes::used(N) => {
             return avx2::group_q8_0::<N>(grp.as_ptr(), nb, xs, bias, out, stride)
+        }
+        (Kernels::Avx2, QuantType::Q8_0) => {
+            return avx2::group_q8_0_blocks::<N>(grp.as_ptr(), nb, xs, bias, out, stride)
         }
         (Kernels::Vnni, QuantType::Q4_0) => {
             return avx512::group_q4_0::<N>(grp.as_ptr(), nb, xs, bias, out, stride)
         }
-        (Kernels::Vnni, QuantType::Q8_0) => {
+        (Kernels::Vnni, QuantType::Q8_0) if Q8Lanes::used(N) => {
             return avx512::group_q8_0::<N>(grp.as_ptr(), nb, xs, bias, out, stride)
+        }
+        (Kernels::Vnni, QuantType::Q8_0) => {
+            return avx512::group_q8_0_blocks::<N>(grp.as_ptr(), nb, xs, bias, out, stride)
         }
         _ => unreachable!("only Q4_0 and Q8_0 are packed"),
     }
@@ -548,6 +554,11 @@ fn group_dot_scalar<const N: usize>(
                                 + ((q >> 4) as i32 - 8) * y.qs[j + 16] as i32;
                         }
                     }
+                    QuantType::Q8_0 if !Q8Lanes::used(N) => {
+                        for j in 0..32 {
+                            si += byte(j) as i8 as i32 * y.qs[j] as i32;
+                        }
+                    }
                     QuantType::Q8_0 => {
                         for (l, lane) in lanes[k][r].iter_mut().enumerate() {
                             let s: i32 = (4 * l..4 * l + 4)
@@ -562,7 +573,7 @@ fn group_dot_scalar<const N: usize>(
                 out[k][r] = (d * y.d).mul_add(si as f32, out[k][r]);
             }
         }
-        if t == QuantType::Q8_0 {
+        if t == QuantType::Q8_0 && Q8Lanes::used(N) {
             for k in 0..N {
                 out[k][r] = Q8Lanes::sum(&lanes[k][r]);
             }
@@ -575,9 +586,18 @@ fn group_dot_scalar<const N: usize>(
 /// lane `l` adding, block by block, the block's exact integer sum of values
 /// 4l..4l+3 times (weight scale * activation scale) in one fused
 /// multiply-add; then the lanes added as `hsum` adds them.
+///
+/// That is eight times the float work of one fused multiply-add per block:
+/// free for one token (decode reads memory, it does not compute), but it
+/// would halve prefill. Tiles of several tokens keep the per-block sums.
 struct Q8Lanes;
 
 impl Q8Lanes {
+    /// Whether a kernel for `n` tokens at once sums in lanes.
+    const fn used(n: usize) -> bool {
+        n == 1
+    }
+
     fn sum(a: &[f32; 8]) -> f32 {
         ((a[4] + a[0]) + (a[6] + a[2])) + ((a[5] + a[1]) + (a[7] + a[3]))
     }
@@ -743,6 +763,49 @@ mod avx2 {
             _mm256_storeu_ps(out.add(t * stride), r);
         }
     }
+
+    /// Q8_0 group of 8 rows (256 quant bytes per block) against `N` tokens,
+    /// one fused multiply-add per block (`super::Q8Lanes` says when):
+    /// |w| as unsigned bytes (-128 gives 128) times y with w's signs, each
+    /// 16-bit lane (up to 2 * 128 * 127) widened at once.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn group_q8_0_blocks<const N: usize>(
+        g: *const u8,
+        nb: usize,
+        xs: [&[BlockQ8]; N],
+        _bias: [&[i32]; N],
+        out: *mut f32,
+        stride: usize,
+    ) {
+        let ones = _mm256_set1_epi16(1);
+        let mut acc = [_mm256_setzero_ps(); N];
+        for b in 0..nb {
+            let (sc, qs) = super::block_at(32, b, super::GROUP);
+            let q = g.add(qs);
+            prefetch::<4>(q);
+            let ys: [&BlockQ8; N] = std::array::from_fn(|t| xs[t].get_unchecked(b));
+            let mut s = [_mm256_setzero_si256(); N];
+            for k in 0..8 {
+                let w = _mm256_load_si256(q.add(32 * k) as *const __m256i);
+                let a = _mm256_sign_epi8(w, w);
+                for t in 0..N {
+                    let p = _mm256_maddubs_epi16(a, _mm256_sign_epi8(bcast(ys[t], k), w));
+                    s[t] = _mm256_add_epi32(s[t], _mm256_madd_epi16(p, ones));
+                }
+            }
+            let d = scales(g.add(sc));
+            for t in 0..N {
+                acc[t] = _mm256_fmadd_ps(
+                    _mm256_mul_ps(d, _mm256_set1_ps(ys[t].d)),
+                    _mm256_cvtepi32_ps(s[t]),
+                    acc[t],
+                );
+            }
+        }
+        for (t, a) in acc.iter().enumerate() {
+            _mm256_storeu_ps(out.add(t * stride), *a);
+        }
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -853,6 +916,47 @@ mod avx512 {
                 add(add(a[5], a[1]), add(a[7], a[3])),
             );
             _mm512_storeu_ps(out.add(t * stride), r);
+        }
+    }
+
+    /// Q8_0, 16 rows against `N` tokens, one fused multiply-add per block
+    /// (`super::Q8Lanes` says when): the weights go in as unsigned
+    /// bytes w + 128 (a sign-bit flip), and 128 * sum(y) = 16 * bias comes
+    /// off.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
+    pub(super) unsafe fn group_q8_0_blocks<const N: usize>(
+        g: *const u8,
+        nb: usize,
+        xs: [&[BlockQ8]; N],
+        bias: [&[i32]; N],
+        out: *mut f32,
+        stride: usize,
+    ) {
+        let flip = _mm512_set1_epi8(-128);
+        let mut acc = [_mm512_setzero_ps(); N];
+        for b in 0..nb {
+            let (sc, qs) = super::block_at(32, b, WIDE_GROUP);
+            let q = g.add(qs);
+            let ys: [&BlockQ8; N] = std::array::from_fn(|t| xs[t].get_unchecked(b));
+            let mut s: [__m512i; N] =
+                std::array::from_fn(|t| _mm512_set1_epi32(-16 * *bias[t].get_unchecked(b)));
+            for k in 0..8 {
+                let u = _mm512_xor_si512(_mm512_loadu_si512(q.add(64 * k) as *const __m512i), flip);
+                for t in 0..N {
+                    s[t] = _mm512_dpbusd_epi32(s[t], u, bcast(ys[t], k));
+                }
+            }
+            let d = scales(g.add(sc));
+            for t in 0..N {
+                acc[t] = _mm512_fmadd_ps(
+                    _mm512_mul_ps(d, _mm512_set1_ps(ys[t].d)),
+                    _mm512_cvtepi32_ps(s[t]),
+                    acc[t],
+                );
+            }
+        }
+        for (t, a) in acc.iter().enumerate() {
+            _mm512_storeu_ps(out.add(t * stride), *a);
         }
     }
 }
