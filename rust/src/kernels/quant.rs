@@ -133,19 +133,28 @@ pub fn dot_row(t: QuantType, w: &[u8], x: &[BlockQ8]) -> f32 {
     dot_row_scalar(t, w, x)
 }
 
+/// Eight float lanes added as ggml's `hsum_float_8` adds them.
+fn lane_sum(a: &[f32; 8]) -> f32 {
+    ((a[4] + a[0]) + (a[6] + a[2])) + ((a[5] + a[1]) + (a[7] + a[3]))
+}
+
 /// The plain version of `dot_row`: it defines the arithmetic, and is the
 /// oracle for the fast kernels.
 pub fn dot_row_scalar(t: QuantType, w: &[u8], x: &[BlockQ8]) -> f32 {
     let mut sum = 0.0f32;
     match t {
         QuantType::Q8_0 => {
+            // Eight lanes of four values, as llama.cpp's tinyBLAS sums them.
+            let mut lanes = [0.0f32; 8];
             for (b, y) in w.chunks_exact(34).zip(x) {
-                let mut si = 0i32;
-                for (&q, &p) in b[2..].iter().zip(&y.qs) {
-                    si += (q as i8 as i32) * p as i32;
+                for (l, lane) in lanes.iter_mut().enumerate() {
+                    let si: i32 = (4 * l..4 * l + 4)
+                        .map(|j| (b[2 + j] as i8 as i32) * y.qs[j] as i32)
+                        .sum();
+                    *lane = (h(b) * y.d).mul_add(si as f32, *lane);
                 }
-                sum += si as f32 * (h(b) * y.d);
             }
+            sum = lane_sum(&lanes);
         }
         QuantType::Q4_0 => {
             for (b, y) in w.chunks_exact(18).zip(x) {
@@ -158,14 +167,18 @@ pub fn dot_row_scalar(t: QuantType, w: &[u8], x: &[BlockQ8]) -> f32 {
             }
         }
         QuantType::Q4_1 => {
+            // As ggml_vec_dot_q4_1_q8_1: eight lanes of four values, the
+            // min terms summed on the side.
+            let (mut lanes, mut mins) = ([0.0f32; 8], 0.0f32);
             for (b, y) in w.chunks_exact(20).zip(x) {
-                let mut si = 0i32;
-                for (j, &q) in b[4..].iter().enumerate() {
-                    si +=
-                        (q & 0x0f) as i32 * y.qs[j] as i32 + (q >> 4) as i32 * y.qs[j + 16] as i32;
+                let q = |j: usize| if j < 16 { b[4 + j] & 0x0f } else { b[4 + j - 16] >> 4 } as i32;
+                for (l, lane) in lanes.iter_mut().enumerate() {
+                    let si: i32 = (4 * l..4 * l + 4).map(|j| q(j) * y.qs[j] as i32).sum();
+                    *lane = (h(b) * y.d).mul_add(si as f32, *lane);
                 }
-                sum += (h(b) * y.d) * si as f32 + h(&b[2..]) * y.s;
+                mins = h(&b[2..]).mul_add(y.s, mins);
             }
+            sum = lane_sum(&lanes) + mins;
         }
         QuantType::Q4_K | QuantType::Q5_K | QuantType::Q6_K => {
             unreachable!("k-quants take Q8_K activations")

@@ -183,9 +183,11 @@ fn finish<const N: usize>(acc: &[[__m256; 2]; N], add: [f32; N]) -> [f32; N] {
 fn dot_q8_0<const N: usize>(w: &[u8], xs: [&[BlockQ8]; N]) -> [f32; N] {
     let nb = common_blocks(w.len() / 34, &xs);
     let wp = w.as_ptr();
-    let mut acc = [[_mm256_setzero_ps(); 2]; N];
+    // As llama.cpp's tinyBLAS (`packed::Q8Lanes`): one float lane per 4
+    // values, one accumulator.
+    let mut acc = [_mm256_setzero_ps(); N];
     // SAFETY: block i < nb lies within `w` (34 bytes each) and every `xs[k]`.
-    for_blocks_in_pairs(nb, |i, h| unsafe {
+    (0..nb).for_each(|i| unsafe {
         let b = wp.add(i * 34);
         let q = load256(b.add(2));
         let aq = _mm256_sign_epi8(q, q);
@@ -194,10 +196,10 @@ fn dot_q8_0<const N: usize>(w: &[u8], xs: [&[BlockQ8]; N]) -> [f32; N] {
             let y = xs[k].get_unchecked(i);
             let sy = _mm256_sign_epi8(load256(y.qs.as_ptr() as *const u8), q);
             let p = _mm256_cvtepi32_ps(sum_pairs(_mm256_maddubs_epi16(aq, sy)));
-            acc[k][h] = _mm256_fmadd_ps(_mm256_mul_ps(dw, _mm256_set1_ps(y.d)), p, acc[k][h]);
+            acc[k] = _mm256_fmadd_ps(_mm256_mul_ps(dw, _mm256_set1_ps(y.d)), p, acc[k]);
         }
     });
-    finish(&acc, [0.0; N])
+    std::array::from_fn(|k| hsum_ps(acc[k]))
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -225,10 +227,12 @@ fn dot_q4_0<const N: usize>(w: &[u8], xs: [&[BlockQ8]; N]) -> [f32; N] {
 fn dot_q4_1<const N: usize>(w: &[u8], xs: [&[BlockQ8]; N]) -> [f32; N] {
     let nb = common_blocks(w.len() / 20, &xs);
     let wp = w.as_ptr();
-    let mut acc = [[_mm256_setzero_ps(); 2]; N];
+    // As ggml_vec_dot_q4_1_q8_1: one float lane per 4 values, one
+    // accumulator, the min terms summed on the side.
+    let mut acc = [_mm256_setzero_ps(); N];
     let mut mins = [0.0f32; N];
     // SAFETY: block i < nb lies within `w` (20 bytes each) and every `xs[k]`.
-    for_blocks_in_pairs(nb, |i, h| unsafe {
+    (0..nb).for_each(|i| unsafe {
         let b = wp.add(i * 20);
         // Unsigned nibbles times signed activations: maddubs as is.
         let q = nibbles_16(b.add(4));
@@ -240,11 +244,11 @@ fn dot_q4_1<const N: usize>(w: &[u8], xs: [&[BlockQ8]; N]) -> [f32; N] {
                 q,
                 load256(y.qs.as_ptr() as *const u8),
             )));
-            acc[k][h] = _mm256_fmadd_ps(_mm256_set1_ps(d * y.d), p, acc[k][h]);
-            mins[k] += m * y.s;
+            acc[k] = _mm256_fmadd_ps(_mm256_set1_ps(d * y.d), p, acc[k]);
+            mins[k] = m.mul_add(y.s, mins[k]);
         }
     });
-    finish(&acc, mins)
+    std::array::from_fn(|k| hsum_ps(acc[k]) + mins[k])
 }
 
 // ---------------------------------------------------------------------------
