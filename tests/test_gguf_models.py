@@ -81,7 +81,8 @@ def test_quantized_gguf_picks_llama_cpps_token_except_at_near_ties(name):
     """Argmax agreement with llama.cpp over all 141 golden positions, and
     every disagreement is a near-tie in llama.cpp's own logits: its top two
     differ by less than the 1e-2 (of max|logit|) the engines sit apart. (The
-    issue's goal of 0.99 on every file is not met yet: 0.957 is the worst.)"""
+    issue's goal of 0.99 on every file is not met yet: 0.979 is the worst,
+    on the Q5_K mix.)"""
     ref = np.load(FIXTURES / "golden" / f"llamacpp-{name}.npz")
     agree, total = 0, 0
     with pyffi.Transformer.from_pretrained(FIXTURES / "gguf" / f"{name}.gguf") as model:
@@ -94,7 +95,23 @@ def test_quantized_gguf_picks_llama_cpps_token_except_at_near_ties(name):
                     agree += 1
                 else:
                     assert (t.max() - t[o.argmax()]) / scale <= 1e-2, (name, i)
-    assert agree / total >= 0.95, (name, agree, total)
+    assert agree / total >= 0.975, (name, agree, total)
+
+
+# Files whose every matmul, norm and activation we compute with llama.cpp's
+# own roundings (Q4_0, Q4_1 and Q4_K weights, its attention and its exp):
+# our logits are its logits, up to the last bits of a few float sums.
+EXACT_FILES = ["small-llama-256-q4_0", "small-llama-256-q4_1", "small-llama-256-q4_k_m", "tiny-llama-q4_0"]
+
+
+@pytest.mark.parametrize("name", EXACT_FILES)
+def test_files_with_llama_cpps_roundings_give_its_logits(name):
+    ref = np.load(FIXTURES / "golden" / f"llamacpp-{name}.npz")
+    with pyffi.Transformer.from_pretrained(FIXTURES / "gguf" / f"{name}.gguf") as model:
+        for i in range(4):
+            ours, theirs = model.forward([ref[f"input_{i}"]])[0], ref[f"logits_{i}"]
+            assert rel_err(ours, theirs) <= 1e-6, (name, i, rel_err(ours, theirs))
+            assert (ours.argmax(-1) == theirs.argmax(-1)).all(), (name, i)
 
 
 def test_quantized_matrices_cannot_be_overwritten_with_floats():
