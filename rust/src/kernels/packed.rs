@@ -7,10 +7,12 @@
 //! horizontal sums.
 //!
 //! The arithmetic is `quant::dot_row_scalar`'s: exact integer block sums,
-//! each times (weight scale * activation scale), added over the blocks; only
-//! the float rounding differs (a fused multiply-add per block, in block order).
-//! For each token the result does not depend on how many tokens are computed
-//! together (one or four at a time), bit for bit.
+//! each times (weight scale * activation scale), added over the blocks, with
+//! llama.cpp's roundings: Q4_0 one fused multiply-add per block (its
+//! repacked kernels); Q8_0 one token at a time in eight lanes of four values
+//! (its tinyBLAS, `Q8Lanes`), but in tiles of four tokens one fused
+//! multiply-add per block (the lanes would halve prefill). So a Q8_0 result
+//! depends, in its last bits, on whether the token was computed alone.
 //!
 //! Layout of one group of G rows (`nb` blocks of 32 values; G = 8 for the
 //! AVX2 kernels, 16 for the AVX-512 ones, so that one 512-bit vector holds
@@ -500,7 +502,7 @@ unsafe fn group_dot<const N: usize>(
             return avx2::group_q4_0::<N>(grp.as_ptr(), nb, xs, bias, out, stride)
         }
         (Kernels::Avx2, QuantType::Q8_0) if Q8Lanes::used(N) => {
-            return avx2::group_q8_0::<N>(grp.as_ptr(), nb, xs, bias, out, stride)
+            return avx2::group_q8_0_lanes::<N>(grp.as_ptr(), nb, xs, bias, out, stride)
         }
         (Kernels::Avx2, QuantType::Q8_0) => {
             return avx2::group_q8_0_blocks::<N>(grp.as_ptr(), nb, xs, bias, out, stride)
@@ -509,7 +511,7 @@ unsafe fn group_dot<const N: usize>(
             return avx512::group_q4_0::<N>(grp.as_ptr(), nb, xs, bias, out, stride)
         }
         (Kernels::Vnni, QuantType::Q8_0) if Q8Lanes::used(N) => {
-            return avx512::group_q8_0::<N>(grp.as_ptr(), nb, xs, bias, out, stride)
+            return avx512::group_q8_0_lanes::<N>(grp.as_ptr(), nb, xs, bias, out, stride)
         }
         (Kernels::Vnni, QuantType::Q8_0) => {
             return avx512::group_q8_0_blocks::<N>(grp.as_ptr(), nb, xs, bias, out, stride)
@@ -527,7 +529,8 @@ unsafe fn group_dot<const N: usize>(
 
 /// The plain version of the group kernels: each row's blocks as
 /// `quant::dot_row_scalar` computes them, accumulated as the fast kernels do
-/// (one fused multiply-add per block), so the two agree bit for bit.
+/// for `N` tokens at once (per block, or in `Q8Lanes`), so the two agree
+/// bit for bit.
 fn group_dot_scalar<const N: usize>(
     t: QuantType,
     rows: usize,
@@ -726,7 +729,7 @@ mod avx2 {
     /// in `super::Q8Lanes`: vector k's i32 lane r is row r's lane k (|w| as
     /// unsigned bytes, -128 giving 128, times y with w's signs).
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub(super) unsafe fn group_q8_0<const N: usize>(
+    pub(super) unsafe fn group_q8_0_lanes<const N: usize>(
         g: *const u8,
         nb: usize,
         xs: [&[BlockQ8]; N],
@@ -882,7 +885,7 @@ mod avx512 {
     /// i32 lane r is row r's lane k, |w| (unsigned; -128 gives 128) times y
     /// with w's signs, by `vpdpbusd`.
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
-    pub(super) unsafe fn group_q8_0<const N: usize>(
+    pub(super) unsafe fn group_q8_0_lanes<const N: usize>(
         g: *const u8,
         nb: usize,
         xs: [&[BlockQ8]; N],
@@ -1131,7 +1134,7 @@ mod tests {
 
     #[test]
     fn fast_group_kernels_equal_the_scalar_ones() {
-        // The same fused multiply-add per block in the same order: bit for bit.
+        // The same fused multiply-adds in the same order: bit for bit.
         if !fast_kernels() {
             return;
         }
