@@ -81,10 +81,8 @@ pub fn softmax(x: &mut [f32]) {
     // filled up with zeros.
     let mut sum = 0.0f64;
     for c in x.chunks(16) {
-        let at = |l: usize| c.get(l).copied().unwrap_or(0.0);
-        let h: [f32; 8] = std::array::from_fn(|l| at(l) + at(l + 8));
-        let q: [f32; 4] = std::array::from_fn(|l| h[l] + h[l + 4]);
-        sum += ((q[0] + q[2]) + (q[1] + q[3])) as f64;
+        let lanes: [f32; 16] = std::array::from_fn(|l| c.get(l).copied().unwrap_or(0.0));
+        sum += super::f16::reduce16(&lanes) as f64;
     }
     let inv = (1.0 / sum) as f32;
     for v in x.iter_mut() {

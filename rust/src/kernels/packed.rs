@@ -602,7 +602,7 @@ impl Q8Lanes {
     }
 
     fn sum(a: &[f32; 8]) -> f32 {
-        ((a[4] + a[0]) + (a[6] + a[2])) + ((a[5] + a[1]) + (a[7] + a[3]))
+        quant::lane_sum(a)
     }
 }
 

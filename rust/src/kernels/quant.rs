@@ -133,8 +133,9 @@ pub fn dot_row(t: QuantType, w: &[u8], x: &[BlockQ8]) -> f32 {
     dot_row_scalar(t, w, x)
 }
 
-/// Eight float lanes added as ggml's `hsum_float_8` adds them.
-fn lane_sum(a: &[f32; 8]) -> f32 {
+/// Eight float lanes added as ggml's `hsum_float_8` (and tinyBLAS's
+/// `hsum`) adds them.
+pub(crate) fn lane_sum(a: &[f32; 8]) -> f32 {
     ((a[4] + a[0]) + (a[6] + a[2])) + ((a[5] + a[1]) + (a[7] + a[3]))
 }
 
