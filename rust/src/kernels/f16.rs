@@ -48,27 +48,22 @@ pub fn reduce16(v: &[f32; 16]) -> f32 {
     (q[0] + q[2]) + (q[1] + q[3])
 }
 
-/// The `reduce16` lane of element `e` of an `n`-long attention head: its
-/// index in llama.cpp's element order, mod 16. With `pairs`, our head is
-/// llama.cpp's with its rotated pairs (even, odd elements) un-interleaved
-/// into halves (llama-architecture GGUF files store q and k that way), so
-/// element `e` of the first half is its `2e` and of the second its `2e + 1`.
-fn lane(e: usize, n: usize, pairs: bool) -> usize {
-    let half = n / 2;
+/// Our index of element `j` of an `n`-long attention head in llama.cpp's
+/// order. With `pairs`, our head is llama.cpp's with its rotated pairs (even,
+/// odd elements) un-interleaved into halves (llama-architecture GGUF files
+/// store q and k that way): its element `2e` is our `e`, its `2e + 1` our
+/// `n / 2 + e`.
+fn ours(j: usize, n: usize, pairs: bool) -> usize {
     if pairs && n % 2 == 0 {
-        if e < half {
-            (2 * e) % 16
-        } else {
-            (2 * (e - half) + 1) % 16
-        }
+        (j % 2) * (n / 2) + j / 2
     } else {
-        e % 16
+        j
     }
 }
 
 /// `sum_i a[i] * b[i]` for float32 `a` holding float16 values and float16
 /// `b` (attention: a rounded query against a cached key), elements in
-/// llama.cpp's order (`lane`): in `reduce16`'s 16 lanes where the length is
+/// llama.cpp's order (`ours`): in `reduce16`'s 16 lanes where the length is
 /// a multiple of 16, as `ggml_vec_dot_f16` otherwise.
 pub fn dot_f32_f16(a: &[f32], b: &[f16], pairs: bool) -> f32 {
     debug_assert_eq!(a.len(), b.len());
@@ -82,13 +77,7 @@ pub fn dot_f32_f16(a: &[f32], b: &[f16], pairs: bool) -> f32 {
         // llama.cpp's tinyBLAS takes whole 16s only; it then calls
         // `ggml_vec_dot_f16`: 64 at a time in four 16-lane sums, the rest
         // added one by one in double.
-        let theirs = |j: usize| {
-            if pairs && n % 2 == 0 {
-                (j % 2) * (n / 2) + j / 2
-            } else {
-                j
-            }
-        };
+        let theirs = |j: usize| ours(j, n, pairs);
         let whole = n / 64 * 64;
         let mut acc = [[0.0f32; 16]; 4];
         for j in 0..whole {
@@ -103,8 +92,9 @@ pub fn dot_f32_f16(a: &[f32], b: &[f16], pairs: bool) -> f32 {
         return sum as f32;
     }
     let mut lanes = [0.0f32; 16];
-    for e in 0..n {
-        lanes[lane(e, n, pairs)] += a[e] * b[e].to_f32();
+    for j in 0..n {
+        let e = ours(j, n, pairs);
+        lanes[j % 16] += a[e] * b[e].to_f32();
     }
     reduce16(&lanes)
 }
@@ -119,19 +109,6 @@ pub fn mix_f16(out: &mut [f32], p: &[f32], n: usize, values: &[f16], v_stride: u
             lanes[i % 16] += p[i] * values[i * v_stride + d].to_f32();
         }
         *o = reduce16(&lanes);
-    }
-}
-
-/// `out[i] += p * v[i]` for float16 `v` (attention: weighting a cached value).
-pub fn axpy_f16(out: &mut [f32], p: f32, v: &[f16]) {
-    debug_assert_eq!(out.len(), v.len());
-    #[cfg(target_arch = "x86_64")]
-    if has_f16c_fma() {
-        // SAFETY: as above.
-        return unsafe { x86::axpy_f16(out, p, v) };
-    }
-    for (o, x) in out.iter_mut().zip(v) {
-        *o += p * x.to_f32();
     }
 }
 
@@ -492,25 +469,6 @@ mod x86 {
         reduce16(x, y)
     }
 
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn axpy_f16(out: &mut [f32], p: f32, v: &[f16]) {
-        let n = out.len().min(v.len());
-        let full = n / 8 * 8;
-        let pv = _mm256_set1_ps(p);
-        let mut i = 0;
-        while i < full {
-            let o = out.as_mut_ptr().add(i);
-            _mm256_storeu_ps(
-                o,
-                _mm256_fmadd_ps(pv, load8(v.as_ptr().add(i)), _mm256_loadu_ps(o)),
-            );
-            i += 8;
-        }
-        for j in full..n {
-            out[j] += p * v[j].to_f32();
-        }
-    }
-
     /// `dot_f32_f16` of G queries against one key (hd % 16 == 0).
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn dot_heads<const G: usize>(
@@ -800,11 +758,6 @@ mod tests {
                 assert!(
                     (dot_f32_f16(&a, &b, pairs) as f64 - exact).abs() <= 1e-5 * (1.0 + n as f64)
                 );
-            }
-            let mut out = a.clone();
-            axpy_f16(&mut out, 0.5, &b);
-            for i in 0..n {
-                assert_eq!(out[i], a[i] + 0.5 * b[i].to_f32());
             }
         }
     }

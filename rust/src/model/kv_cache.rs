@@ -35,16 +35,14 @@ pub trait KvElem: Copy + Send + Sync + 'static {
     /// `q . k`. `pairs`: the head's halves are llama.cpp's even and odd
     /// elements (see `kernels::f16::dot_f32_f16`, which sums in its order).
     fn dot(q: &[f32], k: &[Self], pairs: bool) -> f32;
-    /// `out += p * v`.
-    fn axpy(out: &mut [f32], p: f32, v: &[Self]);
     /// `out[h * stride] = q_h . k` for each `hd`-long query `q_h` in `q`.
     fn dot_heads(q: &[f32], hd: usize, k: &[Self], out: &mut [f32], stride: usize, pairs: bool) {
         dot_each_head(q, hd, k, out, stride, pairs)
     }
     /// `out_h = sum_i p[h * p_stride + i] * v_i` for each `hd`-long head of
-    /// `out`, over `i < n`, with `v_i = values[i * v_stride..][..hd]`: by
-    /// default `axpy` key by key from zero; float16 in llama.cpp's order
-    /// (`kernels::f16::mix_f16`).
+    /// `out`, over `i < n`, with `v_i = values[i * v_stride..][..hd]`
+    /// (float32: key by key from zero; float16: in llama.cpp's order,
+    /// `kernels::f16::mix_f16`).
     fn mix_heads(
         out: &mut [f32],
         hd: usize,
@@ -53,9 +51,7 @@ pub trait KvElem: Copy + Send + Sync + 'static {
         n: usize,
         values: &[Self],
         v_stride: usize,
-    ) {
-        mix_each_head(out, hd, p, p_stride, n, values, v_stride)
-    }
+    );
 }
 
 /// `KvElem::dot_heads` one head at a time.
@@ -72,25 +68,6 @@ fn dot_each_head<T: KvElem>(
     }
 }
 
-/// `KvElem::mix_heads` one head and key at a time.
-fn mix_each_head<T: KvElem>(
-    out: &mut [f32],
-    hd: usize,
-    p: &[f32],
-    p_stride: usize,
-    n: usize,
-    values: &[T],
-    v_stride: usize,
-) {
-    out.fill(0.0);
-    for i in 0..n {
-        let v = &values[i * v_stride..i * v_stride + hd];
-        for h in 0..out.len() / hd {
-            T::axpy(&mut out[h * hd..(h + 1) * hd], p[h * p_stride + i], v);
-        }
-    }
-}
-
 impl KvElem for f32 {
     fn from_f32_slice(src: &[f32], dst: &mut [f32]) {
         dst.copy_from_slice(src);
@@ -102,9 +79,24 @@ impl KvElem for f32 {
     fn dot(q: &[f32], k: &[f32], _pairs: bool) -> f32 {
         crate::kernels::dot(q, k)
     }
-    fn axpy(out: &mut [f32], p: f32, v: &[f32]) {
-        for (o, x) in out.iter_mut().zip(v) {
-            *o += p * x;
+    fn mix_heads(
+        out: &mut [f32],
+        hd: usize,
+        p: &[f32],
+        p_stride: usize,
+        n: usize,
+        values: &[f32],
+        v_stride: usize,
+    ) {
+        out.fill(0.0);
+        for i in 0..n {
+            let v = &values[i * v_stride..i * v_stride + hd];
+            for (h, o) in out.chunks_exact_mut(hd).enumerate() {
+                let w = p[h * p_stride + i];
+                for (o, x) in o.iter_mut().zip(v) {
+                    *o += w * x;
+                }
+            }
         }
     }
 }
@@ -139,9 +131,6 @@ impl KvElem for f16 {
                 crate::kernels::f16::mix_f16(o, &p[h * p_stride..], n, values, v_stride);
             }
         }
-    }
-    fn axpy(out: &mut [f32], p: f32, v: &[f16]) {
-        crate::kernels::f16::axpy_f16(out, p, v)
     }
 }
 
