@@ -25,7 +25,10 @@ fn k(bits: u32) -> f32 {
     f32::from_bits(bits)
 }
 
-/// `exp(x)` as ggml's AVX-512 `ggml_v_expf` computes it.
+/// `exp(x)` as ggml's AVX-512 `ggml_v_expf` computes it. (Inlined, so that
+/// the vector kernels' fallback lanes get the CPU's fused multiply-add
+/// rather than a libm call.)
+#[inline(always)]
 pub fn exp_ggml(x: f32) -> f32 {
     let z = x.mul_add(k(LOG2E), SHIFT);
     let n = z - SHIFT;
@@ -38,8 +41,9 @@ pub fn exp_ggml(x: f32) -> f32 {
     if n.abs() > 192.0 {
         return if n <= 0.0 { 0.0 } else { f32::INFINITY };
     }
-    // j * 2^n in one rounding (`vscalefps`); exact in f64.
-    (j as f64 * 2f64.powi(n as i32)) as f32
+    // j * 2^n in one rounding (`vscalefps`): exact in f64, 2^n from its
+    // exponent bits (|n| <= 192).
+    (j as f64 * f64::from_bits(((n as i64 + 1023) as u64) << 52)) as f32
 }
 
 /// SiLU, `x / (1 + exp(-x))`, with `exp_ggml`.
@@ -53,7 +57,10 @@ pub fn swiglu(out: &mut [f32], gate: &[f32], up: &[f32]) {
     assert!(gate.len() == out.len() && up.len() == out.len());
     let mut i = 0;
     #[cfg(target_arch = "x86_64")]
-    if super::x86::has_avx2() {
+    if super::f16::has_avx512() {
+        // SAFETY: the CPU has AVX-512F; bounds as asserted.
+        unsafe { i = x86::swiglu16(out, gate, up) };
+    } else if super::x86::has_avx2() {
         // SAFETY: the CPU has AVX2 and FMA (`has_avx2` checks both); bounds as asserted.
         unsafe { i = x86::swiglu(out, gate, up) };
     }
@@ -69,7 +76,10 @@ pub fn softmax(x: &mut [f32]) {
     let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
     let mut i = 0;
     #[cfg(target_arch = "x86_64")]
-    if super::x86::has_avx2() {
+    if super::f16::has_avx512() {
+        // SAFETY: as in `swiglu`.
+        unsafe { i = x86::exp_minus16(x, max) };
+    } else if super::x86::has_avx2() {
         // SAFETY: as in `swiglu`.
         unsafe { i = x86::exp_minus(x, max) };
     }
@@ -167,6 +177,67 @@ mod x86 {
         }
         n
     }
+
+    /// `exp_ggml` on 16 lanes, as `ggml_v_expf` itself: `vscalefps` puts
+    /// 2^n on in one rounding at any n, and |n| > 192 gives 0 or infinity.
+    #[inline(always)]
+    unsafe fn exp16(x: __m512) -> __m512 {
+        let set = _mm512_set1_ps;
+        let r = set(SHIFT);
+        let z = _mm512_fmadd_ps(x, set(k(LOG2E)), r);
+        let n = _mm512_sub_ps(z, r);
+        let b = _mm512_fnmadd_ps(n, set(k(LN2_LO)), _mm512_fnmadd_ps(n, set(k(LN2_HI)), x));
+        let u = _mm512_mul_ps(b, b);
+        let j = _mm512_fmadd_ps(
+            _mm512_fmadd_ps(
+                _mm512_fmadd_ps(set(k(C[4])), b, set(k(C[3]))),
+                u,
+                _mm512_fmadd_ps(set(k(C[2])), b, set(k(C[1]))),
+            ),
+            u,
+            _mm512_fmadd_ps(set(k(C[0])), b, set(1.0)),
+        );
+        let res = _mm512_scalef_ps(j, n);
+        let far = _mm512_cmp_ps_mask::<_CMP_GT_OQ>(_mm512_abs_ps(n), set(192.0));
+        if far == 0 {
+            return res;
+        }
+        let low = _mm512_cmp_ps_mask::<_CMP_LE_OQ>(n, _mm512_setzero_ps());
+        let alt = _mm512_mask_blend_ps(low, set(f32::INFINITY), _mm512_setzero_ps());
+        _mm512_mask_blend_ps(far, res, alt)
+    }
+
+    /// Lanes `0..n` (n <= 16) of a mask.
+    #[inline(always)]
+    fn first(n: usize) -> __mmask16 {
+        ((1u32 << n) - 1) as __mmask16
+    }
+
+    /// `swiglu` on AVX-512, the partial last vector masked: does them all.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn swiglu16(out: &mut [f32], gate: &[f32], up: &[f32]) -> usize {
+        for i in (0..out.len()).step_by(16) {
+            let m = first((out.len() - i).min(16));
+            let g = _mm512_maskz_loadu_ps(m, gate.as_ptr().add(i));
+            let e = exp16(_mm512_sub_ps(_mm512_setzero_ps(), g));
+            let s = _mm512_div_ps(g, _mm512_add_ps(_mm512_set1_ps(1.0), e));
+            let v = _mm512_mul_ps(s, _mm512_maskz_loadu_ps(m, up.as_ptr().add(i)));
+            _mm512_mask_storeu_ps(out.as_mut_ptr().add(i), m, v);
+        }
+        out.len()
+    }
+
+    /// `exp_minus` on AVX-512, the partial last vector masked: does them all.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn exp_minus16(x: &mut [f32], max: f32) -> usize {
+        for i in (0..x.len()).step_by(16) {
+            let m = first((x.len() - i).min(16));
+            let p = x.as_mut_ptr().add(i);
+            let v = _mm512_sub_ps(_mm512_maskz_loadu_ps(m, p), _mm512_set1_ps(max));
+            _mm512_mask_storeu_ps(p, m, exp16(v));
+        }
+        x.len()
+    }
 }
 
 #[cfg(test)]
@@ -196,6 +267,41 @@ mod tests {
             }
             let ulps = (got.to_bits() as i64 - want.to_bits() as i64).abs();
             assert!(ulps <= 2, "exp({x}) = {got}, want {want}: {ulps} ulps");
+        }
+    }
+
+    /// Each vector kernel this CPU runs (AVX2 and AVX-512 alike, whichever
+    /// `swiglu`/`softmax` would pick) against `exp_ggml`/`silu`, every lane.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn every_vector_path_equals_the_plain_one_bit_for_bit() {
+        let g = values();
+        let u: Vec<f32> = g.iter().map(|v| 1.0 - v * 0.25).collect();
+        let same = |a: f32, b: f32| a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan());
+        type Swiglu = unsafe fn(&mut [f32], &[f32], &[f32]) -> usize;
+        type ExpMinus = unsafe fn(&mut [f32], f32) -> usize;
+        let mut paths: Vec<(&str, Swiglu, ExpMinus)> = Vec::new();
+        if crate::kernels::x86::has_avx2() {
+            paths.push(("avx2", x86::swiglu, x86::exp_minus));
+        }
+        if crate::kernels::f16::has_avx512() {
+            paths.push(("avx512", x86::swiglu16, x86::exp_minus16));
+        }
+        for (name, swiglu_v, exp_v) in paths {
+            for len in [g.len(), 1, 15, 17] {
+                let mut out = vec![0.0f32; len];
+                // SAFETY: the CPU has the path's features (checked above).
+                let done = unsafe { swiglu_v(&mut out, &g[..len], &u[..len]) };
+                for i in 0..done {
+                    assert!(same(out[i], silu(g[i]) * u[i]), "{name} swiglu({})", g[i]);
+                }
+                let mut x = g[..len].to_vec();
+                // SAFETY: as above.
+                let done = unsafe { exp_v(&mut x, 1.5) };
+                for i in 0..done {
+                    assert!(same(x[i], exp_ggml(g[i] - 1.5)), "{name} exp({})", g[i]);
+                }
+            }
         }
     }
 

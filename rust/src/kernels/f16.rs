@@ -28,7 +28,7 @@ fn has_f16c_fma() -> bool {
 }
 
 #[cfg(target_arch = "x86_64")]
-fn has_avx512() -> bool {
+pub(crate) fn has_avx512() -> bool {
     use std::sync::OnceLock;
     static HAS: OnceLock<bool> = OnceLock::new();
     *HAS.get_or_init(|| has_f16c_fma() && is_x86_feature_detected!("avx512f"))

@@ -162,12 +162,24 @@ fn q6k_scales(b: &[u8]) -> &[u8] {
     &b[192..208]
 }
 
+/// One super-block added to a Q5_K/Q6_K dot product as llama.cpp's tiled
+/// k-quant matmul adds it (the kernels it runs these types through for 8
+/// tokens or more): the exact integer sums times `d`, less `dmin` times the
+/// min sums in one fused step, then times the activation scale `dy` fused
+/// into the running sum. (Q6_K has no mins: `dmin` and `summ` are 0.)
+#[inline(always)]
+pub(crate) fn tiled_add(acc: f32, d: f32, sumi: i32, dmin: f32, summ: i32, dy: f32) -> f32 {
+    let r = (-dmin).mul_add(summ as f32, sumi as f32 * d);
+    r.mul_add(dy, acc)
+}
+
 /// Dot product of one Q4_K or Q5_K row with Q8_K activations.
 pub fn dot_q45k(w: &[u8], five_bits: bool, x: &[BlockQ8K]) -> f32 {
     let bb = if five_bits { 176 } else { 144 };
     let mut q = [0u8; QK_K];
-    // As llama.cpp's (repacked) Q4_K kernels: the min terms in a sum of
+    // Q4_K as llama.cpp's repacked Q4_K kernels: the min terms in a sum of
     // their own, taken off at the end; one rounding per product-and-add.
+    // Q5_K as its tiled kernels (`tiled_add`).
     let (mut sum, mut sum_min) = (0.0f32, 0.0f32);
     for (b, y) in w.chunks_exact(bb).zip(x) {
         unpack_q45k(b, five_bits, &mut q);
@@ -182,13 +194,17 @@ pub fn dot_q45k(w: &[u8], five_bits: bool, x: &[BlockQ8K]) -> f32 {
                 .sum();
             sumi += sc as i32 * si;
         }
-        sum = (h(b) * y.d).mul_add(sumi as f32, sum);
-        sum_min = (h(&b[2..]) * y.d).mul_add(summ as f32, sum_min);
+        if five_bits {
+            sum = tiled_add(sum, h(b), sumi, h(&b[2..]), summ, y.d);
+        } else {
+            sum = (h(b) * y.d).mul_add(sumi as f32, sum);
+            sum_min = (h(&b[2..]) * y.d).mul_add(summ as f32, sum_min);
+        }
     }
     sum - sum_min
 }
 
-/// Dot product of one Q6_K row with Q8_K activations.
+/// Dot product of one Q6_K row with Q8_K activations (summed as `tiled_add`).
 pub fn dot_q6k(w: &[u8], x: &[BlockQ8K]) -> f32 {
     let mut q = [0i8; QK_K];
     let mut sum = 0.0f32;
@@ -203,7 +219,7 @@ pub fn dot_q6k(w: &[u8], x: &[BlockQ8K]) -> f32 {
                 .sum();
             sumi += sc as i8 as i32 * si;
         }
-        sum += h(&b[208..]) * y.d * sumi as f32;
+        sum = tiled_add(sum, h(&b[208..]), sumi, 0.0, 0, y.d);
     }
     sum
 }

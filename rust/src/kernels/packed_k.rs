@@ -29,11 +29,14 @@
 //! row r at byte 4r, so each 128-bit lane holds 4 rows and one in-lane byte
 //! shuffle spreads entry j of every row over the i32 lanes.
 //!
-//! The integer sums are exactly `kquant::dot_q45k`'s / `dot_q6k`'s; per
-//! super-block and token the float accumulation is one fused multiply-add
-//! (Q4_K/Q5_K: and one into a separate sum of the min terms, taken off at
-//! the end, as llama.cpp's repacked Q4_K kernels do), in super-block order,
-//! in the fast and the plain group kernels alike (so those agree bit for bit).
+//! The integer sums are exactly `kquant::dot_q45k`'s / `dot_q6k`'s; the
+//! float steps are llama.cpp's, in the fast and the plain group kernels
+//! alike (so those agree bit for bit):
+//! - Q4_K as its repacked Q4_K kernels: per super-block (one token) or per
+//!   pair of sub-blocks (tiles, `per_pair_sums`) one fused multiply-add,
+//!   and one into a separate sum of the min terms, taken off at the end;
+//! - Q5_K and Q6_K as its tiled k-quant matmul (`kquant::tiled_add`), which
+//!   it runs them through for 8 tokens or more.
 
 use std::cell::RefCell;
 
@@ -272,7 +275,7 @@ pub(crate) unsafe fn group_dot<const N: usize>(
     }
 }
 
-/// Whether a Q4_K/Q5_K kernel for `n` tokens at once rounds per chunk of
+/// Whether a Q4_K kernel for `n` tokens at once rounds per chunk of
 /// two sub-blocks (llama.cpp's four-row Q4_K kernel) rather than per
 /// super-block (its one-row kernel): our tiles of 4 tokens and the single
 /// tokens after them line up with its rows in fours and the rest.
@@ -316,7 +319,11 @@ fn row_dot_scalar(
                     }
                     sumi += sc * si;
                     summ += m * (y.bsums[2 * j] as i32 + y.bsums[2 * j + 1] as i32);
-                    if (pairs && j % 2 == 1) || j == 7 {
+                    if t == QuantType::Q5_K {
+                        if j == 7 {
+                            out = kquant::tiled_add(out, d, sumi, dmin, summ, y.d);
+                        }
+                    } else if (pairs && j % 2 == 1) || j == 7 {
                         out = (d * y.d).mul_add(sumi as f32, out);
                         out_min = (dmin * y.d).mul_add(summ as f32, out_min);
                         (sumi, summ) = (0, 0);
@@ -334,7 +341,7 @@ fn row_dot_scalar(
                         .sum();
                     sumi += sc * si;
                 }
-                out = (d * y.d).mul_add(sumi as f32, out);
+                out = kquant::tiled_add(out, d, sumi, 0.0, 0, y.d);
             }
             _ => unreachable!(),
         }
@@ -396,6 +403,22 @@ mod avx2 {
     #[inline(always)]
     unsafe fn bcast_bsums(y: &BlockQ8K, at: usize) -> __m256i {
         _mm256_set1_epi32((y.bsums.as_ptr().add(at) as *const i32).read_unaligned())
+    }
+
+    /// `kquant::tiled_add` for 8 rows (`mins`: Q5_K's dmin and min sums).
+    #[inline(always)]
+    pub(super) unsafe fn tiled_add(
+        acc: __m256,
+        d: __m256,
+        sumi: __m256i,
+        mins: Option<(__m256, __m256i)>,
+        dy: f32,
+    ) -> __m256 {
+        let mut r = _mm256_mul_ps(_mm256_cvtepi32_ps(sumi), d);
+        if let Some((dmin, summ)) = mins {
+            r = _mm256_fnmadd_ps(dmin, _mm256_cvtepi32_ps(summ), r);
+        }
+        _mm256_fmadd_ps(r, _mm256_set1_ps(dy), acc)
     }
 
     /// How far ahead the weights are fetched (see `packed`).
@@ -540,7 +563,7 @@ mod avx2 {
     }
 
     /// Q4_K (FIVE false) or Q5_K group of 8 rows against `N` tokens, with
-    /// `avx512::group_q45k`'s roundings (`super::per_pair_sums`).
+    /// `avx512::group_q45k`'s roundings.
     #[target_feature(enable = "avx2,fma,f16c")]
     pub(super) unsafe fn group_q45k<const N: usize, const FIVE: bool>(
         g: *const u8,
@@ -549,7 +572,7 @@ mod avx2 {
         out: *mut f32,
         stride: usize,
     ) {
-        let pairs = super::per_pair_sums(N);
+        let pairs = !FIVE && super::per_pair_sums(N);
         let sbb = if FIVE { Q5K_SB } else { Q4K_SB };
         let (mut acc, mut acc_min) = ([_mm256_setzero_ps(); N], [_mm256_setzero_ps(); N]);
         for b in 0..nb {
@@ -582,7 +605,11 @@ mod avx2 {
                         );
                     }
                 }
-                if pairs || c == 3 {
+                if FIVE && c == 3 {
+                    for t in 0..N {
+                        acc[t] = tiled_add(acc[t], d, sumi[t], Some((dmin, summ[t])), ys[t].d);
+                    }
+                } else if pairs || c == 3 {
                     for t in 0..N {
                         acc[t] = _mm256_fmadd_ps(scale[t], _mm256_cvtepi32_ps(sumi[t]), acc[t]);
                         acc_min[t] =
@@ -664,11 +691,7 @@ mod avx2 {
             }
             let d = _mm256_cvtph_ps(_mm_load_si128(sb.add(L.d()) as *const __m128i));
             for t in 0..N {
-                acc[t] = _mm256_fmadd_ps(
-                    _mm256_mul_ps(d, _mm256_set1_ps(ys[t].d)),
-                    _mm256_cvtepi32_ps(sumi[t]),
-                    acc[t],
-                );
+                acc[t] = tiled_add(acc[t], d, sumi[t], None, ys[t].d);
             }
         }
         for (t, a) in acc.iter().enumerate() {
@@ -735,6 +758,22 @@ mod avx512 {
         _mm512_set1_epi32((y.bsums.as_ptr().add(at) as *const i32).read_unaligned())
     }
 
+    /// `kquant::tiled_add` for 16 rows (`mins`: Q5_K's dmin and min sums).
+    #[inline(always)]
+    unsafe fn tiled_add(
+        acc: __m512,
+        d: __m512,
+        sumi: __m512i,
+        mins: Option<(__m512, __m512i)>,
+        dy: f32,
+    ) -> __m512 {
+        let mut r = _mm512_mul_ps(_mm512_cvtepi32_ps(sumi), d);
+        if let Some((dmin, summ)) = mins {
+            r = _mm512_fnmadd_ps(dmin, _mm512_cvtepi32_ps(summ), r);
+        }
+        _mm512_fmadd_ps(r, _mm512_set1_ps(dy), acc)
+    }
+
     /// The 16 rows' f16 values at `p` as floats.
     #[inline(always)]
     unsafe fn halves(p: *const u8) -> __m512 {
@@ -759,7 +798,7 @@ mod avx512 {
         out: *mut f32,
         stride: usize,
     ) {
-        let pairs = super::per_pair_sums(N);
+        let pairs = !FIVE && super::per_pair_sums(N);
         let sbb = if FIVE { Q5K_SB } else { Q4K_SB };
         let (m4, one) = (_mm512_set1_epi8(0x0f), _mm512_set1_epi8(1));
         let chunks = std::hint::black_box(4usize);
@@ -828,7 +867,11 @@ mod avx512 {
                     }
                 }
             }
-            if !pairs {
+            if FIVE {
+                for t in 0..N {
+                    acc[t] = tiled_add(acc[t], d, sumi[t], Some((dmin, summ[t])), ys[t].d);
+                }
+            } else if !pairs {
                 for t in 0..N {
                     acc[t] = _mm512_fmadd_ps(scale[t], _mm512_cvtepi32_ps(sumi[t]), acc[t]);
                     acc_min[t] =
@@ -912,11 +955,7 @@ mod avx512 {
             }
             let d = halves(sb.add(L.d()));
             for t in 0..N {
-                acc[t] = _mm512_fmadd_ps(
-                    _mm512_mul_ps(d, _mm512_set1_ps(ys[t].d)),
-                    _mm512_cvtepi32_ps(sumi[t]),
-                    acc[t],
-                );
+                acc[t] = tiled_add(acc[t], d, sumi[t], None, ys[t].d);
             }
         }
         for (t, a) in acc.iter().enumerate() {

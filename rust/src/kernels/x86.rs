@@ -12,7 +12,7 @@
 use std::arch::x86_64::*;
 use std::sync::atomic::{AtomicU8, Ordering};
 
-use super::kquant::BlockQ8K;
+use super::kquant::{self, BlockQ8K};
 use super::quant::{BlockQ8, QuantType};
 
 /// 0: not checked yet, 1: no AVX2/FMA/F16C, 2: all three.
@@ -124,6 +124,15 @@ fn hsum_ps(v: __m256) -> f32 {
     let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
     let s = _mm_add_ss(s, _mm_movehdup_ps(s));
     _mm_cvtss_f32(s)
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn hsum_epi32(v: __m256i) -> i32 {
+    hsum_epi32_128(_mm_add_epi32(
+        _mm256_castsi256_si128(v),
+        _mm256_extracti128_si256::<1>(v),
+    ))
 }
 
 #[inline]
@@ -317,6 +326,7 @@ fn dot_q45k<const N: usize, const FIVE: bool>(w: &[u8], xs: [&[BlockQ8K]; N]) ->
             let dm = f16x2_at(bp); // d, dmin
             let mins = _mm_cvtepu8_epi16(_mm_loadl_epi64(mn.as_ptr() as *const __m128i));
             let mut dd = [_mm_setzero_ps(); N];
+            let mut summ = [0i32; N];
             for k in 0..N {
                 // Min term: sum_j m_j * (bsums[2j] + bsums[2j+1]).
                 let bs = load256(ys[k].bsums.as_ptr() as *const u8);
@@ -324,9 +334,11 @@ fn dot_q45k<const N: usize, const FIVE: bool>(w: &[u8], xs: [&[BlockQ8K]; N]) ->
                     _mm256_castsi256_si128(bs),
                     _mm256_extracti128_si256::<1>(bs),
                 );
-                let summ = hsum_epi32_128(_mm_madd_epi16(mins, pair_sums));
-                dd[k] = _mm_mul_ps(dm, _mm_set1_ps(ys[k].d));
-                acc_m[k] += _mm_cvtss_f32(_mm_movehdup_ps(dd[k])) * summ as f32;
+                summ[k] = hsum_epi32_128(_mm_madd_epi16(mins, pair_sums));
+                if !FIVE {
+                    dd[k] = _mm_mul_ps(dm, _mm_set1_ps(ys[k].d));
+                    acc_m[k] += _mm_cvtss_f32(_mm_movehdup_ps(dd[k])) * summ[k] as f32;
+                }
             }
 
             // The scales as 16-bit lanes, in both halves.
@@ -363,6 +375,13 @@ fn dot_q45k<const N: usize, const FIVE: bool>(w: &[u8], xs: [&[BlockQ8K]; N]) ->
                 }
             }
             for k in 0..N {
+                if FIVE {
+                    // As `kquant::tiled_add`, in the first lane's sum.
+                    let (d, dmin) = (_mm_cvtss_f32(dm), _mm_cvtss_f32(_mm_movehdup_ps(dm)));
+                    acc_m[k] =
+                        kquant::tiled_add(acc_m[k], d, hsum_epi32(sumi[k]), dmin, summ[k], ys[k].d);
+                    continue;
+                }
                 acc[k] = _mm256_fmadd_ps(
                     _mm256_broadcastss_ps(dd[k]),
                     _mm256_cvtepi32_ps(sumi[k]),
@@ -373,7 +392,12 @@ fn dot_q45k<const N: usize, const FIVE: bool>(w: &[u8], xs: [&[BlockQ8K]; N]) ->
     }
     let mut out = [0.0f32; N];
     for k in 0..N {
-        out[k] = hsum_ps(acc[k]) - acc_m[k];
+        // Q4_K: the lanes less the min terms; Q5_K: the tiled sum.
+        out[k] = if FIVE {
+            acc_m[k]
+        } else {
+            hsum_ps(acc[k]) - acc_m[k]
+        };
     }
     out
 }
@@ -383,7 +407,7 @@ fn dot_q6k<const N: usize>(w: &[u8], xs: [&[BlockQ8K]; N]) -> [f32; N] {
     let nb = common_blocks(w.len() / 210, &xs);
     let m4 = _mm256_set1_epi8(0x0f);
     let m2 = _mm256_set1_epi8(0x03);
-    let mut acc = [_mm256_setzero_ps(); N];
+    let mut acc = [0.0f32; N];
     for (i, b) in w.chunks_exact(210).take(nb).enumerate() {
         let bp = b.as_ptr();
         // SAFETY: all loads below stay within the block `b` (210 bytes), the
@@ -437,17 +461,13 @@ fn dot_q6k<const N: usize>(w: &[u8], xs: [&[BlockQ8K]; N]) -> [f32; N] {
                     }
                 }
             }
+            let d = _mm_cvtss_f32(_mm256_castps256_ps128(f16_splat(bp.add(208))));
             for k in 0..N {
-                let d = _mm256_mul_ps(f16_splat(bp.add(208)), _mm256_set1_ps(ys[k].d));
-                acc[k] = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(sumi[k]), acc[k]);
+                acc[k] = kquant::tiled_add(acc[k], d, hsum_epi32(sumi[k]), 0.0, 0, ys[k].d);
             }
         }
     }
-    let mut out = [0.0f32; N];
-    for k in 0..N {
-        out[k] = hsum_ps(acc[k]);
-    }
-    out
+    acc
 }
 
 // ---------------------------------------------------------------------------
