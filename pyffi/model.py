@@ -78,11 +78,27 @@ class _CallSlots:
     taken for the length of a call, so a call racing it on another thread
     (which the session's lock would serialize anyway) makes its own."""
 
-    __slots__ = ("err", "length_start")
+    __slots__ = ("err", "length_start", "tokens", "logits")
 
     def __init__(self):
         self.err = ffi.new("pyffi_error **")
         self.length_start = ffi.new("uint32_t[2]")
+        # The last token and logits arrays and their C views: a decode loop
+        # that passes the same arrays again reuses the views (the arrays
+        # stay alive and cannot be resized while viewed, so the views hold).
+        self.tokens = (None, None)
+        self.logits = (None, None)
+
+    def view(self, which, array, ctype, keep):
+        """The C view of `array`; `keep`: cached for the next call with it
+        (only for caller-owned arrays passed with out=, so that no array the
+        caller has dropped stays alive here)."""
+        src, buf = getattr(self, which)
+        if src is not array:
+            buf = ffi.from_buffer(ctype, array, require_writable=which == "logits")
+            if keep:
+                setattr(self, which, (array, buf))
+        return buf
 
 
 def _u32_list(value, n, what):
@@ -161,7 +177,7 @@ class Session(Handle):
             if sequences.dtype != _I32 or sequences.ndim != 1 or not sequences.flags.c_contiguous:
                 return None
             n = sequences.shape[0]
-            tokens = ffi.from_buffer("int32_t[]", sequences)
+            tokens = None  # viewed below
         elif kind is list and 0 < len(sequences) <= 64:
             try:  # cffi checks int type and range; errors go the general way
                 tokens = ffi.new("int32_t[]", sequences)
@@ -178,10 +194,12 @@ class Session(Handle):
         self._slots = None  # taken (an atomic swap under the GIL); given back below
         if slots is None:
             slots = _CallSlots()
+        if tokens is None:
+            tokens = slots.view("tokens", sequences, "int32_t[]", out is not None)
         slots.length_start[0] = n
         slots.length_start[1] = start_pos
         status = _forward(self._ptr, tokens, slots.length_start, 1, slots.length_start + 1, last_only,
-                          ffi.from_buffer("float[]", logits, require_writable=True), logits.size, ffi.NULL, slots.err)
+                          slots.view("logits", logits, "float[]", out is not None), logits.size, ffi.NULL, slots.err)
         self._slots = slots
         if status != _OK:
             raise_error(status, slots.err[0])

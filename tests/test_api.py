@@ -159,6 +159,26 @@ def test_forward_writes_into_a_callers_array():
             model.forward(np.array([1, 10, 20], np.int32), out=frozen)
 
 
+def test_a_decode_loop_may_reuse_and_rewrite_its_arrays():
+    """forward(out=) keeps the C views of the token and logits arrays for the
+    next call with the same arrays: what they hold at each call is what
+    counts, a new array takes over, and a frozen one is still refused."""
+    with pyffi.Transformer.from_pretrained(model_dir("stories260K")) as model:
+        seq = [1, 10, 20, 30, 40]
+        want = model.forward([seq])[0]
+        s = model.new_session(n_ctx=8)
+        tok = np.zeros(1, np.int32)
+        bufs = [np.empty((1, 1, model.vocab_size), np.float32) for _ in range(2)]
+        for pos, t in enumerate(seq):
+            tok[0] = t  # rewritten in place: the kept view reads it anew
+            out = bufs[pos // 3]  # the second array takes over at position 3
+            assert s.forward(tok, start_pos=pos, last_only=True, out=out) is out
+            np.testing.assert_array_equal(out[0, 0], want[pos])
+        bufs[1].flags.writeable = False
+        with pytest.raises(pyffi.InvalidArgumentError, match="writable"):
+            s.forward(tok, start_pos=5, last_only=True, out=bufs[1])
+
+
 def test_start_pos_continues_from_the_cache():
     with pyffi.Transformer.from_pretrained(model_dir("stories260K")) as model:
         full = model.forward([[1, 10, 20, 30, 40]])[0]
