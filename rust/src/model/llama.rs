@@ -100,9 +100,8 @@ fn attend_group<T: KvElem>(
     let len = span.n - span.first;
     let (scores, qr) = scratch.split_at_mut(scratch.len() - heads * hd);
     let stride = scores.len() / heads;
-    for (a, &b) in qr.iter_mut().zip(q) {
-        *a = T::round(b);
-    }
+    qr.copy_from_slice(q);
+    T::round_all(qr);
     for (i, j) in (span.first..span.n).enumerate() {
         let k = &keys[j * span.kvd + span.kv_off..][..hd];
         T::dot_heads(qr, hd, k, &mut scores[i..], stride, span.pairs);
@@ -113,9 +112,7 @@ fn attend_group<T: KvElem>(
     for h in 0..heads {
         let row = &mut scores[h * stride..h * stride + len];
         softmax(row);
-        for p in row.iter_mut() {
-            *p = T::round(*p);
-        }
+        T::round_all(row);
     }
     if len > 0 {
         let base = span.first * span.kvd + span.kv_off;
