@@ -279,6 +279,19 @@ pub fn matmul(
         xh[..n].convert_from_f32_slice(&x[..n]);
         xh[..n].convert_to_f32_slice(&mut xr[..n]);
         let xr = &xr[..n];
+        // A long batch on AVX-512: whole 32-row panels by `panels`, the rest below.
+        #[cfg(target_arch = "x86_64")]
+        let base = if n_tok >= PANEL_MIN_TOKENS && n_in % 16 == 0 && has_avx512() {
+            panels(out, out_stride, xr, w, n_tok, n_in, n_out)
+        } else {
+            0
+        };
+        #[cfg(not(target_arch = "x86_64"))]
+        let base = 0;
+        let (w, n_out, out) = (&w[base * n_in..], n_out - base, &mut out[base..]);
+        if n_out == 0 {
+            return;
+        }
         let threads = crate::pool::current_threads();
         // Blocks of whole tiles; ~32 KiB of weights per block stays in L1/L2
         // while every token passes.
@@ -368,6 +381,82 @@ fn one_token(out: &mut [f32], w: &[f16], x: &[f16]) {
 
 /// Tokens at or above which a block's weights are converted to float32 once.
 const PANEL_MIN_TOKENS: usize = 12;
+
+/// Rows of one AVX-512 prefill panel (two vectors), and tokens per register tile.
+const PANEL_ROWS: usize = 32;
+const PANEL_TOKENS: usize = 12;
+
+thread_local! {
+    /// The batch's activations in tiles of `PANEL_TOKENS` tokens, value-major.
+    static TOKEN_TILES: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
+}
+
+/// A long batch on AVX-512, as an outer product (the way BLAS kernels run):
+/// each 32-row block of weights is converted once to float32, value-major
+/// (value k of the 32 rows side by side), and a 32 x 12 register tile adds
+/// `w[.][k] * x[t][k]` for k in order, two weight vectors and twelve
+/// broadcast activations per step. Each output is one float sum in k order
+/// (not the lanes of the dot-product kernels). Returns the rows it did (the
+/// whole 32s of `n_out`).
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+fn panels(
+    out: &mut [f32],
+    out_stride: usize,
+    xr: &[f32],
+    w: &[f16],
+    n_tok: usize,
+    n_in: usize,
+    n_out: usize,
+) -> usize {
+    let n_panels = n_out / PANEL_ROWS;
+    if n_panels == 0 {
+        return 0;
+    }
+    let n_tiles = n_tok.div_ceil(PANEL_TOKENS);
+    TOKEN_TILES.with(|cell| {
+        let mut xt = cell.borrow_mut();
+        let len = n_tiles * n_in * PANEL_TOKENS;
+        if xt.len() < len {
+            xt.resize(len, 0.0);
+        }
+        crate::pool::parallel_chunks(&mut xt[..len], n_in * PANEL_TOKENS, |tile, chunk| {
+            for t in 0..PANEL_TOKENS {
+                let tok = tile * PANEL_TOKENS + t;
+                for k in 0..n_in {
+                    chunk[k * PANEL_TOKENS + t] =
+                        if tok < n_tok { xr[tok * n_in + k] } else { 0.0 };
+                }
+            }
+        });
+        let xt = &xt[..len];
+        let dst = SharedOut(out.as_mut_ptr());
+        crate::pool::parallel_for(n_panels, |p| {
+            let dst = dst;
+            PANEL.with(|cell| {
+                let mut panel = cell.borrow_mut();
+                if panel.len() < PANEL_ROWS * n_in {
+                    panel.resize(PANEL_ROWS * n_in, 0.0);
+                }
+                let rows = &w[p * PANEL_ROWS * n_in..(p + 1) * PANEL_ROWS * n_in];
+                // SAFETY: the CPU has AVX-512F and F16C (checked by the caller);
+                // `panel` holds 32 * n_in values, `rows` 32 rows of n_in.
+                unsafe { x86::pack_panel(rows, n_in, panel.as_mut_ptr()) };
+                for tile in 0..n_tiles {
+                    let nt = (n_tok - tile * PANEL_TOKENS).min(PANEL_TOKENS);
+                    let xs = xt[tile * n_in * PANEL_TOKENS..].as_ptr();
+                    // SAFETY: (token, row) pairs of this panel and tile are written
+                    // by this call only, within `out` (asserted by `matmul`).
+                    unsafe {
+                        let o = dst.0.add(tile * PANEL_TOKENS * out_stride + p * PANEL_ROWS);
+                        x86::panel_tile(panel.as_ptr(), xs, n_in, o, out_stride, nt);
+                    }
+                }
+            });
+        });
+    });
+    n_panels * PANEL_ROWS
+}
 
 thread_local! {
     static PANEL: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
@@ -625,6 +714,80 @@ mod x86 {
             s += w[j].to_f32() * x[j].to_f32();
         }
         s
+    }
+
+    /// 32 rows of `n` float16 values to float32, value-major: `panel[k * 32
+    /// + r] = rows[r * n + k]` (16 values of each row converted at a time,
+    /// then gathered across the rows).
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+    pub unsafe fn pack_panel(rows: &[f16], n: usize, panel: *mut f32) {
+        let mut stage = [0.0f32; 32 * 16];
+        let idx = _mm512_setr_epi32(
+            0, 16, 32, 48, 64, 80, 96, 112, 128, 144, 160, 176, 192, 208, 224, 240,
+        );
+        for k0 in (0..n).step_by(16) {
+            for r in 0..32 {
+                _mm512_storeu_ps(
+                    stage.as_mut_ptr().add(16 * r),
+                    load16(rows.as_ptr().add(r * n + k0)),
+                );
+            }
+            for kk in 0..16 {
+                let base = stage.as_ptr().add(kk);
+                let lo = _mm512_i32gather_ps::<4>(idx, base);
+                let hi = _mm512_i32gather_ps::<4>(idx, base.add(256));
+                _mm512_storeu_ps(panel.add(32 * (k0 + kk)), lo);
+                _mm512_storeu_ps(panel.add(32 * (k0 + kk) + 16), hi);
+            }
+        }
+    }
+
+    /// `out[t * stride + r] = sum_k panel[k * 32 + r] * xs[k * 12 + t]` for
+    /// 32 rows and `nt` (at most 12) tokens, k in order.
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+    pub unsafe fn panel_tile(
+        panel: *const f32,
+        xs: *const f32,
+        n: usize,
+        out: *mut f32,
+        stride: usize,
+        nt: usize,
+    ) {
+        macro_rules! go {
+            ($($t:literal)*) => {
+                match nt {
+                    $($t => panel_tile_n::<$t>(panel, xs, n, out, stride),)*
+                    _ => unreachable!(),
+                }
+            };
+        }
+        go!(1 2 3 4 5 6 7 8 9 10 11 12)
+    }
+
+    #[inline(always)]
+    unsafe fn panel_tile_n<const T: usize>(
+        panel: *const f32,
+        xs: *const f32,
+        n: usize,
+        out: *mut f32,
+        stride: usize,
+    ) {
+        let mut c0 = [_mm512_setzero_ps(); T];
+        let mut c1 = [_mm512_setzero_ps(); T];
+        for k in 0..n {
+            let a0 = _mm512_loadu_ps(panel.add(32 * k));
+            let a1 = _mm512_loadu_ps(panel.add(32 * k + 16));
+            let b = xs.add(12 * k);
+            for t in 0..T {
+                let x = _mm512_set1_ps(*b.add(t));
+                c0[t] = _mm512_fmadd_ps(a0, x, c0[t]);
+                c1[t] = _mm512_fmadd_ps(a1, x, c1[t]);
+            }
+        }
+        for t in 0..T {
+            _mm512_storeu_ps(out.add(t * stride), c0[t]);
+            _mm512_storeu_ps(out.add(t * stride + 16), c1[t]);
+        }
     }
 
     /// `row` on 16-lane vectors (AVX-512F).
@@ -903,7 +1066,8 @@ mod tests {
     #[test]
     fn matmul_rounds_activations_to_f16_like_llama_cpp() {
         // 1 token uses the row kernels, 6 the float16 tiles, 13 the float32
-        // panel; rows not in whole 16s (40, 1100) go product by product.
+        // panel (or, on AVX-512, `panels` where there are 32 rows); rows not
+        // in whole 16s (40, 1100) go product by product.
         for (n_tok, n_in) in [
             (1, 40),
             (1, 1100),
@@ -915,6 +1079,11 @@ mod tests {
             (13, 1100),
         ] {
             matmul_case(n_tok, n_in, 9);
+        }
+        // On AVX-512, 12 tokens or more take whole 32-row panels (`panels`),
+        // in tiles of up to 12 tokens, and the rows past them the float32 panel.
+        for (n_tok, n_in, n_out) in [(12, 16, 32), (13, 48, 41), (25, 1104, 64), (40, 64, 97)] {
+            matmul_case(n_tok, n_in, n_out);
         }
     }
 
