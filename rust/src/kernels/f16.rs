@@ -280,14 +280,7 @@ pub fn matmul(
         xh[..n].convert_to_f32_slice(&mut xr[..n]);
         let xr = &xr[..n];
         // A long batch on AVX-512: whole 32-row panels by `panels`, the rest below.
-        #[cfg(target_arch = "x86_64")]
-        let base = if n_tok >= PANEL_MIN_TOKENS && n_in % 16 == 0 && has_avx512() {
-            panels(out, out_stride, xr, w, n_tok, n_in, n_out)
-        } else {
-            0
-        };
-        #[cfg(not(target_arch = "x86_64"))]
-        let base = 0;
+        let base = panels(out, out_stride, xr, w, n_tok, n_in, n_out);
         let (w, n_out, out) = (&w[base * n_in..], n_out - base, &mut out[base..]);
         if n_out == 0 {
             return;
@@ -397,20 +390,41 @@ thread_local! {
 /// `w[.][k] * x[t][k]` for k in order, two weight vectors and twelve
 /// broadcast activations per step. Each output is one float sum in k order
 /// (not the lanes of the dot-product kernels). Returns the rows it did (the
-/// whole 32s of `n_out`).
-#[cfg(target_arch = "x86_64")]
+/// whole 32s of `n_out`; none where this is not an AVX-512 CPU, the batch
+/// is shorter than `PANEL_MIN_TOKENS` or rows are not whole 16s).
+/// `w`: float16 or float32 rows.
 #[allow(clippy::too_many_arguments)]
-fn panels(
+pub(crate) fn panels<E: TileElem + Sync>(
     out: &mut [f32],
     out_stride: usize,
     xr: &[f32],
-    w: &[f16],
+    w: &[E],
+    n_tok: usize,
+    n_in: usize,
+    n_out: usize,
+) -> usize {
+    #[cfg(target_arch = "x86_64")]
+    return panels_avx512(out, out_stride, xr, w, n_tok, n_in, n_out);
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (out, out_stride, xr, w, n_tok, n_in, n_out);
+        0
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::too_many_arguments)]
+fn panels_avx512<E: TileElem + Sync>(
+    out: &mut [f32],
+    out_stride: usize,
+    xr: &[f32],
+    w: &[E],
     n_tok: usize,
     n_in: usize,
     n_out: usize,
 ) -> usize {
     let n_panels = n_out / PANEL_ROWS;
-    if n_panels == 0 {
+    if n_panels == 0 || n_tok < PANEL_MIN_TOKENS || n_in % 16 != 0 || !has_avx512() {
         return 0;
     }
     let n_tiles = n_tok.div_ceil(PANEL_TOKENS);
@@ -664,6 +678,9 @@ mod x86 {
         /// # Safety
         /// 8 elements must be readable at `p`; the CPU must have AVX2/F16C.
         unsafe fn load8(p: *const Self) -> __m256;
+        /// # Safety
+        /// 16 elements must be readable at `p`; the CPU must have AVX-512F/F16C.
+        unsafe fn load16(p: *const Self) -> __m512;
         fn to_f32(self) -> f32;
     }
 
@@ -671,6 +688,10 @@ mod x86 {
         #[inline(always)]
         unsafe fn load8(p: *const f16) -> __m256 {
             _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i))
+        }
+        #[inline(always)]
+        unsafe fn load16(p: *const f16) -> __m512 {
+            _mm512_cvtph_ps(_mm256_loadu_si256(p as *const __m256i))
         }
         fn to_f32(self) -> f32 {
             f16::to_f32(self)
@@ -681,6 +702,10 @@ mod x86 {
         #[inline(always)]
         unsafe fn load8(p: *const f32) -> __m256 {
             _mm256_loadu_ps(p)
+        }
+        #[inline(always)]
+        unsafe fn load16(p: *const f32) -> __m512 {
+            _mm512_loadu_ps(p)
         }
         fn to_f32(self) -> f32 {
             self
@@ -716,11 +741,11 @@ mod x86 {
         s
     }
 
-    /// 32 rows of `n` float16 values to float32, value-major: `panel[k * 32
-    /// + r] = rows[r * n + k]` (16 values of each row converted at a time,
-    /// then gathered across the rows).
+    /// 32 rows of `n` values to float32, value-major: `panel[k * 32 + r] =
+    /// rows[r * n + k]` (16 values of each row converted at a time, then
+    /// gathered across the rows).
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
-    pub unsafe fn pack_panel(rows: &[f16], n: usize, panel: *mut f32) {
+    pub unsafe fn pack_panel<E: Elem>(rows: &[E], n: usize, panel: *mut f32) {
         let mut stage = [0.0f32; 32 * 16];
         let idx = _mm512_setr_epi32(
             0, 16, 32, 48, 64, 80, 96, 112, 128, 144, 160, 176, 192, 208, 224, 240,
@@ -729,7 +754,7 @@ mod x86 {
             for r in 0..32 {
                 _mm512_storeu_ps(
                     stage.as_mut_ptr().add(16 * r),
-                    load16(rows.as_ptr().add(r * n + k0)),
+                    E::load16(rows.as_ptr().add(r * n + k0)),
                 );
             }
             for kk in 0..16 {

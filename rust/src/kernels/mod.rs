@@ -146,6 +146,12 @@ pub fn matmul(
     if n_tok == 0 || n_out == 0 {
         return;
     }
+    // A long batch on AVX-512: whole 32-row panels as an outer product, the rest below.
+    let base = f16::panels(out, out_stride, x, w, n_tok, n_in, n_out);
+    let (w, n_out, out) = (&w[base * n_in..], n_out - base, &mut out[base..]);
+    if n_out == 0 {
+        return;
+    }
     let threads = crate::pool::current_threads();
     // Small blocks keep every thread busy; ~16 KiB of weights keeps a block in L1.
     let rows_per_block = (16384 / (n_in * 4))
@@ -238,6 +244,9 @@ mod tests {
             (9, 64, 130),
             (4, 256, 70),
             (13, 3, 1),
+            // On AVX-512, whole 32-row panels (`f16::panels`) and the rest.
+            (12, 16, 32),
+            (25, 64, 70),
         ] {
             let x = rand_vec(t * k, 1);
             let w = rand_vec(n * k, 2);
