@@ -375,24 +375,60 @@ fn one_token(out: &mut [f32], w: &[f16], x: &[f16]) {
 /// Tokens at or above which a block's weights are converted to float32 once.
 const PANEL_MIN_TOKENS: usize = 12;
 
-/// Rows of one AVX-512 prefill panel (two vectors), and tokens per register tile.
-const PANEL_ROWS: usize = 32;
-const PANEL_TOKENS: usize = 12;
+/// The register tile of the outer-product prefill: weight rows (two
+/// vectors) by tokens, per instruction set.
+#[cfg(target_arch = "x86_64")]
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum PanelTile {
+    /// AVX-512: 32 rows by 12 tokens (24 of the 32 vector registers).
+    Wide,
+    /// AVX2: 16 rows by 6 tokens (12 of the 16).
+    Narrow,
+}
+
+#[cfg(target_arch = "x86_64")]
+impl PanelTile {
+    fn for_cpu() -> Option<PanelTile> {
+        if has_avx512() {
+            Some(PanelTile::Wide)
+        } else if has_f16c_fma() {
+            Some(PanelTile::Narrow)
+        } else {
+            None
+        }
+    }
+    const fn rows(self) -> usize {
+        match self {
+            PanelTile::Wide => 32,
+            PanelTile::Narrow => 16,
+        }
+    }
+    const fn tokens(self) -> usize {
+        match self {
+            PanelTile::Wide => 12,
+            PanelTile::Narrow => 6,
+        }
+    }
+    /// Values per conversion step (`n_in` must be whole ones).
+    const fn width(self) -> usize {
+        self.rows() / 2
+    }
+}
 
 thread_local! {
-    /// The batch's activations in tiles of `PANEL_TOKENS` tokens, value-major.
+    /// The batch's activations in tiles of a `PanelTile`'s tokens, value-major.
     static TOKEN_TILES: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
 
-/// A long batch on AVX-512, as an outer product (the way BLAS kernels run):
-/// each 32-row block of weights is converted once to float32, value-major
-/// (value k of the 32 rows side by side), and a 32 x 12 register tile adds
-/// `w[.][k] * x[t][k]` for k in order, two weight vectors and twelve
-/// broadcast activations per step. Each output is one float sum in k order
+/// A long batch as an outer product (the way BLAS kernels run): each block
+/// of `PanelTile::rows` weight rows is converted once to float32,
+/// value-major (value k of the rows side by side), and a register tile adds
+/// `w[.][k] * x[t][k]` for k in order, two weight vectors and one broadcast
+/// activation per token per step. Each output is one float sum in k order
 /// (not the lanes of the dot-product kernels). Returns the rows it did (the
-/// whole 32s of `n_out`; none where this is not an AVX-512 CPU, the batch
-/// is shorter than `PANEL_MIN_TOKENS` or rows are not whole 16s).
-/// `w`: float16 or float32 rows.
+/// whole panels of `n_out`; none without AVX2/FMA/F16C, for a batch shorter
+/// than `PANEL_MIN_TOKENS`, or rows not in whole vectors). `w`: float16 or
+/// float32 rows.
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn panels<E: TileElem + Sync>(
     out: &mut [f32],
@@ -404,17 +440,17 @@ pub(crate) fn panels<E: TileElem + Sync>(
     n_out: usize,
 ) -> usize {
     #[cfg(target_arch = "x86_64")]
-    return panels_avx512(out, out_stride, xr, w, n_tok, n_in, n_out);
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        let _ = (out, out_stride, xr, w, n_tok, n_in, n_out);
-        0
+    if let Some(tile) = PanelTile::for_cpu() {
+        return panels_with(tile, out, out_stride, xr, w, n_tok, n_in, n_out);
     }
+    let _ = (out, out_stride, xr, w, n_tok, n_in, n_out);
+    0
 }
 
 #[cfg(target_arch = "x86_64")]
 #[allow(clippy::too_many_arguments)]
-fn panels_avx512<E: TileElem + Sync>(
+fn panels_with<E: TileElem + Sync>(
+    tile: PanelTile,
     out: &mut [f32],
     out_stride: usize,
     xr: &[f32],
@@ -423,23 +459,23 @@ fn panels_avx512<E: TileElem + Sync>(
     n_in: usize,
     n_out: usize,
 ) -> usize {
-    let n_panels = n_out / PANEL_ROWS;
-    if n_panels == 0 || n_tok < PANEL_MIN_TOKENS || n_in % 16 != 0 || !has_avx512() {
+    let (rows, tokens) = (tile.rows(), tile.tokens());
+    let n_panels = n_out / rows;
+    if n_panels == 0 || n_tok < PANEL_MIN_TOKENS || n_in % tile.width() != 0 {
         return 0;
     }
-    let n_tiles = n_tok.div_ceil(PANEL_TOKENS);
+    let n_tiles = n_tok.div_ceil(tokens);
     TOKEN_TILES.with(|cell| {
         let mut xt = cell.borrow_mut();
-        let len = n_tiles * n_in * PANEL_TOKENS;
+        let len = n_tiles * n_in * tokens;
         if xt.len() < len {
             xt.resize(len, 0.0);
         }
-        crate::pool::parallel_chunks(&mut xt[..len], n_in * PANEL_TOKENS, |tile, chunk| {
-            for t in 0..PANEL_TOKENS {
-                let tok = tile * PANEL_TOKENS + t;
+        crate::pool::parallel_chunks(&mut xt[..len], n_in * tokens, |ti, chunk| {
+            for t in 0..tokens {
+                let tok = ti * tokens + t;
                 for k in 0..n_in {
-                    chunk[k * PANEL_TOKENS + t] =
-                        if tok < n_tok { xr[tok * n_in + k] } else { 0.0 };
+                    chunk[k * tokens + t] = if tok < n_tok { xr[tok * n_in + k] } else { 0.0 };
                 }
             }
         });
@@ -449,27 +485,40 @@ fn panels_avx512<E: TileElem + Sync>(
             let dst = dst;
             PANEL.with(|cell| {
                 let mut panel = cell.borrow_mut();
-                if panel.len() < PANEL_ROWS * n_in {
-                    panel.resize(PANEL_ROWS * n_in, 0.0);
+                if panel.len() < rows * n_in {
+                    panel.resize(rows * n_in, 0.0);
                 }
-                let rows = &w[p * PANEL_ROWS * n_in..(p + 1) * PANEL_ROWS * n_in];
-                // SAFETY: the CPU has AVX-512F and F16C (checked by the caller);
-                // `panel` holds 32 * n_in values, `rows` 32 rows of n_in.
-                unsafe { x86::pack_panel(rows, n_in, panel.as_mut_ptr()) };
-                for tile in 0..n_tiles {
-                    let nt = (n_tok - tile * PANEL_TOKENS).min(PANEL_TOKENS);
-                    let xs = xt[tile * n_in * PANEL_TOKENS..].as_ptr();
+                let w = &w[p * rows * n_in..(p + 1) * rows * n_in];
+                // SAFETY: `PanelTile::for_cpu` checked the kernels' features;
+                // `panel` holds rows * n_in values, `w` that many, n_in a whole
+                // number of conversion steps.
+                unsafe {
+                    match tile {
+                        PanelTile::Wide => x86::pack_panel(w, n_in, panel.as_mut_ptr()),
+                        PanelTile::Narrow => x86::pack_panel8(w, n_in, panel.as_mut_ptr()),
+                    }
+                }
+                for ti in 0..n_tiles {
+                    let nt = (n_tok - ti * tokens).min(tokens);
+                    let xs = xt[ti * n_in * tokens..].as_ptr();
                     // SAFETY: (token, row) pairs of this panel and tile are written
-                    // by this call only, within `out` (asserted by `matmul`).
+                    // by this call only, within `out` (asserted by the callers).
                     unsafe {
-                        let o = dst.0.add(tile * PANEL_TOKENS * out_stride + p * PANEL_ROWS);
-                        x86::panel_tile(panel.as_ptr(), xs, n_in, o, out_stride, nt);
+                        let o = dst.0.add(ti * tokens * out_stride + p * rows);
+                        match tile {
+                            PanelTile::Wide => {
+                                x86::panel_tile(panel.as_ptr(), xs, n_in, o, out_stride, nt)
+                            }
+                            PanelTile::Narrow => {
+                                x86::panel_tile8(panel.as_ptr(), xs, n_in, o, out_stride, nt)
+                            }
+                        }
                     }
                 }
             });
         });
     });
-    n_panels * PANEL_ROWS
+    n_panels * rows
 }
 
 thread_local! {
@@ -815,6 +864,72 @@ mod x86 {
         }
     }
 
+    /// `pack_panel` for 16 rows (AVX2): `panel[k * 16 + r] = rows[r * n + k]`.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn pack_panel8<E: Elem>(rows: &[E], n: usize, panel: *mut f32) {
+        let mut stage = [0.0f32; 16 * 8];
+        for k0 in (0..n).step_by(8) {
+            for r in 0..16 {
+                _mm256_storeu_ps(
+                    stage.as_mut_ptr().add(8 * r),
+                    E::load8(rows.as_ptr().add(r * n + k0)),
+                );
+            }
+            for kk in 0..8 {
+                for r in 0..16 {
+                    *panel.add(16 * (k0 + kk) + r) = stage[8 * r + kk];
+                }
+            }
+        }
+    }
+
+    /// `panel_tile` for 16 rows and at most 6 tokens (AVX2).
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn panel_tile8(
+        panel: *const f32,
+        xs: *const f32,
+        n: usize,
+        out: *mut f32,
+        stride: usize,
+        nt: usize,
+    ) {
+        macro_rules! go {
+            ($($t:literal)*) => {
+                match nt {
+                    $($t => panel_tile8_n::<$t>(panel, xs, n, out, stride),)*
+                    _ => unreachable!(),
+                }
+            };
+        }
+        go!(1 2 3 4 5 6)
+    }
+
+    #[inline(always)]
+    unsafe fn panel_tile8_n<const T: usize>(
+        panel: *const f32,
+        xs: *const f32,
+        n: usize,
+        out: *mut f32,
+        stride: usize,
+    ) {
+        let mut c0 = [_mm256_setzero_ps(); T];
+        let mut c1 = [_mm256_setzero_ps(); T];
+        for k in 0..n {
+            let a0 = _mm256_loadu_ps(panel.add(16 * k));
+            let a1 = _mm256_loadu_ps(panel.add(16 * k + 8));
+            let b = xs.add(6 * k);
+            for t in 0..T {
+                let x = _mm256_broadcast_ss(&*b.add(t));
+                c0[t] = _mm256_fmadd_ps(a0, x, c0[t]);
+                c1[t] = _mm256_fmadd_ps(a1, x, c1[t]);
+            }
+        }
+        for t in 0..T {
+            _mm256_storeu_ps(out.add(t * stride), c0[t]);
+            _mm256_storeu_ps(out.add(t * stride + 8), c1[t]);
+        }
+    }
+
     /// `row` on 16-lane vectors (AVX-512F).
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     pub unsafe fn row16(w: &[f16], x: &[f16]) -> f32 {
@@ -1109,6 +1224,48 @@ mod tests {
         // in tiles of up to 12 tokens, and the rows past them the float32 panel.
         for (n_tok, n_in, n_out) in [(12, 16, 32), (13, 48, 41), (25, 1104, 64), (40, 64, 97)] {
             matmul_case(n_tok, n_in, n_out);
+        }
+    }
+
+    /// Each outer-product tile this CPU runs (whichever `panels` picks), on
+    /// float16 and float32 rows: the panels' rows against the exact sums.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn every_panel_tile_gives_the_exact_sums() {
+        let mut tiles = Vec::new();
+        if has_f16c_fma() {
+            tiles.push(PanelTile::Narrow);
+        }
+        if has_avx512() {
+            tiles.push(PanelTile::Wide);
+        }
+        for tile in tiles {
+            for (n_tok, n_in, n_out) in [(12, 16, 32), (13, 48, 41), (29, 272, 70)] {
+                let wh = halves(n_out * n_in, 7);
+                let wf: Vec<f32> = wh.iter().map(|v| v.to_f32()).collect();
+                let x: Vec<f32> = halves(n_tok * n_in, 8).iter().map(|v| v.to_f32()).collect();
+                let (mut a, mut b) = (vec![f32::NAN; n_tok * n_out], vec![f32::NAN; n_tok * n_out]);
+                let done = panels_with(tile, &mut a, n_out, &x, &wh, n_tok, n_in, n_out);
+                assert_eq!(done, n_out / tile.rows() * tile.rows(), "{tile:?}");
+                panels_with(tile, &mut b, n_out, &x, &wf, n_tok, n_in, n_out);
+                for t in 0..n_tok {
+                    for o in 0..done {
+                        let want: f64 = (0..n_in)
+                            .map(|i| wf[o * n_in + i] as f64 * x[t * n_in + i] as f64)
+                            .sum();
+                        for got in [a[t * n_out + o], b[t * n_out + o]] {
+                            assert!(
+                                (got as f64 - want).abs() <= 1e-5 * (1.0 + want.abs()),
+                                "{tile:?}"
+                            );
+                        }
+                    }
+                    // The rows past the whole panels are left for the caller.
+                    assert!(a[t * n_out + done..(t + 1) * n_out]
+                        .iter()
+                        .all(|v| v.is_nan()));
+                }
+            }
         }
     }
 
