@@ -791,29 +791,56 @@ mod x86 {
     }
 
     /// 32 rows of `n` values to float32, value-major: `panel[k * 32 + r] =
-    /// rows[r * n + k]` (16 values of each row converted at a time, then
-    /// gathered across the rows).
+    /// rows[r * n + k]`, 16 values of 16 rows at a time through `transpose16`.
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     pub unsafe fn pack_panel<E: Elem>(rows: &[E], n: usize, panel: *mut f32) {
-        let mut stage = [0.0f32; 32 * 16];
-        let idx = _mm512_setr_epi32(
-            0, 16, 32, 48, 64, 80, 96, 112, 128, 144, 160, 176, 192, 208, 224, 240,
-        );
         for k0 in (0..n).step_by(16) {
-            for r in 0..32 {
-                _mm512_storeu_ps(
-                    stage.as_mut_ptr().add(16 * r),
-                    E::load16(rows.as_ptr().add(r * n + k0)),
-                );
-            }
-            for kk in 0..16 {
-                let base = stage.as_ptr().add(kk);
-                let lo = _mm512_i32gather_ps::<4>(idx, base);
-                let hi = _mm512_i32gather_ps::<4>(idx, base.add(256));
-                _mm512_storeu_ps(panel.add(32 * (k0 + kk)), lo);
-                _mm512_storeu_ps(panel.add(32 * (k0 + kk) + 16), hi);
+            for half in 0..2 {
+                let r: [__m512; 16] =
+                    std::array::from_fn(|i| E::load16(rows.as_ptr().add((16 * half + i) * n + k0)));
+                for (k, v) in transpose16(r).iter().enumerate() {
+                    _mm512_storeu_ps(panel.add(32 * (k0 + k) + 16 * half), *v);
+                }
             }
         }
+    }
+
+    /// A 16 x 16 transpose: `out[k]` lane i is `r[i]` lane k (pairs, then
+    /// quads within 128-bit lanes, then the 128-bit lanes themselves).
+    #[inline(always)]
+    unsafe fn transpose16(r: [__m512; 16]) -> [__m512; 16] {
+        // t[2p]: rows 2p, 2p+1 interleaved at k = 0,1 (of each 4); t[2p+1] at k = 2,3.
+        let t: [__m512; 16] = std::array::from_fn(|i| {
+            let (a, b) = (r[i & !1], r[i | 1]);
+            if i % 2 == 0 {
+                _mm512_unpacklo_ps(a, b)
+            } else {
+                _mm512_unpackhi_ps(a, b)
+            }
+        });
+        // u[4g + j]: rows 4g..4g+4 at k = j (of each 4), per 128-bit lane.
+        let u: [__m512; 16] = std::array::from_fn(|i| {
+            let (g, j) = (i / 4, i % 4);
+            let (a, b) = (t[4 * g + j / 2], t[4 * g + 2 + j / 2]);
+            if j % 2 == 0 {
+                _mm512_shuffle_ps::<0x44>(a, b)
+            } else {
+                _mm512_shuffle_ps::<0xEE>(a, b)
+            }
+        });
+        let mut out = [_mm512_setzero_ps(); 16];
+        for j in 0..4 {
+            // Lanes (k = j, j + 8 | j + 4, j + 12) of rows 0..8 and 8..16.
+            let v0 = _mm512_shuffle_f32x4::<0x88>(u[j], u[4 + j]);
+            let v1 = _mm512_shuffle_f32x4::<0xDD>(u[j], u[4 + j]);
+            let w0 = _mm512_shuffle_f32x4::<0x88>(u[8 + j], u[12 + j]);
+            let w1 = _mm512_shuffle_f32x4::<0xDD>(u[8 + j], u[12 + j]);
+            out[j] = _mm512_shuffle_f32x4::<0x88>(v0, w0);
+            out[j + 8] = _mm512_shuffle_f32x4::<0xDD>(v0, w0);
+            out[j + 4] = _mm512_shuffle_f32x4::<0x88>(v1, w1);
+            out[j + 12] = _mm512_shuffle_f32x4::<0xDD>(v1, w1);
+        }
+        out
     }
 
     /// `out[t * stride + r] = sum_k panel[k * 32 + r] * xs[k * 12 + t]` for
