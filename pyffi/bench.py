@@ -7,11 +7,13 @@ vocabulary, as GGUF in F16, Q8_0, Q4_0 (written with the `gguf` package) and
 Q4_K_M (made from the F16 file by llama.cpp's own quantizer). They are cached
 in $PYFFI_BENCH_CACHE (default ~/.cache/pyffi/bench) with the C helpers.
 
-For each file, each engine runs in its own subprocess, one after the other,
-with the same thread count: load, then pp512 (one call of 512 tokens, logits
-of the last position only), tg128 (128 one-token steps after one warm-up
-token) and tg128 at depth 512 (128 steps after a 512-token prompt), each the
-median of --reps runs after one warm-up run. Only the model calls are timed.
+For each file, each engine runs in its own subprocess with the same thread
+count; they load one after the other, then take turns run by run (never two
+at once; the order flips every run, so both meet the same drift of a noisy
+machine): pp512 (one call of 512 tokens, logits of the last position only),
+tg128 (128 one-token steps after one warm-up token) and tg128 at depth 512
+(128 steps after a 512-token prompt), each the median of --reps runs after
+one warm-up run. Only the model calls are timed.
 Reported besides: load time, peak RSS (VmHWM), pyffi / llama.cpp ratios, the
 decode bandwidth achieved as a share of a read-bandwidth probe (bench/bwprobe.c)
 run in the same session, and the per-call overhead of Python's `forward` on a
@@ -573,9 +575,32 @@ def bench_tokens(n, vocab=32000, seed=SEED):
     return np.random.default_rng(seed + 1).integers(3, vocab, size=n).tolist()
 
 
+def run_once(engine, test, toks, n_prompt, n_gen, depth):
+    """One timed run of a test on `engine`: "pp" (a prompt of n_prompt in one
+    call), "tg" (n_gen one-token steps after a warm-up token) or "tgd" (n_gen
+    steps after `depth` cached positions: "tgd-setup" fills them once and
+    returns 0, each "tgd" goes back to them)."""
+    if test == "pp":
+        engine.reset()
+        return engine.prefill(toks[:n_prompt], 0)
+    if test == "tg":
+        engine.reset()
+        engine.steps(toks[:1], 0)  # the warm-up token
+        return engine.steps(toks[1:1 + n_gen], 1)
+    if test == "tgd-setup":
+        engine.reset()
+        engine.prefill(toks[:depth], 0)
+        return 0.0
+    if test == "tgd":
+        engine.rewind(depth)
+        return engine.steps(toks[depth:depth + n_gen], depth)
+    raise ValueError(f"unknown test {test!r}")
+
+
 def measure(engine, reps, n_prompt, n_gen, depth, vocab):
     """Times of every run of pp / tg / tg-at-depth; run 0 of each is a
-    warm-up and is left out."""
+    warm-up and is left out. (One engine alone; `run_engines` alternates
+    two engines run by run.)"""
     toks = bench_tokens(max(n_prompt, depth) + n_gen + 1, vocab)
     pp, tg, tgd = test_names(n_prompt, n_gen, depth)
     out = {}
@@ -649,7 +674,11 @@ def worker_main(argv):
     p.add_argument("--rounds", type=int, default=7)
     p.add_argument("--span", type=int, default=64)
     p.add_argument("--n-stream", type=int, default=32)
+    p.add_argument("--serve", action="store_true",
+                   help="load, print BENCH_READY, then run the tests named on stdin one line at a time")
     a = p.parse_args(argv)
+    if a.serve:
+        return _serve(a)
     res = {"engine": a.worker}
     try:
         if a.worker == "pyffi-overhead":
@@ -665,6 +694,34 @@ def worker_main(argv):
             if a.worker == "pyffi":
                 res["streaming"] = measure_streaming(eng.session, a.reps, a.n_stream, a.vocab)
     except Exception as e:  # reported as this cell's error
+        res["error"] = f"{type(e).__name__}: {e}"
+    res["peak_rss_bytes"] = peak_rss_bytes()
+    print("BENCH_RESULT " + json.dumps(res), flush=True)
+    return 0
+
+
+def _serve(a):
+    """The worker side of `run_engines`: loads the model, then for each line
+    on stdin runs that test once (`run_once`) and prints BENCH_TIME and its
+    seconds; "finish" ends it with BENCH_RESULT (streaming for pyffi, peak
+    RSS). An error ends it with BENCH_RESULT holding the error."""
+    res = {"engine": a.worker}
+    try:
+        n_ctx = max(1024, a.n_prompt, a.depth + a.n_gen + 1)
+        cls = PyffiEngine if a.worker == "pyffi" else LlamaCppEngine
+        eng = cls(a.model, a.threads, n_ctx)
+        print("BENCH_READY " + json.dumps({"load_s": eng.load_s, "info": eng.info,
+                                            "rss_after_load_bytes": _vm_rss()}), flush=True)
+        toks = bench_tokens(max(a.n_prompt, a.depth) + a.n_gen + 1, a.vocab)
+        for line in sys.stdin:
+            test = line.strip()
+            if test == "finish":
+                if a.worker == "pyffi":
+                    res["streaming"] = measure_streaming(eng.session, a.reps, a.n_stream, a.vocab)
+                break
+            dt = run_once(eng, test, toks, a.n_prompt, a.n_gen, a.depth)
+            print(f"BENCH_TIME {dt!r}", flush=True)
+    except Exception as e:
         res["error"] = f"{type(e).__name__}: {e}"
     res["peak_rss_bytes"] = peak_rss_bytes()
     print("BENCH_RESULT " + json.dumps(res), flush=True)
@@ -727,8 +784,8 @@ def measure_overhead(tiny, a, cache, calls=2000, rounds=7, span=64, pairs=2):
             "busy_before": max((b for b in busy if b is not None), default=None)}
 
 
-def run_worker(engine, model, args, timeout=None, extra=(), threads=None):
-    """Run a worker in a fresh interpreter; its JSON result, or an error."""
+def _worker_cmd(engine, model, args, extra=(), threads=None):
+    """The command line and environment of a worker in a fresh interpreter."""
     code = ("import importlib.util, sys\n"
             f"spec = importlib.util.spec_from_file_location('pyffi_bench_worker', {str(Path(__file__).resolve())!r})\n"
             "m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m)\n"
@@ -741,6 +798,12 @@ def run_worker(engine, model, args, timeout=None, extra=(), threads=None):
     cmd = [sys.executable, "-c", code, "--worker", engine, str(model), "--threads", str(threads or args.threads),
            "--reps", str(args.reps), "--n-prompt", str(args.n_prompt), "--n-gen", str(args.n_gen),
            "--depth", str(args.depth), *extra]
+    return cmd, env
+
+
+def run_worker(engine, model, args, timeout=None, extra=(), threads=None):
+    """Run a worker in a fresh interpreter; its JSON result, or an error."""
+    cmd, env = _worker_cmd(engine, model, args, extra, threads)
     t0 = time.perf_counter()
     before = _cpu_snapshot()
     try:
@@ -756,6 +819,113 @@ def run_worker(engine, model, args, timeout=None, extra=(), threads=None):
             return res
     tail = (r.stderr or r.stdout).strip().splitlines()[-5:]
     return {"engine": engine, "error": f"worker exited with {r.returncode}: " + " | ".join(tail)[-600:]}
+
+
+class _Served:
+    """One serving worker (`_serve`) seen from the parent."""
+
+    def __init__(self, engine, model, args, extra):
+        import tempfile
+        cmd, env = _worker_cmd(engine, model, args, tuple(extra) + ("--serve",))
+        self.engine = engine
+        self.err = tempfile.TemporaryFile(mode="w+")
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.err,
+                                     text=True, env=env, cwd=str(REPO))
+
+    def read(self, tag):
+        """The payload of the next line tagged `tag`; a BENCH_RESULT (the
+        worker's error) or the end of its output raise."""
+        for line in self.proc.stdout:
+            if line.startswith(tag + " "):
+                return line[len(tag) + 1:].strip()
+            if line.startswith("BENCH_RESULT "):
+                res = json.loads(line[len("BENCH_RESULT "):])
+                raise RuntimeError(res.get("error") or "the worker stopped early")
+        self.proc.wait()
+        self.err.seek(0)
+        tail = self.err.read().strip().splitlines()[-5:]
+        raise RuntimeError(f"worker exited with {self.proc.returncode}: " + " | ".join(tail)[-600:])
+
+    def run(self, test):
+        self.proc.stdin.write(test + "\n")
+        self.proc.stdin.flush()
+        return float(self.read("BENCH_TIME"))
+
+    def finish(self):
+        self.proc.stdin.write("finish\n")
+        self.proc.stdin.flush()
+        res = json.loads(self.read("BENCH_RESULT"))
+        self.proc.wait()
+        return res
+
+    def kill(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+SETTLE_S = 0.05  # pause before each turn of `run_engines`
+
+
+def run_engines(engines, model, args, timeout=None, extra=()):
+    """Every engine on one model, each in its own worker, loaded one after
+    the other; then each test's runs alternate between the engines (the
+    order flipped every run), never two at once. Run 0 of each engine and
+    test is a warm-up. So both engines meet the same drift of a noisy
+    machine, run for run. Returns one result per engine (or its error)."""
+    import threading
+    n_prompt, n_gen, depth = args.n_prompt, args.n_gen, args.depth
+    tests = dict(zip(("pp", "tg", "tgd"), test_names(n_prompt, n_gen, depth)))
+    results = {e: {"engine": e} for e in engines}
+    live = []
+    before = _cpu_snapshot()
+    t0 = time.perf_counter()
+    timer = threading.Timer(timeout, lambda: [w.kill() for w in live]) if timeout else None
+    if timer:
+        timer.start()
+    try:
+        for e in engines:
+            w = _Served(e, model, args, extra)
+            live.append(w)
+            try:
+                results[e].update(json.loads(w.read("BENCH_READY")))
+            except Exception as err:
+                results[e]["error"] = f"{err}"
+                w.kill()
+                live.remove(w)
+        for key, name in tests.items():
+            if key == "tgd":
+                for w in list(live):
+                    w.run("tgd-setup")
+            times = {w.engine: [] for w in live}
+            for r in range(args.reps + 1):
+                for w in (live if r % 2 == 0 else live[::-1]):
+                    time.sleep(SETTLE_S)  # the other engine's idle threads stop spinning
+                    dt = w.run(key)
+                    if r:
+                        times[w.engine].append(dt)
+            for w in live:
+                results[w.engine].setdefault("tests", {})[name] = {
+                    "n_tokens": n_prompt if key == "pp" else n_gen, "times_s": times[w.engine],
+                    **({} if key == "pp" else {"first_pos": depth if key == "tgd" else 1})}
+        for w in live:
+            results[w.engine].update(w.finish())
+    except Exception as err:
+        timed_out = timer is not None and not timer.is_alive()
+        msg = f"timed out after {timeout} s" if timed_out else f"{type(err).__name__}: {err}"
+        for w in live:
+            results[w.engine]["error"] = msg
+    finally:
+        if timer:
+            timer.cancel()
+        for w in live:
+            w.kill()
+    wall = time.perf_counter() - t0
+    busy = _others_busy_since(before)
+    for res in results.values():
+        res["wall_s"] = wall
+        res["busy_during"] = busy
+    return [results[e] for e in engines]
 
 
 # --------------------------------------------------------------------------
@@ -1135,28 +1305,27 @@ def main(argv=None):
                 report["results"].append({"type": typ, "engine": eng, "error": f"no model: {m['error']}"})
             continue
         warm_page_cache(Path(m["path"]))
+        runnable = [e for e in a.engines if not (e == "llama.cpp" and llama_missing)]
+        log(f"{typ}: {', '.join(runnable) or 'no engine'}, run by run in turn ...")
+        busy = wait_quiet(a.wait_quiet)
+        if busy is not None and busy > BUSY_WARN:
+            log(f"  running anyway; other work keeps {100 * busy:.0f}% of the CPUs busy")
+        ran = dict(zip(runnable, run_engines(runnable, m["path"], a, timeout=a.timeout,
+                                             extra=("--vocab", str(SHAPES[a.shape]["vocab"]))))) if runnable else {}
         for eng in a.engines:
-            if eng == "llama.cpp" and llama_missing:
-                res = {"engine": eng, "error": llama_missing}
-            else:
-                log(f"{typ}: {eng} ...")
-                busy = wait_quiet(a.wait_quiet)
-                if busy is not None and busy > BUSY_WARN:
-                    log(f"  running anyway; other work keeps {100 * busy:.0f}% of the CPUs busy")
-                res = run_worker(eng, m["path"], a, timeout=a.timeout,
-                                 extra=("--vocab", str(SHAPES[a.shape]["vocab"])))
-                res["busy_before"] = busy
+            res = ran.get(eng) or {"engine": eng, "error": llama_missing}
+            res["busy_before"] = busy
             res["type"] = typ
             report["results"].append(res)
             if res.get("error"):
                 log(f"  {typ} / {eng}: error: {_short(res['error'], 200)}")
             else:
                 t = res["tests"]
-                log("  " + ", ".join(f"{k} {tokens_per_s(v['n_tokens'], v['times_s']):.1f} t/s"
-                                     for k, v in t.items()) + f" (load {res['load_s']:.2f} s)")
-            bd = res.get("busy_during")
-            if bd is not None and bd > BUSY_WARN:
-                log(f"  other work kept {100 * bd:.0f}% of the CPUs busy during that run")
+                log(f"  {eng}: " + ", ".join(f"{k} {tokens_per_s(v['n_tokens'], v['times_s']):.1f} t/s"
+                                             for k, v in t.items()) + f" (load {res['load_s']:.2f} s)")
+        bd = next((r.get("busy_during") for r in ran.values()), None)
+        if bd is not None and bd > BUSY_WARN:
+            log(f"  other work kept {100 * bd:.0f}% of the CPUs busy during those runs")
 
     if not a.no_overhead and "pyffi" in a.engines:
         tiny = overhead_model()

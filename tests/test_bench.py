@@ -1,11 +1,35 @@
-"""The benchmark's bookkeeping (pyffi/bench.py) on fake measurements: no
-timings, no models, no llama-cpp-python."""
+"""The benchmark's bookkeeping (pyffi/bench.py) on fake measurements, and
+its worker protocol on a tiny fixture model: no timings are checked, no
+llama-cpp-python is needed."""
 
+import argparse
 import json
+import os
+from pathlib import Path
 
 import pytest
 
 from pyffi import bench
+
+FIXTURES = Path(os.environ.get("PYFFI_FIXTURES", Path(__file__).resolve().parents[2] / "shared" / "fixtures"))
+
+
+def test_engines_take_turns_in_their_own_workers():
+    """run_engines on the tiny GGUF fixture: every test has its runs (the
+    warm-up left out) in the report's shape; a model that cannot load is that
+    engine's error, not an exception."""
+    a = argparse.Namespace(threads=1, reps=2, n_prompt=8, n_gen=3, depth=8)
+    model = FIXTURES / "gguf" / "stories260K-f32.gguf"
+    [res] = bench.run_engines(["pyffi"], model, a, timeout=120, extra=("--vocab", "512"))
+    assert "error" not in res, res.get("error")
+    assert res["load_s"] >= 0 and res["peak_rss_bytes"] > 0
+    assert set(res["tests"]) == {"pp8", "tg3", "tg3@d8"}
+    for name, t in res["tests"].items():
+        assert len(t["times_s"]) == 2 and all(x > 0 for x in t["times_s"]), name
+    assert res["tests"]["tg3@d8"]["first_pos"] == 8 and res["tests"]["tg3"]["first_pos"] == 1
+    assert len(res["streaming"]["plain_s"]) == 2
+    [bad] = bench.run_engines(["pyffi"], FIXTURES / "no-such-model.gguf", a, timeout=120)
+    assert "error" in bad and "no-such-model" in bad["error"]
 
 
 def test_median_and_ratio_helpers():
