@@ -157,6 +157,38 @@ pub fn try_dot_heads_f16(
     false
 }
 
+/// `try_dot_heads_f16` for `n` keys, key i at `keys[i * key_stride..]`,
+/// its results at `out[h * stride + i]`: the whole span in one call.
+#[allow(clippy::too_many_arguments)]
+pub fn try_dot_heads_span_f16(
+    q: &[f32],
+    hd: usize,
+    keys: &[f16],
+    n: usize,
+    key_stride: usize,
+    out: &mut [f32],
+    stride: usize,
+    pairs: bool,
+) -> bool {
+    let heads = q.len() / hd.max(1);
+    assert!(n == 0 || keys.len() >= (n - 1) * key_stride + hd);
+    assert!(n == 0 || heads == 0 || out.len() >= (heads - 1) * stride + n);
+    #[cfg(target_arch = "x86_64")]
+    if has_f16c_fma() && hd % 16 == 0 {
+        macro_rules! go {
+            ($($g:literal)*) => {
+                match heads {
+                    // SAFETY: the CPU has the features; sizes asserted above.
+                    $($g => { unsafe { x86::dot_heads_span::<$g>(q, hd, keys.as_ptr(), n, key_stride, out.as_mut_ptr(), stride, pairs) }; return true })*
+                    _ => {}
+                }
+            };
+        }
+        go!(1 2 3 4 5 6 7 8);
+    }
+    false
+}
+
 /// For every head `h` of a group, `out_h = sum_i p[h * p_stride + i] * v_i`
 /// over `i < n`, `v_i = values[i * v_stride..][..hd]`: bit for bit `mix_f16`
 /// head by head. Returns false, having done nothing, where there is no such
@@ -657,6 +689,38 @@ mod x86 {
         stride: usize,
         pairs: bool,
     ) {
+        dot_heads_body::<G>(q, hd, k.as_ptr(), out, stride, pairs)
+    }
+
+    /// `dot_heads` for `n` keys `key_stride` apart, key i's results at
+    /// `out + i`: one call for a whole span of positions.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn dot_heads_span<const G: usize>(
+        q: &[f32],
+        hd: usize,
+        keys: *const f16,
+        n: usize,
+        key_stride: usize,
+        out: *mut f32,
+        stride: usize,
+        pairs: bool,
+    ) {
+        for i in 0..n {
+            dot_heads_body::<G>(q, hd, keys.add(i * key_stride), out.add(i), stride, pairs);
+        }
+    }
+
+    /// The body of `dot_heads` (inlined into the AVX2 callers).
+    #[inline(always)]
+    unsafe fn dot_heads_body<const G: usize>(
+        q: &[f32],
+        hd: usize,
+        k: *const f16,
+        out: *mut f32,
+        stride: usize,
+        pairs: bool,
+    ) {
         // Two accumulators per head: lanes 0..8 and 8..16 of the 16, or
         // (`pairs`) the even lanes from the first half and the odd ones
         // from the second.
@@ -664,7 +728,7 @@ mod x86 {
         let (step, second) = if pairs { (8, hd / 2) } else { (16, 8) };
         let mut i = 0;
         while i < if pairs { hd / 2 } else { hd } {
-            let (kx, ky) = (load8(k.as_ptr().add(i)), load8(k.as_ptr().add(i + second)));
+            let (kx, ky) = (load8(k.add(i)), load8(k.add(i + second)));
             for h in 0..G {
                 let qp = q.as_ptr().add(h * hd + i);
                 x[h] = _mm256_fmadd_ps(_mm256_loadu_ps(qp), kx, x[h]);

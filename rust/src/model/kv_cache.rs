@@ -45,6 +45,23 @@ pub trait KvElem: Copy + Send + Sync + 'static {
     fn dot_heads(q: &[f32], hd: usize, k: &[Self], out: &mut [f32], stride: usize, pairs: bool) {
         dot_each_head(q, hd, k, out, stride, pairs)
     }
+    /// `dot_heads` for `n` keys `key_stride` apart, key i's results at
+    /// `out[h * stride + i]`.
+    #[allow(clippy::too_many_arguments)]
+    fn dot_heads_span(
+        q: &[f32],
+        hd: usize,
+        keys: &[Self],
+        n: usize,
+        key_stride: usize,
+        out: &mut [f32],
+        stride: usize,
+        pairs: bool,
+    ) {
+        for i in 0..n {
+            Self::dot_heads(q, hd, &keys[i * key_stride..], &mut out[i..], stride, pairs);
+        }
+    }
     /// `out_h = sum_i p[h * p_stride + i] * v_i` for each `hd`-long head of
     /// `out`, over `i < n`, with `v_i = values[i * v_stride..][..hd]`
     /// (float32: key by key from zero; float16: in llama.cpp's order,
@@ -125,6 +142,23 @@ impl KvElem for f16 {
     fn dot_heads(q: &[f32], hd: usize, k: &[f16], out: &mut [f32], stride: usize, pairs: bool) {
         if !crate::kernels::f16::try_dot_heads_f16(q, hd, k, out, stride, pairs) {
             dot_each_head(q, hd, k, out, stride, pairs)
+        }
+    }
+    fn dot_heads_span(
+        q: &[f32],
+        hd: usize,
+        keys: &[f16],
+        n: usize,
+        key_stride: usize,
+        out: &mut [f32],
+        stride: usize,
+        pairs: bool,
+    ) {
+        use crate::kernels::f16::try_dot_heads_span_f16;
+        if !try_dot_heads_span_f16(q, hd, keys, n, key_stride, out, stride, pairs) {
+            for i in 0..n {
+                Self::dot_heads(q, hd, &keys[i * key_stride..], &mut out[i..], stride, pairs);
+            }
         }
     }
     fn mix_heads(

@@ -102,15 +102,16 @@ fn attend_group<T: KvElem>(
     let stride = scores.len() / heads;
     qr.copy_from_slice(q);
     T::round_all(qr);
-    for (i, j) in (span.first..span.n).enumerate() {
-        let k = &keys[j * span.kvd + span.kv_off..][..hd];
-        T::dot_heads(qr, hd, k, &mut scores[i..], stride, span.pairs);
-        for h in 0..heads {
-            scores[h * stride + i] *= span.scale;
-        }
+    if len > 0 {
+        let k0 = span.first * span.kvd + span.kv_off;
+        let keys = &keys[k0..(span.n - 1) * span.kvd + span.kv_off + hd];
+        T::dot_heads_span(qr, hd, keys, len, span.kvd, scores, stride, span.pairs);
     }
     for h in 0..heads {
         let row = &mut scores[h * stride..h * stride + len];
+        for v in row.iter_mut() {
+            *v *= span.scale;
+        }
         softmax(row);
         T::round_all(row);
     }
