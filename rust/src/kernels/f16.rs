@@ -706,9 +706,80 @@ mod x86 {
         stride: usize,
         pairs: bool,
     ) {
-        for i in 0..n {
+        // Eight keys at a time: each head's per-key lane sums kept, then
+        // reduced eight keys at once (`hsum8`), the same additions as
+        // `reduce16`/`reduce16_pairs` key by key.
+        let full = n / 8 * 8;
+        let (step, second) = if pairs { (8, hd / 2) } else { (16, 8) };
+        let mut xs = [[_mm256_setzero_ps(); 8]; G];
+        let mut ys = [[_mm256_setzero_ps(); 8]; G];
+        for i0 in (0..full).step_by(8) {
+            for p in 0..8 {
+                let k = keys.add((i0 + p) * key_stride);
+                let (mut x, mut y) = ([_mm256_setzero_ps(); G], [_mm256_setzero_ps(); G]);
+                let mut i = 0;
+                while i < if pairs { hd / 2 } else { hd } {
+                    let (kx, ky) = (load8(k.add(i)), load8(k.add(i + second)));
+                    for h in 0..G {
+                        let qp = q.as_ptr().add(h * hd + i);
+                        x[h] = _mm256_fmadd_ps(_mm256_loadu_ps(qp), kx, x[h]);
+                        y[h] = _mm256_fmadd_ps(_mm256_loadu_ps(qp.add(second)), ky, y[h]);
+                    }
+                    i += step;
+                }
+                for h in 0..G {
+                    xs[h][p] = x[h];
+                    ys[h][p] = y[h];
+                }
+            }
+            for h in 0..G {
+                let r = if pairs {
+                    _mm256_add_ps(hsum8(&xs[h]), hsum8(&ys[h]))
+                } else {
+                    let v: [__m256; 8] = std::array::from_fn(|p| _mm256_add_ps(ys[h][p], xs[h][p]));
+                    hsum8(&v)
+                };
+                _mm256_storeu_ps(out.add(h * stride + i0), r);
+            }
+        }
+        for i in full..n {
             dot_heads_body::<G>(q, hd, keys.add(i * key_stride), out.add(i), stride, pairs);
         }
+    }
+
+    /// `hsum` of eight vectors at once: lane p of the result is `hsum(v[p])`,
+    /// added in the same order (an 8 x 8 transpose, then the same tree).
+    #[inline(always)]
+    unsafe fn hsum8(v: &[__m256; 8]) -> __m256 {
+        let t: [__m256; 8] = std::array::from_fn(|i| {
+            let (a, b) = (v[i & !1], v[i | 1]);
+            if i % 2 == 0 {
+                _mm256_unpacklo_ps(a, b)
+            } else {
+                _mm256_unpackhi_ps(a, b)
+            }
+        });
+        let u: [__m256; 8] = std::array::from_fn(|i| {
+            let (g, j) = (i / 4, i % 4);
+            let (a, b) = (t[4 * g + j / 2], t[4 * g + 2 + j / 2]);
+            if j % 2 == 0 {
+                _mm256_shuffle_ps::<0x44>(a, b)
+            } else {
+                _mm256_shuffle_ps::<0xEE>(a, b)
+            }
+        });
+        // Lane j of every key: c[j], j in 0..8.
+        let c: [__m256; 8] = std::array::from_fn(|j| {
+            if j < 4 {
+                _mm256_permute2f128_ps::<0x20>(u[j], u[4 + j])
+            } else {
+                _mm256_permute2f128_ps::<0x31>(u[j - 4], u[j])
+            }
+        });
+        let s: [__m256; 4] = std::array::from_fn(|j| _mm256_add_ps(c[j], c[j + 4]));
+        let r0 = _mm256_add_ps(s[0], s[2]);
+        let r1 = _mm256_add_ps(s[1], s[3]);
+        _mm256_add_ps(r0, r1)
     }
 
     /// The body of `dot_heads` (inlined into the AVX2 callers).
@@ -1253,6 +1324,35 @@ mod tests {
                             .sum::<f64>() as f32
                     };
                     assert_eq!(want.to_bits(), d.to_bits(), "hd {hd} pairs {pairs}");
+                }
+                // A span of keys in one call: key by key the same bits
+                // (8 at a time and the rest one by one).
+                for n in [0, 1, 7, 8, 19] {
+                    let key_stride = hd + 16;
+                    let keys = halves(n.max(1) * key_stride, 25);
+                    let out_stride = n + 3;
+                    let mut span = vec![f32::NAN; heads * out_stride];
+                    let fast = try_dot_heads_span_f16(
+                        &q, hd, &keys, n, key_stride, &mut span, out_stride, pairs,
+                    );
+                    #[cfg(target_arch = "x86_64")]
+                    assert_eq!(fast, has_f16c_fma() && hd % 16 == 0 && heads <= 8);
+                    if fast {
+                        for i in 0..n {
+                            for h in 0..heads {
+                                let want = dot_f32_f16(
+                                    &q[h * hd..(h + 1) * hd],
+                                    &keys[i * key_stride..i * key_stride + hd],
+                                    pairs,
+                                );
+                                assert_eq!(
+                                    span[h * out_stride + i].to_bits(),
+                                    want.to_bits(),
+                                    "hd {hd} heads {heads} n {n} key {i}"
+                                );
+                            }
+                        }
+                    }
                 }
                 for n in [0, 1, 5, 16, 33] {
                     let (v_stride, p_stride) = (hd + 8, n + 2);
