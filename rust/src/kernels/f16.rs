@@ -603,6 +603,34 @@ mod x86 {
 
     use half::f16;
 
+    /// The first two steps of a transpose of `$n` vectors (a multiple of
+    /// 4), within each 128-bit lane: `u[4g + j]` holds, in every 128-bit
+    /// lane, value j (of the lane's four) of vectors 4g..4g+4 (pairs
+    /// interleaved, then pairs of pairs).
+    macro_rules! quads_in_lanes {
+        ($v:expr, $n:literal, $ty:ty, $lo:ident, $hi:ident, $shuffle:ident) => {{
+            let v = $v;
+            let t: [$ty; $n] = std::array::from_fn(|i| {
+                let (a, b) = (v[i & !1], v[i | 1]);
+                if i % 2 == 0 {
+                    $lo(a, b)
+                } else {
+                    $hi(a, b)
+                }
+            });
+            let u: [$ty; $n] = std::array::from_fn(|i| {
+                let (g, j) = (i / 4, i % 4);
+                let (a, b) = (t[4 * g + j / 2], t[4 * g + 2 + j / 2]);
+                if j % 2 == 0 {
+                    $shuffle::<0x44>(a, b)
+                } else {
+                    $shuffle::<0xEE>(a, b)
+                }
+            });
+            u
+        }};
+    }
+
     /// `super::round_to_f16` over whole vectors of 8; returns how many values.
     #[target_feature(enable = "avx2,fma,f16c")]
     pub(super) unsafe fn round_to_f16(x: &mut [f32]) -> usize {
@@ -751,23 +779,14 @@ mod x86 {
     /// added in the same order (an 8 x 8 transpose, then the same tree).
     #[inline(always)]
     unsafe fn hsum8(v: &[__m256; 8]) -> __m256 {
-        let t: [__m256; 8] = std::array::from_fn(|i| {
-            let (a, b) = (v[i & !1], v[i | 1]);
-            if i % 2 == 0 {
-                _mm256_unpacklo_ps(a, b)
-            } else {
-                _mm256_unpackhi_ps(a, b)
-            }
-        });
-        let u: [__m256; 8] = std::array::from_fn(|i| {
-            let (g, j) = (i / 4, i % 4);
-            let (a, b) = (t[4 * g + j / 2], t[4 * g + 2 + j / 2]);
-            if j % 2 == 0 {
-                _mm256_shuffle_ps::<0x44>(a, b)
-            } else {
-                _mm256_shuffle_ps::<0xEE>(a, b)
-            }
-        });
+        let u = quads_in_lanes!(
+            v,
+            8,
+            __m256,
+            _mm256_unpacklo_ps,
+            _mm256_unpackhi_ps,
+            _mm256_shuffle_ps
+        );
         // Lane j of every key: c[j], j in 0..8.
         let c: [__m256; 8] = std::array::from_fn(|j| {
             if j < 4 {
@@ -944,25 +963,15 @@ mod x86 {
     /// quads within 128-bit lanes, then the 128-bit lanes themselves).
     #[inline(always)]
     unsafe fn transpose16(r: [__m512; 16]) -> [__m512; 16] {
-        // t[2p]: rows 2p, 2p+1 interleaved at k = 0,1 (of each 4); t[2p+1] at k = 2,3.
-        let t: [__m512; 16] = std::array::from_fn(|i| {
-            let (a, b) = (r[i & !1], r[i | 1]);
-            if i % 2 == 0 {
-                _mm512_unpacklo_ps(a, b)
-            } else {
-                _mm512_unpackhi_ps(a, b)
-            }
-        });
         // u[4g + j]: rows 4g..4g+4 at k = j (of each 4), per 128-bit lane.
-        let u: [__m512; 16] = std::array::from_fn(|i| {
-            let (g, j) = (i / 4, i % 4);
-            let (a, b) = (t[4 * g + j / 2], t[4 * g + 2 + j / 2]);
-            if j % 2 == 0 {
-                _mm512_shuffle_ps::<0x44>(a, b)
-            } else {
-                _mm512_shuffle_ps::<0xEE>(a, b)
-            }
-        });
+        let u = quads_in_lanes!(
+            r,
+            16,
+            __m512,
+            _mm512_unpacklo_ps,
+            _mm512_unpackhi_ps,
+            _mm512_shuffle_ps
+        );
         let mut out = [_mm512_setzero_ps(); 16];
         for j in 0..4 {
             // Lanes (k = j, j + 8 | j + 4, j + 12) of rows 0..8 and 8..16.
