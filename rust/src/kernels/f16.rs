@@ -126,39 +126,13 @@ pub fn mix_f16(out: &mut [f32], p: &[f32], n: usize, values: &[f16], v_stride: u
     }
 }
 
-/// `out[h * stride] = dot_f32_f16(q_h, k)` for every head `h` of a GQA group
-/// (`q` holds the heads' `hd`-long queries side by side), the key loaded
-/// once for all heads; bit for bit the per-head `dot_f32_f16`. Returns false,
-/// having done nothing, where there is no such kernel (no AVX2, `hd` not a
-/// multiple of 16, more than 8 heads): the caller goes head by head.
-pub fn try_dot_heads_f16(
-    q: &[f32],
-    hd: usize,
-    k: &[f16],
-    out: &mut [f32],
-    stride: usize,
-    pairs: bool,
-) -> bool {
-    let heads = q.len() / hd.max(1);
-    assert!(k.len() >= hd && (heads == 0 || out.len() > (heads - 1) * stride));
-    #[cfg(target_arch = "x86_64")]
-    if has_f16c_fma() && hd % 16 == 0 {
-        macro_rules! go {
-            ($($g:literal)*) => {
-                match heads {
-                    // SAFETY: the CPU has the features; sizes asserted above.
-                    $($g => { unsafe { x86::dot_heads::<$g>(q, hd, k, out.as_mut_ptr(), stride, pairs) }; return true })*
-                    _ => {}
-                }
-            };
-        }
-        go!(1 2 3 4 5 6 7 8);
-    }
-    false
-}
-
-/// `try_dot_heads_f16` for `n` keys, key i at `keys[i * key_stride..]`,
-/// its results at `out[h * stride + i]`: the whole span in one call.
+/// `out[h * stride + i] = dot_f32_f16(q_h, k_i)` for every head `h` of a GQA
+/// group (`q` holds the heads' `hd`-long queries side by side) and each of
+/// `n` keys, key i at `keys[i * key_stride..]`: each key loaded once for all
+/// heads, the whole span in one call; bit for bit the per-head
+/// `dot_f32_f16`. Returns false, having done nothing, where there is no such
+/// kernel (no AVX2, `hd` not a multiple of 16, more than 8 heads): the
+/// caller goes head by head.
 #[allow(clippy::too_many_arguments)]
 pub fn try_dot_heads_span_f16(
     q: &[f32],
@@ -707,21 +681,8 @@ mod x86 {
         reduce16(x, y)
     }
 
-    /// `dot_f32_f16` of G queries against one key (hd % 16 == 0).
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn dot_heads<const G: usize>(
-        q: &[f32],
-        hd: usize,
-        k: &[f16],
-        out: *mut f32,
-        stride: usize,
-        pairs: bool,
-    ) {
-        dot_heads_body::<G>(q, hd, k.as_ptr(), out, stride, pairs)
-    }
-
-    /// `dot_heads` for `n` keys `key_stride` apart, key i's results at
-    /// `out + i`: one call for a whole span of positions.
+    /// `dot_f32_f16` of G queries against `n` keys `key_stride` apart
+    /// (hd % 16 == 0), key i's results at `out + i`.
     #[target_feature(enable = "avx2,fma,f16c")]
     #[allow(clippy::too_many_arguments)]
     pub unsafe fn dot_heads_span<const G: usize>(
@@ -738,23 +699,11 @@ mod x86 {
         // reduced eight keys at once (`hsum8`), the same additions as
         // `reduce16`/`reduce16_pairs` key by key.
         let full = n / 8 * 8;
-        let (step, second) = if pairs { (8, hd / 2) } else { (16, 8) };
         let mut xs = [[_mm256_setzero_ps(); 8]; G];
         let mut ys = [[_mm256_setzero_ps(); 8]; G];
         for i0 in (0..full).step_by(8) {
             for p in 0..8 {
-                let k = keys.add((i0 + p) * key_stride);
-                let (mut x, mut y) = ([_mm256_setzero_ps(); G], [_mm256_setzero_ps(); G]);
-                let mut i = 0;
-                while i < if pairs { hd / 2 } else { hd } {
-                    let (kx, ky) = (load8(k.add(i)), load8(k.add(i + second)));
-                    for h in 0..G {
-                        let qp = q.as_ptr().add(h * hd + i);
-                        x[h] = _mm256_fmadd_ps(_mm256_loadu_ps(qp), kx, x[h]);
-                        y[h] = _mm256_fmadd_ps(_mm256_loadu_ps(qp.add(second)), ky, y[h]);
-                    }
-                    i += step;
-                }
+                let (x, y) = lane_sums::<G>(q, hd, keys.add((i0 + p) * key_stride), pairs);
                 for h in 0..G {
                     xs[h][p] = x[h];
                     ys[h][p] = y[h];
@@ -771,7 +720,7 @@ mod x86 {
             }
         }
         for i in full..n {
-            dot_heads_body::<G>(q, hd, keys.add(i * key_stride), out.add(i), stride, pairs);
+            dot_heads_one::<G>(q, hd, keys.add(i * key_stride), out.add(i), stride, pairs);
         }
     }
 
@@ -801,19 +750,16 @@ mod x86 {
         _mm256_add_ps(r0, r1)
     }
 
-    /// The body of `dot_heads` (inlined into the AVX2 callers).
+    /// Each head's 16 lane sums of q . k in two vectors: lanes 0..8 and
+    /// 8..16 of the 16, or (`pairs`) the even lanes from the first half and
+    /// the odd ones from the second.
     #[inline(always)]
-    unsafe fn dot_heads_body<const G: usize>(
+    unsafe fn lane_sums<const G: usize>(
         q: &[f32],
         hd: usize,
         k: *const f16,
-        out: *mut f32,
-        stride: usize,
         pairs: bool,
-    ) {
-        // Two accumulators per head: lanes 0..8 and 8..16 of the 16, or
-        // (`pairs`) the even lanes from the first half and the odd ones
-        // from the second.
+    ) -> ([__m256; G], [__m256; G]) {
         let (mut x, mut y) = ([_mm256_setzero_ps(); G], [_mm256_setzero_ps(); G]);
         let (step, second) = if pairs { (8, hd / 2) } else { (16, 8) };
         let mut i = 0;
@@ -826,6 +772,20 @@ mod x86 {
             }
             i += step;
         }
+        (x, y)
+    }
+
+    /// G queries against one key, each reduced on its own.
+    #[inline(always)]
+    unsafe fn dot_heads_one<const G: usize>(
+        q: &[f32],
+        hd: usize,
+        k: *const f16,
+        out: *mut f32,
+        stride: usize,
+        pairs: bool,
+    ) {
+        let (x, y) = lane_sums::<G>(q, hd, k, pairs);
         for h in 0..G {
             *out.add(h * stride) = if pairs {
                 reduce16_pairs(x[h], y[h])
@@ -987,54 +947,6 @@ mod x86 {
         out
     }
 
-    /// `out[t * stride + r] = sum_k panel[k * 32 + r] * xs[k * 12 + t]` for
-    /// 32 rows and `nt` (at most 12) tokens, k in order.
-    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
-    pub unsafe fn panel_tile(
-        panel: *const f32,
-        xs: *const f32,
-        n: usize,
-        out: *mut f32,
-        stride: usize,
-        nt: usize,
-    ) {
-        macro_rules! go {
-            ($($t:literal)*) => {
-                match nt {
-                    $($t => panel_tile_n::<$t>(panel, xs, n, out, stride),)*
-                    _ => unreachable!(),
-                }
-            };
-        }
-        go!(1 2 3 4 5 6 7 8 9 10 11 12)
-    }
-
-    #[inline(always)]
-    unsafe fn panel_tile_n<const T: usize>(
-        panel: *const f32,
-        xs: *const f32,
-        n: usize,
-        out: *mut f32,
-        stride: usize,
-    ) {
-        let mut c0 = [_mm512_setzero_ps(); T];
-        let mut c1 = [_mm512_setzero_ps(); T];
-        for k in 0..n {
-            let a0 = _mm512_loadu_ps(panel.add(32 * k));
-            let a1 = _mm512_loadu_ps(panel.add(32 * k + 16));
-            let b = xs.add(12 * k);
-            for t in 0..T {
-                let x = _mm512_set1_ps(*b.add(t));
-                c0[t] = _mm512_fmadd_ps(a0, x, c0[t]);
-                c1[t] = _mm512_fmadd_ps(a1, x, c1[t]);
-            }
-        }
-        for t in 0..T {
-            _mm512_storeu_ps(out.add(t * stride), c0[t]);
-            _mm512_storeu_ps(out.add(t * stride + 16), c1[t]);
-        }
-    }
-
     /// `pack_panel` for 16 rows (AVX2): `panel[k * 16 + r] = rows[r * n + k]`.
     #[target_feature(enable = "avx2,fma,f16c")]
     pub unsafe fn pack_panel8<E: Elem>(rows: &[E], n: usize, panel: *mut f32) {
@@ -1054,52 +966,48 @@ mod x86 {
         }
     }
 
-    /// `panel_tile` for 16 rows and at most 6 tokens (AVX2).
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub unsafe fn panel_tile8(
-        panel: *const f32,
-        xs: *const f32,
-        n: usize,
-        out: *mut f32,
-        stride: usize,
-        nt: usize,
-    ) {
-        macro_rules! go {
-            ($($t:literal)*) => {
+    /// A register tile of the outer-product prefill: `out[t * stride + r] =
+    /// sum_k panel[k * 2W + r] * xs[k * TOKENS + t]` for 2W rows (two
+    /// vectors of W) and `nt` (at most TOKENS) tokens, k in order.
+    macro_rules! panel_tile {
+        ($name:ident, $name_n:ident, $feat:literal, $ty:ty, $w:literal, $tokens:literal,
+         $zero:ident, $load:ident, $set1:ident, $fmadd:ident, $store:ident, [$($t:literal)*]) => {
+            #[target_feature(enable = $feat)]
+            pub unsafe fn $name(panel: *const f32, xs: *const f32, n: usize, out: *mut f32, stride: usize, nt: usize) {
                 match nt {
-                    $($t => panel_tile8_n::<$t>(panel, xs, n, out, stride),)*
+                    $($t => $name_n::<$t>(panel, xs, n, out, stride),)*
                     _ => unreachable!(),
                 }
-            };
-        }
-        go!(1 2 3 4 5 6)
-    }
-
-    #[inline(always)]
-    unsafe fn panel_tile8_n<const T: usize>(
-        panel: *const f32,
-        xs: *const f32,
-        n: usize,
-        out: *mut f32,
-        stride: usize,
-    ) {
-        let mut c0 = [_mm256_setzero_ps(); T];
-        let mut c1 = [_mm256_setzero_ps(); T];
-        for k in 0..n {
-            let a0 = _mm256_loadu_ps(panel.add(16 * k));
-            let a1 = _mm256_loadu_ps(panel.add(16 * k + 8));
-            let b = xs.add(6 * k);
-            for t in 0..T {
-                let x = _mm256_broadcast_ss(&*b.add(t));
-                c0[t] = _mm256_fmadd_ps(a0, x, c0[t]);
-                c1[t] = _mm256_fmadd_ps(a1, x, c1[t]);
             }
-        }
-        for t in 0..T {
-            _mm256_storeu_ps(out.add(t * stride), c0[t]);
-            _mm256_storeu_ps(out.add(t * stride + 8), c1[t]);
-        }
+
+            #[inline(always)]
+            unsafe fn $name_n<const T: usize>(panel: *const f32, xs: *const f32, n: usize, out: *mut f32, stride: usize) {
+                let mut c0: [$ty; T] = [$zero(); T];
+                let mut c1: [$ty; T] = [$zero(); T];
+                for k in 0..n {
+                    let a0 = $load(panel.add(2 * $w * k));
+                    let a1 = $load(panel.add(2 * $w * k + $w));
+                    let b = xs.add($tokens * k);
+                    for t in 0..T {
+                        let x = $set1(*b.add(t));
+                        c0[t] = $fmadd(a0, x, c0[t]);
+                        c1[t] = $fmadd(a1, x, c1[t]);
+                    }
+                }
+                for t in 0..T {
+                    $store(out.add(t * stride), c0[t]);
+                    $store(out.add(t * stride + $w), c1[t]);
+                }
+            }
+        };
     }
+    // 32 rows by up to 12 tokens (AVX-512), 16 rows by up to 6 (AVX2).
+    panel_tile!(panel_tile, panel_tile_n, "avx512f,avx2,fma,f16c", __m512, 16, 12,
+        _mm512_setzero_ps, _mm512_loadu_ps, _mm512_set1_ps, _mm512_fmadd_ps, _mm512_storeu_ps,
+        [1 2 3 4 5 6 7 8 9 10 11 12]);
+    panel_tile!(panel_tile8, panel_tile8_n, "avx2,fma,f16c", __m256, 8, 6,
+        _mm256_setzero_ps, _mm256_loadu_ps, _mm256_set1_ps, _mm256_fmadd_ps, _mm256_storeu_ps,
+        [1 2 3 4 5 6]);
 
     /// `row` on 16-lane vectors (AVX-512F).
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
@@ -1303,7 +1211,7 @@ mod tests {
                 let k = halves(hd, 22);
                 let stride = 5;
                 let mut got = vec![0.0f32; heads * stride];
-                let fast = try_dot_heads_f16(&q, hd, &k, &mut got, stride, pairs);
+                let fast = try_dot_heads_span_f16(&q, hd, &k, 1, hd, &mut got, stride, pairs);
                 #[cfg(target_arch = "x86_64")]
                 assert_eq!(fast, has_f16c_fma() && hd % 16 == 0 && heads <= 8);
                 for h in 0..heads {

@@ -41,12 +41,8 @@ pub trait KvElem: Copy + Send + Sync + 'static {
     /// `q . k`. `pairs`: the head's halves are llama.cpp's even and odd
     /// elements (see `kernels::f16::dot_f32_f16`, which sums in its order).
     fn dot(q: &[f32], k: &[Self], pairs: bool) -> f32;
-    /// `out[h * stride] = q_h . k` for each `hd`-long query `q_h` in `q`.
-    fn dot_heads(q: &[f32], hd: usize, k: &[Self], out: &mut [f32], stride: usize, pairs: bool) {
-        dot_each_head(q, hd, k, out, stride, pairs)
-    }
-    /// `dot_heads` for `n` keys `key_stride` apart, key i's results at
-    /// `out[h * stride + i]`.
+    /// `out[h * stride + i] = q_h . k_i` for each `hd`-long query `q_h` in
+    /// `q` and each of `n` keys, key i at `keys[i * key_stride..]`.
     #[allow(clippy::too_many_arguments)]
     fn dot_heads_span(
         q: &[f32],
@@ -58,9 +54,7 @@ pub trait KvElem: Copy + Send + Sync + 'static {
         stride: usize,
         pairs: bool,
     ) {
-        for i in 0..n {
-            Self::dot_heads(q, hd, &keys[i * key_stride..], &mut out[i..], stride, pairs);
-        }
+        dot_each_head(q, hd, keys, n, key_stride, out, stride, pairs)
     }
     /// `out_h = sum_i p[h * p_stride + i] * v_i` for each `hd`-long head of
     /// `out`, over `i < n`, with `v_i = values[i * v_stride..][..hd]`
@@ -77,17 +71,23 @@ pub trait KvElem: Copy + Send + Sync + 'static {
     );
 }
 
-/// `KvElem::dot_heads` one head at a time.
+/// `KvElem::dot_heads_span` one key and one head at a time.
+#[allow(clippy::too_many_arguments)]
 fn dot_each_head<T: KvElem>(
     q: &[f32],
     hd: usize,
-    k: &[T],
+    keys: &[T],
+    n: usize,
+    key_stride: usize,
     out: &mut [f32],
     stride: usize,
     pairs: bool,
 ) {
-    for h in 0..q.len() / hd {
-        out[h * stride] = T::dot(&q[h * hd..(h + 1) * hd], &k[..hd], pairs);
+    for i in 0..n {
+        let k = &keys[i * key_stride..i * key_stride + hd];
+        for h in 0..q.len() / hd {
+            out[h * stride + i] = T::dot(&q[h * hd..(h + 1) * hd], k, pairs);
+        }
     }
 }
 
@@ -139,11 +139,6 @@ impl KvElem for f16 {
     fn dot(q: &[f32], k: &[f16], pairs: bool) -> f32 {
         crate::kernels::f16::dot_f32_f16(q, k, pairs)
     }
-    fn dot_heads(q: &[f32], hd: usize, k: &[f16], out: &mut [f32], stride: usize, pairs: bool) {
-        if !crate::kernels::f16::try_dot_heads_f16(q, hd, k, out, stride, pairs) {
-            dot_each_head(q, hd, k, out, stride, pairs)
-        }
-    }
     fn dot_heads_span(
         q: &[f32],
         hd: usize,
@@ -156,9 +151,7 @@ impl KvElem for f16 {
     ) {
         use crate::kernels::f16::try_dot_heads_span_f16;
         if !try_dot_heads_span_f16(q, hd, keys, n, key_stride, out, stride, pairs) {
-            for i in 0..n {
-                Self::dot_heads(q, hd, &keys[i * key_stride..], &mut out[i..], stride, pairs);
-            }
+            dot_each_head(q, hd, keys, n, key_stride, out, stride, pairs)
         }
     }
     fn mix_heads(
