@@ -1,11 +1,40 @@
 //! Numeric kernels. `scalar` holds the plain reference versions (the test
 //! oracle); the functions here are the fast ones the model calls.
 
+/// The first two steps of a transpose of `$n` vectors (a multiple of
+/// 4), within each 128-bit lane: `u[4g + j]` holds, in every 128-bit
+/// lane, value j (of the lane's four) of vectors 4g..4g+4 (pairs
+/// interleaved, then pairs of pairs).
+macro_rules! quads_in_lanes {
+    ($v:expr, $n:literal, $ty:ty, $lo:ident, $hi:ident, $shuffle:ident) => {{
+        let v = $v;
+        let t: [$ty; $n] = std::array::from_fn(|i| {
+            let (a, b) = (v[i & !1], v[i | 1]);
+            if i % 2 == 0 {
+                $lo(a, b)
+            } else {
+                $hi(a, b)
+            }
+        });
+        let u: [$ty; $n] = std::array::from_fn(|i| {
+            let (g, j) = (i / 4, i % 4);
+            let (a, b) = (t[4 * g + j / 2], t[4 * g + 2 + j / 2]);
+            if j % 2 == 0 {
+                $shuffle::<0x44>(a, b)
+            } else {
+                $shuffle::<0xEE>(a, b)
+            }
+        });
+        u
+    }};
+}
+
 pub mod activation;
 pub mod f16;
 pub mod kquant;
 pub mod packed;
 mod packed_k;
+mod panel;
 pub mod quant;
 pub mod scalar;
 
@@ -146,8 +175,8 @@ pub fn matmul(
     if n_tok == 0 || n_out == 0 {
         return;
     }
-    // A long batch on AVX-512: whole 32-row panels as an outer product, the rest below.
-    let base = f16::panels(out, out_stride, x, w, n_tok, n_in, n_out);
+    // A long batch: whole panels of rows as an outer product, the rest below.
+    let base = panel::panels(out, out_stride, x, w, n_tok, n_in, n_out);
     let (w, n_out, out) = (&w[base * n_in..], n_out - base, &mut out[base..]);
     if n_out == 0 {
         return;
@@ -244,7 +273,7 @@ mod tests {
             (9, 64, 130),
             (4, 256, 70),
             (13, 3, 1),
-            // On AVX-512, whole 32-row panels (`f16::panels`) and the rest.
+            // Whole panels of rows (`panel::panels`) and the rest.
             (12, 16, 32),
             (25, 64, 70),
         ] {

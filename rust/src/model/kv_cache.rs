@@ -30,14 +30,8 @@ impl KvType {
 /// One cache element type, and the two products attention takes with it.
 pub trait KvElem: Copy + Send + Sync + 'static {
     fn from_f32_slice(src: &[f32], dst: &mut [Self]);
-    /// `x` as the cache would hold it (what the matmul against it sees).
-    fn round(x: f32) -> f32;
-    /// `round` on each value.
-    fn round_all(x: &mut [f32]) {
-        for v in x {
-            *v = Self::round(*v);
-        }
-    }
+    /// Each value as the cache would hold it (what the matmul against it sees).
+    fn round_all(x: &mut [f32]);
     /// `q . k`. `pairs`: the head's halves are llama.cpp's even and odd
     /// elements (see `kernels::f16::dot_f32_f16`, which sums in its order).
     fn dot(q: &[f32], k: &[Self], pairs: bool) -> f32;
@@ -95,10 +89,6 @@ impl KvElem for f32 {
     fn from_f32_slice(src: &[f32], dst: &mut [f32]) {
         dst.copy_from_slice(src);
     }
-    #[inline]
-    fn round(x: f32) -> f32 {
-        x
-    }
     fn round_all(_: &mut [f32]) {}
     fn dot(q: &[f32], k: &[f32], _pairs: bool) -> f32 {
         crate::kernels::dot(q, k)
@@ -128,10 +118,6 @@ impl KvElem for f32 {
 impl KvElem for f16 {
     fn from_f32_slice(src: &[f32], dst: &mut [f16]) {
         half::slice::HalfFloatSliceExt::convert_from_f32_slice(dst, src);
-    }
-    #[inline]
-    fn round(x: f32) -> f32 {
-        f16::from_f32(x).to_f32()
     }
     fn round_all(x: &mut [f32]) {
         crate::kernels::f16::round_to_f16(x)

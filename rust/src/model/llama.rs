@@ -100,13 +100,24 @@ fn attend_group<T: KvElem>(
     let len = span.n - span.first;
     let (scores, qr) = scratch.split_at_mut(scratch.len() - heads * hd);
     let stride = scores.len() / heads;
+    if len == 0 {
+        out.fill(0.0);
+        return;
+    }
+    // Rows first..n of this group's keys and values.
+    let rows = span.first * span.kvd + span.kv_off..(span.n - 1) * span.kvd + span.kv_off + hd;
     qr.copy_from_slice(q);
     T::round_all(qr);
-    if len > 0 {
-        let k0 = span.first * span.kvd + span.kv_off;
-        let keys = &keys[k0..(span.n - 1) * span.kvd + span.kv_off + hd];
-        T::dot_heads_span(qr, hd, keys, len, span.kvd, scores, stride, span.pairs);
-    }
+    T::dot_heads_span(
+        qr,
+        hd,
+        &keys[rows.clone()],
+        len,
+        span.kvd,
+        scores,
+        stride,
+        span.pairs,
+    );
     for h in 0..heads {
         let row = &mut scores[h * stride..h * stride + len];
         for v in row.iter_mut() {
@@ -115,20 +126,7 @@ fn attend_group<T: KvElem>(
         softmax(row);
         T::round_all(row);
     }
-    if len > 0 {
-        let base = span.first * span.kvd + span.kv_off;
-        T::mix_heads(
-            out,
-            hd,
-            scores,
-            stride,
-            len,
-            &values[base..(span.n - 1) * span.kvd + span.kv_off + hd],
-            span.kvd,
-        );
-    } else {
-        out.fill(0.0);
-    }
+    T::mix_heads(out, hd, scores, stride, len, &values[rows], span.kvd);
 }
 
 /// Runs the batch and writes logits into `out` (sized by `logits_len`).
