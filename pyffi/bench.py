@@ -597,42 +597,6 @@ def run_once(engine, test, toks, n_prompt, n_gen, depth):
     raise ValueError(f"unknown test {test!r}")
 
 
-def measure(engine, reps, n_prompt, n_gen, depth, vocab):
-    """Times of every run of pp / tg / tg-at-depth; run 0 of each is a
-    warm-up and is left out. (One engine alone; `run_engines` alternates
-    two engines run by run.)"""
-    toks = bench_tokens(max(n_prompt, depth) + n_gen + 1, vocab)
-    pp, tg, tgd = test_names(n_prompt, n_gen, depth)
-    out = {}
-    times = []
-    for r in range(reps + 1):
-        engine.reset()
-        dt = engine.prefill(toks[:n_prompt], 0)
-        if r:
-            times.append(dt)
-    out[pp] = {"n_tokens": n_prompt, "times_s": times}
-
-    times = []
-    for r in range(reps + 1):
-        engine.reset()
-        engine.steps(toks[:1], 0)  # the warm-up token
-        dt = engine.steps(toks[1:1 + n_gen], 1)
-        if r:
-            times.append(dt)
-    out[tg] = {"n_tokens": n_gen, "times_s": times, "first_pos": 1}
-
-    times = []
-    engine.reset()
-    engine.prefill(toks[:depth], 0)  # once; each run then goes back to `depth`
-    for r in range(reps + 1):
-        engine.rewind(depth)
-        dt = engine.steps(toks[depth:depth + n_gen], depth)
-        if r:
-            times.append(dt)
-    out[tgd] = {"n_tokens": n_gen, "times_s": times, "first_pos": depth}
-    return out
-
-
 def measure_streaming(session, reps, n_gen, vocab):
     """Times of `generate` for n_gen greedy tokens: with no callback, with a
     Python callback per token (callback=), and as an iterator (stream=True,
@@ -660,7 +624,8 @@ def measure_streaming(session, reps, n_gen, vocab):
 
 
 def worker_main(argv):
-    """`bench.py --worker ENGINE MODEL ...`: prints one JSON line."""
+    """`bench.py --worker ENGINE MODEL ...`: an engine serves `run_engines`
+    (`_serve`); the overhead worker prints one JSON line."""
     p = argparse.ArgumentParser(prog="pyffi-bench-worker")
     p.add_argument("--worker", required=True, choices=ENGINES + ("pyffi-overhead",))
     p.add_argument("model")
@@ -674,25 +639,12 @@ def worker_main(argv):
     p.add_argument("--rounds", type=int, default=7)
     p.add_argument("--span", type=int, default=64)
     p.add_argument("--n-stream", type=int, default=32)
-    p.add_argument("--serve", action="store_true",
-                   help="load, print BENCH_READY, then run the tests named on stdin one line at a time")
     a = p.parse_args(argv)
-    if a.serve:
-        return _serve(a)
+    if a.worker != "pyffi-overhead":
+        return _serve(a)  # an engine: its runs come one by one from `run_engines`
     res = {"engine": a.worker}
     try:
-        if a.worker == "pyffi-overhead":
-            res.update(_python_overhead(a))
-        else:
-            n_ctx = max(1024, a.n_prompt, a.depth + a.n_gen + 1)
-            cls = PyffiEngine if a.worker == "pyffi" else LlamaCppEngine
-            eng = cls(a.model, a.threads, n_ctx)
-            res["load_s"] = eng.load_s
-            res["info"] = eng.info
-            res["rss_after_load_bytes"] = _vm_rss()
-            res["tests"] = measure(eng, a.reps, a.n_prompt, a.n_gen, a.depth, a.vocab)
-            if a.worker == "pyffi":
-                res["streaming"] = measure_streaming(eng.session, STREAM_REPS, a.n_stream, a.vocab)
+        res.update(_python_overhead(a))
     except Exception as e:  # reported as this cell's error
         res["error"] = f"{type(e).__name__}: {e}"
     res["peak_rss_bytes"] = peak_rss_bytes()
@@ -826,7 +778,7 @@ class _Served:
 
     def __init__(self, engine, model, args, extra):
         import tempfile
-        cmd, env = _worker_cmd(engine, model, args, tuple(extra) + ("--serve",))
+        cmd, env = _worker_cmd(engine, model, args, extra)
         self.engine = engine
         self.err = tempfile.TemporaryFile(mode="w+")
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.err,

@@ -316,6 +316,8 @@ fn dot_q45k<const N: usize, const FIVE: bool>(w: &[u8], xs: [&[BlockQ8K]; N]) ->
     let one = _mm256_set1_epi8(1);
     let mut acc = [_mm256_setzero_ps(); N];
     let mut acc_m = [0.0f32; N];
+    // Q5_K: the whole sum, as `kquant::tiled_add` adds it.
+    let mut tiled = [0.0f32; N];
     for (i, b) in w.chunks_exact(bb).take(nb).enumerate() {
         let (sc, mn) = scales_mins(&b[4..16]);
         let bp = b.as_ptr();
@@ -376,10 +378,9 @@ fn dot_q45k<const N: usize, const FIVE: bool>(w: &[u8], xs: [&[BlockQ8K]; N]) ->
             }
             for k in 0..N {
                 if FIVE {
-                    // As `kquant::tiled_add`, in the first lane's sum.
                     let (d, dmin) = (_mm_cvtss_f32(dm), _mm_cvtss_f32(_mm_movehdup_ps(dm)));
-                    acc_m[k] =
-                        kquant::tiled_add(acc_m[k], d, hsum_epi32(sumi[k]), dmin, summ[k], ys[k].d);
+                    tiled[k] =
+                        kquant::tiled_add(tiled[k], d, hsum_epi32(sumi[k]), dmin, summ[k], ys[k].d);
                     continue;
                 }
                 acc[k] = _mm256_fmadd_ps(
@@ -394,7 +395,7 @@ fn dot_q45k<const N: usize, const FIVE: bool>(w: &[u8], xs: [&[BlockQ8K]; N]) ->
     for k in 0..N {
         // Q4_K: the lanes less the min terms; Q5_K: the tiled sum.
         out[k] = if FIVE {
-            acc_m[k]
+            tiled[k]
         } else {
             hsum_ps(acc[k]) - acc_m[k]
         };
