@@ -54,7 +54,15 @@ impl Session {
     pub fn new(model: Arc<Model>, params: &SessionParams) -> Result<Session> {
         let cfg = &model.config;
         let kv_type = params.kv_type.unwrap_or(model.kv_default);
-        let slot = |n: usize| KvCache::slot_bytes(n, cfg.num_hidden_layers, cfg.kv_dim(), kv_type);
+        let slot = |n: usize| {
+            KvCache::slot_bytes(
+                n,
+                cfg.num_hidden_layers,
+                cfg.kv_dim(),
+                cfg.head_dim,
+                kv_type,
+            )
+        };
         let n_ctx = if params.n_ctx == 0 {
             let mut n = cfg.max_position_embeddings.min(DEFAULT_CTX_CAP);
             while n > 256 && slot(n) > DEFAULT_SLOT_BYTES_CAP {
@@ -78,7 +86,13 @@ impl Session {
                 params.n_threads
             )));
         }
-        let cache = KvCache::new(n_ctx, cfg.num_hidden_layers, cfg.kv_dim(), kv_type);
+        let cache = KvCache::new(
+            n_ctx,
+            cfg.num_hidden_layers,
+            cfg.kv_dim(),
+            cfg.head_dim,
+            kv_type,
+        );
         Ok(Session {
             pool: Pool::new(params.n_threads)?,
             model,

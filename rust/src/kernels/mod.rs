@@ -30,6 +30,7 @@ macro_rules! quads_in_lanes {
 }
 
 pub mod activation;
+pub mod attention;
 pub mod f16;
 pub mod kquant;
 pub mod packed;

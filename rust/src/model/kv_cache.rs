@@ -1,6 +1,13 @@
-//! Per-session key/value cache: one slot per batch row, each holding
-//! `[layer][position][kv_dim]` keys and values. Slots are allocated the first
-//! time a row is used, so a session sized for many rows costs nothing until then.
+//! Per-session key/value cache: one slot per batch row, each holding the
+//! keys and values of every layer. Slots are allocated the first time a row
+//! is used, so a session sized for many rows costs nothing until then.
+//!
+//! Each layer holds its kv heads one after the other, each head in blocks
+//! of 32 positions, `[dim][position]` within a block
+//! (`kernels::attention::at`): attention reads one head's positions front
+//! to back as one stretch of memory, for keys and values alike, where rows
+//! of whole positions would interleave the heads and make each head's
+//! sweep stride through memory.
 //!
 //! Entries are float32 or float16. float16 halves the memory and is what
 //! llama.cpp keeps by default; with it, attention also rounds the query and
@@ -10,6 +17,7 @@
 use half::f16;
 
 use crate::error::Result;
+use crate::kernels::attention::{self, Value};
 use crate::tensor::{zeroed_f16, zeroed_f32};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,62 +35,12 @@ impl KvType {
     }
 }
 
-/// One cache element type, and the two products attention takes with it.
-pub trait KvElem: Copy + Send + Sync + 'static {
+/// One cache element type: its rounding, and the attention's two sums
+/// against it (`kernels::attention`).
+pub trait KvElem: Value {
     fn from_f32_slice(src: &[f32], dst: &mut [Self]);
     /// Each value as the cache would hold it (what the matmul against it sees).
     fn round_all(x: &mut [f32]);
-    /// `q . k`. `pairs`: the head's halves are llama.cpp's even and odd
-    /// elements (see `kernels::f16::dot_f32_f16`, which sums in its order).
-    fn dot(q: &[f32], k: &[Self], pairs: bool) -> f32;
-    /// `out[h * stride + i] = q_h . k_i` for each `hd`-long query `q_h` in
-    /// `q` and each of `n` keys, key i at `keys[i * key_stride..]`.
-    #[allow(clippy::too_many_arguments)]
-    fn dot_heads_span(
-        q: &[f32],
-        hd: usize,
-        keys: &[Self],
-        n: usize,
-        key_stride: usize,
-        out: &mut [f32],
-        stride: usize,
-        pairs: bool,
-    ) {
-        dot_each_head(q, hd, keys, n, key_stride, out, stride, pairs)
-    }
-    /// `out_h = sum_i p[h * p_stride + i] * v_i` for each `hd`-long head of
-    /// `out`, over `i < n`, with `v_i = values[i * v_stride..][..hd]`
-    /// (float32: key by key from zero; float16: in llama.cpp's order,
-    /// `kernels::f16::mix_f16`).
-    fn mix_heads(
-        out: &mut [f32],
-        hd: usize,
-        p: &[f32],
-        p_stride: usize,
-        n: usize,
-        values: &[Self],
-        v_stride: usize,
-    );
-}
-
-/// `KvElem::dot_heads_span` one key and one head at a time.
-#[allow(clippy::too_many_arguments)]
-fn dot_each_head<T: KvElem>(
-    q: &[f32],
-    hd: usize,
-    keys: &[T],
-    n: usize,
-    key_stride: usize,
-    out: &mut [f32],
-    stride: usize,
-    pairs: bool,
-) {
-    for i in 0..n {
-        let k = &keys[i * key_stride..i * key_stride + hd];
-        for h in 0..q.len() / hd {
-            out[h * stride + i] = T::dot(&q[h * hd..(h + 1) * hd], k, pairs);
-        }
-    }
 }
 
 impl KvElem for f32 {
@@ -90,29 +48,6 @@ impl KvElem for f32 {
         dst.copy_from_slice(src);
     }
     fn round_all(_: &mut [f32]) {}
-    fn dot(q: &[f32], k: &[f32], _pairs: bool) -> f32 {
-        crate::kernels::dot(q, k)
-    }
-    fn mix_heads(
-        out: &mut [f32],
-        hd: usize,
-        p: &[f32],
-        p_stride: usize,
-        n: usize,
-        values: &[f32],
-        v_stride: usize,
-    ) {
-        out.fill(0.0);
-        for i in 0..n {
-            let v = &values[i * v_stride..i * v_stride + hd];
-            for (h, o) in out.chunks_exact_mut(hd).enumerate() {
-                let w = p[h * p_stride + i];
-                for (o, x) in o.iter_mut().zip(v) {
-                    *o += w * x;
-                }
-            }
-        }
-    }
 }
 
 impl KvElem for f16 {
@@ -121,39 +56,6 @@ impl KvElem for f16 {
     }
     fn round_all(x: &mut [f32]) {
         crate::kernels::f16::round_to_f16(x)
-    }
-    fn dot(q: &[f32], k: &[f16], pairs: bool) -> f32 {
-        crate::kernels::f16::dot_f32_f16(q, k, pairs)
-    }
-    fn dot_heads_span(
-        q: &[f32],
-        hd: usize,
-        keys: &[f16],
-        n: usize,
-        key_stride: usize,
-        out: &mut [f32],
-        stride: usize,
-        pairs: bool,
-    ) {
-        use crate::kernels::f16::try_dot_heads_span_f16;
-        if !try_dot_heads_span_f16(q, hd, keys, n, key_stride, out, stride, pairs) {
-            dot_each_head(q, hd, keys, n, key_stride, out, stride, pairs)
-        }
-    }
-    fn mix_heads(
-        out: &mut [f32],
-        hd: usize,
-        p: &[f32],
-        p_stride: usize,
-        n: usize,
-        values: &[f16],
-        v_stride: usize,
-    ) {
-        if !crate::kernels::f16::try_mix_heads_f16(out, hd, p, p_stride, n, values, v_stride) {
-            for (h, o) in out.chunks_exact_mut(hd).enumerate() {
-                crate::kernels::f16::mix_f16(o, &p[h * p_stride..], n, values, v_stride);
-            }
-        }
     }
 }
 
@@ -184,29 +86,52 @@ pub struct KvCache {
     pub kv_type: KvType,
     n_layers: usize,
     kv_dim: usize,
+    head_dim: usize,
     slots: Vec<SeqCache>,
 }
 
-/// Keys and values of one layer of one slot, positions `0..n`.
+/// Keys and values of one layer of one slot: kv head `h`'s element `e` of
+/// position `i` at `[h * head_len + attention::at(e, i, head_dim)]` of each.
 pub enum LayerView<'a> {
     F32(&'a [f32], &'a [f32]),
     F16(&'a [f16], &'a [f16]),
 }
 
 impl KvCache {
-    pub fn new(n_ctx: usize, n_layers: usize, kv_dim: usize, kv_type: KvType) -> KvCache {
+    pub fn new(
+        n_ctx: usize,
+        n_layers: usize,
+        kv_dim: usize,
+        head_dim: usize,
+        kv_type: KvType,
+    ) -> KvCache {
+        assert!(head_dim > 0 && kv_dim % head_dim == 0);
         KvCache {
             n_ctx,
             kv_type,
             n_layers,
             kv_dim,
+            head_dim,
             slots: Vec::new(),
         }
     }
 
-    /// Bytes one slot takes (keys and values, all layers, n_ctx positions).
-    pub fn slot_bytes(n_ctx: usize, n_layers: usize, kv_dim: usize, kv_type: KvType) -> usize {
-        2 * n_ctx * n_layers * kv_dim * kv_type.bytes()
+    /// Values one cached head takes (`attention::head_len`).
+    pub fn head_len(&self) -> usize {
+        attention::head_len(self.head_dim, self.n_ctx)
+    }
+
+    /// Bytes one slot takes (keys and values, all layers, n_ctx positions
+    /// rounded up to whole blocks).
+    pub fn slot_bytes(
+        n_ctx: usize,
+        n_layers: usize,
+        kv_dim: usize,
+        head_dim: usize,
+        kv_type: KvType,
+    ) -> usize {
+        let heads = kv_dim / head_dim.max(1);
+        2 * n_layers * heads * attention::head_len(head_dim, n_ctx) * kv_type.bytes()
     }
 
     /// Positions already cached for row `seq` (0 for a row never used).
@@ -216,7 +141,7 @@ impl KvCache {
 
     pub fn ensure_slots(&mut self, n: usize) -> Result<()> {
         while self.slots.len() < n {
-            let size = self.n_layers * self.n_ctx * self.kv_dim;
+            let size = self.n_layers * self.layer_len();
             self.slots.push(SeqCache {
                 k: Store::new(self.kv_type, size)?,
                 v: Store::new(self.kv_type, size)?,
@@ -230,32 +155,45 @@ impl KvCache {
         self.slots[seq].len = len;
     }
 
-    #[inline]
-    fn offset(&self, layer: usize, pos: usize) -> usize {
-        (layer * self.n_ctx + pos) * self.kv_dim
+    /// Values one layer takes in a slot's keys (or values).
+    fn layer_len(&self) -> usize {
+        self.kv_dim / self.head_dim * self.head_len()
     }
 
+    /// Writes position `pos` of `layer`: `k` and `v` hold the kv heads side
+    /// by side (`kv_dim` values each).
     pub fn store(&mut self, seq: usize, layer: usize, pos: usize, k: &[f32], v: &[f32]) {
-        let o = self.offset(layer, pos);
-        let d = self.kv_dim;
+        assert!(pos < self.n_ctx && k.len() == self.kv_dim && v.len() == self.kv_dim);
+        let (o, hd, head_len) = (layer * self.layer_len(), self.head_dim, self.head_len());
+        // Value `g` of a position: head g / hd, element g % hd.
+        fn scatter<T: KvElem>(dst: &mut [T], src: &[f32], place: impl Fn(usize) -> usize) {
+            let mut buf = [T::ZERO; 64];
+            for (c, part) in src.chunks(64).enumerate() {
+                T::from_f32_slice(part, &mut buf[..part.len()]);
+                for (k, &x) in buf[..part.len()].iter().enumerate() {
+                    dst[place(c * 64 + k)] = x;
+                }
+            }
+        }
+        let place = |g: usize| o + g / hd * head_len + attention::at(g % hd, pos, hd);
         let slot = &mut self.slots[seq];
         match (&mut slot.k, &mut slot.v) {
             (Store::F32(ks), Store::F32(vs)) => {
-                f32::from_f32_slice(k, &mut ks[o..o + d]);
-                f32::from_f32_slice(v, &mut vs[o..o + d]);
+                scatter(ks, k, place);
+                scatter(vs, v, place);
             }
             (Store::F16(ks), Store::F16(vs)) => {
-                f16::from_f32_slice(k, &mut ks[o..o + d]);
-                f16::from_f32_slice(v, &mut vs[o..o + d]);
+                scatter(ks, k, place);
+                scatter(vs, v, place);
             }
             _ => unreachable!("keys and values share a type"),
         }
     }
 
-    /// Keys and values of `layer` for positions `0..n`, each one contiguous slice.
-    pub fn layer(&self, seq: usize, layer: usize, n: usize) -> LayerView<'_> {
-        let o = self.offset(layer, 0);
-        let r = o..o + n * self.kv_dim;
+    /// Keys and values of `layer` (all positions; see `LayerView`).
+    pub fn layer(&self, seq: usize, layer: usize) -> LayerView<'_> {
+        let o = layer * self.layer_len();
+        let r = o..o + self.layer_len();
         match (&self.slots[seq].k, &self.slots[seq].v) {
             (Store::F32(k), Store::F32(v)) => LayerView::F32(&k[r.clone()], &v[r]),
             (Store::F16(k), Store::F16(v)) => LayerView::F16(&k[r.clone()], &v[r]),

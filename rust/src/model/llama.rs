@@ -9,8 +9,9 @@
 
 use super::kv_cache::{KvCache, KvElem, LayerView};
 use super::Model;
+use crate::kernels::attention::{dot_heads, mix_heads, MAX_Q};
 use crate::kernels::{rmsnorm, rope_rotate_half, softmax, swiglu};
-use crate::pool::{current_threads, parallel_chunks, thread_index};
+use crate::pool::{current_threads, parallel_chunks, parallel_for, thread_index};
 
 /// A ragged batch: row `b` has `lengths[b]` tokens (concatenated in `tokens`)
 /// at positions `start_pos[b]..`; it reads and fills KV-cache slot `b`.
@@ -34,8 +35,10 @@ pub struct Scratch {
     sin: Vec<f32>,
     pos: Vec<usize>,
     seq_of: Vec<usize>,
-    /// Attention scores: one n_ctx-long row per worker thread.
+    /// Attention scratch: one row per worker thread (`attend_run`).
     scores: Vec<f32>,
+    /// Attention runs of tokens, `(first, end)` in the batch.
+    runs: Vec<(usize, usize)>,
 }
 
 fn grow(v: &mut Vec<f32>, n: usize) {
@@ -54,7 +57,7 @@ fn add_bias(rows: &mut [f32], bias: &Option<Vec<f32>>) {
     }
 }
 
-/// Per-worker rows of the attention score buffer.
+/// Per-worker rows of the attention scratch (and per-token rows of its output).
 #[derive(Clone, Copy)]
 struct ScoreRows(*mut f32, usize);
 unsafe impl Send for ScoreRows {}
@@ -64,69 +67,93 @@ impl ScoreRows {
     /// SAFETY: the caller must be the only user of row `worker` while it holds it.
     #[allow(clippy::mut_from_ref)]
     unsafe fn row(&self, worker: usize) -> &mut [f32] {
-        std::slice::from_raw_parts_mut(self.0.add(worker * self.1), self.1)
+        self.part(worker * self.1, self.1)
+    }
+
+    /// SAFETY: the caller must be the only user of these values while it
+    /// holds them, and they must lie in the buffer.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn part(&self, start: usize, len: usize) -> &mut [f32] {
+        std::slice::from_raw_parts_mut(self.0.add(start), len)
     }
 }
 
-/// Which cached positions a group of query heads attends to, and where
-/// their shared key/value head sits in a cache row.
-struct AttnSpan {
-    first: usize,
-    n: usize,
-    kvd: usize,
-    kv_off: usize,
+/// One attention work item: a run of consecutive tokens of one batch row
+/// (`pos[t]` their positions) against one kv head of one layer.
+struct AttnRun<'a> {
+    /// The first token's query heads of the group, side by side; the next
+    /// token's `q_stride` further on.
+    q: &'a [f32],
+    q_stride: usize,
+    group: usize,
+    pos: &'a [usize],
+    window: Option<usize>,
+    kv_head: usize,
+    /// Values per cached head (`KvCache::head_len`).
+    head_len: usize,
     hd: usize,
     scale: f32,
     /// q/k heads un-interleaved from llama.cpp's rotated pairs (`Rope::pairs`).
     pairs: bool,
 }
 
-/// For each query head of one GQA group (`q` and `out` hold the group's
-/// heads side by side): softmax(q . k_j * scale) . v_j over positions
-/// `first..n`. Each key and value row is read once for the whole group. The
-/// query and the weights go through the cache's number type before their
-/// products, as in a matmul against that cache (llama.cpp rounds both to
-/// float16 for a float16 cache).
-fn attend_group<T: KvElem>(
-    q: &[f32],
+/// softmax(q . k_j * scale) . v_j for every query head of a run's tokens,
+/// each over its own causal (and sliding-window) span; `out(c)` is token
+/// c's output heads. The run's tokens share one pass over the keys and
+/// values, which each token sees up to the last token's position: past its
+/// own span a token's weights are 0. The queries and the weights go through
+/// the cache's number type before their products, as in a matmul against
+/// that cache (llama.cpp rounds both to float16 for a float16 cache).
+fn attend_run<'o, T: KvElem>(
+    run: &AttnRun,
     keys: &[T],
     values: &[T],
-    span: &AttnSpan,
     scratch: &mut [f32],
-    out: &mut [f32],
+    mut out: impl FnMut(usize) -> &'o mut [f32],
 ) {
-    let hd = span.hd;
-    let heads = q.len() / hd;
-    let len = span.n - span.first;
-    let (scores, qr) = scratch.split_at_mut(scratch.len() - heads * hd);
+    let (hd, tokens, group) = (run.hd, run.pos.len(), run.group);
+    let heads = tokens * group;
+    let span = |c: usize| {
+        let n = run.pos[c] + 1;
+        (run.window.map_or(0, |w| n.saturating_sub(w)), n)
+    };
+    let (first, n) = (span(0).0, span(tokens - 1).1);
+    let (scores, rest) = scratch.split_at_mut(scratch.len() - 2 * heads * hd);
+    let (qr, mixed) = rest.split_at_mut(heads * hd);
     let stride = scores.len() / heads;
-    if len == 0 {
-        out.fill(0.0);
-        return;
+    for (c, q) in qr.chunks_exact_mut(group * hd).enumerate() {
+        q.copy_from_slice(&run.q[c * run.q_stride..][..group * hd]);
     }
-    // Rows first..n of this group's keys and values.
-    let rows = span.first * span.kvd + span.kv_off..(span.n - 1) * span.kvd + span.kv_off + hd;
-    qr.copy_from_slice(q);
     T::round_all(qr);
-    T::dot_heads_span(
+    let head = run.kv_head * run.head_len..(run.kv_head + 1) * run.head_len;
+    dot_heads(
         qr,
         hd,
-        &keys[rows.clone()],
-        len,
-        span.kvd,
+        &keys[head.clone()],
+        first,
+        n,
         scores,
         stride,
-        span.pairs,
+        run.pairs,
     );
-    for h in 0..heads {
-        let row = &mut scores[h * stride..h * stride + len];
-        for v in row.iter_mut() {
-            *v *= span.scale;
+    for c in 0..tokens {
+        let (a, b) = (span(c).0 - first, span(c).1 - first);
+        for h in 0..group {
+            let row = &mut scores[(c * group + h) * stride..][..n - first];
+            let own = &mut row[a..b];
+            for v in own.iter_mut() {
+                *v *= run.scale;
+            }
+            softmax(own);
+            T::round_all(own);
+            row[..a].fill(0.0);
+            row[b..].fill(0.0);
         }
-        softmax(row);
-        T::round_all(row);
     }
-    T::mix_heads(out, hd, scores, stride, len, &values[rows], span.kvd);
+    mix_heads(mixed, hd, scores, stride, &values[head], first, n);
+    for c in 0..tokens {
+        out(c).copy_from_slice(&mixed[c * group * hd..(c + 1) * group * hd]);
+    }
 }
 
 /// Runs the batch and writes logits into `out` (sized by `logits_len`).
@@ -173,9 +200,23 @@ pub fn forward(
     grow(&mut s.sin, n_tok * half);
     let n_workers = current_threads();
     let max_pos = s.pos.iter().copied().max().unwrap_or(0) + 1;
-    // Per worker: a score row per head of a GQA group, then the group's
-    // queries as the cache type rounds them.
-    let score_row = group * (max_pos.next_power_of_two().min(cache.n_ctx) + hd);
+    // Attention runs: up to `per_run` consecutive tokens of one row, as
+    // many query heads as one score-kernel call takes.
+    let per_run = (MAX_Q / (group * hd)).max(1);
+    s.runs.clear();
+    let mut t = 0;
+    for &len in batch.lengths {
+        let end = t + len;
+        while t < end {
+            s.runs.push((t, (t + per_run).min(end)));
+            t = (t + per_run).min(end);
+        }
+    }
+    let longest_run = s.runs.iter().map(|r| r.1 - r.0).max().unwrap_or(1);
+    // Per worker: a score row per query head of a run, then the run's
+    // queries as the cache type rounds them, then its outputs.
+    let run_heads = longest_run * group;
+    let score_row = run_heads * (max_pos.next_power_of_two().min(cache.n_ctx) + 2 * hd);
     grow(&mut s.scores, n_workers * score_row);
 
     for (t, &tok) in batch.tokens.iter().enumerate() {
@@ -221,25 +262,30 @@ pub fn forward(
         let cache_ref = &*cache;
         let qkv_ref = &*qkv;
         let n_kv_heads = n_heads / group;
-        parallel_chunks(att, group * hd, |i, out| {
+        let runs = &s.runs;
+        let att_out = ScoreRows(att.as_mut_ptr(), qd);
+        parallel_for(runs.len() * n_kv_heads, |item| {
             // SAFETY: a worker runs one item at a time, so its row is exclusive.
             let scratch = unsafe { scores_ptr.row(thread_index()) };
-            let (t, kv_head) = (i / n_kv_heads, i % n_kv_heads);
-            let q = &qkv_ref[t * qkv_dim + kv_head * group * hd..][..group * hd];
-            let n = pos[t] + 1;
-            let first = window.map_or(0, |w| n.saturating_sub(w));
-            let span = AttnSpan {
-                first,
-                n,
-                kvd,
-                kv_off: kv_head * hd,
+            let ((t0, t1), kv_head) = (runs[item / n_kv_heads], item % n_kv_heads);
+            let q_at = kv_head * group * hd;
+            let run = AttnRun {
+                q: &qkv_ref[t0 * qkv_dim + q_at..],
+                q_stride: qkv_dim,
+                group,
+                pos: &pos[t0..t1],
+                window,
+                kv_head,
+                head_len: cache_ref.head_len(),
                 hd,
                 scale,
                 pairs: model.rope.pairs,
             };
-            match cache_ref.layer(seq_of[t], l, n) {
-                LayerView::F32(k, v) => attend_group(q, k, v, &span, scratch, out),
-                LayerView::F16(k, v) => attend_group(q, k, v, &span, scratch, out),
+            // SAFETY: this item alone writes these heads of its tokens.
+            let out = |c: usize| unsafe { att_out.part((t0 + c) * qd + q_at, group * hd) };
+            match cache_ref.layer(seq_of[t0], l) {
+                LayerView::F32(k, v) => attend_run(&run, k, v, scratch, out),
+                LayerView::F16(k, v) => attend_run(&run, k, v, scratch, out),
             }
         });
         lw.wo.matmul(xn, h, att, n_tok, qd, h);

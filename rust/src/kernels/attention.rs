@@ -1,0 +1,707 @@
+//! The attention's two sums against the KV cache: the scores `q . k` of a
+//! group of query heads against a span of cached keys, and the mix
+//! `sum_i p_i * v_i` of the cached values.
+//!
+//! The cache holds each head in blocks of `BLOCK` positions, each block
+//! transposed, `[block][dim][position in block]` (see `at`): a head's
+//! positions are one contiguous stretch that attention reads front to back,
+//! and within a block a dimension's positions lie side by side, so both
+//! sums vectorize with no horizontal sums: the scores with 8 keys in a
+//! vector's lanes, the mix with 16 consecutive positions in two vectors.
+//!
+//! The sums are llama.cpp's (its tinyBLAS matmuls on a float16 cache, on an
+//! AVX-512 CPU): 16 lanes, lane `l` adding in turn the products of elements
+//! `l, l + 16, ...` (scores: elements of the head in llama.cpp's order,
+//! `f16::ours`; mix: positions), then the lanes added as `f16::reduce16`
+//! adds them. Each product is a fused multiply-add onto its lane; with a
+//! float16 cache the products are exact, so any CPU gets the same bits.
+//! Heads whose length is not a multiple of 16 take the scores key by key
+//! (`Value::dot`), as llama.cpp does.
+
+use super::f16::{ours, reduce16};
+
+/// Positions per block of a cached head.
+pub(crate) const BLOCK: usize = 32;
+
+/// Longest head the fast score kernel takes, and the most query values it
+/// takes at once (larger groups go in parts).
+const MAX_HD: usize = 256;
+pub(crate) const MAX_Q: usize = 2048;
+
+/// Where element `e` of position `i` sits in a cached head of `hd` elements.
+#[inline(always)]
+pub fn at(e: usize, i: usize, hd: usize) -> usize {
+    ((i / BLOCK) * hd + e) * BLOCK + i % BLOCK
+}
+
+/// Values a cached head of `hd` elements takes for `n_ctx` positions.
+pub fn head_len(hd: usize, n_ctx: usize) -> usize {
+    n_ctx.div_ceil(BLOCK) * BLOCK * hd
+}
+
+/// A cache element: float32 or float16.
+pub trait Value: Copy + Send + Sync + 'static {
+    const ZERO: Self;
+    fn to_f32(self) -> f32;
+    /// `q . k` for one key gathered into `k` (heads not in whole 16s).
+    fn dot(q: &[f32], k: &[Self], pairs: bool) -> f32;
+    /// # Safety
+    /// 8 elements must be readable at `p`; the CPU must have AVX2/F16C.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn load8(p: *const Self) -> std::arch::x86_64::__m256;
+}
+
+impl Value for f32 {
+    const ZERO: f32 = 0.0;
+    fn to_f32(self) -> f32 {
+        self
+    }
+    fn dot(q: &[f32], k: &[f32], _pairs: bool) -> f32 {
+        super::dot(q, k)
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load8(p: *const f32) -> std::arch::x86_64::__m256 {
+        std::arch::x86_64::_mm256_loadu_ps(p)
+    }
+}
+
+impl Value for half::f16 {
+    const ZERO: half::f16 = half::f16::ZERO;
+    fn to_f32(self) -> f32 {
+        half::f16::to_f32(self)
+    }
+    fn dot(q: &[f32], k: &[half::f16], pairs: bool) -> f32 {
+        super::f16::dot_f32_f16(q, k, pairs)
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn load8(p: *const half::f16) -> std::arch::x86_64::__m256 {
+        use std::arch::x86_64::*;
+        _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i))
+    }
+}
+
+/// `out[h * stride + i - first] = q_h . k_i` for each `hd`-long query `q_h`
+/// in `q` and each key `i` in `first..n` of a cached head (`at`).
+/// `pairs`: the heads' halves are llama.cpp's even and odd elements.
+#[allow(clippy::too_many_arguments)]
+pub fn dot_heads<T: Value>(
+    q: &[f32],
+    hd: usize,
+    keys: &[T],
+    first: usize,
+    n: usize,
+    out: &mut [f32],
+    stride: usize,
+    pairs: bool,
+) {
+    let heads = q.len() / hd.max(1);
+    if n <= first || heads == 0 {
+        return;
+    }
+    assert!(keys.len() >= head_len(hd, n));
+    assert!(out.len() >= (heads - 1) * stride + n - first && n - first <= stride);
+    #[cfg(target_arch = "x86_64")]
+    if super::f16::has_f16c_fma() && hd % 16 == 0 && hd <= MAX_HD {
+        for (k, part) in q.chunks(MAX_Q / hd * hd).enumerate() {
+            let o = &mut out[k * (MAX_Q / hd) * stride..];
+            // SAFETY: the CPU has the features; the sizes are asserted above.
+            unsafe {
+                x86::dot_heads(
+                    part,
+                    hd,
+                    keys.as_ptr(),
+                    first,
+                    n,
+                    o.as_mut_ptr(),
+                    stride,
+                    pairs,
+                )
+            };
+        }
+        return;
+    }
+    dot_heads_plain(q, hd, keys, first, n, out, stride, pairs)
+}
+
+/// `out_h[d] = sum_i p[h * p_stride + i - first] * v_i[d]` over the
+/// positions `i` in `first..n` of a cached head (`at`), for each `hd`-long
+/// head `out_h` of `out`. Position i goes to lane i % 16, as in llama.cpp's
+/// product over the whole cache (where positions before `first` weigh 0).
+#[allow(clippy::too_many_arguments)]
+pub fn mix_heads<T: Value>(
+    out: &mut [f32],
+    hd: usize,
+    p: &[f32],
+    p_stride: usize,
+    values: &[T],
+    first: usize,
+    n: usize,
+) {
+    let heads = out.len() / hd.max(1);
+    if heads == 0 {
+        return;
+    }
+    if n <= first {
+        out.fill(0.0);
+        return;
+    }
+    assert!(values.len() >= head_len(hd, n));
+    assert!(p.len() >= (heads - 1) * p_stride + n - first && n - first <= p_stride);
+    #[cfg(target_arch = "x86_64")]
+    if super::f16::has_f16c_fma() && hd <= MAX_HD {
+        // SAFETY: the CPU has the features; the sizes are asserted above.
+        unsafe { x86::mix_heads(out, hd, p, p_stride, values.as_ptr(), first, n) };
+        return;
+    }
+    mix_heads_plain(out, hd, p, p_stride, values, first, n)
+}
+
+/// `dot_heads` one key and one head at a time: the test oracle.
+#[allow(clippy::too_many_arguments)]
+pub fn dot_heads_plain<T: Value>(
+    q: &[f32],
+    hd: usize,
+    keys: &[T],
+    first: usize,
+    n: usize,
+    out: &mut [f32],
+    stride: usize,
+    pairs: bool,
+) {
+    let mut key = vec![T::ZERO; hd];
+    for i in first..n {
+        for (e, k) in key.iter_mut().enumerate() {
+            *k = keys[at(e, i, hd)];
+        }
+        for (h, qh) in q.chunks_exact(hd).enumerate() {
+            out[h * stride + i - first] = if hd % 16 == 0 {
+                let mut lanes = [0.0f32; 16];
+                for j in 0..hd {
+                    let e = ours(j, hd, pairs);
+                    lanes[j % 16] = qh[e].mul_add(key[e].to_f32(), lanes[j % 16]);
+                }
+                reduce16(&lanes)
+            } else {
+                T::dot(qh, &key, pairs)
+            };
+        }
+    }
+}
+
+/// `mix_heads` one output at a time: the test oracle.
+#[allow(clippy::too_many_arguments)]
+pub fn mix_heads_plain<T: Value>(
+    out: &mut [f32],
+    hd: usize,
+    p: &[f32],
+    p_stride: usize,
+    values: &[T],
+    first: usize,
+    n: usize,
+) {
+    for (h, oh) in out.chunks_exact_mut(hd).enumerate() {
+        let ph = &p[h * p_stride..h * p_stride + n - first];
+        for (d, o) in oh.iter_mut().enumerate() {
+            let mut lanes = [0.0f32; 16];
+            for (k, w) in ph.iter().enumerate() {
+                let i = first + k;
+                lanes[i % 16] = w.mul_add(values[at(d, i, hd)].to_f32(), lanes[i % 16]);
+            }
+            *o = reduce16(&lanes);
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    use super::{at, ours, Value, BLOCK, MAX_HD, MAX_Q};
+
+    /// Lanes `lo..hi` of the `W` values at `p` (the others zero), as float32.
+    #[inline(always)]
+    unsafe fn load_lanes<T: Value>(p: *const T, lo: usize, hi: usize) -> __m256 {
+        if lo == 0 && hi == 8 {
+            return T::load8(p);
+        }
+        let mut tmp = [T::ZERO; 8];
+        for l in lo..hi {
+            tmp[l] = *p.add(l);
+        }
+        T::load8(tmp.as_ptr())
+    }
+
+    /// `super::dot_heads` for `hd % 16 == 0`, `hd <= MAX_HD`: a block of the
+    /// cache at a time, its elements loaded once (in llama.cpp's order) for
+    /// all the heads; then per 8 keys and head, the 16 lanes of each key in
+    /// 16 vectors (lane = key), added as `reduce16` adds them.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn dot_heads<T: Value>(
+        q: &[f32],
+        hd: usize,
+        keys: *const T,
+        first: usize,
+        n: usize,
+        out: *mut f32,
+        stride: usize,
+        pairs: bool,
+    ) {
+        // The queries in llama.cpp's element order.
+        let mut ql = std::mem::MaybeUninit::<[f32; MAX_Q]>::uninit();
+        let ql = ql.as_mut_ptr() as *mut f32;
+        for (h, qh) in q.chunks_exact(hd).enumerate() {
+            for j in 0..hd {
+                *ql.add(h * hd + j) = qh[ours(j, hd, pairs)];
+            }
+        }
+        let heads = q.len() / hd;
+        // Where each element (in llama.cpp's order) starts in a block.
+        let mut line = [0usize; MAX_HD];
+        for (j, l) in line[..hd].iter_mut().enumerate() {
+            *l = at(ours(j, hd, pairs), 0, hd);
+        }
+        // A block's keys, 8 at a time (lane = key): `kf[s * hd + j]` holds
+        // element j of keys 8s..8s+8.
+        let mut kf = std::mem::MaybeUninit::<[__m256; 4 * MAX_HD]>::uninit();
+        let kf = kf.as_mut_ptr() as *mut __m256;
+        const SUB: usize = BLOCK / 8;
+        let mut b0 = first / BLOCK * BLOCK;
+        prefetch_start(keys, hd, b0, n);
+        while b0 < n {
+            // Keys b0 + 8s + lo .. b0 + 8s + hi of each 8 are in the span.
+            let part: [(usize, usize); SUB] = std::array::from_fn(|s| {
+                let i0 = b0 + 8 * s;
+                (first.clamp(i0, i0 + 8) - i0, n.clamp(i0, i0 + 8) - i0)
+            });
+            // Each element's row of the block read once, front to back.
+            let block = keys.add(at(0, b0, hd));
+            let ahead = b0 + AHEAD * BLOCK;
+            if b0 >= first && b0 + BLOCK <= n {
+                if ahead < n {
+                    load_block::<T, true>(kf, block, &line[..hd], keys.add(at(0, ahead, hd)));
+                } else {
+                    load_block::<T, false>(kf, block, &line[..hd], block);
+                }
+            } else {
+                for j in 0..hd {
+                    prefetch_row(keys, hd, ahead, j, n);
+                    let l = block.add(line[j]);
+                    for (s, &(lo, hi)) in part.iter().enumerate() {
+                        if lo < hi {
+                            *kf.add(s * hd + j) = load_lanes(l.add(8 * s), lo, hi);
+                        }
+                    }
+                }
+            }
+            for (s, &(lo, hi)) in part.iter().enumerate() {
+                if lo >= hi {
+                    continue;
+                }
+                let kf = kf.add(s * hd);
+                for h in 0..heads {
+                    let qh = ql.add(h * hd);
+                    // Lanes l and l + 8 for four l at a time: t[l] = lane(l + 8) + lane(l).
+                    let mut t = [_mm256_setzero_ps(); 8];
+                    for half in 0..2 {
+                        let mut a = [_mm256_setzero_ps(); 8];
+                        for j0 in (0..hd).step_by(16) {
+                            for (k, acc) in a.iter_mut().enumerate() {
+                                let j = j0 + 4 * half + k % 4 + 8 * (k / 4);
+                                *acc =
+                                    _mm256_fmadd_ps(_mm256_set1_ps(*qh.add(j)), *kf.add(j), *acc);
+                            }
+                        }
+                        for k in 0..4 {
+                            t[4 * half + k] = _mm256_add_ps(a[k + 4], a[k]);
+                        }
+                    }
+                    let u: [__m256; 4] = std::array::from_fn(|l| _mm256_add_ps(t[4 + l], t[l]));
+                    let r = _mm256_add_ps(_mm256_add_ps(u[0], u[2]), _mm256_add_ps(u[1], u[3]));
+                    let dst = out.add(h * stride + b0 + 8 * s + lo - first);
+                    if lo == 0 && hi == 8 {
+                        _mm256_storeu_ps(dst, r);
+                    } else {
+                        let mut tmp = [0.0f32; 8];
+                        _mm256_storeu_ps(tmp.as_mut_ptr(), r);
+                        std::ptr::copy_nonoverlapping(tmp.as_ptr().add(lo), dst, hi - lo);
+                    }
+                }
+            }
+            b0 += BLOCK;
+        }
+    }
+
+    /// Blocks ahead of the one in use whose rows are asked for, one row
+    /// as each row of the block in use is read: a block is one 4 KiB page
+    /// for a 64-long float16 head, where the hardware prefetchers stop.
+    const AHEAD: usize = 2;
+
+    /// A whole block's keys into `kf` (`kf[s * hd + j]`: element `line[j]`
+    /// of keys 8s..8s+8), asking for the rows of the block at `ahead` as it
+    /// goes if `PREFETCH`.
+    #[inline(always)]
+    unsafe fn load_block<T: Value, const PREFETCH: bool>(
+        kf: *mut __m256,
+        block: *const T,
+        line: &[usize],
+        ahead: *const T,
+    ) {
+        let hd = line.len();
+        for (j, &l) in line.iter().enumerate() {
+            if PREFETCH {
+                prefetch_at(ahead.add(at(j, 0, hd)));
+            }
+            let l = block.add(l);
+            for s in 0..BLOCK / 8 {
+                *kf.add(s * hd + j) = T::load8(l.add(8 * s));
+            }
+        }
+    }
+
+    /// Asks for the row of `BLOCK` values at `p`.
+    #[inline(always)]
+    unsafe fn prefetch_at<T: Value>(p: *const T) {
+        let p = p as *const i8;
+        for off in (0..BLOCK * std::mem::size_of::<T>()).step_by(64) {
+            _mm_prefetch::<_MM_HINT_T0>(p.add(off));
+        }
+    }
+
+    /// Asks for row `e` (one element's `BLOCK` positions) of the block at
+    /// position `b`, if it is before `n`.
+    #[inline(always)]
+    unsafe fn prefetch_row<T: Value>(head: *const T, hd: usize, b: usize, e: usize, n: usize) {
+        if b < n {
+            prefetch_at(head.add(at(e, b, hd)));
+        }
+    }
+
+    /// At the first block of a span: asks for the blocks up to `AHEAD`
+    /// after it, which no earlier block asked for.
+    #[inline(always)]
+    unsafe fn prefetch_start<T: Value>(head: *const T, hd: usize, b0: usize, n: usize) {
+        for k in 1..AHEAD {
+            for e in 0..hd {
+                prefetch_row(head, hd, b0 + k * BLOCK, e, n);
+            }
+        }
+    }
+
+    /// `super::mix_heads` for `hd <= MAX_HD`: heads two at a time (a last
+    /// odd one alone), each pair reading the cached head once, block by
+    /// block; every output's 16 lanes wait in `acc` between blocks.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub unsafe fn mix_heads<T: Value>(
+        out: &mut [f32],
+        hd: usize,
+        p: &[f32],
+        p_stride: usize,
+        values: *const T,
+        first: usize,
+        n: usize,
+    ) {
+        let heads = out.len() / hd;
+        let mut acc = std::mem::MaybeUninit::<[__m256; 4 * MAX_HD]>::uninit();
+        let acc = acc.as_mut_ptr() as *mut __m256;
+        let o = out.as_mut_ptr();
+        let mut h = 0;
+        while h < heads {
+            let ph = p.as_ptr().add(h * p_stride);
+            if h + 2 <= heads {
+                mix_group::<T, 2>(o.add(h * hd), hd, ph, p_stride, values, first, n, acc);
+                h += 2;
+            } else {
+                mix_group::<T, 1>(o.add(h * hd), hd, ph, p_stride, values, first, n, acc);
+                h += 1;
+            }
+        }
+    }
+
+    /// H heads: output (h, c)'s lanes in `acc[2 (h hd + c)]` (positions
+    /// 0..8 of every aligned 16) and the next (8..16), then `reduce16`'s
+    /// additions.
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn mix_group<T: Value, const H: usize>(
+        out: *mut f32,
+        hd: usize,
+        p: *const f32,
+        p_stride: usize,
+        values: *const T,
+        first: usize,
+        n: usize,
+        acc: *mut __m256,
+    ) {
+        for k in 0..2 * H * hd {
+            *acc.add(k) = _mm256_setzero_ps();
+        }
+        let mut b0 = first / BLOCK * BLOCK;
+        prefetch_start(values, hd, b0, n);
+        while b0 < n {
+            if b0 >= first && b0 + BLOCK <= n {
+                mix_block::<T, H, true>(hd, p, p_stride, values, first, n, b0, acc);
+            } else {
+                mix_block::<T, H, false>(hd, p, p_stride, values, first, n, b0, acc);
+            }
+            b0 += BLOCK;
+        }
+        for h in 0..H {
+            for c in 0..hd {
+                let (lo, hi) = (*acc.add(2 * (h * hd + c)), *acc.add(2 * (h * hd + c) + 1));
+                *out.add(h * hd + c) = hsum(_mm256_add_ps(hi, lo));
+            }
+        }
+    }
+
+    /// The block of positions `b0..b0 + BLOCK` (its two runs of 16) into
+    /// every output's lanes. `FULL`: all of it lies in `first..n`;
+    /// otherwise the positions outside add 0 * 0.
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn mix_block<T: Value, const H: usize, const FULL: bool>(
+        hd: usize,
+        p: *const f32,
+        p_stride: usize,
+        values: *const T,
+        first: usize,
+        n: usize,
+        b0: usize,
+        acc: *mut __m256,
+    ) {
+        // The weights of both runs, and each run's positions in the span.
+        let mut pw = [[[_mm256_setzero_ps(); 2]; 2]; H];
+        let mut span = [(0usize, 16usize); 2];
+        for (r, sp) in span.iter_mut().enumerate() {
+            let i0 = b0 + 16 * r;
+            if !FULL {
+                *sp = (first.clamp(i0, i0 + 16) - i0, n.clamp(i0, i0 + 16) - i0);
+            }
+            for (h, w) in pw.iter_mut().enumerate() {
+                if FULL {
+                    let ph = p.add(h * p_stride + i0 - first);
+                    w[r] = [_mm256_loadu_ps(ph), _mm256_loadu_ps(ph.add(8))];
+                } else {
+                    let mut t = [0.0f32; 16];
+                    for l in sp.0..sp.1 {
+                        t[l] = *p.add(h * p_stride + i0 + l - first);
+                    }
+                    w[r] = [
+                        _mm256_loadu_ps(t.as_ptr()),
+                        _mm256_loadu_ps(t.as_ptr().add(8)),
+                    ];
+                }
+            }
+        }
+        let ahead = b0 + AHEAD * BLOCK < n;
+        let next = values.wrapping_add(at(0, b0 + AHEAD * BLOCK, hd));
+        for c in 0..hd {
+            if ahead {
+                prefetch_at(next.add(c * BLOCK));
+            }
+            let v = values.add(at(c, b0, hd));
+            let a = acc.add(2 * c);
+            let mut lanes = [[_mm256_setzero_ps(); 2]; H];
+            for (h, l) in lanes.iter_mut().enumerate() {
+                *l = [*a.add(2 * h * hd), *a.add(2 * h * hd + 1)];
+            }
+            for (r, &(lo, hi)) in span.iter().enumerate() {
+                if !FULL && lo >= hi {
+                    continue;
+                }
+                let v = v.add(16 * r);
+                let (vl, vh) = if FULL {
+                    (T::load8(v), T::load8(v.add(8)))
+                } else {
+                    (
+                        load_lanes(v, lo.min(8), hi.min(8)),
+                        load_lanes(v.add(8), lo.max(8) - 8, hi.max(8) - 8),
+                    )
+                };
+                for h in 0..H {
+                    lanes[h][0] = _mm256_fmadd_ps(pw[h][r][0], vl, lanes[h][0]);
+                    lanes[h][1] = _mm256_fmadd_ps(pw[h][r][1], vh, lanes[h][1]);
+                }
+            }
+            for (h, l) in lanes.iter().enumerate() {
+                *a.add(2 * h * hd) = l[0];
+                *a.add(2 * h * hd + 1) = l[1];
+            }
+        }
+    }
+
+    /// Lanes (l, l + 4), then (0 + 2) + (1 + 3): `reduce16`'s last steps.
+    #[inline(always)]
+    unsafe fn hsum(v: __m256) -> f32 {
+        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+        let s = _mm_add_ss(s, _mm_movehdup_ps(s));
+        _mm_cvtss_f32(s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use half::f16;
+
+    use super::*;
+    use crate::kernels::test_data::rand;
+
+    fn halves(n: usize, seed: u64) -> Vec<f16> {
+        rand(n, seed).iter().map(|&v| f16::from_f32(v)).collect()
+    }
+
+    fn bits(v: &[f32]) -> Vec<u32> {
+        v.iter().map(|x| x.to_bits()).collect()
+    }
+
+    /// A head as the cache holds it (`at`), from `n` rows of `hd` values;
+    /// `fill` everywhere else.
+    fn cached<T: Copy>(rows: &[T], hd: usize, fill: T) -> Vec<T> {
+        let n = rows.len() / hd;
+        let mut t = vec![fill; head_len(hd, n + 40)];
+        for i in 0..n {
+            for e in 0..hd {
+                t[at(e, i, hd)] = rows[i * hd + e];
+            }
+        }
+        t
+    }
+
+    #[test]
+    fn the_cache_layout_gives_each_value_its_own_place() {
+        let (hd, n) = (12, 96);
+        let mut seen = vec![false; head_len(hd, n)];
+        for i in 0..n {
+            for e in 0..hd {
+                assert!(!std::mem::replace(&mut seen[at(e, i, hd)], true));
+            }
+        }
+        assert!(seen.iter().all(|&s| s));
+    }
+
+    #[test]
+    fn scores_are_llama_cpps_dot_products_key_by_key() {
+        for hd in [8, 16, 48, 64, 96, 128] {
+            for pairs in [false, true] {
+                // 20 heads of 128: more than one call's worth (MAX_Q).
+                for heads in [1, 2, 3, 7, 8, 20] {
+                    let q: Vec<f32> = halves(heads * hd, 21)
+                        .iter()
+                        .map(|v| v.to_f32() * 2.0)
+                        .collect();
+                    for (first, n) in [
+                        (0, 1),
+                        (0, 7),
+                        (0, 8),
+                        (0, 19),
+                        (0, 40),
+                        (3, 21),
+                        (8, 9),
+                        (13, 77),
+                    ] {
+                        let rows = halves(n * hd, 22 + n as u64);
+                        // Stale values outside first..n must not matter.
+                        let keys = cached(&rows, hd, f16::from_f32(1e4));
+                        let stride = n - first + 3;
+                        let mut fast = vec![f32::NAN; heads * stride];
+                        let mut plain = fast.clone();
+                        dot_heads(&q, hd, &keys, first, n, &mut fast, stride, pairs);
+                        dot_heads_plain(&q, hd, &keys, first, n, &mut plain, stride, pairs);
+                        let what = format!("hd {hd} pairs {pairs} heads {heads} keys {first}..{n}");
+                        assert_eq!(bits(&fast), bits(&plain), "{what}");
+                        for i in first..n {
+                            for h in 0..heads {
+                                // The per-key dot product in llama.cpp's order.
+                                let want = super::super::f16::dot_f32_f16(
+                                    &q[h * hd..(h + 1) * hd],
+                                    &rows[i * hd..(i + 1) * hd],
+                                    pairs,
+                                );
+                                assert_eq!(
+                                    fast[h * stride + i - first].to_bits(),
+                                    want.to_bits(),
+                                    "{what}"
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn float32_scores_fast_and_plain_agree() {
+        for (hd, first, n) in [(16, 0, 9), (64, 5, 33), (24, 0, 5)] {
+            let q = rand(3 * hd, 1);
+            let keys = cached(&rand(n * hd, 2), hd, 0.0);
+            let (mut fast, mut plain) = (vec![0.0; 3 * n], vec![0.0; 3 * n]);
+            dot_heads(&q, hd, &keys, first, n, &mut fast, n, true);
+            dot_heads_plain(&q, hd, &keys, first, n, &mut plain, n, true);
+            assert_eq!(bits(&fast), bits(&plain));
+        }
+    }
+
+    #[test]
+    fn mix_is_sixteen_position_lanes_added_as_reduce16() {
+        for hd in [4, 8, 12, 64] {
+            for heads in [1, 2, 3, 5, 8] {
+                for (first, n) in [
+                    (0, 1),
+                    (0, 5),
+                    (0, 16),
+                    (0, 17),
+                    (0, 33),
+                    (0, 100),
+                    (5, 6),
+                    (7, 40),
+                    (16, 50),
+                    (33, 97),
+                ] {
+                    let p_stride = n - first + 2;
+                    let values = cached(&halves(n * hd, 23), hd, f16::INFINITY);
+                    let mut p: Vec<f32> = halves(heads * p_stride, 24)
+                        .iter()
+                        .map(|v| v.to_f32().abs())
+                        .collect();
+                    // Scratch past the span in each weight row must not matter either.
+                    for h in 0..heads {
+                        p[h * p_stride + n - first..(h + 1) * p_stride].fill(f32::NAN);
+                    }
+                    let mut fast = vec![f32::NAN; heads * hd];
+                    let mut plain = fast.clone();
+                    mix_heads(&mut fast, hd, &p, p_stride, &values, first, n);
+                    mix_heads_plain(&mut plain, hd, &p, p_stride, &values, first, n);
+                    let what = format!("hd {hd} heads {heads} positions {first}..{n}");
+                    assert_eq!(bits(&fast), bits(&plain), "{what}");
+                    for h in 0..heads {
+                        for d in 0..hd {
+                            // llama.cpp's lanes: position i in lane i % 16.
+                            let mut lanes = [0.0f32; 16];
+                            for i in first..n {
+                                lanes[i % 16] +=
+                                    p[h * p_stride + i - first] * values[at(d, i, hd)].to_f32();
+                            }
+                            assert_eq!(
+                                plain[h * hd + d].to_bits(),
+                                reduce16(&lanes).to_bits(),
+                                "{what}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+        // float32 values: the same lanes, fused multiply-adds in both.
+        let (hd, n) = (8, 21);
+        let values = cached(&rand(n * hd, 5), hd, 0.0);
+        let p = rand(3 * n, 6);
+        let (mut fast, mut plain) = (vec![0.0; 3 * hd], vec![0.0; 3 * hd]);
+        mix_heads(&mut fast, hd, &p, n, &values, 2, n);
+        mix_heads_plain(&mut plain, hd, &p, n, &values, 2, n);
+        assert_eq!(bits(&fast), bits(&plain));
+    }
+}
