@@ -16,7 +16,8 @@ tg128 (128 one-token steps after one warm-up token) and tg128 at depth 512
 one warm-up run. Only the model calls are timed.
 Reported besides: load time, peak RSS (VmHWM), pyffi / llama.cpp ratios, the
 decode bandwidth achieved as a share of a read-bandwidth probe (bench/bwprobe.c)
-run in the same session, and the per-call overhead of Python's `forward` on a
+and the prompt's arithmetic rate as a share of a float32 multiply-add probe
+(bench/fmaprobe.c), both run in the same session, and the per-call overhead of Python's `forward` on a
 tiny model against the same calls from C (bench/overhead.c).
 
 This file is also the worker: the parent runs it by path in a fresh
@@ -96,6 +97,19 @@ def decode_bytes_per_token(weight_bytes, kv_per_pos, first_pos, n_steps):
     cache of the positions attended (pos + 1 at position pos)."""
     mean_ctx = first_pos + (n_steps + 1) / 2  # mean of pos + 1 over first_pos .. first_pos + n_steps - 1
     return weight_bytes + kv_per_pos * mean_ctx
+
+
+def prefill_flops_per_token(shape, n_prompt):
+    """Floating-point operations per prompt token of one `n_prompt`-token
+    call (a multiply-add counts 2): every layer's matmuls, attention over
+    the causal span (q.k and p.v, 2 * dim per position attended), and the
+    output head once, for the last position."""
+    s = SHAPES[shape] if isinstance(shape, str) else shape
+    dim, kv_dim = s["dim"], s["dim"] // s["heads"] * s["kv_heads"]
+    layer_params = 2 * dim * dim + 2 * dim * kv_dim + 3 * dim * s["ffn"]
+    mean_span = (n_prompt + 1) / 2
+    per_layer = 2 * layer_params + 2 * 2 * dim * mean_span
+    return s["layers"] * per_layer + 2 * s["vocab"] * dim / n_prompt
 
 
 def fmt_rate(x):
@@ -370,6 +384,20 @@ def bandwidth_probe(threads, cache, mib=1024, passes=10):
                            timeout=300)
         if r.returncode != 0:
             return {"error": f"bwprobe exit {r.returncode}: {r.stderr.strip()[-300:]}"}
+        return json.loads(r.stdout.strip().splitlines()[-1])
+    except (RuntimeError, subprocess.TimeoutExpired, ValueError) as e:
+        return {"error": str(e)}
+
+
+def fma_probe(threads, cache, passes=5):
+    src = REPO / "bench" / "fmaprobe.c"
+    if not src.is_file():
+        return {"error": f"{src} not found (the probe needs a source checkout)"}
+    try:
+        exe = compile_c(src, cache / "bin" / "fmaprobe", ["-march=native"])
+        r = subprocess.run([str(exe), str(threads), str(passes)], capture_output=True, text=True, timeout=300)
+        if r.returncode != 0:
+            return {"error": f"fmaprobe exit {r.returncode}: {r.stderr.strip()[-300:]}"}
         return json.loads(r.stdout.strip().splitlines()[-1])
     except (RuntimeError, subprocess.TimeoutExpired, ValueError) as e:
         return {"error": str(e)}
@@ -994,6 +1022,7 @@ def summarize(report):
     """Fill in medians, ratios and bandwidth shares from the raw times (in place)."""
     tests = report["config"]["tests"]
     bw = report.get("bandwidth_probe", {}).get("gb_per_s")
+    peak = report.get("fma_probe", {}).get("gflop_per_s")
     kv_pos = report["config"]["kv_bytes_per_position"]
     for cell in report["results"]:
         facts = report["models"].get(cell["type"], {})
@@ -1011,6 +1040,9 @@ def summarize(report):
                 s["bytes_per_token"] = per_tok
                 s["gb_per_s"] = per_tok * rate / 1e9
                 s["bw_share"] = s["gb_per_s"] / bw if bw else None
+            if name.startswith("pp") and rate:
+                s["gflop_per_s"] = prefill_flops_per_token(report["config"]["shape"], t["n_tokens"]) * rate / 1e9
+                s["fma_share"] = s["gflop_per_s"] / peak if peak else None
             summary[name] = s
         cell["summary"] = summary
     ratios = {}
@@ -1066,10 +1098,16 @@ def format_table(report):
                      f"{probe['gb_per_s']:.1f} GB/s")
     else:
         lines.append(f"read bandwidth probe: error: {probe.get('error')}")
+    fma = report.get("fma_probe", {})
+    if "gflop_per_s" in fma:
+        lines.append(f"float32 multiply-add probe ({fma['threads']} threads): {fma['gflop_per_s']:.1f} GFLOP/s")
+    elif fma:
+        lines.append(f"float32 multiply-add probe: error: {fma.get('error')}")
     lines.append("")
     tg_names = [t for t in tests if t.startswith("tg")]
+    pp_names = [t for t in tests if t.startswith("pp")]
     head = ["type", "engine", "load s", "peak RSS MiB"] + [f"{t} t/s" for t in tests] + \
-        [f"{t} GB/s (% probe)" for t in tg_names]
+        [f"{t} GB/s (% probe)" for t in tg_names] + [f"{t} GFLOP/s (% FMA)" for t in pp_names]
     lines.append("| " + " | ".join(head) + " |")
     lines.append("|" + "|".join(["---"] * 2 + ["---:"] * (len(head) - 2)) + "|")
     errors = []
@@ -1085,7 +1123,7 @@ def format_table(report):
                 loaded = c.get("load_s") is not None
                 row = [typ, eng, f"{c['load_s']:.2f}" if loaded else "-",
                        _mib(c.get("peak_rss_bytes")) if loaded else "-"] + \
-                    [f"error [{len(errors)}]"] * len(tests) + ["-"] * len(tg_names)
+                    [f"error [{len(errors)}]"] * len(tests) + ["-"] * (len(tg_names) + len(pp_names))
             else:
                 sm = c["summary"]
                 bd = max((c.get(k) or 0) for k in ("busy_before", "busy_during"))
@@ -1104,13 +1142,20 @@ def format_table(report):
                     else:
                         share = x.get("bw_share")
                         row.append(f"{x['gb_per_s']:.1f}" + (f" ({100 * share:.0f}%)" if share else ""))
+                for t in pp_names:
+                    x = sm.get(t) or {}
+                    if x.get("gflop_per_s") is None:
+                        row.append("-")
+                    else:
+                        share = x.get("fma_share")
+                        row.append(f"{x['gflop_per_s']:.0f}" + (f" ({100 * share:.0f}%)" if share else ""))
                 if c.get("error"):
                     errors.append(f"{typ} / {eng}: {c['error']}")
             lines.append("| " + " | ".join(row) + " |")
         r = report["ratios"].get(typ)
         if r:
             row = [typ, "**pyffi / llama.cpp**", fmt_ratio(r.get("load_time")), fmt_ratio(r.get("peak_rss"))]
-            row += [f"**{fmt_ratio(r.get(t))}**" for t in tests] + ["" for _ in tg_names]
+            row += [f"**{fmt_ratio(r.get(t))}**" for t in tests] + ["" for _ in tg_names + pp_names]
             lines.append("| " + " | ".join(row) + " |")
     lines.append("")
     lines.append("t/s: tokens per second (median); ratio row: pyffi / llama.cpp, above 1 means pyffi is faster "
@@ -1119,6 +1164,10 @@ def format_table(report):
         lines.append(f"~: the fastest run was over {SPREAD_WARN}x the slowest (noisy; see the JSON for every run).")
     lines.append("GB/s: weight bytes as stored in the file plus an f16 KV cache, read per decoded token, times "
                  "tokens per second; % of the probe.")
+    if pp_names:
+        lines.append("GFLOP/s: the prompt's floating-point operations (2 per multiply-add of the matmuls and of "
+                     "attention) per second, whatever the number type; % of the float32 multiply-add probe, the "
+                     "ceiling for F16 weights computed in float32.")
     shares = [(x.get("bw_share") or 0) for c in report["results"] for x in (c.get("summary") or {}).values()]
     if shares and max(shares) > 1:
         lines.append("Over 100%: the weights partly stay in the CPU's caches between tokens (a small model), "
@@ -1251,8 +1300,11 @@ def main(argv=None):
         busy = wait_quiet(a.wait_quiet)
         report["bandwidth_probe"] = bandwidth_probe(a.threads, cache)
         report["bandwidth_probe"]["busy_before"] = busy
+        log(f"float32 multiply-add probe, {a.threads} threads ...")
+        report["fma_probe"] = fma_probe(a.threads, cache)
     else:
         report["bandwidth_probe"] = {"error": "skipped (--no-probe)"}
+        report["fma_probe"] = {"error": "skipped (--no-probe)"}
 
     for typ in a.types:
         m = report["models"][typ]

@@ -49,6 +49,14 @@ def test_shapes_and_byte_counts():
     # 128 steps from position 1: positions 1..128 attend 2..129 cached positions, mean 65.5.
     assert bench.decode_bytes_per_token(1000, 10, 1, 128) == pytest.approx(1000 + 10 * 65.5)
     assert bench.test_names(512, 128, 512) == ("pp512", "tg128", "tg128@d512")
+    # A prompt's operations: 2 per weight of every layer matrix, per token;
+    # attention 2 * 2 * dim per position attended (mean (n + 1) / 2); the
+    # output head once per call.
+    plan = dict(bench.tensor_plan("tinyllama-1.1b"))
+    layers = sum(a * b for name, (a, *rest) in plan.items() if name.startswith("blk.") for b in rest)
+    n = 512
+    want = 2 * layers + s["layers"] * 4 * s["dim"] * (n + 1) / 2 + 2 * 32000 * 2048 / n
+    assert bench.prefill_flops_per_token("tinyllama-1.1b", n) == pytest.approx(want)
 
 
 def test_parse_args_modes():
@@ -78,6 +86,7 @@ def _fake_report():
                    "kv_bytes_per_position": bench.kv_bytes_per_position("tinyllama-1.1b")},
         "models": {"q4_0": {"weight_bytes_per_token": 600_000_000}, "q4_k_m": {"weight_bytes_per_token": 1}},
         "bandwidth_probe": {"threads": 2, "buffer_mib": 1024, "gb_per_s": 40.0},
+        "fma_probe": {"threads": 2, "gflop_per_s": 200.0},
         "results": [cell("q4_0", "llama.cpp", 1.0),
                     {**cell("q4_0", "pyffi", 2.0),
                      "streaming": {"n_tokens": 32, "plain_s": [1.0, 2.0, 1.0], "callback_s": [1.01] * 3,
@@ -102,6 +111,9 @@ def test_summary_ratios_and_bandwidth():
     assert llama["tg128"]["gb_per_s"] == pytest.approx(per_tok * 32 / 1e9)
     assert llama["tg128"]["bw_share"] == pytest.approx(per_tok * 32 / 1e9 / 40.0)
     assert ours["tg128"]["bw_share"] == pytest.approx(llama["tg128"]["bw_share"] / 2)
+    flops = bench.prefill_flops_per_token("tinyllama-1.1b", 512) * 512 / 5.0 / 1e9
+    assert llama["pp512"]["gflop_per_s"] == pytest.approx(flops)
+    assert llama["pp512"]["fma_share"] == pytest.approx(flops / 200.0)
     # An engine that could not load the file is an error cell, not a crash.
     assert r["ratios"]["q4_k_m"]["pp512"] is None
     assert r["overhead"]["python_minus_c_ns"] == pytest.approx(10e3)
@@ -113,6 +125,9 @@ def test_table_shows_every_cell_and_errors():
     assert "| q4_0 | **pyffi / llama.cpp** |" in table and "**0.50x**" in table
     assert "error [1]" in table and "[1] q4_k_m / pyffi: UnsupportedError: tensor is Q4_K" in table
     assert "40.0 GB/s" in table and "Python adds 10.0 us" in table
+    assert "200.0 GFLOP/s" in table and "pp512 GFLOP/s (% FMA)" in table
+    flops = bench.prefill_flops_per_token("tinyllama-1.1b", 512) * 512 / 5.0 / 1e9
+    assert f"| {flops:.0f} ({100 * flops / 200:.0f}%) |" in table
     # Streaming: median against median (1.02 / 1.0, 0.0044 / 0.004).
     callback, stream = [line for line in table.splitlines() if "against plain generate" in line]
     assert "callback=" in callback and "q4_0 32 tokens +1.0%" in callback and "stories260K 56 tokens +0.5%" in callback
