@@ -15,7 +15,8 @@ tg128 (128 one-token steps after one warm-up token) and tg128 at depth 512
 (128 steps after a 512-token prompt), each the median of --reps runs after
 one warm-up run. Only the model calls are timed.
 Reported besides: load time, peak RSS (VmHWM), pyffi / llama.cpp ratios, the
-decode bandwidth achieved as a share of a read-bandwidth probe (bench/bwprobe.c)
+decode bandwidth achieved as a share of a read-bandwidth probe (bench/bwprobe.c,
+on 2 MiB pages like the weights, run before and after each type's runs)
 and the prompt's arithmetic rate as a share of a float32 multiply-add probe
 (bench/fmaprobe.c), both run in the same session, and the per-call overhead of Python's `forward` on a
 tiny model against the same calls from C (bench/overhead.c).
@@ -1024,8 +1025,10 @@ def summarize(report):
     bw = report.get("bandwidth_probe", {}).get("gb_per_s")
     peak = report.get("fma_probe", {}).get("gflop_per_s")
     kv_pos = report["config"]["kv_bytes_per_position"]
+    by_type = report.get("bandwidth_probe_by_type") or {}
     for cell in report["results"]:
         facts = report["models"].get(cell["type"], {})
+        cell_bw = (by_type.get(cell["type"]) or {}).get("gb_per_s") or bw
         summary = {}
         for name in tests:
             t = (cell.get("tests") or {}).get(name)
@@ -1039,7 +1042,7 @@ def summarize(report):
                                                  t["n_tokens"])
                 s["bytes_per_token"] = per_tok
                 s["gb_per_s"] = per_tok * rate / 1e9
-                s["bw_share"] = s["gb_per_s"] / bw if bw else None
+                s["bw_share"] = s["gb_per_s"] / cell_bw if cell_bw else None
             if name.startswith("pp") and rate:
                 s["gflop_per_s"] = prefill_flops_per_token(report["config"]["shape"], t["n_tokens"]) * rate / 1e9
                 s["fma_share"] = s["gflop_per_s"] / peak if peak else None
@@ -1098,6 +1101,11 @@ def format_table(report):
                      f"{probe['gb_per_s']:.1f} GB/s")
     else:
         lines.append(f"read bandwidth probe: error: {probe.get('error')}")
+    by_type = report.get("bandwidth_probe_by_type") or {}
+    if by_type:
+        lines.append("read bandwidth probe around each type's runs (the higher of before and after; the % probe "
+                     "below counts against it): " + ", ".join(
+                         f"{t} {p['gb_per_s']:.1f} GB/s" for t, p in by_type.items() if p.get("gb_per_s")))
     fma = report.get("fma_probe", {})
     if "gflop_per_s" in fma:
         lines.append(f"float32 multiply-add probe ({fma['threads']} threads): {fma['gflop_per_s']:.1f} GFLOP/s")
@@ -1318,8 +1326,16 @@ def main(argv=None):
         busy = wait_quiet(a.wait_quiet)
         if busy is not None and busy > BUSY_WARN:
             log(f"  running anyway; other work keeps {100 * busy:.0f}% of the CPUs busy")
+        # This VM's memory bandwidth drifts by up to 2x from minute to
+        # minute: the shares count against the probe run around this type.
+        around = [bandwidth_probe(a.threads, cache, mib=512, passes=6)] if not a.no_probe else []
         ran = dict(zip(runnable, run_engines(runnable, m["path"], a, timeout=a.timeout,
                                              extra=("--vocab", str(SHAPES[a.shape]["vocab"]))))) if runnable else {}
+        if not a.no_probe:
+            around.append(bandwidth_probe(a.threads, cache, mib=512, passes=6))
+            rates = [p["gb_per_s"] for p in around if "gb_per_s" in p]
+            report.setdefault("bandwidth_probe_by_type", {})[typ] = {
+                "before": around[0], "after": around[1], "gb_per_s": max(rates) if rates else None}
         for eng in a.engines:
             res = ran.get(eng) or {"engine": eng, "error": llama_missing}
             res["busy_before"] = busy
