@@ -1103,9 +1103,11 @@ def format_table(report):
         lines.append(f"read bandwidth probe: error: {probe.get('error')}")
     by_type = report.get("bandwidth_probe_by_type") or {}
     if by_type:
-        lines.append("read bandwidth probe around each type's runs (the higher of before and after; the % probe "
-                     "below counts against it): " + ", ".join(
-                         f"{t} {p['gb_per_s']:.1f} GB/s" for t, p in by_type.items() if p.get("gb_per_s")))
+        def around(p):
+            rates = [(p.get(k) or {}).get("gb_per_s") for k in ("before", "after")]
+            return " / ".join("-" if r is None else f"{r:.1f}" for r in rates)
+        lines.append("read bandwidth probe before / after each type's runs, GB/s (the % probe below counts "
+                     "against the higher): " + ", ".join(f"{t} {around(p)}" for t, p in by_type.items()))
     fma = report.get("fma_probe", {})
     if "gflop_per_s" in fma:
         lines.append(f"float32 multiply-add probe ({fma['threads']} threads): {fma['gflop_per_s']:.1f} GFLOP/s")

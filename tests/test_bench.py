@@ -116,10 +116,11 @@ def test_summary_ratios_and_bandwidth():
     assert llama["pp512"]["fma_share"] == pytest.approx(flops / 200.0)
     # Shares count against the probe run around the type's runs, where there is one.
     rep = _fake_report()
-    rep["bandwidth_probe_by_type"] = {"q4_0": {"gb_per_s": 80.0}}
+    rep["bandwidth_probe_by_type"] = {"q4_0": {"before": {"gb_per_s": 70.0}, "after": {"gb_per_s": 80.0},
+                                               "gb_per_s": 80.0}}
     again = bench.summarize(rep)["results"][0]["summary"]
     assert again["tg128"]["bw_share"] == pytest.approx(llama["tg128"]["bw_share"] / 2)
-    assert "q4_0 80.0 GB/s" in bench.format_table(bench.summarize(rep))
+    assert "q4_0 70.0 / 80.0" in bench.format_table(bench.summarize(rep))
     # An engine that could not load the file is an error cell, not a crash.
     assert r["ratios"]["q4_k_m"]["pp512"] is None
     assert r["overhead"]["python_minus_c_ns"] == pytest.approx(10e3)
