@@ -1085,6 +1085,15 @@ def _short(msg, n=70):
     return msg if len(msg) <= n else msg[:n - 3] + "..."
 
 
+def _with_share(x, key, share_key, digits):
+    """A rate and its share of a probe, as "55.5 (42%)"."""
+    x = x or {}
+    if x.get(key) is None:
+        return "-"
+    share = x.get(share_key)
+    return f"{x[key]:.{digits}f}" + (f" ({100 * share:.0f}%)" if share else "")
+
+
 def format_table(report):
     cfg = report["config"]
     tests = cfg["tests"]
@@ -1145,20 +1154,8 @@ def format_table(report):
                     noisy = (x.get("spread") or 1) > SPREAD_WARN
                     spread_seen |= noisy
                     row.append(fmt_rate(x.get("tok_s")) + (" ~" if noisy else ""))
-                for t in tg_names:
-                    x = sm.get(t) or {}
-                    if x.get("gb_per_s") is None:
-                        row.append("-")
-                    else:
-                        share = x.get("bw_share")
-                        row.append(f"{x['gb_per_s']:.1f}" + (f" ({100 * share:.0f}%)" if share else ""))
-                for t in pp_names:
-                    x = sm.get(t) or {}
-                    if x.get("gflop_per_s") is None:
-                        row.append("-")
-                    else:
-                        share = x.get("fma_share")
-                        row.append(f"{x['gflop_per_s']:.0f}" + (f" ({100 * share:.0f}%)" if share else ""))
+                row += [_with_share(sm.get(t), "gb_per_s", "bw_share", 1) for t in tg_names]
+                row += [_with_share(sm.get(t), "gflop_per_s", "fma_share", 0) for t in pp_names]
                 if c.get("error"):
                     errors.append(f"{typ} / {eng}: {c['error']}")
             lines.append("| " + " | ".join(row) + " |")
