@@ -170,7 +170,15 @@ pub fn dot_heads_plain<T: Value>(
     stride: usize,
     pairs: bool,
 ) {
-    let mut key = vec![T::ZERO; hd];
+    // One key gathered; on the stack for the heads there are.
+    let mut stack = [T::ZERO; MAX_HD];
+    let mut heap = Vec::new();
+    let key: &mut [T] = if hd <= MAX_HD {
+        &mut stack[..hd]
+    } else {
+        heap.resize(hd, T::ZERO);
+        &mut heap
+    };
     for i in first..n {
         for (e, k) in key.iter_mut().enumerate() {
             *k = keys[at(e, i, hd)];
@@ -184,7 +192,7 @@ pub fn dot_heads_plain<T: Value>(
                 }
                 reduce16(&lanes)
             } else {
-                T::dot(qh, &key, pairs)
+                T::dot(qh, key, pairs)
             };
         }
     }
