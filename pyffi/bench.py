@@ -375,33 +375,28 @@ def compile_c(src, out, extra=()):
     return out
 
 
-def bandwidth_probe(threads, cache, mib=1024, passes=10):
-    src = REPO / "bench" / "bwprobe.c"
+def _probe(name, args, cache, extra=()):
+    """Build bench/NAME.c into the cache, run it with `args`, and return the
+    JSON line it prints (or {"error": ...})."""
+    src = REPO / "bench" / f"{name}.c"
     if not src.is_file():
         return {"error": f"{src} not found (the probe needs a source checkout)"}
     try:
-        exe = compile_c(src, cache / "bin" / "bwprobe")
-        r = subprocess.run([str(exe), str(threads), str(mib), str(passes)], capture_output=True, text=True,
-                           timeout=300)
+        exe = compile_c(src, cache / "bin" / name, extra)
+        r = subprocess.run([str(exe), *map(str, args)], capture_output=True, text=True, timeout=300)
         if r.returncode != 0:
-            return {"error": f"bwprobe exit {r.returncode}: {r.stderr.strip()[-300:]}"}
+            return {"error": f"{name} exit {r.returncode}: {r.stderr.strip()[-300:]}"}
         return json.loads(r.stdout.strip().splitlines()[-1])
     except (RuntimeError, subprocess.TimeoutExpired, ValueError) as e:
         return {"error": str(e)}
+
+
+def bandwidth_probe(threads, cache, mib=1024, passes=10):
+    return _probe("bwprobe", [threads, mib, passes], cache)
 
 
 def fma_probe(threads, cache, passes=5):
-    src = REPO / "bench" / "fmaprobe.c"
-    if not src.is_file():
-        return {"error": f"{src} not found (the probe needs a source checkout)"}
-    try:
-        exe = compile_c(src, cache / "bin" / "fmaprobe", ["-march=native"])
-        r = subprocess.run([str(exe), str(threads), str(passes)], capture_output=True, text=True, timeout=300)
-        if r.returncode != 0:
-            return {"error": f"fmaprobe exit {r.returncode}: {r.stderr.strip()[-300:]}"}
-        return json.loads(r.stdout.strip().splitlines()[-1])
-    except (RuntimeError, subprocess.TimeoutExpired, ValueError) as e:
-        return {"error": str(e)}
+    return _probe("fmaprobe", [threads, passes], cache, ["-march=native"])
 
 
 def overhead_c(model, threads, calls, rounds, span, cache):

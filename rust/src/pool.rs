@@ -77,13 +77,10 @@ impl Job {
     }
 }
 
-/// The first task of run `r` of `runs` over `n` tasks (run `runs` starts at `n`).
+/// The first task of run `r` of `runs` over `n` tasks (`r = runs` gives `n`,
+/// the end of the last).
 fn run_start(r: usize, n: usize, runs: usize) -> usize {
-    if r >= runs {
-        n
-    } else {
-        r * n / runs
-    }
+    r * n / runs
 }
 
 struct Shared {

@@ -226,6 +226,7 @@ pub fn mix_heads_plain<T: Value>(
 mod x86 {
     use std::arch::x86_64::*;
 
+    use super::super::f16::x86::reduce16;
     use super::{at, ours, Value, BLOCK, MAX_HD, MAX_Q};
 
     /// Lanes `lo..hi` of the `W` values at `p` (the others zero), as float32.
@@ -429,8 +430,8 @@ mod x86 {
     }
 
     /// H heads: output (h, c)'s lanes in `acc[2 (h hd + c)]` (positions
-    /// 0..8 of every aligned 16) and the next (8..16), then `reduce16`'s
-    /// additions.
+    /// 0..8 of every aligned 16) and the next (8..16), then added as
+    /// `f16::reduce16` adds them.
     #[inline(always)]
     #[allow(clippy::too_many_arguments)]
     unsafe fn mix_group<T: Value, const H: usize>(
@@ -459,7 +460,7 @@ mod x86 {
         for h in 0..H {
             for c in 0..hd {
                 let (lo, hi) = (*acc.add(2 * (h * hd + c)), *acc.add(2 * (h * hd + c) + 1));
-                *out.add(h * hd + c) = hsum(_mm256_add_ps(hi, lo));
+                *out.add(h * hd + c) = reduce16(lo, hi);
             }
         }
     }
@@ -538,15 +539,6 @@ mod x86 {
                 *a.add(2 * h * hd + 1) = l[1];
             }
         }
-    }
-
-    /// Lanes (l, l + 4), then (0 + 2) + (1 + 3): `reduce16`'s last steps.
-    #[inline(always)]
-    unsafe fn hsum(v: __m256) -> f32 {
-        let s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-        let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-        let s = _mm_add_ss(s, _mm_movehdup_ps(s));
-        _mm_cvtss_f32(s)
     }
 }
 

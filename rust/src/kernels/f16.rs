@@ -316,7 +316,7 @@ fn tiles(
 }
 
 #[cfg(target_arch = "x86_64")]
-mod x86 {
+pub(super) mod x86 {
     use std::arch::x86_64::*;
 
     use half::f16;
@@ -353,7 +353,7 @@ mod x86 {
 
     /// `super::reduce16` of lanes 0..8 in `lo` and 8..16 in `hi`.
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn reduce16(lo: __m256, hi: __m256) -> f32 {
+    pub(in crate::kernels) unsafe fn reduce16(lo: __m256, hi: __m256) -> f32 {
         hsum(_mm256_add_ps(hi, lo))
     }
 

@@ -59,11 +59,11 @@ fn add_bias(rows: &mut [f32], bias: &Option<Vec<f32>>) {
 
 /// Per-worker rows of the attention scratch (and per-token rows of its output).
 #[derive(Clone, Copy)]
-struct ScoreRows(*mut f32, usize);
-unsafe impl Send for ScoreRows {}
-unsafe impl Sync for ScoreRows {}
+struct SharedRows(*mut f32, usize);
+unsafe impl Send for SharedRows {}
+unsafe impl Sync for SharedRows {}
 
-impl ScoreRows {
+impl SharedRows {
     /// SAFETY: the caller must be the only user of row `worker` while it holds it.
     #[allow(clippy::mut_from_ref)]
     unsafe fn row(&self, worker: usize) -> &mut [f32] {
@@ -234,7 +234,7 @@ pub fn forward(
     let qkv = &mut s.qkv[..n_tok * qkv_dim];
     let att = &mut s.att[..n_tok * qd];
     let (pos, seq_of, cos, sin) = (&s.pos, &s.seq_of, &s.cos, &s.sin);
-    let scores_ptr = ScoreRows(s.scores.as_mut_ptr(), score_row);
+    let scratch_rows = SharedRows(s.scores.as_mut_ptr(), score_row);
 
     for (l, lw) in w.layers.iter().enumerate() {
         // Attention block.
@@ -263,10 +263,10 @@ pub fn forward(
         let qkv_ref = &*qkv;
         let n_kv_heads = n_heads / group;
         let runs = &s.runs;
-        let att_out = ScoreRows(att.as_mut_ptr(), qd);
+        let att_out = SharedRows(att.as_mut_ptr(), qd);
         parallel_for(runs.len() * n_kv_heads, |item| {
             // SAFETY: a worker runs one item at a time, so its row is exclusive.
-            let scratch = unsafe { scores_ptr.row(thread_index()) };
+            let scratch = unsafe { scratch_rows.row(thread_index()) };
             let ((t0, t1), kv_head) = (runs[item / n_kv_heads], item % n_kv_heads);
             let q_at = kv_head * group * hd;
             let run = AttnRun {
