@@ -93,10 +93,11 @@ pub fn zeroed_f16(n: usize) -> Result<Vec<half::f16>> {
 }
 
 /// Ask the kernel to back `len` bytes at `ptr` (a fresh, untouched heap
-/// block) with 2 MiB pages where it can: a weight matrix then costs one page
-/// fault per 2 MiB instead of per 4 KiB when filled, and decode's sweeps over
-/// the weights miss the TLB far less. Only whole aligned 2 MiB ranges inside
-/// the block are advised; a refusal changes nothing but speed.
+/// block, or a file's mapping) with 2 MiB pages where it can: a weight matrix
+/// then costs one page fault per 2 MiB instead of per 4 KiB when filled, and
+/// decode's sweeps over the weights miss the TLB far less. Only whole aligned
+/// 2 MiB ranges inside the block are advised; a refusal changes nothing but
+/// speed.
 pub fn hint_huge_pages<T>(ptr: *const T, len: usize) {
     #[cfg(target_os = "linux")]
     {
@@ -104,8 +105,8 @@ pub fn hint_huge_pages<T>(ptr: *const T, len: usize) {
         let start = (ptr as usize).div_ceil(HUGE) * HUGE;
         let end = (ptr as usize + len) / HUGE * HUGE;
         if end > start {
-            // SAFETY: the range lies inside one live allocation of ours; advice
-            // does not change its contents or validity.
+            // SAFETY: the range lies inside one live allocation or mapping of
+            // ours; advice does not change its contents or validity.
             unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_HUGEPAGE) };
         }
     }
@@ -161,5 +162,84 @@ pub fn f32_le_bytes(values: &[f32]) -> std::borrow::Cow<'_, [u8]> {
         })
     } else {
         std::borrow::Cow::Owned(values.iter().flat_map(|v| v.to_le_bytes()).collect())
+    }
+}
+
+/// The values of a weight matrix: a buffer of its own, or a stretch of a
+/// file's memory mapping read in place (a GGUF matrix that needs no
+/// reordering: no copy, no fresh pages to fault in at load, and the page
+/// cache's pages shared with every process that maps the same file).
+pub enum Store<T: 'static> {
+    Owned(Vec<T>),
+    Mapped(Mapped<T>),
+}
+
+impl<T> std::ops::Deref for Store<T> {
+    type Target = [T];
+
+    fn deref(&self) -> &[T] {
+        match self {
+            Store::Owned(v) => v,
+            Store::Mapped(m) => m,
+        }
+    }
+}
+
+impl<T> From<Vec<T>> for Store<T> {
+    fn from(v: Vec<T>) -> Store<T> {
+        Store::Owned(v)
+    }
+}
+
+impl<T> Store<T> {
+    pub fn is_mapped(&self) -> bool {
+        matches!(self, Store::Mapped(_))
+    }
+}
+
+/// Values whose every bit pattern is valid, read straight from a file's
+/// little-endian bytes.
+pub trait Plain: Copy + 'static {}
+impl Plain for u8 {}
+impl Plain for half::f16 {}
+
+/// `len` values of `T` inside a read-only file mapping, which they keep alive.
+pub struct Mapped<T: 'static> {
+    /// Held, never read: the values live as long as the mapping does.
+    _map: std::sync::Arc<memmap2::Mmap>,
+    ptr: *const T,
+    len: usize,
+}
+
+// SAFETY: the values lie inside `_map`, a read-only mapping owned (shared) by
+// this value and never written through; sharing reads across threads is sound.
+unsafe impl<T: Sync> Send for Mapped<T> {}
+unsafe impl<T: Sync> Sync for Mapped<T> {}
+
+impl<T: Plain> Mapped<T> {
+    /// `bytes` as values of `T` in place, if they lie inside `map`, are
+    /// aligned for `T` and hold a whole number of them (on a little-endian
+    /// host, where the file's byte order is the machine's); else None.
+    pub fn new(map: &std::sync::Arc<memmap2::Mmap>, bytes: &[u8]) -> Option<Mapped<T>> {
+        let (start, end) = (map.as_ptr() as usize, map.as_ptr() as usize + map.len());
+        let p = bytes.as_ptr() as usize;
+        let size = std::mem::size_of::<T>();
+        let inside = p >= start && p + bytes.len() <= end;
+        let fits = p % std::mem::align_of::<T>() == 0 && bytes.len() % size == 0;
+        (cfg!(target_endian = "little") && inside && fits).then(|| Mapped {
+            _map: std::sync::Arc::clone(map),
+            ptr: bytes.as_ptr() as *const T,
+            len: bytes.len() / size,
+        })
+    }
+}
+
+impl<T> std::ops::Deref for Mapped<T> {
+    type Target = [T];
+
+    fn deref(&self) -> &[T] {
+        // SAFETY: `new` checked that ptr..ptr+len lies inside the mapping held
+        // in `self._map` and is aligned for T, whose every bit pattern is valid.
+        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
     }
 }

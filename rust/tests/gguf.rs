@@ -1126,3 +1126,25 @@ fn replay_corpus() {
         assert!(g.is_ok(), "{} panics when opened", path.display());
     }
 }
+
+/// A GGUF file's matrices that need no reordering are read where the file's
+/// mapping holds them, as llama.cpp reads its weights: float16 ones, and
+/// blocks kept in ggml's row format (the token embedding). Q/K rows, stored
+/// in llama.cpp's rotary order, are reordered into a buffer of their own, and
+/// blocks the interleaved kernels run on are repacked.
+#[test]
+fn weights_that_need_no_reordering_are_read_in_place() {
+    use pyffi::model::Model;
+    let f16 = Model::load(&fixtures().join("gguf/tiny-llama-f16.gguf")).expect("loads");
+    let w = &f16.weights;
+    assert!(w.embed.is_mapped() && w.output().is_mapped());
+    for l in &w.layers {
+        assert!(l.wo.is_mapped() && l.w_gate_up.is_mapped() && l.w_down.is_mapped());
+        assert!(!l.wqkv.is_mapped(), "q/k rows are reordered, so copied");
+    }
+    let q8 = Model::load(&fixtures().join("gguf/tiny-llama-q8_0.gguf")).expect("loads");
+    assert!(
+        q8.weights.embed.is_mapped(),
+        "read row by row, never packed"
+    );
+}

@@ -16,13 +16,14 @@ use std::fmt;
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::Path;
+use std::sync::Arc;
 
 use memmap2::Mmap;
 
 use crate::error::{
     invalid_argument, invalid_weights, io_error, unsupported, Error, ErrorKind, Result,
 };
-use crate::tensor::{DType, TensorView};
+use crate::tensor::{DType, Mapped, Plain, TensorView};
 
 pub const MAGIC: [u8; 4] = *b"GGUF";
 /// The version `GgufWriter` writes.
@@ -950,7 +951,8 @@ fn parse(buf: &[u8], origin: &str) -> Result<Parsed> {
 }
 
 enum Backing {
-    Map(Mmap),
+    /// Shared with the matrices that read their values in place.
+    Map(Arc<Mmap>),
     Owned(Vec<u8>),
 }
 
@@ -1007,6 +1009,27 @@ impl Gguf {
         let _ = info;
     }
 
+    /// Consecutive stretches of this file's tensor data (as `tensor_data`
+    /// hands them out), lying end to end, as one run of values read in place
+    /// from the mapping, which they keep alive; None when the file is not
+    /// mapped, the stretches are not adjacent in it, or they cannot be
+    /// viewed as `T`.
+    pub fn in_place<T: Plain>(&self, pieces: &[&[u8]]) -> Option<Mapped<T>> {
+        let Backing::Map(m) = &self.backing else {
+            return None;
+        };
+        let base = m.as_ptr() as usize;
+        let start = (pieces.first()?.as_ptr() as usize).checked_sub(base)?;
+        let mut end = start;
+        for p in pieces {
+            if p.as_ptr() as usize != base.checked_add(end)? {
+                return None;
+            }
+            end = end.checked_add(p.len())?;
+        }
+        Mapped::new(m, m.get(start..end)?)
+    }
+
     /// Map and parse a file. Missing file -> NotFound; malformed ->
     /// InvalidWeights; valid but not supported -> Unsupported.
     pub fn open(path: &Path) -> Result<Gguf> {
@@ -1024,7 +1047,11 @@ impl Gguf {
         } else {
             // SAFETY: the mapping is read-only; a file truncated or rewritten
             // underneath us is the usual mmap caveat.
-            Backing::Map(unsafe { Mmap::map(&file) }.map_err(|e| io_error(path, e))?)
+            let map = unsafe { Mmap::map(&file) }.map_err(|e| io_error(path, e))?;
+            // Weights read in place then fault in 2 MiB at a time where the
+            // page cache holds the file in 2 MiB folios.
+            crate::tensor::hint_huge_pages(map.as_ptr(), map.len());
+            Backing::Map(Arc::new(map))
         };
         Self::from_backing(backing, path.display().to_string())
     }

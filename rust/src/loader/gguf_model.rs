@@ -17,7 +17,7 @@ use crate::error::{invalid_weights, unsupported, Error, Result};
 use crate::kernels::quant::QuantType;
 use crate::model::weights::Matrix;
 use crate::model::Model;
-use crate::tensor::{f32_le_bytes, DType, TensorView};
+use crate::tensor::{f32_le_bytes, DType, Store, TensorView};
 
 fn ctx(path: &Path) -> impl Fn(Error) -> Error + '_ {
     move |e| Error::new(e.kind, format!("{}: {}", path.display(), e.message))
@@ -245,14 +245,17 @@ fn quantized_targets(g: &Gguf) -> std::collections::HashSet<Target> {
         .collect()
 }
 
-/// One matrix from its parts' raw rows, in fused order. Each band is
-/// allocated once at its final size and filled with one copy of each part
-/// (the parts borrow the file's mapping where they need no reordering).
-/// Bands of Q4_0/Q8_0 blocks are repacked straight from the parts for the
-/// interleaved kernels if `pack` (not the token embedding, read row by row).
-fn stacked(mut parts: Vec<(u8, Kept, usize, Cow<[u8]>)>, pack: bool) -> Matrix {
+/// One matrix from its parts' raw rows, in fused order, and whether any of
+/// it is read in place from the file's mapping. Consecutive parts in one
+/// format form a band. A band of float16 or of blocks that stay in ggml's row
+/// format (the token embedding, read row by row; formats with no packed
+/// layout) whose parts lie end to end in the file, unreordered, is read in
+/// place, as llama.cpp reads its weights; any other band is allocated once at
+/// its final size and filled with one copy of each part, Q4_0/Q8_0 and
+/// k-quant bands repacked straight from the parts for the interleaved
+/// kernels if `pack`.
+fn stacked(g: &Gguf, mut parts: Vec<(u8, Kept, usize, Cow<[u8]>)>, pack: bool) -> (Matrix, bool) {
     parts.sort_by_key(|p| p.0);
-    // Consecutive parts in one format form a band.
     let mut bands: Vec<(usize, Kept, Vec<Cow<[u8]>>)> = Vec::new();
     for (_, t, rows, bytes) in parts {
         match bands.last_mut() {
@@ -263,45 +266,31 @@ fn stacked(mut parts: Vec<(u8, Kept, usize, Cow<[u8]>)>, pack: bool) -> Matrix {
             _ => bands.push((rows, t, vec![bytes])),
         }
     }
-    let matrix = |rows: usize, t: Kept, pieces: Vec<Cow<[u8]>>| match t {
-        Kept::Blocks(q) if pack => {
-            let pieces: Vec<&[u8]> = pieces.iter().map(|p| &p[..]).collect();
-            Matrix::quantized_parts(q, &pieces, rows, pack)
-        }
-        Kept::Blocks(q) => {
-            let mut v: Vec<u8> = crate::tensor::weight_buffer(pieces.iter().map(|p| p.len()).sum());
-            for p in &pieces {
-                v.extend_from_slice(p);
+    let mut in_place = false;
+    let mut matrix = |rows: usize, t: Kept, pieces: Vec<Cow<[u8]>>| {
+        let pieces: Vec<&[u8]> = pieces.iter().map(|p| &p[..]).collect();
+        let len: usize = pieces.iter().map(|p| p.len()).sum();
+        match t {
+            Kept::Blocks(q) if pack && Matrix::packs(q, len, rows) => {
+                Matrix::quantized_parts(q, &pieces, rows, pack)
             }
-            Matrix::Quant(q, v)
-        }
-        Kept::F16 => {
-            let n: usize = pieces.iter().map(|p| p.len() / 2).sum();
-            let mut v: Vec<half::f16> = crate::tensor::weight_buffer(n);
-            for p in &pieces {
-                let (len, add) = (v.len(), p.len() / 2);
-                if cfg!(target_endian = "little") {
-                    // SAFETY: f16 is a plain 2-byte value and the file stores it
-                    // little-endian like this machine; the capacity holds `add` more.
-                    unsafe {
-                        std::ptr::copy_nonoverlapping(
-                            p.as_ptr(),
-                            v.as_mut_ptr().add(len) as *mut u8,
-                            2 * add,
-                        );
-                        v.set_len(len + add);
-                    }
-                } else {
-                    v.extend(
-                        p.chunks_exact(2)
-                            .map(|b| half::f16::from_le_bytes([b[0], b[1]])),
-                    );
+            Kept::Blocks(q) => match g.in_place::<u8>(&pieces) {
+                Some(m) => {
+                    in_place = true;
+                    Matrix::Quant(q, Store::Mapped(m))
                 }
-            }
-            Matrix::F16(v)
+                None => Matrix::quantized_parts(q, &pieces, rows, false),
+            },
+            Kept::F16 => match g.in_place::<half::f16>(&pieces) {
+                Some(m) => {
+                    in_place = true;
+                    Matrix::F16(Store::Mapped(m))
+                }
+                None => Matrix::F16(Store::Owned(f16_copy(&pieces, len / 2))),
+            },
         }
     };
-    if bands.len() == 1 {
+    let m = if bands.len() == 1 {
         let (rows, t, pieces) = bands.pop().expect("one band");
         matrix(rows, t, pieces)
     } else {
@@ -311,7 +300,34 @@ fn stacked(mut parts: Vec<(u8, Kept, usize, Cow<[u8]>)>, pack: bool) -> Matrix {
                 .map(|(rows, t, pieces)| (rows, matrix(rows, t, pieces)))
                 .collect(),
         )
+    };
+    (m, in_place)
+}
+
+/// `n` float16 values from little-endian pieces, in one buffer of their own.
+fn f16_copy(pieces: &[&[u8]], n: usize) -> Vec<half::f16> {
+    let mut v: Vec<half::f16> = crate::tensor::weight_buffer(n);
+    for p in pieces {
+        let (len, add) = (v.len(), p.len() / 2);
+        if cfg!(target_endian = "little") {
+            // SAFETY: f16 is a plain 2-byte value and the file stores it
+            // little-endian like this machine; the capacity holds `add` more.
+            unsafe {
+                std::ptr::copy_nonoverlapping(
+                    p.as_ptr(),
+                    v.as_mut_ptr().add(len) as *mut u8,
+                    2 * add,
+                );
+                v.set_len(len + add);
+            }
+        } else {
+            v.extend(
+                p.chunks_exact(2)
+                    .map(|b| half::f16::from_le_bytes([b[0], b[1]])),
+            );
+        }
     }
+    v
 }
 
 fn place(model: &mut Model, tg: Target, m: Matrix) {
@@ -414,10 +430,13 @@ pub fn load_model(path: &Path) -> Result<Model> {
                 .push((part, qt, shape[0], bytes));
             sources.entry(tg).or_default().push(t);
             if parts[&tg].len() == expected[&tg] {
-                let m = stacked(parts.remove(&tg).expect("parts"), tg != Target::Embed);
+                let (m, in_place) =
+                    stacked(&g, parts.remove(&tg).expect("parts"), tg != Target::Embed);
                 place(&mut model, tg, m);
                 for src in sources.remove(&tg).unwrap_or_default() {
-                    g.release(src);
+                    if !in_place {
+                        g.release(src);
+                    }
                 }
             }
         } else {

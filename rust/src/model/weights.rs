@@ -8,16 +8,18 @@ use std::collections::HashMap;
 use crate::config::ModelConfig;
 use crate::error::{invalid_weights, Result};
 use crate::kernels::{self, packed::PackedMatrix, quant};
-use crate::tensor::{zeroed_f32, TensorView};
+use crate::tensor::{zeroed_f32, Store, TensorView};
 
 /// A weight matrix `[rows][cols]`: float32, or raw ggml blocks used in place
 /// by the quantized kernels, or row bands of those stacked (a fused q/k/v
 /// whose v is Q6_K while q and k are Q4_K, as in llama.cpp's Q4_K_M files).
+/// Float16 and unpacked block matrices may be read where a GGUF file's
+/// mapping holds them (`Store::Mapped`).
 pub enum Matrix {
     F32(Vec<f32>),
     /// float16, computed with float16-rounded activations (GGUF F16 files).
-    F16(Vec<half::f16>),
-    Quant(quant::QuantType, Vec<u8>),
+    F16(Store<half::f16>),
+    Quant(quant::QuantType, Store<u8>),
     /// Q4_0/Q8_0 blocks interleaved eight rows at a time for the AVX2
     /// kernels (`Matrix::quantized` makes them where they pay).
     Packed(PackedMatrix),
@@ -38,7 +40,7 @@ impl Matrix {
             drop(bytes);
             Matrix::Packed(m)
         } else {
-            Matrix::Quant(t, bytes)
+            Matrix::Quant(t, bytes.into())
         }
     }
 
@@ -51,20 +53,32 @@ impl Matrix {
         pack: bool,
     ) -> Matrix {
         let len: usize = pieces.iter().map(|p| p.len()).sum();
-        let cols = if rows == 0 {
-            0
-        } else {
-            len / rows / t.block_bytes() * t.block_len()
-        };
-        if pack && rows * t.row_bytes(cols) == len && PackedMatrix::worth_packing(t, rows, cols) {
+        let cols = Self::cols_of(t, len, rows);
+        if pack && Self::packs(t, len, rows) {
             Matrix::Packed(PackedMatrix::new(t, pieces, rows, cols))
         } else {
             let mut v: Vec<u8> = crate::tensor::weight_buffer(len);
             for p in pieces {
                 v.extend_from_slice(p);
             }
-            Matrix::Quant(t, v)
+            Matrix::Quant(t, v.into())
         }
+    }
+
+    /// Values per row of `rows` rows of `t` blocks in `len` bytes.
+    fn cols_of(t: quant::QuantType, len: usize, rows: usize) -> usize {
+        if rows == 0 {
+            0
+        } else {
+            len / rows / t.block_bytes() * t.block_len()
+        }
+    }
+
+    /// Whether `quantized_parts` with `pack` set repacks `rows` rows of `t`
+    /// blocks in `len` bytes (else it keeps them in ggml's row format).
+    pub fn packs(t: quant::QuantType, len: usize, rows: usize) -> bool {
+        let cols = Self::cols_of(t, len, rows);
+        rows * t.row_bytes(cols) == len && PackedMatrix::worth_packing(t, rows, cols)
     }
 
     /// `out[t][o] = sum_i x[t][i] * self[o][i]`, output rows `stride` apart.
@@ -98,6 +112,16 @@ impl Matrix {
                 }
                 debug_assert_eq!(r0, n_out);
             }
+        }
+    }
+
+    /// Whether every value is read in place from a file's mapping.
+    pub fn is_mapped(&self) -> bool {
+        match self {
+            Matrix::F16(w) => w.is_mapped(),
+            Matrix::Quant(_, w) => w.is_mapped(),
+            Matrix::F32(_) | Matrix::Packed(_) => false,
+            Matrix::Stack(bands) => bands.iter().all(|(_, m)| m.is_mapped()),
         }
     }
 
@@ -173,7 +197,7 @@ impl Weights {
         let convert = |m: &mut Matrix, t: quant::QuantType, cols: usize, pack: bool| {
             if let Matrix::F16(w) = m {
                 let mut f = vec![0.0f32; w.len()];
-                half::slice::HalfFloatSliceExt::convert_to_f32_slice(w.as_slice(), &mut f);
+                half::slice::HalfFloatSliceExt::convert_to_f32_slice(&w[..], &mut f);
                 *m = Matrix::F32(f);
             }
             if let Matrix::F32(w) = m {
