@@ -51,13 +51,19 @@ def quantize(src, dst, qtype="q8_0", progress=None):
     folder or a GGUF file) in `qtype` (one of TYPES). Tokenizer and chat
     template come along. With 4/5-bit types the output matrix gets Q6_K, as
     llama.cpp's quantizer does. `progress`: True for a progress bar on stderr,
-    or a callable(done, total, tensor_name) that may return False to stop
-    (then CancelledError is raised and nothing is written)."""
+    None or False for none, or a callable(done, total, tensor_name) that may
+    return False to stop (then CancelledError is raised and nothing is
+    written)."""
     if not os.path.exists(os.fspath(src)):
         raise errors.ModelNotFoundError(f"{src}: no such file or folder")
     t = _type_arg(qtype, TYPES)
     if progress is True:
         progress = ProgressBar()
+    elif progress is False:
+        progress = None
+    elif progress is not None and not callable(progress):
+        raise errors.InvalidArgumentError(
+            f"progress must be True, False, None or a callable, got {type(progress).__name__}")
     if progress is None:
         call(lib.pyffi_quantize_model, path_arg(src), path_arg(dst), t, ffi.NULL, ffi.NULL)
         return

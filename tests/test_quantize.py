@@ -218,6 +218,11 @@ def test_quantize_errors(tmp_path):
         pyffi.quantize(model_dir("tiny-llama"), tmp_path / "no-such-dir" / "x.gguf", "q8_0")
     with pytest.raises(ValueError, match="dtype"):
         pyffi.Transformer.from_pretrained(model_dir("tiny-llama"), dtype="int3")
+    with pytest.raises(ValueError, match="progress"):
+        pyffi.quantize(model_dir("tiny-llama"), tmp_path / "x.gguf", "q8_0", progress="yes")
+    assert not (tmp_path / "x.gguf").exists()
+    pyffi.quantize(model_dir("tiny-llama"), tmp_path / "quiet.gguf", "q8_0", progress=False)
+    assert (tmp_path / "quiet.gguf").exists()
 
 
 def test_save_lowbit_model(tmp_path):
@@ -237,6 +242,10 @@ def test_cli_quantize(tmp_path):
     assert r.returncode == 0, r.stderr
     assert "tensors" in r.stderr and f"wrote {out}" in r.stdout
     assert T.Q4_0 in {t.tensor_type for t in tensors(out).values()}
+    r = subprocess.run([sys.executable, "-m", "pyffi", "quantize", str(model_dir("tiny-llama")), str(out),
+                        "--type", "q8_0", "--no-progress"], capture_output=True, text=True, cwd=REPO)
+    assert r.returncode == 0 and "tensors" not in r.stderr, r.stderr
+    assert T.Q8_0 in {t.tensor_type for t in tensors(out).values()}
     r = subprocess.run([sys.executable, "-m", "pyffi", "quantize", str(tmp_path / "missing"), str(out)],
                        capture_output=True, text=True, cwd=REPO)
     assert r.returncode == 1 and "no such file" in r.stderr
@@ -253,9 +262,13 @@ def test_llama_cpp_loads_our_files(tmp_path):
         theirs = np.array(llm.scores[:len(g["input_1"])], dtype=np.float32)
         with pyffi.Transformer.from_pretrained(out) as m:
             ours = m.forward([g["input_1"]])[0]
-        # Same blocks, same arithmetic: as close as on llama.cpp's own files.
-        assert rel_err(ours, theirs) <= 5e-2, qtype
-        assert (ours.argmax(-1) == theirs.argmax(-1)).mean() >= 0.85, qtype
+        # Same blocks, same arithmetic, as on llama.cpp's own files: its
+        # roundings for Q8_0, Q4_0 and Q4_K (0 here, on an x86 llama.cpp);
+        # float16 within issue 4's 5e-3; Q6_K, on this 7-token prompt, in
+        # eight-lane sums we do not copy (see EXACT_FILES in test_gguf_models).
+        tolerance = {"f16": 5e-3, "q6_k": 5e-2}.get(qtype, 1e-4)
+        assert rel_err(ours, theirs) <= tolerance, (qtype, rel_err(ours, theirs))
+        assert (ours.argmax(-1) == theirs.argmax(-1)).all(), qtype
 
 
 def test_llama_cpp_reads_our_tokenizer_and_generates_our_text(tmp_path):
