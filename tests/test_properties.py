@@ -263,3 +263,42 @@ def test_two_python_threads_two_sessions(data):
         for logits, toks in got[key]:
             np.testing.assert_array_equal(logits, expect[key][0])
             assert toks == expect[key][1]
+
+
+# Prompts and batches longer than one forward pass (the engine's UBATCH, 128
+# tokens) go through in passes: rows of several passes, and runs of short rows.
+LONG = 300
+
+
+@settings(max_examples=examples(25), **SETTINGS)
+@given(data=st.data())
+def test_batches_longer_than_a_pass_match_the_reference(data):
+    """Each row's prefix in one call, the rest continuing its KV slot in a
+    second: both calls' rows against the reference."""
+    config = data.draw(configs())
+    weights = random_weights(config, data.draw(st.integers(0, 2**32 - 1)))
+    model = pyffi.Transformer(config, n_ctx=LONG + 8)
+    model.load_state_dict(weights)
+    lengths = data.draw(st.lists(st.integers(2, LONG), min_size=1, max_size=3), label="lengths")
+    cuts = [data.draw(st.integers(1, n - 1), label="cut") for n in lengths]
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
+    seqs = [rng.integers(0, config.vocab_size, n).tolist() for n in lengths]
+    heads = [s[:k] for s, k in zip(seqs, cuts)]
+    tails = [s[k:] for s, k in zip(seqs, cuts)]
+    for part in (heads, tails):
+        if sum(map(len, part)) > 128:
+            event("more than one pass")
+        if max(map(len, part)) > 128:
+            event("a row in pieces")
+    session = model.new_session(n_seq_max=len(seqs))
+    first = session.forward(heads)
+    last = model.new_session(n_seq_max=len(seqs)).forward(heads, last_only=True)
+    second = session.forward(tails, start_pos=cuts)
+    for i, (s, k) in enumerate(zip(seqs, cuts)):
+        ref = reference_forward(config, weights, s)
+        got = np.concatenate([first[i, :k], second[i, : len(s) - k]])
+        err = rel_err(got, ref)
+        assert err <= 1e-4, f"row {i} ({len(s)} tokens, cut at {k}) vs reference: {err:.3g}"
+        assert (first[i, k:] == 0).all() and (second[i, len(s) - k:] == 0).all(), f"padding of row {i}"
+        assert rel_err(last[i, 0], first[i, k - 1]) <= 1e-5
+        assert session.cached_len(i) == len(s)

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use crate::error::{invalid_argument, out_of_range, Error, ErrorKind, Result};
 use crate::model::kv_cache::{KvCache, KvType};
-use crate::model::llama::{self, Batch, Scratch};
+use crate::model::llama::{self, Batch, Logits, Scratch};
 use crate::model::Model;
 use crate::pool::Pool;
 
@@ -48,7 +48,15 @@ pub struct Session {
     tokens: Vec<u32>,
     lengths: Vec<usize>,
     starts: Vec<usize>,
+    slots: Vec<usize>,
 }
+
+/// Most tokens one forward pass takes (llama.cpp's `n_ubatch`): a longer
+/// prompt, or a batch of more tokens in all, goes through in passes of at
+/// most this many, so that the activation buffers, which grow with the
+/// tokens of a pass, stay bounded whatever the prompt's length. Each pass
+/// streams the weights once more, a few percent of a prompt's time.
+pub(crate) const UBATCH: usize = 128;
 
 impl Session {
     pub fn new(model: Arc<Model>, params: &SessionParams) -> Result<Session> {
@@ -102,6 +110,7 @@ impl Session {
             tokens: Vec::new(),
             lengths: Vec::new(),
             starts: Vec::new(),
+            slots: Vec::new(),
         })
     }
 
@@ -173,6 +182,7 @@ impl Session {
         self.starts.clear();
         self.lengths.clear();
         self.tokens.clear();
+        self.slots.clear();
         let mut off = 0;
         for (b, &len) in lengths.iter().enumerate() {
             let len = len as usize;
@@ -203,6 +213,7 @@ impl Session {
             }
             self.starts.push(start);
             self.lengths.push(len);
+            self.slots.push(b);
             off += len;
         }
         let needed = self.logits_len(lengths, last_only);
@@ -217,14 +228,70 @@ impl Session {
         }
         self.cache.ensure_slots(n_seq)?;
 
-        let batch = Batch {
-            tokens: &self.tokens,
-            lengths: &self.lengths,
-            start_pos: &self.starts,
-        };
+        // Passes of at most UBATCH tokens: runs of whole rows, and rows
+        // longer than that in pieces (only a row's last piece makes its last
+        // token's logits).
+        let per_row = needed / n_seq;
+        let out = &mut out[..needed];
+        let (tokens, lengths, starts, slots) =
+            (&self.tokens, &self.lengths, &self.starts, &self.slots);
         let (model, cache, scratch) = (&*self.model, &mut self.cache, &mut self.scratch);
         self.pool.enter(|| {
-            llama::forward(model, cache, scratch, &batch, last_only, &mut out[..needed])
+            let (mut b, mut off) = (0, 0);
+            while b < n_seq {
+                if lengths[b] > UBATCH {
+                    let (len, row) = (lengths[b], &mut out[b * per_row..(b + 1) * per_row]);
+                    let mut p = 0;
+                    while p < len {
+                        let n = (len - p).min(UBATCH);
+                        let batch = Batch {
+                            tokens: &tokens[off + p..off + p + n],
+                            lengths: &[n],
+                            start_pos: &[starts[b] + p],
+                            slots: &slots[b..b + 1],
+                        };
+                        let logits = match (last_only, p + n == len) {
+                            (true, true) => Logits::Last(&mut row[..]),
+                            (true, false) => Logits::None,
+                            (false, _) => Logits::All {
+                                out: &mut row[p * vocab..(p + n) * vocab],
+                                row_stride: n * vocab,
+                            },
+                        };
+                        llama::forward(model, cache, scratch, &batch, logits);
+                        p += n;
+                    }
+                    if !last_only {
+                        row[len * vocab..].fill(0.0);
+                    }
+                    off += len;
+                    b += 1;
+                } else {
+                    let (mut e, mut n) = (b, 0);
+                    while e < n_seq && n + lengths[e] <= UBATCH {
+                        n += lengths[e];
+                        e += 1;
+                    }
+                    let batch = Batch {
+                        tokens: &tokens[off..off + n],
+                        lengths: &lengths[b..e],
+                        start_pos: &starts[b..e],
+                        slots: &slots[b..e],
+                    };
+                    let rows = &mut out[b * per_row..e * per_row];
+                    let logits = if last_only {
+                        Logits::Last(rows)
+                    } else {
+                        Logits::All {
+                            out: rows,
+                            row_stride: per_row,
+                        }
+                    };
+                    llama::forward(model, cache, scratch, &batch, logits);
+                    off += n;
+                    b = e;
+                }
+            }
         })?;
         for (b, (&len, &start)) in self.lengths.iter().zip(&self.starts).enumerate() {
             self.cache.set_len(b, start + len);

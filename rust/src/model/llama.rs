@@ -14,11 +14,27 @@ use crate::kernels::{rmsnorm, rope_rotate_half, softmax, swiglu};
 use crate::pool::{current_threads, parallel_chunks, parallel_for, thread_index};
 
 /// A ragged batch: row `b` has `lengths[b]` tokens (concatenated in `tokens`)
-/// at positions `start_pos[b]..`; it reads and fills KV-cache slot `b`.
+/// at positions `start_pos[b]..`; it reads and fills KV-cache slot
+/// `slots[b]`.
 pub struct Batch<'a> {
     pub tokens: &'a [u32],
     pub lengths: &'a [usize],
     pub start_pos: &'a [usize],
+    pub slots: &'a [usize],
+}
+
+/// Which logits a forward pass writes, and where.
+pub enum Logits<'o> {
+    /// None: a piece of a prompt that does not end its row.
+    None,
+    /// Each row's last token, `[rows][vocab]`.
+    Last(&'o mut [f32]),
+    /// Every token, row `b`'s at `b * row_stride` (`[rows][longest][vocab]`
+    /// when `row_stride` is `longest * vocab`), padded with zeros.
+    All {
+        out: &'o mut [f32],
+        row_stride: usize,
+    },
 }
 
 /// Activations reused from call to call; they only grow, so a steady decode
@@ -158,14 +174,7 @@ fn attend_run<'o, T: KvElem>(
 
 /// Runs the batch and writes logits into `out` (sized by `logits_len`).
 /// The caller has validated tokens, positions and sizes.
-pub fn forward(
-    model: &Model,
-    cache: &mut KvCache,
-    s: &mut Scratch,
-    batch: &Batch,
-    last_only: bool,
-    out: &mut [f32],
-) {
+pub fn forward(model: &Model, cache: &mut KvCache, s: &mut Scratch, batch: &Batch, logits: Logits) {
     let cfg = &model.config;
     let w = &model.weights;
     let (h, hd, qd, kvd, ffn) = (
@@ -188,7 +197,7 @@ pub fn forward(
     s.seq_of.clear();
     for (b, (&len, &start)) in batch.lengths.iter().zip(batch.start_pos).enumerate() {
         s.pos.extend(start..start + len);
-        s.seq_of.extend(std::iter::repeat(b).take(len));
+        s.seq_of.extend(std::iter::repeat(batch.slots[b]).take(len));
     }
     grow(&mut s.x, n_tok * h);
     grow(&mut s.xn, n_tok * h);
@@ -315,28 +324,31 @@ pub fn forward(
     // Output head: only the rows the caller asked for.
     let vocab = cfg.vocab_size;
     let head = w.output();
-    if last_only {
-        let mut off = 0;
-        for (b, &len) in batch.lengths.iter().enumerate() {
-            let r = off + len - 1;
-            rmsnorm(
-                &mut xn[b * h..(b + 1) * h],
-                &x[r * h..(r + 1) * h],
-                &w.norm,
-                eps,
-            );
-            off += len;
+    match logits {
+        Logits::None => {}
+        Logits::Last(out) => {
+            let mut off = 0;
+            for (b, &len) in batch.lengths.iter().enumerate() {
+                let r = off + len - 1;
+                rmsnorm(
+                    &mut xn[b * h..(b + 1) * h],
+                    &x[r * h..(r + 1) * h],
+                    &w.norm,
+                    eps,
+                );
+                off += len;
+            }
+            head.matmul(out, vocab, xn, batch.lengths.len(), h, vocab);
         }
-        head.matmul(out, vocab, xn, batch.lengths.len(), h, vocab);
-    } else {
-        rmsnorm(xn, x, &w.norm, eps);
-        let longest = batch.lengths.iter().copied().max().unwrap_or(0);
-        let mut off = 0;
-        for (b, &len) in batch.lengths.iter().enumerate() {
-            let rows = &mut out[b * longest * vocab..(b + 1) * longest * vocab];
-            head.matmul(rows, vocab, &xn[off * h..], len, h, vocab);
-            rows[len * vocab..].fill(0.0);
-            off += len;
+        Logits::All { out, row_stride } => {
+            rmsnorm(xn, x, &w.norm, eps);
+            let mut off = 0;
+            for (b, &len) in batch.lengths.iter().enumerate() {
+                let rows = &mut out[b * row_stride..(b + 1) * row_stride];
+                head.matmul(rows, vocab, &xn[off * h..], len, h, vocab);
+                rows[len * vocab..].fill(0.0);
+                off += len;
+            }
         }
     }
 }
