@@ -948,6 +948,8 @@ def _others_busy_since(before):
     return max(0.0, (after[0] - before[0] - ours) / (after[1] - before[1]))
 
 
+# Issue 5: peak RSS within the file size plus the KV cache plus this share.
+RSS_SLACK = 0.10
 SPREAD_WARN = 1.25  # fastest / slowest run above this marks a cell as noisy
 BUSY_WARN = 0.10  # above this share of the CPUs busy with other work before a run, the table warns
 
@@ -1058,6 +1060,13 @@ def summarize(report):
         r["peak_rss"] = ratio(ours.get("peak_rss_bytes"), theirs.get("peak_rss_bytes")) if loaded else None
         ratios[typ] = r
     report["ratios"] = ratios
+    for cell in report["results"]:
+        # Issue 5's memory bound: the file, the KV cache of the session's
+        # context (f16), and RSS_SLACK more.
+        size = report["models"].get(cell["type"], {}).get("file_bytes")
+        n_ctx = (cell.get("info") or {}).get("n_ctx")
+        if cell["engine"] == "pyffi" and size and n_ctx and cell.get("peak_rss_bytes"):
+            cell["rss_bound_bytes"] = (1 + RSS_SLACK) * (size + kv_pos * n_ctx)
     for cell in report["results"] + [(report.get("overhead") or {}).get("python") or {}]:
         st = cell.get("streaming")
         if st and st.get("plain_s"):
@@ -1170,6 +1179,13 @@ def format_table(report):
         lines.append("GFLOP/s: the prompt's floating-point operations (2 per multiply-add of the matmuls and of "
                      "attention) per second, whatever the number type; % of the float32 multiply-add probe, the "
                      "ceiling for F16 weights computed in float32.")
+    bounds = [(c["type"], c["peak_rss_bytes"], c["rss_bound_bytes"], c["info"]["n_ctx"])
+              for c in report["results"] if c.get("rss_bound_bytes")]
+    if bounds:
+        lines.append(f"pyffi's peak RSS against the file + its f16 KV cache (n_ctx {bounds[0][3]}) + "
+                     f"{100 * RSS_SLACK:.0f}%: " + ", ".join(
+                         f"{typ} {_mib(rss)} / {_mib(bound)} MiB" + ("" if rss <= bound else " (over)")
+                         for typ, rss, bound, _ in bounds))
     shares = [(x.get("bw_share") or 0) for c in report["results"] for x in (c.get("summary") or {}).values()]
     if shares and max(shares) > 1:
         lines.append("Over 100%: the weights partly stay in the CPU's caches between tokens (a small model), "

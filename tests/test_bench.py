@@ -136,6 +136,25 @@ def test_table_shows_every_cell_and_errors():
     flops = bench.prefill_flops_per_token("tinyllama-1.1b", 512) * 512 / 5.0 / 1e9
     assert f"| {flops:.0f} ({100 * flops / 200:.0f}%) |" in table
     # Streaming: median against median (1.02 / 1.0, 0.0044 / 0.004).
+    # No file size or context in the fake cells: no memory bound printed.
+    assert "peak RSS against" not in table
     callback, stream = [line for line in table.splitlines() if "against plain generate" in line]
     assert "callback=" in callback and "q4_0 32 tokens +1.0%" in callback and "stories260K 56 tokens +0.5%" in callback
     assert "stream=True" in stream and "q4_0 32 tokens +2.0%" in stream and "stories260K 56 tokens +10.0%" in stream
+
+
+def test_peak_rss_against_the_file_and_kv_cache():
+    rep = _fake_report()
+    rep["models"]["q4_0"]["file_bytes"] = 600 * 2**20
+    rep["results"][1]["info"] = {"n_ctx": 1024}
+    kv = bench.kv_bytes_per_position("tinyllama-1.1b") * 1024
+    bound = 1.1 * (600 * 2**20 + kv)
+    r = bench.summarize(rep)
+    assert r["results"][1]["rss_bound_bytes"] == pytest.approx(bound)
+    assert "rss_bound_bytes" not in r["results"][0]  # llama.cpp's cells: the bound is ours
+    line = [x for x in bench.format_table(r).splitlines() if "peak RSS against" in x][0]
+    over = 1400e6 > bound  # the fake pyffi cell peaks at 1400e6 bytes
+    assert f"q4_0 {1400e6 / 2**20:.0f} / {bound / 2**20:.0f} MiB" in line and ("(over)" in line) == over
+    rep["results"][1]["peak_rss_bytes"] = int(bound) - 1
+    assert "(over)" not in [x for x in bench.format_table(bench.summarize(rep)).splitlines()
+                            if "peak RSS against" in x][0]
