@@ -224,6 +224,61 @@ pub fn dot_q6k(w: &[u8], x: &[BlockQ8K]) -> f32 {
     sum
 }
 
+/// Matmuls of fewer tokens than this sum k-quant rows as llama.cpp's
+/// per-row dot products do (`Rounding::Lanes`); from this many on, as its
+/// tiled k-quant matmul does.
+pub const LANES_BELOW: usize = 8;
+
+/// How a k-quant row's float sums are rounded, which depends on how many
+/// tokens the matmul has (`LANES_BELOW`), as llama.cpp's do.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Rounding {
+    /// Its tiled matmul: one rounding per super-block (`tiled_add`).
+    Tiled,
+    /// Its per-row dot products (`ggml_vec_dot_*_q8_K`, AVX2): eight float
+    /// lanes. Only Q6_K follows them so far; Q4_K and Q5_K keep `Tiled`.
+    Lanes,
+}
+
+impl Rounding {
+    pub fn for_tokens(n_tok: usize) -> Rounding {
+        if n_tok < LANES_BELOW {
+            Rounding::Lanes
+        } else {
+            Rounding::Tiled
+        }
+    }
+}
+
+/// A Q6_K row as llama.cpp's AVX2 `ggml_vec_dot_q6_K_q8_K` sums it: per
+/// super-block eight i32 lanes, lane m holding values 4m..4m+3 of each 32
+/// (stored as q + 32) times their group's scale, less 32 * (scale * bsum)
+/// of groups 2m and 2m+1; each lane then converted and added to a float
+/// lane with one fused multiply-add by (d * dy); the lanes added at the end
+/// as `quant::lane_sum` adds them.
+pub fn dot_q6k_lanes(w: &[u8], x: &[BlockQ8K]) -> f32 {
+    let mut q = [0i8; QK_K];
+    let mut acc = [0.0f32; 8];
+    for (b, y) in w.chunks_exact(210).zip(x) {
+        unpack_q6k(b, &mut q);
+        let sc = |g: usize| q6k_scales(b)[g] as i8 as i32;
+        let d = h(&b[208..]) * y.d;
+        for (m, a) in acc.iter_mut().enumerate() {
+            let mut lane = 0i32;
+            for c in 0..8 {
+                let p: i32 = (32 * c + 4 * m..32 * c + 4 * m + 4)
+                    .map(|v| (q[v] as i32 + 32) * y.qs[v] as i32)
+                    .sum();
+                lane += sc(2 * c + m / 4) * p;
+            }
+            lane -= 32
+                * (sc(2 * m) * y.bsums[2 * m] as i32 + sc(2 * m + 1) * y.bsums[2 * m + 1] as i32);
+            *a = d.mul_add(lane as f32, *a);
+        }
+    }
+    super::quant::lane_sum(&acc)
+}
+
 pub fn dequantize_q45k(w: &[u8], five_bits: bool, out: &mut [f32]) {
     let bb = if five_bits { 176 } else { 144 };
     let mut q = [0u8; QK_K];

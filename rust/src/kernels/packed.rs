@@ -278,6 +278,7 @@ impl PackedMatrix {
         if groups > 0 && self.t.is_k() {
             let dst = SharedOut(out.as_mut_ptr());
             let (t, nb, rows) = (self.t, self.blocks(), self.group);
+            let rounding = super::kquant::Rounding::for_tokens(n_tok);
             packed_k::with_activations(x, n_tok, n_in, |qx| {
                 let tok = |k: usize| &qx[k * nb..(k + 1) * nb];
                 self.for_each_tile(n_tok, |grp, g, tk, four| {
@@ -296,6 +297,7 @@ impl PackedMatrix {
                                 out,
                                 out_stride,
                                 k,
+                                rounding,
                             )
                         } else {
                             packed_k::group_dot::<1>(
@@ -307,6 +309,7 @@ impl PackedMatrix {
                                 out,
                                 out_stride,
                                 k,
+                                rounding,
                             )
                         }
                     }
@@ -1027,8 +1030,9 @@ mod tests {
                     "{t:?} {rows}x{cols}, {n_tok} tokens, token {tk} row {r}: {g} vs {e}"
                 );
                 // Q8_0 rows sum in llama.cpp's lanes, packed or not, alone
-                // or in a tile: the same floats.
-                if t == QuantType::Q8_0 {
+                // or in a tile; Q6_K rows in its lanes below 8 tokens and
+                // in its tiled steps from 8: the same floats.
+                if t == QuantType::Q8_0 || t == QuantType::Q6_K {
                     assert_eq!(
                         g.to_bits(),
                         e.to_bits(),

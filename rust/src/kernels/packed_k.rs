@@ -42,7 +42,7 @@ use std::cell::RefCell;
 
 use half::f16;
 
-use super::kquant::{self, pack_scale_min, q6k_values, scale_min, BlockQ8K, QK_K};
+use super::kquant::{self, pack_scale_min, q6k_values, scale_min, BlockQ8K, Rounding, QK_K};
 use super::packed::Kernels;
 use super::quant::QuantType;
 
@@ -247,10 +247,12 @@ pub(crate) unsafe fn group_dot<const N: usize>(
     out: *mut f32,
     stride: usize,
     k: Kernels,
+    rounding: Rounding,
 ) {
     debug_assert!(
         xs.iter().all(|x| x.len() == nb) && grp.len() == nb * Layout { g }.superblock_bytes(t)
     );
+    let lanes = t == QuantType::Q6_K && rounding == Rounding::Lanes;
     #[cfg(target_arch = "x86_64")]
     if k != Kernels::Plain {
         let p = grp.as_ptr();
@@ -259,9 +261,13 @@ pub(crate) unsafe fn group_dot<const N: usize>(
                 avx2::group_q45k::<N, false>(p, nb, xs, out, stride)
             }
             (QuantType::Q5_K, Kernels::Avx2) => avx2::group_q45k::<N, true>(p, nb, xs, out, stride),
+            (QuantType::Q6_K, Kernels::Avx2) if lanes => {
+                avx2::group_q6k_lanes::<N>(p, nb, xs, out, stride)
+            }
             (QuantType::Q6_K, Kernels::Avx2) => avx2::group_q6k::<N>(p, nb, xs, out, stride),
             (QuantType::Q4_K, _) => avx512::group_q45k::<N, false>(p, nb, xs, out, stride),
             (QuantType::Q5_K, _) => avx512::group_q45k::<N, true>(p, nb, xs, out, stride),
+            (QuantType::Q6_K, _) if lanes => avx512::group_q6k_lanes::<N>(p, nb, xs, out, stride),
             (QuantType::Q6_K, _) => avx512::group_q6k::<N>(p, nb, xs, out, stride),
             _ => unreachable!("{t:?} has no packed k-quant layout"),
         }
@@ -270,7 +276,7 @@ pub(crate) unsafe fn group_dot<const N: usize>(
     let _ = k;
     for (k, x) in xs.iter().enumerate() {
         for r in 0..g {
-            *out.add(k * stride + r) = row_dot_scalar(t, g, grp, r, x, per_pair_sums(N));
+            *out.add(k * stride + r) = row_dot_scalar(t, g, grp, r, x, per_pair_sums(N), rounding);
         }
     }
 }
@@ -293,10 +299,12 @@ fn row_dot_scalar(
     r: usize,
     x: &[BlockQ8K],
     pairs: bool,
+    rounding: Rounding,
 ) -> f32 {
     let l = Layout { g };
     let sbb = l.superblock_bytes(t);
     let (mut out, mut out_min) = (0.0f32, 0.0f32);
+    let mut lanes = [0.0f32; 8];
     for (b, y) in x.iter().enumerate() {
         let sb = &grp[b * sbb..(b + 1) * sbb];
         let half = |at: usize| f16::from_le_bytes([sb[at + 2 * r], sb[at + 2 * r + 1]]).to_f32();
@@ -330,6 +338,23 @@ fn row_dot_scalar(
                     }
                 }
             }
+            QuantType::Q6_K if rounding == Rounding::Lanes => {
+                // `kquant::dot_q6k_lanes`'s steps.
+                let sc = |j: usize| sb[l.scales() + l.entry(j, r)] as i8 as i32;
+                for (m, a) in lanes.iter_mut().enumerate() {
+                    let mut lane = 0i32;
+                    for c in 0..8 {
+                        let p: i32 = (32 * c + 4 * m..32 * c + 4 * m + 4)
+                            .map(|v| l.q6k_get(sb, v, r) as i32 * y.qs[v] as i32)
+                            .sum();
+                        lane += sc(2 * c + m / 4) * p;
+                    }
+                    lane -= 32
+                        * (sc(2 * m) * y.bsums[2 * m] as i32
+                            + sc(2 * m + 1) * y.bsums[2 * m + 1] as i32);
+                    *a = (d * y.d).mul_add(lane as f32, *a);
+                }
+            }
             QuantType::Q6_K => {
                 let mut sumi = 0i32;
                 for j in 0..16 {
@@ -345,6 +370,9 @@ fn row_dot_scalar(
             }
             _ => unreachable!(),
         }
+    }
+    if t == QuantType::Q6_K && rounding == Rounding::Lanes {
+        return super::quant::lane_sum(&lanes);
     }
     out - out_min
 }
@@ -698,6 +726,66 @@ mod avx2 {
             _mm256_storeu_ps(out.add(t * stride), *a);
         }
     }
+
+    /// Q6_K group of 8 rows against `N` tokens in `Rounding::Lanes`
+    /// (`kquant::dot_q6k_lanes`'s steps), one token at a time.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn group_q6k_lanes<const N: usize>(
+        g: *const u8,
+        nb: usize,
+        xs: [&[BlockQ8K]; N],
+        out: *mut f32,
+        stride: usize,
+    ) {
+        for (t, x) in xs.iter().enumerate() {
+            q6k_lanes_one(g, nb, x, out.add(t * stride));
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    unsafe fn q6k_lanes_one(g: *const u8, nb: usize, x: &[BlockQ8K], out: *mut f32) {
+        let mut acc = [_mm256_setzero_ps(); 8];
+        for b in 0..nb {
+            let sb = g.add(b * Q6K_SB);
+            prefetch::<3>(sb);
+            let y = x.get_unchecked(b);
+            let q = sb.add(QS);
+            let tables = [0, 1, 2, 3].map(|v| load(sb.add(L.scales() + 32 * v)));
+            // Lane m starts at -32 * (scale * bsum) of groups 2m and 2m+1.
+            let mut lane: [__m256i; 8] = std::array::from_fn(|m| {
+                let sc = _mm256_srai_epi16::<8>(shuffle(tables[m / 2], &PAIR[m % 2]));
+                let corr = _mm256_madd_epi16(sc, bcast_bsums(y, 2 * m));
+                _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_slli_epi32::<5>(corr))
+            });
+            // Values 16gi + 4k..: lane 4 * (gi % 2) + k, times group gi's scale.
+            for gi in 0..16 {
+                let v = q.add(128 * gi);
+                if gi % 2 == 0 {
+                    prefetch::<4>(v);
+                }
+                let sc = _mm256_srai_epi16::<8>(shuffle(tables[gi / 4], &HIGH[gi % 4]));
+                for k in 0..4 {
+                    let p = _mm256_maddubs_epi16(load(v.add(32 * k)), bcast(y, 16 * gi + 4 * k));
+                    let m = 4 * (gi % 2) + k;
+                    lane[m] = _mm256_add_epi32(lane[m], _mm256_madd_epi16(p, sc));
+                }
+            }
+            let d = _mm256_mul_ps(
+                _mm256_cvtph_ps(_mm_load_si128(sb.add(L.d()) as *const __m128i)),
+                _mm256_set1_ps(y.d),
+            );
+            for (a, l) in acc.iter_mut().zip(lane) {
+                *a = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(l), *a);
+            }
+        }
+        let add = |x, y| _mm256_add_ps(x, y);
+        let r = add(
+            add(add(acc[4], acc[0]), add(acc[6], acc[2])),
+            add(add(acc[5], acc[1]), add(acc[7], acc[3])),
+        );
+        _mm256_storeu_ps(out, r);
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -961,5 +1049,83 @@ mod avx512 {
         for (t, a) in acc.iter().enumerate() {
             _mm512_storeu_ps(out.add(t * stride), *a);
         }
+    }
+
+    /// Q6_K group of 16 rows against `N` tokens in `Rounding::Lanes`
+    /// (`kquant::dot_q6k_lanes`'s steps), one token at a time: eight lane
+    /// accumulators per row.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
+    pub(super) unsafe fn group_q6k_lanes<const N: usize>(
+        g: *const u8,
+        nb: usize,
+        xs: [&[BlockQ8K]; N],
+        out: *mut f32,
+        stride: usize,
+    ) {
+        for (t, x) in xs.iter().enumerate() {
+            q6k_lanes_one(g, nb, x, out.add(t * stride));
+        }
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
+    #[inline]
+    unsafe fn q6k_lanes_one(g: *const u8, nb: usize, x: &[BlockQ8K], out: *mut f32) {
+        let zero = _mm512_setzero_si512();
+        let (m4, m30) = (_mm512_set1_epi8(0x0f), _mm512_set1_epi8(0x30));
+        let mut acc = [_mm512_setzero_ps(); 8];
+        for b in 0..nb {
+            let sb = g.add(b * Q6K_SB);
+            let y = x.get_unchecked(b);
+            let q = sb.add(QS);
+            let tables = [0, 1, 2, 3].map(|v| load(sb.add(L.scales() + 64 * v)));
+            // Lane m starts at -32 * (scale * bsum) of groups 2m and 2m+1.
+            let mut lane: [__m512i; 8] = std::array::from_fn(|m| {
+                let sc = _mm512_srai_epi16::<8>(shuffle(tables[m / 2], &PAIR[m % 2]));
+                let corr = _mm512_dpwssd_epi32(zero, sc, bcast_bsums(y, 2 * m));
+                _mm512_sub_epi32(zero, _mm512_slli_epi32::<5>(corr))
+            });
+            // Values 64 * run + 4m..: lane m % 8, times group 4 * run + m / 4's scale.
+            for qq in 0..4 {
+                let sc: [__m512i; 4] = std::array::from_fn(|run| {
+                    _mm512_srai_epi32::<24>(shuffle(tables[run], &TOP[qq]))
+                });
+                for m in 4 * qq..4 * qq + 4 {
+                    let v = q.add(192 * m);
+                    let (n0, n1, h) = (load(v), load(v.add(64)), load(v.add(128)));
+                    let runs = [
+                        _mm512_or_si512(
+                            _mm512_and_si512(n0, m4),
+                            _mm512_and_si512(_mm512_slli_epi16::<4>(h), m30),
+                        ),
+                        _mm512_or_si512(
+                            _mm512_and_si512(n1, m4),
+                            _mm512_and_si512(_mm512_slli_epi16::<2>(h), m30),
+                        ),
+                        _mm512_or_si512(
+                            _mm512_and_si512(_mm512_srli_epi16::<4>(n0), m4),
+                            _mm512_and_si512(h, m30),
+                        ),
+                        _mm512_or_si512(
+                            _mm512_and_si512(_mm512_srli_epi16::<4>(n1), m4),
+                            _mm512_and_si512(_mm512_srli_epi16::<2>(h), m30),
+                        ),
+                    ];
+                    for (run, &w) in runs.iter().enumerate() {
+                        let p = _mm512_dpbusd_epi32(zero, w, bcast(y, 64 * run + 4 * m));
+                        lane[m % 8] = _mm512_add_epi32(lane[m % 8], _mm512_mullo_epi32(p, sc[run]));
+                    }
+                }
+            }
+            let d = _mm512_mul_ps(halves(sb.add(L.d())), _mm512_set1_ps(y.d));
+            for (a, l) in acc.iter_mut().zip(lane) {
+                *a = _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(l), *a);
+            }
+        }
+        let add = |x, y| _mm512_add_ps(x, y);
+        let r = add(
+            add(add(acc[4], acc[0]), add(acc[6], acc[2])),
+            add(add(acc[5], acc[1]), add(acc[7], acc[3])),
+        );
+        _mm512_storeu_ps(out, r);
     }
 }

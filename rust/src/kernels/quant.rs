@@ -191,20 +191,21 @@ pub fn dot_row_scalar(t: QuantType, w: &[u8], x: &[BlockQ8]) -> f32 {
 /// Dot product of one k-quant row with Q8_K activations (the AVX2 kernel
 /// where the CPU has it, else `dot_row_k_scalar`).
 #[inline]
-pub fn dot_row_k(t: QuantType, w: &[u8], x: &[BlockQ8K]) -> f32 {
+pub fn dot_row_k(t: QuantType, w: &[u8], x: &[BlockQ8K], r: kquant::Rounding) -> f32 {
     #[cfg(target_arch = "x86_64")]
     if super::x86::has_avx2() {
         // SAFETY: the CPU has AVX2, FMA and F16C.
-        return unsafe { super::x86::dot_row_k(t, w, x) };
+        return unsafe { super::x86::dot_row_k(t, w, x, r) };
     }
-    dot_row_k_scalar(t, w, x)
+    dot_row_k_scalar(t, w, x, r)
 }
 
 /// The plain version of `dot_row_k` (the `kquant` functions).
-pub fn dot_row_k_scalar(t: QuantType, w: &[u8], x: &[BlockQ8K]) -> f32 {
+pub fn dot_row_k_scalar(t: QuantType, w: &[u8], x: &[BlockQ8K], r: kquant::Rounding) -> f32 {
     match t {
         QuantType::Q4_K => kquant::dot_q45k(w, false, x),
         QuantType::Q5_K => kquant::dot_q45k(w, true, x),
+        QuantType::Q6_K if r == kquant::Rounding::Lanes => kquant::dot_q6k_lanes(w, x),
         QuantType::Q6_K => kquant::dot_q6k(w, x),
         _ => unreachable!("32-value formats take Q8_0 activations"),
     }
@@ -224,13 +225,13 @@ pub fn dot_row4(t: QuantType, w: &[u8], xs: [&[BlockQ8]; 4]) -> [f32; 4] {
 
 /// `dot_row_k` for four tokens at once (see `dot_row4`).
 #[inline]
-pub fn dot_row_k4(t: QuantType, w: &[u8], xs: [&[BlockQ8K]; 4]) -> [f32; 4] {
+pub fn dot_row_k4(t: QuantType, w: &[u8], xs: [&[BlockQ8K]; 4], r: kquant::Rounding) -> [f32; 4] {
     #[cfg(target_arch = "x86_64")]
     if super::x86::has_avx2() {
         // SAFETY: the CPU has AVX2, FMA and F16C.
-        return unsafe { super::x86::dot_rows_k::<4>(t, w, xs) };
+        return unsafe { super::x86::dot_rows_k::<4>(t, w, xs, r) };
     }
-    xs.map(|x| dot_row_k_scalar(t, w, x))
+    xs.map(|x| dot_row_k_scalar(t, w, x, r))
 }
 
 /// Float32 values of one row (for embeddings and tests).
@@ -365,9 +366,10 @@ pub fn matmul(
             let mut buf = cell.borrow_mut();
             let qx = quantize_activations(&mut buf, x, n_tok, n_in, QK_K, kquant::quantize_row_q8k);
             let row_bytes = t.row_bytes(n_in);
+            let r = kquant::Rounding::for_tokens(n_tok);
             let (one, four) = (
-                |wr: &[u8], xa: &[BlockQ8K]| dot_row_k(t, wr, xa),
-                |wr: &[u8], xs: [&[BlockQ8K]; 4]| dot_row_k4(t, wr, xs),
+                |wr: &[u8], xa: &[BlockQ8K]| dot_row_k(t, wr, xa, r),
+                |wr: &[u8], xs: [&[BlockQ8K]; 4]| dot_row_k4(t, wr, xs, r),
             );
             rows_times_activations(dst, out_stride, w, row_bytes, qx, n_tok, n_out, one, four);
         });
@@ -679,7 +681,10 @@ mod tests {
     fn both_dots(t: QuantType, w: &[u8], a: &Acts) -> (f32, f32) {
         match a {
             Acts::Q8(x) => (dot_row(t, w, x), dot_row_scalar(t, w, x)),
-            Acts::Q8K(x) => (dot_row_k(t, w, x), dot_row_k_scalar(t, w, x)),
+            Acts::Q8K(x) => {
+                let r = kquant::Rounding::Tiled;
+                (dot_row_k(t, w, x, r), dot_row_k_scalar(t, w, x, r))
+            }
         }
     }
 
@@ -895,6 +900,46 @@ mod tests {
     }
 
     #[test]
+    fn q6k_rows_in_llama_cpps_lanes() {
+        // Matmuls of fewer than 8 tokens: the AVX2 dot in llama.cpp's eight
+        // lanes equals the scalar one bit for bit, one token or four, and
+        // the tiled sum up to float rounding.
+        let (t, lanes, tiled) = (
+            QuantType::Q6_K,
+            kquant::Rounding::Lanes,
+            kquant::Rounding::Tiled,
+        );
+        for nb in [1, 2, 5] {
+            for seed in 0..4u64 {
+                let n = nb * QK_K;
+                let w = rand_blocks(t, 1, n, 80 + seed);
+                let qs = rand_i8(n, 90 + seed, 127.0);
+                let Acts::Q8K(x) = acts_from(t, &qs, 0.01) else {
+                    unreachable!()
+                };
+                let slow = dot_row_k_scalar(t, &w, &x, lanes);
+                assert_eq!(
+                    dot_row_k(t, &w, &x, lanes).to_bits(),
+                    slow.to_bits(),
+                    "{nb} blocks"
+                );
+                assert_eq!(
+                    dot_row_k4(t, &w, [&x; 4], lanes).map(f32::to_bits),
+                    [slow.to_bits(); 4]
+                );
+                let other = dot_row_k_scalar(t, &w, &x, tiled);
+                let scale = term_scale(t, &w, &qs, 0.01);
+                assert!(
+                    (slow as f64 - other as f64).abs() <= 1e-5 * (1.0 + scale),
+                    "{slow} vs {other}"
+                );
+            }
+        }
+        assert_eq!(kquant::Rounding::for_tokens(7), lanes);
+        assert_eq!(kquant::Rounding::for_tokens(8), tiled);
+    }
+
+    #[test]
     fn four_token_dots_equal_one_token_dots() {
         for t in QuantType::ALL {
             for (j, &nb) in block_counts(t).iter().enumerate() {
@@ -934,9 +979,10 @@ mod tests {
                                 }
                             })
                             .collect();
+                        let r = kquant::Rounding::Tiled;
                         (
-                            dot_row_k4(t, &w, [xs[0], xs[1], xs[2], xs[3]]),
-                            xs.iter().map(|x| dot_row_k(t, &w, x)).collect(),
+                            dot_row_k4(t, &w, [xs[0], xs[1], xs[2], xs[3]], r),
+                            xs.iter().map(|x| dot_row_k(t, &w, x, r)).collect(),
                         )
                     }
                 };

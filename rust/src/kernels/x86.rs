@@ -12,7 +12,7 @@
 use std::arch::x86_64::*;
 use std::sync::atomic::{AtomicU8, Ordering};
 
-use super::kquant::{self, BlockQ8K};
+use super::kquant::{self, BlockQ8K, Rounding};
 use super::quant::{BlockQ8, QuantType};
 
 /// 0: not checked yet, 1: no AVX2/FMA/F16C, 2: all three.
@@ -64,8 +64,8 @@ pub unsafe fn dot_rows<const N: usize>(t: QuantType, w: &[u8], xs: [&[BlockQ8]; 
 /// # Safety
 /// The CPU must support AVX2, FMA and F16C (`has_avx2()`).
 #[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn dot_row_k(t: QuantType, w: &[u8], x: &[BlockQ8K]) -> f32 {
-    dot_rows_k::<1>(t, w, [x])[0]
+pub unsafe fn dot_row_k(t: QuantType, w: &[u8], x: &[BlockQ8K], r: Rounding) -> f32 {
+    dot_rows_k::<1>(t, w, [x], r)[0]
 }
 
 /// `dot_rows` for the k-quants.
@@ -73,11 +73,17 @@ pub unsafe fn dot_row_k(t: QuantType, w: &[u8], x: &[BlockQ8K]) -> f32 {
 /// # Safety
 /// The CPU must support AVX2, FMA and F16C (`has_avx2()`).
 #[target_feature(enable = "avx2,fma,f16c")]
-pub unsafe fn dot_rows_k<const N: usize>(t: QuantType, w: &[u8], xs: [&[BlockQ8K]; N]) -> [f32; N] {
+pub unsafe fn dot_rows_k<const N: usize>(
+    t: QuantType,
+    w: &[u8],
+    xs: [&[BlockQ8K]; N],
+    r: Rounding,
+) -> [f32; N] {
     match t {
         QuantType::Q4_K => dot_q45k::<N, false>(w, xs),
         QuantType::Q5_K => dot_q45k::<N, true>(w, xs),
-        QuantType::Q6_K => dot_q6k(w, xs),
+        QuantType::Q6_K if r == Rounding::Lanes => dot_q6k::<N, true>(w, xs),
+        QuantType::Q6_K => dot_q6k::<N, false>(w, xs),
         _ => unreachable!("32-value formats take Q8_0 activations"),
     }
 }
@@ -404,11 +410,14 @@ fn dot_q45k<const N: usize, const FIVE: bool>(w: &[u8], xs: [&[BlockQ8K]; N]) ->
 }
 
 #[target_feature(enable = "avx2,fma,f16c")]
-fn dot_q6k<const N: usize>(w: &[u8], xs: [&[BlockQ8K]; N]) -> [f32; N] {
+/// `LANES`: `kquant::dot_q6k_lanes`'s float steps, else `kquant::dot_q6k`'s
+/// (`tiled_add`); the i32 lanes are the same.
+fn dot_q6k<const N: usize, const LANES: bool>(w: &[u8], xs: [&[BlockQ8K]; N]) -> [f32; N] {
     let nb = common_blocks(w.len() / 210, &xs);
     let m4 = _mm256_set1_epi8(0x0f);
     let m2 = _mm256_set1_epi8(0x03);
     let mut acc = [0.0f32; N];
+    let mut lanes = [_mm256_setzero_ps(); N];
     for (i, b) in w.chunks_exact(210).take(nb).enumerate() {
         let bp = b.as_ptr();
         // SAFETY: all loads below stay within the block `b` (210 bytes), the
@@ -464,8 +473,21 @@ fn dot_q6k<const N: usize>(w: &[u8], xs: [&[BlockQ8K]; N]) -> [f32; N] {
             }
             let d = _mm_cvtss_f32(_mm256_castps256_ps128(f16_splat(bp.add(208))));
             for k in 0..N {
-                acc[k] = kquant::tiled_add(acc[k], d, hsum_epi32(sumi[k]), 0.0, 0, ys[k].d);
+                if LANES {
+                    let dk = _mm256_set1_ps(d * ys[k].d);
+                    lanes[k] = _mm256_fmadd_ps(dk, _mm256_cvtepi32_ps(sumi[k]), lanes[k]);
+                } else {
+                    acc[k] = kquant::tiled_add(acc[k], d, hsum_epi32(sumi[k]), 0.0, 0, ys[k].d);
+                }
             }
+        }
+    }
+    if LANES {
+        for k in 0..N {
+            let mut a = [0.0f32; 8];
+            // SAFETY: `a` holds the eight floats stored.
+            unsafe { _mm256_storeu_ps(a.as_mut_ptr(), lanes[k]) };
+            acc[k] = crate::kernels::quant::lane_sum(&a);
         }
     }
     acc
