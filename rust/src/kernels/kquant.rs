@@ -227,7 +227,7 @@ pub fn dot_q6k(w: &[u8], x: &[BlockQ8K]) -> f32 {
 /// Matmuls of fewer tokens than this sum k-quant rows as llama.cpp's
 /// per-row dot products do (`Rounding::Lanes`); from this many on, as its
 /// tiled k-quant matmul does.
-pub const LANES_BELOW: usize = 8;
+pub(crate) const LANES_BELOW: usize = 8;
 
 /// How a k-quant row's float sums are rounded, which depends on how many
 /// tokens the matmul has (`LANES_BELOW`), as llama.cpp's do.
