@@ -972,6 +972,34 @@ mod avx512 {
         }
     }
 
+    /// The 4-value groups `4m`, `64 + 4m`, `128 + 4m` and `192 + 4m` of the
+    /// 16 rows (values q + 32, 0..63) from their nibbles and 2-bit planes at
+    /// `v` (`192 * m` into the super-block's quants).
+    #[target_feature(enable = "avx512f,avx512bw")]
+    #[inline]
+    unsafe fn q6k_runs(v: *const u8) -> [__m512i; 4] {
+        let (m4, m30) = (_mm512_set1_epi8(0x0f), _mm512_set1_epi8(0x30));
+        let (n0, n1, h) = (load(v), load(v.add(64)), load(v.add(128)));
+        [
+            _mm512_or_si512(
+                _mm512_and_si512(n0, m4),
+                _mm512_and_si512(_mm512_slli_epi16::<4>(h), m30),
+            ),
+            _mm512_or_si512(
+                _mm512_and_si512(n1, m4),
+                _mm512_and_si512(_mm512_slli_epi16::<2>(h), m30),
+            ),
+            _mm512_or_si512(
+                _mm512_and_si512(_mm512_srli_epi16::<4>(n0), m4),
+                _mm512_and_si512(h, m30),
+            ),
+            _mm512_or_si512(
+                _mm512_and_si512(_mm512_srli_epi16::<4>(n1), m4),
+                _mm512_and_si512(_mm512_srli_epi16::<2>(h), m30),
+            ),
+        ]
+    }
+
     /// Q6_K group of 16 rows (nibbles and 2-bit planes) against `N` tokens.
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
     pub(super) unsafe fn group_q6k<const N: usize>(
@@ -1000,30 +1028,10 @@ mod avx512 {
             });
             // Quarter qq: value groups qq, 4 + qq, 8 + qq, 12 + qq (runs of
             // 4m.., 64 + 4m.., 128 + 4m.., 192 + 4m.. for m in 4qq..4qq+4).
-            let (m4, m30) = (_mm512_set1_epi8(0x0f), _mm512_set1_epi8(0x30));
             for qq in 0..4 {
                 let mut s = [[_mm512_setzero_si512(); 4]; N];
                 for m in 4 * qq..4 * qq + 4 {
-                    let v = q.add(192 * m);
-                    let (n0, n1, h) = (load(v), load(v.add(64)), load(v.add(128)));
-                    let runs = [
-                        _mm512_or_si512(
-                            _mm512_and_si512(n0, m4),
-                            _mm512_and_si512(_mm512_slli_epi16::<4>(h), m30),
-                        ),
-                        _mm512_or_si512(
-                            _mm512_and_si512(n1, m4),
-                            _mm512_and_si512(_mm512_slli_epi16::<2>(h), m30),
-                        ),
-                        _mm512_or_si512(
-                            _mm512_and_si512(_mm512_srli_epi16::<4>(n0), m4),
-                            _mm512_and_si512(h, m30),
-                        ),
-                        _mm512_or_si512(
-                            _mm512_and_si512(_mm512_srli_epi16::<4>(n1), m4),
-                            _mm512_and_si512(_mm512_srli_epi16::<2>(h), m30),
-                        ),
-                    ];
+                    let runs = q6k_runs(q.add(192 * m));
                     for t in 0..N {
                         for (run, &w) in runs.iter().enumerate() {
                             s[t][run] =
@@ -1071,7 +1079,6 @@ mod avx512 {
     #[inline]
     unsafe fn q6k_lanes_one(g: *const u8, nb: usize, x: &[BlockQ8K], out: *mut f32) {
         let zero = _mm512_setzero_si512();
-        let (m4, m30) = (_mm512_set1_epi8(0x0f), _mm512_set1_epi8(0x30));
         let mut acc = [_mm512_setzero_ps(); 8];
         for b in 0..nb {
             let sb = g.add(b * Q6K_SB);
@@ -1090,26 +1097,7 @@ mod avx512 {
                     _mm512_srai_epi32::<24>(shuffle(tables[run], &TOP[qq]))
                 });
                 for m in 4 * qq..4 * qq + 4 {
-                    let v = q.add(192 * m);
-                    let (n0, n1, h) = (load(v), load(v.add(64)), load(v.add(128)));
-                    let runs = [
-                        _mm512_or_si512(
-                            _mm512_and_si512(n0, m4),
-                            _mm512_and_si512(_mm512_slli_epi16::<4>(h), m30),
-                        ),
-                        _mm512_or_si512(
-                            _mm512_and_si512(n1, m4),
-                            _mm512_and_si512(_mm512_slli_epi16::<2>(h), m30),
-                        ),
-                        _mm512_or_si512(
-                            _mm512_and_si512(_mm512_srli_epi16::<4>(n0), m4),
-                            _mm512_and_si512(h, m30),
-                        ),
-                        _mm512_or_si512(
-                            _mm512_and_si512(_mm512_srli_epi16::<4>(n1), m4),
-                            _mm512_and_si512(_mm512_srli_epi16::<2>(h), m30),
-                        ),
-                    ];
+                    let runs = q6k_runs(q.add(192 * m));
                     for (run, &w) in runs.iter().enumerate() {
                         let p = _mm512_dpbusd_epi32(zero, w, bcast(y, 64 * run + 4 * m));
                         lane[m % 8] = _mm512_add_epi32(lane[m % 8], _mm512_mullo_epi32(p, sc[run]));
