@@ -262,12 +262,18 @@ pub(crate) unsafe fn group_dot<const N: usize>(
             }
             (QuantType::Q5_K, Kernels::Avx2) => avx2::group_q45k::<N, true>(p, nb, xs, out, stride),
             (QuantType::Q6_K, Kernels::Avx2) if lanes => {
-                avx2::group_q6k_lanes::<N>(p, nb, xs, out, stride)
+                for (t, x) in xs.iter().enumerate() {
+                    avx2::group_q6k_lanes(p, nb, x, out.add(t * stride));
+                }
             }
             (QuantType::Q6_K, Kernels::Avx2) => avx2::group_q6k::<N>(p, nb, xs, out, stride),
             (QuantType::Q4_K, _) => avx512::group_q45k::<N, false>(p, nb, xs, out, stride),
             (QuantType::Q5_K, _) => avx512::group_q45k::<N, true>(p, nb, xs, out, stride),
-            (QuantType::Q6_K, _) if lanes => avx512::group_q6k_lanes::<N>(p, nb, xs, out, stride),
+            (QuantType::Q6_K, _) if lanes => {
+                for (t, x) in xs.iter().enumerate() {
+                    avx512::group_q6k_lanes(p, nb, x, out.add(t * stride));
+                }
+            }
             (QuantType::Q6_K, _) => avx512::group_q6k::<N>(p, nb, xs, out, stride),
             _ => unreachable!("{t:?} has no packed k-quant layout"),
         }
@@ -727,24 +733,10 @@ mod avx2 {
         }
     }
 
-    /// Q6_K group of 8 rows against `N` tokens in `Rounding::Lanes`
-    /// (`kquant::dot_q6k_lanes`'s steps), one token at a time.
+    /// Q6_K group of 8 rows against one token in `Rounding::Lanes`
+    /// (`kquant::dot_q6k_lanes`'s steps): eight lane accumulators per row.
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub(super) unsafe fn group_q6k_lanes<const N: usize>(
-        g: *const u8,
-        nb: usize,
-        xs: [&[BlockQ8K]; N],
-        out: *mut f32,
-        stride: usize,
-    ) {
-        for (t, x) in xs.iter().enumerate() {
-            q6k_lanes_one(g, nb, x, out.add(t * stride));
-        }
-    }
-
-    #[target_feature(enable = "avx2,fma,f16c")]
-    #[inline]
-    unsafe fn q6k_lanes_one(g: *const u8, nb: usize, x: &[BlockQ8K], out: *mut f32) {
+    pub(super) unsafe fn group_q6k_lanes(g: *const u8, nb: usize, x: &[BlockQ8K], out: *mut f32) {
         let mut acc = [_mm256_setzero_ps(); 8];
         for b in 0..nb {
             let sb = g.add(b * Q6K_SB);
@@ -1059,25 +1051,10 @@ mod avx512 {
         }
     }
 
-    /// Q6_K group of 16 rows against `N` tokens in `Rounding::Lanes`
-    /// (`kquant::dot_q6k_lanes`'s steps), one token at a time: eight lane
-    /// accumulators per row.
+    /// Q6_K group of 16 rows against one token in `Rounding::Lanes`
+    /// (`kquant::dot_q6k_lanes`'s steps): eight lane accumulators per row.
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
-    pub(super) unsafe fn group_q6k_lanes<const N: usize>(
-        g: *const u8,
-        nb: usize,
-        xs: [&[BlockQ8K]; N],
-        out: *mut f32,
-        stride: usize,
-    ) {
-        for (t, x) in xs.iter().enumerate() {
-            q6k_lanes_one(g, nb, x, out.add(t * stride));
-        }
-    }
-
-    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
-    #[inline]
-    unsafe fn q6k_lanes_one(g: *const u8, nb: usize, x: &[BlockQ8K], out: *mut f32) {
+    pub(super) unsafe fn group_q6k_lanes(g: *const u8, nb: usize, x: &[BlockQ8K], out: *mut f32) {
         let zero = _mm512_setzero_si512();
         let mut acc = [_mm512_setzero_ps(); 8];
         for b in 0..nb {
