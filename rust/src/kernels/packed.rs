@@ -503,7 +503,10 @@ unsafe fn group_dot<const N: usize>(
             return avx2::group_q4_0::<N>(grp.as_ptr(), nb, xs, bias, out, stride)
         }
         (Kernels::Avx2, QuantType::Q8_0) => {
-            return avx2::group_q8_0_lanes::<N>(grp.as_ptr(), nb, xs, out, stride)
+            for (t, x) in xs.iter().enumerate() {
+                avx2::group_q8_0_lanes(grp.as_ptr(), nb, x, out.add(t * stride));
+            }
+            return;
         }
         (Kernels::Vnni, QuantType::Q4_0) => {
             return avx512::group_q4_0::<N>(grp.as_ptr(), nb, xs, bias, out, stride)
@@ -603,15 +606,11 @@ pub(crate) struct BlockSums {
 
 impl BlockSums {
     fn of(y: &BlockQ8) -> BlockSums {
-        let lane = |l: usize| {
-            y.qs[4 * l..4 * l + 4]
-                .iter()
-                .map(|&v| v as i32)
-                .sum::<i32>()
-        };
+        let lane: [i32; 8] =
+            std::array::from_fn(|l| y.qs[4 * l..4 * l + 4].iter().map(|&v| v as i32).sum());
         BlockSums {
-            all: 8 * y.qs.iter().map(|&v| v as i32).sum::<i32>(),
-            lanes: std::array::from_fn(|l| -128 * lane(l)),
+            all: 8 * lane.iter().sum::<i32>(),
+            lanes: lane.map(|s| -128 * s),
         }
     }
 }
@@ -734,60 +733,34 @@ mod avx2 {
         }
     }
 
-    /// Q8_0 group of 8 rows (256 quant bytes per block) against `N` tokens,
+    /// Q8_0 group of 8 rows (256 quant bytes per block) against one token,
     /// in `super::Q8Lanes`: vector k's i32 lane r is row r's lane k (|w| as
-    /// unsigned bytes, -128 giving 128, times y with w's signs). One token at
-    /// a time: its 8 accumulators and the operands fill the 16 registers.
+    /// unsigned bytes, -128 giving 128, times y with w's signs). One token:
+    /// its 8 accumulators and the operands fill the 16 registers.
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub(super) unsafe fn group_q8_0_lanes<const N: usize>(
-        g: *const u8,
-        nb: usize,
-        xs: [&[BlockQ8]; N],
-        out: *mut f32,
-        stride: usize,
-    ) {
-        for (t, x) in xs.iter().enumerate() {
-            lanes_tile::<1>(g, nb, [*x], out.add(t * stride), stride);
-        }
-    }
-
-    #[target_feature(enable = "avx2,fma,f16c")]
-    #[inline]
-    unsafe fn lanes_tile<const N: usize>(
-        g: *const u8,
-        nb: usize,
-        xs: [&[BlockQ8]; N],
-        out: *mut f32,
-        stride: usize,
-    ) {
+    pub(super) unsafe fn group_q8_0_lanes(g: *const u8, nb: usize, x: &[BlockQ8], out: *mut f32) {
         let ones = _mm256_set1_epi16(1);
-        let mut acc = [[_mm256_setzero_ps(); 8]; N];
+        let mut acc = [_mm256_setzero_ps(); 8];
         for b in 0..nb {
             let (sc, qs) = super::block_at(32, b, super::GROUP);
             let q = g.add(qs);
             prefetch::<4>(q);
-            let ys: [&BlockQ8; N] = std::array::from_fn(|t| xs[t].get_unchecked(b));
-            let d = scales(g.add(sc));
-            let scale: [__m256; N] =
-                std::array::from_fn(|t| _mm256_mul_ps(d, _mm256_set1_ps(ys[t].d)));
-            for k in 0..8 {
+            let y = x.get_unchecked(b);
+            let scale = _mm256_mul_ps(scales(g.add(sc)), _mm256_set1_ps(y.d));
+            for (k, a) in acc.iter_mut().enumerate() {
                 let w = _mm256_load_si256(q.add(32 * k) as *const __m256i);
-                let a = _mm256_sign_epi8(w, w);
-                for t in 0..N {
-                    let p = _mm256_maddubs_epi16(a, _mm256_sign_epi8(bcast(ys[t], k), w));
-                    let lane = _mm256_cvtepi32_ps(_mm256_madd_epi16(p, ones));
-                    acc[t][k] = _mm256_fmadd_ps(scale[t], lane, acc[t][k]);
-                }
+                let p =
+                    _mm256_maddubs_epi16(_mm256_sign_epi8(w, w), _mm256_sign_epi8(bcast(y, k), w));
+                let lane = _mm256_cvtepi32_ps(_mm256_madd_epi16(p, ones));
+                *a = _mm256_fmadd_ps(scale, lane, *a);
             }
         }
-        for (t, a) in acc.iter().enumerate() {
-            let add = |x, y| _mm256_add_ps(x, y);
-            let r = add(
-                add(add(a[4], a[0]), add(a[6], a[2])),
-                add(add(a[5], a[1]), add(a[7], a[3])),
-            );
-            _mm256_storeu_ps(out.add(t * stride), r);
-        }
+        let add = |x, y| _mm256_add_ps(x, y);
+        let r = add(
+            add(add(acc[4], acc[0]), add(acc[6], acc[2])),
+            add(add(acc[5], acc[1]), add(acc[7], acc[3])),
+        );
+        _mm256_storeu_ps(out, r);
     }
 }
 
