@@ -114,15 +114,9 @@ pub fn hint_huge_pages<T>(ptr: *const T, len: usize) {
     let _ = (ptr, len);
 }
 
-/// An empty Vec with room for `n` values, on huge pages where possible.
-pub fn weight_buffer<T>(n: usize) -> Vec<T> {
-    let v = Vec::with_capacity(n);
-    hint_huge_pages(v.as_ptr(), n * std::mem::size_of::<T>());
-    v
-}
-
 /// Types whose all-zero bit pattern is the value zero.
-trait ZeroBits {}
+pub(crate) trait ZeroBits: Copy + 'static {}
+impl ZeroBits for u8 {}
 impl ZeroBits for f32 {}
 impl ZeroBits for half::f16 {}
 
@@ -151,6 +145,186 @@ fn zeroed<T: ZeroBits>(n: usize) -> Result<Vec<T>> {
     }
 }
 
+/// Memory for one model's weight matrices: a stretch of address space
+/// reserved at once (pages come as they are written), aligned to 2 MiB and
+/// advised onto 2 MiB pages, that hands out buffers end to end. A matrix in
+/// an allocation of its own keeps its unaligned ends on 4 KiB pages (over a
+/// third of a 1B model's weights), which decode reads more slowly; laid end
+/// to end, the matrices share their pages, and at most the last one is part
+/// full. Lives as long as the last buffer in it.
+pub(crate) struct WeightArena {
+    map: std::sync::Arc<AnonMap>,
+    used: std::cell::Cell<usize>,
+}
+
+/// An anonymous mapping, unmapped when dropped.
+struct AnonMap {
+    raw: *mut u8,
+    raw_len: usize,
+    /// The first 2 MiB boundary in it, and the bytes from there on.
+    base: *mut u8,
+    len: usize,
+}
+
+// SAFETY: the mapping is plain memory; the buffers cut from it are disjoint,
+// each written only through its own `&mut`.
+unsafe impl Send for AnonMap {}
+unsafe impl Sync for AnonMap {}
+
+impl Drop for AnonMap {
+    fn drop(&mut self) {
+        #[cfg(unix)]
+        // SAFETY: raw..raw+raw_len is the mapping `WeightArena::new` made,
+        // and no buffer points into it any more (each holds this map).
+        unsafe {
+            libc::munmap(self.raw as *mut libc::c_void, self.raw_len);
+        }
+    }
+}
+
+const HUGE_PAGE: usize = 2 << 20;
+
+impl WeightArena {
+    /// Room for `capacity` bytes of matrices; None where no anonymous
+    /// mapping can be made (the buffers then come from the heap).
+    #[cfg(unix)]
+    pub fn new(capacity: usize) -> Option<WeightArena> {
+        let raw_len = capacity.checked_add(HUGE_PAGE)?;
+        // SAFETY: a fresh private anonymous mapping; checked below.
+        let raw = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                raw_len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        if raw == libc::MAP_FAILED {
+            return None;
+        }
+        let raw = raw as *mut u8;
+        let skip = (raw as usize).next_multiple_of(HUGE_PAGE) - raw as usize;
+        // SAFETY: skip < HUGE_PAGE, inside the mapping.
+        let base = unsafe { raw.add(skip) };
+        hint_huge_pages(base, capacity);
+        Some(WeightArena {
+            map: std::sync::Arc::new(AnonMap {
+                raw,
+                raw_len,
+                base,
+                len: capacity,
+            }),
+            used: std::cell::Cell::new(0),
+        })
+    }
+
+    #[cfg(not(unix))]
+    pub fn new(_capacity: usize) -> Option<WeightArena> {
+        None
+    }
+
+    /// `n` zeros of `T`, 64-byte aligned, if they fit.
+    fn take<T: ZeroBits>(&self, n: usize) -> Option<ArenaBuf<T>> {
+        let bytes = n.checked_mul(std::mem::size_of::<T>())?;
+        let at = self
+            .used
+            .get()
+            .next_multiple_of(64.max(std::mem::align_of::<T>()));
+        let end = at.checked_add(bytes)?;
+        if end > self.map.len {
+            return None;
+        }
+        self.used.set(end);
+        Some(ArenaBuf {
+            _map: std::sync::Arc::clone(&self.map),
+            // SAFETY: at..end lies inside the mapping, aligned for T.
+            ptr: unsafe { self.map.base.add(at) } as *mut T,
+            len: n,
+        })
+    }
+}
+
+thread_local! {
+    /// The arena `weight_buffer` takes from on this thread, if any.
+    static ARENA: std::cell::RefCell<Option<WeightArena>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Run `f` with its `weight_buffer`s laid end to end in one `WeightArena`
+/// of `capacity` bytes (those that do not fit come from the heap).
+pub(crate) fn with_weight_arena<R>(capacity: usize, f: impl FnOnce() -> R) -> R {
+    let saved = ARENA.with(|a| a.replace(WeightArena::new(capacity)));
+    // Restore the outer arena even if `f` panics.
+    struct Restore(Option<Option<WeightArena>>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            let outer = self.0.take().flatten();
+            ARENA.with(|a| *a.borrow_mut() = outer);
+        }
+    }
+    let _restore = Restore(Some(saved));
+    f()
+}
+
+/// Memory for a weight matrix that lasts as long as the model: `n` zeros,
+/// from the current `with_weight_arena` where there is one and it has room,
+/// else from the heap (on huge pages where possible).
+pub(crate) fn weight_buffer<T: ZeroBits>(n: usize) -> Result<Buffer<T>> {
+    let from_arena = ARENA.with(|a| a.borrow().as_ref().and_then(|a| a.take(n)));
+    Ok(match from_arena {
+        Some(b) => Buffer::Arena(b),
+        None => Buffer::Heap(zeroed(n)?),
+    })
+}
+
+/// A buffer of values: a Vec, or a stretch of a `WeightArena`.
+pub enum Buffer<T: 'static> {
+    Heap(Vec<T>),
+    Arena(ArenaBuf<T>),
+}
+
+/// `len` values inside a `WeightArena`'s mapping, which they keep alive.
+pub struct ArenaBuf<T: 'static> {
+    _map: std::sync::Arc<AnonMap>,
+    ptr: *mut T,
+    len: usize,
+}
+
+// SAFETY: the values are this buffer's alone (the arena never hands out a
+// byte twice); they move and are shared as a Vec's would be.
+unsafe impl<T: Send> Send for ArenaBuf<T> {}
+unsafe impl<T: Sync> Sync for ArenaBuf<T> {}
+
+impl<T> std::ops::Deref for Buffer<T> {
+    type Target = [T];
+
+    fn deref(&self) -> &[T] {
+        match self {
+            Buffer::Heap(v) => v,
+            // SAFETY: ptr..ptr+len is this buffer's, aligned, zeroed at the
+            // start (a valid T: ZeroBits) and written only as T since.
+            Buffer::Arena(b) => unsafe { std::slice::from_raw_parts(b.ptr, b.len) },
+        }
+    }
+}
+
+impl<T> std::ops::DerefMut for Buffer<T> {
+    fn deref_mut(&mut self) -> &mut [T] {
+        match self {
+            Buffer::Heap(v) => v,
+            // SAFETY: as for Deref; `&mut self` makes the borrow exclusive.
+            Buffer::Arena(b) => unsafe { std::slice::from_raw_parts_mut(b.ptr, b.len) },
+        }
+    }
+}
+
+impl<T> From<Vec<T>> for Buffer<T> {
+    fn from(v: Vec<T>) -> Buffer<T> {
+        Buffer::Heap(v)
+    }
+}
+
 /// The little-endian bytes of `values`: borrowed (no copy) on little-endian
 /// hosts, converted on others.
 pub fn f32_le_bytes(values: &[f32]) -> std::borrow::Cow<'_, [u8]> {
@@ -170,7 +344,7 @@ pub fn f32_le_bytes(values: &[f32]) -> std::borrow::Cow<'_, [u8]> {
 /// reordering: no copy, no fresh pages to fault in at load, and the page
 /// cache's pages shared with every process that maps the same file).
 pub enum Store<T: 'static> {
-    Owned(Vec<T>),
+    Owned(Buffer<T>),
     Mapped(Mapped<T>),
 }
 
@@ -187,7 +361,13 @@ impl<T> std::ops::Deref for Store<T> {
 
 impl<T> From<Vec<T>> for Store<T> {
     fn from(v: Vec<T>) -> Store<T> {
-        Store::Owned(v)
+        Store::Owned(Buffer::Heap(v))
+    }
+}
+
+impl<T> From<Buffer<T>> for Store<T> {
+    fn from(b: Buffer<T>) -> Store<T> {
+        Store::Owned(b)
     }
 }
 
@@ -241,5 +421,76 @@ impl<T> std::ops::Deref for Mapped<T> {
         // SAFETY: `new` checked that ptr..ptr+len lies inside the mapping held
         // in `self._map` and is aligned for T, whose every bit pattern is valid.
         unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn is_arena<T>(b: &Buffer<T>) -> bool {
+        matches!(b, Buffer::Arena(_))
+    }
+
+    #[test]
+    fn weight_buffers_lie_end_to_end_in_the_arena_until_it_is_full() {
+        let (a, b, c, d) = with_weight_arena(1 << 20, || {
+            let a = weight_buffer::<u8>(1000).unwrap();
+            let b = weight_buffer::<half::f16>(3000).unwrap();
+            let c = weight_buffer::<f32>(100_000).unwrap(); // 400 KB more
+            let d = weight_buffer::<u8>(1 << 20).unwrap(); // no room left
+            (a, b, c, d)
+        });
+        assert!(is_arena(&a) && is_arena(&b) && is_arena(&c));
+        assert!(
+            !is_arena(&d),
+            "a buffer past the arena's room comes from the heap"
+        );
+        // Zeroed, 64-byte aligned, in order, not overlapping.
+        assert!(a.iter().all(|&v| v == 0) && b.iter().all(|v| v.to_f32() == 0.0));
+        assert!(c.iter().all(|&v| v == 0.0) && d.iter().all(|&v| v == 0));
+        let (pa, pb, pc) = (
+            a.as_ptr() as usize,
+            b.as_ptr() as usize,
+            c.as_ptr() as usize,
+        );
+        assert_eq!(pa % (2 << 20), 0, "the arena starts on a 2 MiB boundary");
+        assert!(pb % 64 == 0 && pc % 64 == 0);
+        assert!(pa + 1000 <= pb && pb + 6000 <= pc && pc - pb < 6000 + 64);
+        // Outside the scope, buffers come from the heap again.
+        assert!(!is_arena(&weight_buffer::<u8>(10).unwrap()));
+    }
+
+    #[test]
+    fn arena_buffers_are_written_and_read_as_their_own_and_outlive_the_scope() {
+        let mut bufs: Vec<Buffer<f32>> = with_weight_arena(1 << 16, || {
+            (0..4).map(|_| weight_buffer(1000).unwrap()).collect()
+        });
+        for (i, b) in bufs.iter_mut().enumerate() {
+            b.iter_mut()
+                .enumerate()
+                .for_each(|(j, v)| *v = (i * 1000 + j) as f32);
+        }
+        // Dropping some leaves the others intact (the mapping lives on).
+        let kept = bufs.split_off(2);
+        drop(bufs);
+        for (i, b) in kept.iter().enumerate() {
+            assert!(b
+                .iter()
+                .enumerate()
+                .all(|(j, &v)| v == ((i + 2) * 1000 + j) as f32));
+        }
+    }
+
+    #[test]
+    fn nested_arenas_restore_the_outer_one() {
+        with_weight_arena(1 << 16, || {
+            let outer = weight_buffer::<u8>(100).unwrap();
+            let inner = with_weight_arena(1 << 16, || weight_buffer::<u8>(100).unwrap());
+            let again = weight_buffer::<u8>(100).unwrap();
+            assert!(is_arena(&outer) && is_arena(&inner) && is_arena(&again));
+            // `again` follows `outer` in the outer arena.
+            assert_eq!(again.as_ptr() as usize, outer.as_ptr() as usize + 128);
+        });
     }
 }

@@ -60,6 +60,8 @@ fn rows_per_group(k: Kernels) -> usize {
 #[repr(C, align(64))]
 struct Chunk([u8; 64]);
 
+impl crate::tensor::ZeroBits for Chunk {}
+
 /// A Q4_0, Q8_0, Q4_K, Q5_K or Q6_K matrix `[rows][cols]` in the interleaved layout.
 pub struct PackedMatrix {
     t: QuantType,
@@ -68,7 +70,7 @@ pub struct PackedMatrix {
     /// Rows per group (`GROUP` or `WIDE_GROUP`).
     group: usize,
     /// Groups, then the tail rows in ggml's format.
-    data: Vec<Chunk>,
+    data: crate::tensor::Buffer<Chunk>,
 }
 
 /// Quant bytes per row and block (16 nibble bytes or 32 int8 values).
@@ -132,11 +134,11 @@ impl PackedMatrix {
             rows,
             cols,
             group,
-            data: Vec::new(),
+            data: Vec::new().into(),
         };
         let total = m.groups() * m.group_bytes() + m.tail_rows() * rb;
-        m.data = crate::tensor::weight_buffer(total.div_ceil(64));
-        m.data.resize(total.div_ceil(64), Chunk([0; 64]));
+        m.data = crate::tensor::weight_buffer(total.div_ceil(64))
+            .unwrap_or_else(|e| panic!("packing a {rows}x{cols} {t:?} matrix: {e}"));
         let (bb, gb, nb) = (t.block_bytes(), m.group_bytes(), m.blocks());
         let groups = m.groups();
         let buf = m.bytes_mut();

@@ -305,27 +305,15 @@ fn stacked(g: &Gguf, mut parts: Vec<(u8, Kept, usize, Cow<[u8]>)>, pack: bool) -
 }
 
 /// `n` float16 values from little-endian pieces, in one buffer of their own.
-fn f16_copy(pieces: &[&[u8]], n: usize) -> Vec<half::f16> {
-    let mut v: Vec<half::f16> = crate::tensor::weight_buffer(n);
+fn f16_copy(pieces: &[&[u8]], n: usize) -> crate::tensor::Buffer<half::f16> {
+    let mut v = crate::tensor::weight_buffer::<half::f16>(n)
+        .unwrap_or_else(|e| panic!("a float16 matrix of {n} values: {e}"));
+    let mut at = 0;
     for p in pieces {
-        let (len, add) = (v.len(), p.len() / 2);
-        if cfg!(target_endian = "little") {
-            // SAFETY: f16 is a plain 2-byte value and the file stores it
-            // little-endian like this machine; the capacity holds `add` more.
-            unsafe {
-                std::ptr::copy_nonoverlapping(
-                    p.as_ptr(),
-                    v.as_mut_ptr().add(len) as *mut u8,
-                    2 * add,
-                );
-                v.set_len(len + add);
-            }
-        } else {
-            v.extend(
-                p.chunks_exact(2)
-                    .map(|b| half::f16::from_le_bytes([b[0], b[1]])),
-            );
+        for (o, b) in v[at..at + p.len() / 2].iter_mut().zip(p.chunks_exact(2)) {
+            *o = half::f16::from_le_bytes([b[0], b[1]]);
         }
+        at += p.len() / 2;
     }
     v
 }
@@ -344,6 +332,15 @@ fn place(model: &mut Model, tg: Target, m: Matrix) {
 
 pub fn load_model(path: &Path) -> Result<Model> {
     let g = Gguf::open(path)?;
+    // The matrices copied out of the file (repacked, reordered) go end to
+    // end in one arena: room for the whole file, Q4_K's packed rows being
+    // 148 bytes to the file's 144, and each matrix's 64-byte alignment.
+    let file = g.bytes().len();
+    let room = file + file / 32 + (16 << 20);
+    crate::tensor::with_weight_arena(room, || load_from(path, &g))
+}
+
+fn load_from(path: &Path, g: &Gguf) -> Result<Model> {
     let config = config_of(&g).map_err(ctx(path))?;
     let permuted = g.architecture() == Some("llama");
     let (heads, kv_heads, hidden, ffn) = (

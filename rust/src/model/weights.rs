@@ -57,9 +57,12 @@ impl Matrix {
         if pack && Self::packs(t, len, rows) {
             Matrix::Packed(PackedMatrix::new(t, pieces, rows, cols))
         } else {
-            let mut v: Vec<u8> = crate::tensor::weight_buffer(len);
+            let mut v = crate::tensor::weight_buffer::<u8>(len)
+                .unwrap_or_else(|e| panic!("a {rows}-row {t:?} matrix: {e}"));
+            let mut at = 0;
             for p in pieces {
-                v.extend_from_slice(p);
+                v[at..at + p.len()].copy_from_slice(p);
+                at += p.len();
             }
             Matrix::Quant(t, v.into())
         }
