@@ -375,14 +375,20 @@ def compile_c(src, out, extra=()):
     return out
 
 
+_BUILT = {}
+
+
 def _probe(name, args, cache, extra=()):
-    """Build bench/NAME.c into the cache, run it with `args`, and return the
-    JSON line it prints (or {"error": ...})."""
+    """Build bench/NAME.c into the cache (once per process), run it with
+    `args`, and return the JSON line it prints (or {"error": ...})."""
     src = REPO / "bench" / f"{name}.c"
     if not src.is_file():
         return {"error": f"{src} not found (the probe needs a source checkout)"}
     try:
-        exe = compile_c(src, cache / "bin" / name, extra)
+        key = (name, str(cache), tuple(extra))
+        if key not in _BUILT:
+            _BUILT[key] = compile_c(src, cache / "bin" / name, extra)
+        exe = _BUILT[key]
         r = subprocess.run([str(exe), *map(str, args)], capture_output=True, text=True, timeout=300)
         if r.returncode != 0:
             return {"error": f"{name} exit {r.returncode}: {r.stderr.strip()[-300:]}"}
@@ -744,7 +750,7 @@ def _best_of(results):
     return min(ok, key=lambda r: r["ns_per_call"]) if ok else results[0]
 
 
-def measure_overhead(tiny, a, cache, calls=2000, rounds=7, span=64, pairs=2):
+def measure_overhead(tiny, a, cache, calls=2000, rounds=7, span=64, pairs=4):
     """Python's forward against the same calls from C, alternating Python and
     C `pairs` times and keeping the best median of each (noise only adds)."""
     log(f"per-call overhead on {tiny.name}, {a.overhead_threads} thread(s): Python and C, {pairs} times ...")
@@ -841,15 +847,18 @@ class _Served:
 
 
 SETTLE_S = 0.05  # pause before each turn of `run_engines`
+RUN_PROBE_MIB = 256  # the bandwidth probe around each decode run: 3 passes, a fraction of a second
 STREAM_REPS = 7  # runs of each generate mode (after a warm-up), alternating
 
 
-def run_engines(engines, model, args, timeout=None, extra=()):
+def run_engines(engines, model, args, timeout=None, extra=(), probe=None):
     """Every engine on one model, each in its own worker, loaded one after
     the other; then each test's runs alternate between the engines (the
     order flipped every run), never two at once. Run 0 of each engine and
     test is a warm-up. So both engines meet the same drift of a noisy
-    machine, run for run. Returns one result per engine (or its error)."""
+    machine, run for run. `probe()`, if given, reads the memory bandwidth
+    (GB/s, or None) just before and just after every timed decode run, for
+    that run's share of it. Returns one result per engine (or its error)."""
     import threading
     n_prompt, n_gen, depth = args.n_prompt, args.n_gen, args.depth
     tests = dict(zip(("pp", "tg", "tgd"), test_names(n_prompt, n_gen, depth)))
@@ -875,16 +884,22 @@ def run_engines(engines, model, args, timeout=None, extra=()):
                 for w in list(live):
                     w.run("tgd-setup")
             times = {w.engine: [] for w in live}
+            probes = {w.engine: [] for w in live}
             for r in range(args.reps + 1):
                 for w in (live if r % 2 == 0 else live[::-1]):
                     time.sleep(SETTLE_S)  # the other engine's idle threads stop spinning
+                    around = probe is not None and key != "pp" and r > 0
+                    ahead = probe() if around else None
                     dt = w.run(key)
                     if r:
                         times[w.engine].append(dt)
+                    if around:
+                        probes[w.engine].append([ahead, probe()])
             for w in live:
                 results[w.engine].setdefault("tests", {})[name] = {
                     "n_tokens": n_prompt if key == "pp" else n_gen, "times_s": times[w.engine],
-                    **({} if key == "pp" else {"first_pos": depth if key == "tgd" else 1})}
+                    **({} if key == "pp" else {"first_pos": depth if key == "tgd" else 1}),
+                    **({"probe_gb_per_s": probes[w.engine]} if probes[w.engine] else {})}
         for w in live:
             results[w.engine].update(w.finish())
     except Exception as err:
@@ -1040,6 +1055,14 @@ def summarize(report):
                 s["bytes_per_token"] = per_tok
                 s["gb_per_s"] = per_tok * rate / 1e9
                 s["bw_share"] = s["gb_per_s"] / cell_bw if cell_bw else None
+                # Each run against the higher of the probes just before and
+                # after it: the bandwidth moves between runs.
+                shares = [per_tok * t["n_tokens"] / x / 1e9 / max(p)
+                          for x, p in zip(t["times_s"], t.get("probe_gb_per_s") or [])
+                          if x > 0 and p and None not in p and max(p) > 0]
+                if shares and len(shares) == len(t["times_s"]):
+                    s["bw_shares"] = shares
+                    s["bw_share"] = statistics.median(shares)
             if name.startswith("pp") and rate:
                 s["gflop_per_s"] = prefill_flops_per_token(report["config"]["shape"], t["n_tokens"]) * rate / 1e9
                 s["fma_share"] = s["gflop_per_s"] / peak if peak else None
@@ -1119,8 +1142,8 @@ def format_table(report):
         def around(p):
             rates = [(p.get(k) or {}).get("gb_per_s") for k in ("before", "after")]
             return " / ".join("-" if r is None else f"{r:.1f}" for r in rates)
-        lines.append("read bandwidth probe before / after each type's runs, GB/s (the % probe below counts "
-                     "against the higher): " + ", ".join(f"{t} {around(p)}" for t, p in by_type.items()))
+        lines.append("read bandwidth probe before / after each type's runs, GB/s (where a run has no probes "
+                     "of its own, its % probe counts against the higher): " + ", ".join(f"{t} {around(p)}" for t, p in by_type.items()))
     fma = report.get("fma_probe", {})
     if "gflop_per_s" in fma:
         lines.append(f"float32 multiply-add probe ({fma['threads']} threads): {fma['gflop_per_s']:.1f} GFLOP/s")
@@ -1174,7 +1197,8 @@ def format_table(report):
     if spread_seen:
         lines.append(f"~: the fastest run was over {SPREAD_WARN}x the slowest (noisy; see the JSON for every run).")
     lines.append("GB/s: weight bytes as stored in the file plus an f16 KV cache, read per decoded token, times "
-                 "tokens per second; % of the probe.")
+                 "tokens per second; % probe: each run's rate against the higher of the read-bandwidth probes "
+                 "just before and just after it, the median over the runs.")
     if pp_names:
         lines.append("GFLOP/s: the prompt's floating-point operations (2 per multiply-add of the matmuls and of "
                      "attention) per second, whatever the number type; % of the float32 multiply-add probe, the "
@@ -1336,11 +1360,15 @@ def main(argv=None):
         busy = wait_quiet(a.wait_quiet)
         if busy is not None and busy > BUSY_WARN:
             log(f"  running anyway; other work keeps {100 * busy:.0f}% of the CPUs busy")
-        # This VM's memory bandwidth drifts by up to 2x from minute to
-        # minute: the shares count against the probe run around this type.
+        # This VM's memory bandwidth moves between two levels about 2x apart
+        # from minute to minute: each decode run's share counts against the
+        # probes run just before and after it (these two frame the type).
         around = [bandwidth_probe(a.threads, cache, mib=512, passes=6)] if not a.no_probe else []
+        probe = None if a.no_probe else (
+            lambda: bandwidth_probe(a.threads, cache, mib=RUN_PROBE_MIB, passes=3).get("gb_per_s"))
         ran = dict(zip(runnable, run_engines(runnable, m["path"], a, timeout=a.timeout,
-                                             extra=("--vocab", str(SHAPES[a.shape]["vocab"]))))) if runnable else {}
+                                             extra=("--vocab", str(SHAPES[a.shape]["vocab"])),
+                                             probe=probe))) if runnable else {}
         if not a.no_probe:
             around.append(bandwidth_probe(a.threads, cache, mib=512, passes=6))
             rates = [p["gb_per_s"] for p in around if "gb_per_s" in p]

@@ -28,6 +28,16 @@ def test_engines_take_turns_in_their_own_workers():
         assert len(t["times_s"]) == 2 and all(x > 0 for x in t["times_s"]), name
     assert res["tests"]["tg3@d8"]["first_pos"] == 8 and res["tests"]["tg3"]["first_pos"] == 1
     assert len(res["streaming"]["plain_s"]) == bench.STREAM_REPS
+    assert all("probe_gb_per_s" not in t for t in res["tests"].values())
+    # With a probe: one just before and one just after every timed decode
+    # run (not the warm-up, not the prompt), in the order they were taken.
+    readings = iter(range(1, 100))
+    [res] = bench.run_engines(["pyffi"], model, a, timeout=120, extra=("--vocab", "512"),
+                              probe=lambda: float(next(readings)))
+    assert "error" not in res, res.get("error")
+    assert "probe_gb_per_s" not in res["tests"]["pp8"]
+    assert res["tests"]["tg3"]["probe_gb_per_s"] == [[1.0, 2.0], [3.0, 4.0]]
+    assert res["tests"]["tg3@d8"]["probe_gb_per_s"] == [[5.0, 6.0], [7.0, 8.0]]
     [bad] = bench.run_engines(["pyffi"], FIXTURES / "no-such-model.gguf", a, timeout=120)
     assert "error" in bad and "no-such-model" in bad["error"]
 
@@ -121,6 +131,19 @@ def test_summary_ratios_and_bandwidth():
     again = bench.summarize(rep)["results"][0]["summary"]
     assert again["tg128"]["bw_share"] == pytest.approx(llama["tg128"]["bw_share"] / 2)
     assert "q4_0 70.0 / 80.0" in bench.format_table(bench.summarize(rep))
+    # Runs probed on their own count each against the higher of their two
+    # probes; the cell's share is the median of those.
+    rep = _fake_report()
+    rep["results"][0]["tests"]["tg128"]["probe_gb_per_s"] = [[40.0, 20.0], [10.0, 80.0], [None, 5.0]]
+    runs = bench.summarize(rep)["results"][0]["summary"]["tg128"]
+    assert "bw_shares" not in runs  # a run without both probes: the type's probes instead
+    assert runs["bw_share"] == pytest.approx(llama["tg128"]["bw_share"])
+    rep["results"][0]["tests"]["tg128"]["probe_gb_per_s"][2] = [50.0, 5.0]
+    runs = bench.summarize(rep)["results"][0]["summary"]["tg128"]
+    # Runs of 4, 3 and 5 s against 40, 80 and 50 GB/s.
+    want = [per_tok * 128 / x / 1e9 / p for x, p in ((4.0, 40.0), (3.0, 80.0), (5.0, 50.0))]
+    assert runs["bw_shares"] == pytest.approx(want)
+    assert runs["bw_share"] == pytest.approx(sorted(want)[1])
     # An engine that could not load the file is an error cell, not a crash.
     assert r["ratios"]["q4_k_m"]["pp512"] is None
     assert r["overhead"]["python_minus_c_ns"] == pytest.approx(10e3)
