@@ -7,14 +7,16 @@
 //!
 //! One group's super-block (256 values of each of the G rows), 64-byte
 //! aligned when G is 16, super-blocks back to back (`Layout` has the offsets):
-//! - Q4_K (148 bytes per row, against 144 in ggml's format): `0..2G` the
-//!   rows' d (f16), `2G..4G` their dmin, `4G..12G` the 6-bit scales as
-//!   bytes, `12G..20G` the mins as bytes (see `Layout::entry`), then 4 chunks
-//!   of 64 values, each 8 vectors of 4G bytes: vector k of chunk c holds row
-//!   r's nibble bytes 32c+4k..32c+4k+3 (low nibbles: sub-block 2c, values
-//!   4k..4k+3; high nibbles: sub-block 2c+1).
-//! - Q5_K (180 bytes per row, against 176): as Q4_K, with 8 vectors of
-//!   fifth bits between the tables and the quants (`20G..52G`, so that a
+//! - Q4_K (144 bytes per row, as in ggml's format): `0..2G` the rows' d
+//!   (f16), `2G..4G` their dmin, `4G..16G` the 12 bytes of 6-bit scales and
+//!   mins as ggml packs them (see `Layout::entry`: vector w holds each row's
+//!   bytes 4w..4w+3; the kernels unpack them, `Layout::scale_min` and
+//!   `unpack_scales_mins`), then 4 chunks of 64 values, each 8 vectors of 4G
+//!   bytes: vector k of chunk c holds row r's nibble bytes 32c+4k..32c+4k+3
+//!   (low nibbles: sub-block 2c, values 4k..4k+3; high nibbles: sub-block
+//!   2c+1).
+//! - Q5_K (176 bytes per row, as in ggml's format): as Q4_K, with 8 vectors
+//!   of fifth bits between the scales and the quants (`16G..48G`, so that a
 //!   super-block is read front to back): vector k holds row r's `qh` bytes
 //!   4k..4k+3 (bit j: the fifth bit of value 4k+i of sub-block j).
 //! - Q6_K: `0..2G` the rows' d, 2G zero bytes, `4G..20G` the 16 int8
@@ -42,7 +44,7 @@ use std::cell::RefCell;
 
 use half::f16;
 
-use super::kquant::{self, pack_scale_min, q6k_values, scale_min, BlockQ8K, Rounding, QK_K};
+use super::kquant::{self, q6k_values, scale_min, BlockQ8K, Rounding, QK_K};
 use super::packed::Kernels;
 use super::quant::QuantType;
 
@@ -61,31 +63,35 @@ impl Layout {
     const fn dmin(self) -> usize {
         2 * self.g
     }
-    /// The scale table (Q4_K/Q5_K: 8 entries per row; Q6_K: 16).
+    /// The scale table (Q4_K/Q5_K: ggml's 12 bytes of scales and mins per
+    /// row; Q6_K: 16 entries per row).
     const fn scales(self) -> usize {
         4 * self.g
-    }
-    /// Q4_K/Q5_K: the min table (8 entries per row).
-    const fn mins(self) -> usize {
-        12 * self.g
     }
     /// The quant vectors of `t`.
     const fn qs(self, t: QuantType) -> usize {
         match t {
-            QuantType::Q5_K => 52 * self.g,
+            QuantType::Q5_K => 48 * self.g,
+            QuantType::Q4_K => 16 * self.g,
             _ => 20 * self.g,
         }
     }
-    /// Q5_K: the fifth-bit vectors, between the tables and the quants (so
+    /// Q5_K: the fifth-bit vectors, between the scales and the quants (so
     /// that a super-block is read front to back).
     const fn highs(self) -> usize {
-        20 * self.g
+        16 * self.g
+    }
+    /// Q4_K/Q5_K: row `r`'s scale and min of sub-block `j` (`kquant::scale_min`
+    /// on its 12 packed bytes).
+    fn scale_min(self, sb: &[u8], j: usize, r: usize) -> (u8, u8) {
+        let packed: [u8; 12] = std::array::from_fn(|i| sb[self.scales() + self.entry(i, r)]);
+        scale_min(j, &packed)
     }
     /// Bytes of one super-block of `t`.
     pub(crate) const fn superblock_bytes(self, t: QuantType) -> usize {
         match t {
-            QuantType::Q4_K => 148 * self.g,
-            QuantType::Q5_K => 180 * self.g,
+            QuantType::Q4_K => 144 * self.g,
+            QuantType::Q5_K => 176 * self.g,
             QuantType::Q6_K if self.narrow6() => 212 * self.g,
             QuantType::Q6_K => 276 * self.g,
             _ => panic!("no packed k-quant layout"),
@@ -163,10 +169,8 @@ pub(crate) fn pack_group(t: QuantType, rows: &[&[u8]], nb: usize, dst: &mut [u8]
             match t {
                 QuantType::Q4_K | QuantType::Q5_K => {
                     sb[l.dmin() + 2 * r..l.dmin() + 2 * r + 2].copy_from_slice(&blk[2..4]);
-                    for j in 0..8 {
-                        let (sc, m) = scale_min(j, &blk[4..16]);
-                        sb[l.scales() + l.entry(j, r)] = sc;
-                        sb[l.mins() + l.entry(j, r)] = m;
+                    for (i, &b) in blk[4..16].iter().enumerate() {
+                        sb[l.scales() + l.entry(i, r)] = b;
                     }
                     let qs_at = if t == QuantType::Q5_K { 48 } else { 16 };
                     for (i, &q) in blk[qs_at..qs_at + 128].iter().enumerate() {
@@ -203,9 +207,9 @@ pub(crate) fn unpack_row(t: QuantType, g: usize, grp: &[u8], r: usize, out: &mut
             QuantType::Q4_K | QuantType::Q5_K => {
                 blk[0..2].copy_from_slice(d);
                 blk[2..4].copy_from_slice(&sb[l.dmin() + 2 * r..l.dmin() + 2 * r + 2]);
-                let ls: [u8; 8] = std::array::from_fn(|j| sb[l.scales() + l.entry(j, r)]);
-                let lm: [u8; 8] = std::array::from_fn(|j| sb[l.mins() + l.entry(j, r)]);
-                blk[4..16].copy_from_slice(&pack_scale_min(&ls, &lm));
+                for i in 0..12 {
+                    blk[4 + i] = sb[l.scales() + l.entry(i, r)];
+                }
                 let qs_at = if t == QuantType::Q5_K { 48 } else { 16 };
                 for i in 0..128 {
                     blk[qs_at + i] = sb[l.qs(t) + l.entry(i, r)];
@@ -321,8 +325,8 @@ fn row_dot_scalar(
                 let dmin = half(l.dmin());
                 let (mut sumi, mut summ) = (0i32, 0i32);
                 for j in 0..8 {
-                    let sc = sb[l.scales() + l.entry(j, r)] as i32;
-                    let m = sb[l.mins() + l.entry(j, r)] as i32;
+                    let (sc, m) = l.scale_min(sb, j, r);
+                    let (sc, m) = (sc as i32, m as i32);
                     let mut si = 0i32;
                     for i in 0..32 {
                         let mut q = (byte(32 * (j / 2) + i) >> (4 * (j % 2))) & 0xf;
@@ -422,9 +426,10 @@ mod avx2 {
     const Q4K_SB: usize = L.superblock_bytes(QuantType::Q4_K);
     const Q5K_SB: usize = L.superblock_bytes(QuantType::Q5_K);
     const Q6K_SB: usize = L.superblock_bytes(QuantType::Q6_K);
-    /// Where the quant vectors start: Q4_K/Q6_K, and Q5_K.
+    /// Where the quant vectors start: Q4_K, Q5_K, Q6_K.
     const QS: usize = L.qs(QuantType::Q4_K);
     const QS5: usize = L.qs(QuantType::Q5_K);
+    const QS6: usize = L.qs(QuantType::Q6_K);
 
     /// Activation bytes `at..at + 4` in every i32 lane.
     #[inline(always)]
@@ -515,6 +520,29 @@ mod avx2 {
     #[inline(always)]
     unsafe fn load(p: *const u8) -> __m256i {
         _mm256_load_si256(p as *const __m256i)
+    }
+
+    /// Q4_K/Q5_K: the rows' scales and mins, entries 0..3 and 4..7 (each
+    /// row's four in its i32 lane, `Layout::entry`), from the three vectors
+    /// of ggml's packed bytes at `p` (`kquant::scale_min`, four rows' bytes
+    /// at once: the shifts cross bytes only into bits the masks clear).
+    #[inline(always)]
+    unsafe fn unpack_scales_mins(p: *const u8) -> ([__m256i; 2], [__m256i; 2]) {
+        let (w0, w1, w2) = (load(p), load(p.add(32)), load(p.add(64)));
+        let (low6, low4, top2) = (
+            _mm256_set1_epi8(0x3f),
+            _mm256_set1_epi8(0x0f),
+            _mm256_set1_epi8(0x30),
+        );
+        let and = |a, b| _mm256_and_si256(a, b);
+        let high_bits = |w| and(_mm256_srli_epi32::<2>(w), top2);
+        (
+            [and(w0, low6), _mm256_or_si256(and(w2, low4), high_bits(w0))],
+            [
+                and(w1, low6),
+                _mm256_or_si256(and(_mm256_srli_epi32::<4>(w2), low4), high_bits(w1)),
+            ],
+        )
     }
 
     /// Bit `J` of each byte moved to bit 4 (the other bits cleared first).
@@ -622,8 +650,7 @@ mod avx2 {
                 std::array::from_fn(|t| _mm256_mul_ps(d, _mm256_set1_ps(ys[t].d)));
             let scale_min: [__m256; N] =
                 std::array::from_fn(|t| _mm256_mul_ps(dmin, _mm256_set1_ps(ys[t].d)));
-            let scales = [load(sb.add(L.scales())), load(sb.add(L.scales() + 32))];
-            let mins = [load(sb.add(L.mins())), load(sb.add(L.mins() + 32))];
+            let (scales, mins) = unpack_scales_mins(sb.add(L.scales()));
             let sc = |j: usize| shuffle(scales[j / 4], &DUP[j % 4]);
             let mut sumi = [_mm256_setzero_si256(); N];
             let mut summ = [_mm256_setzero_si256(); N];
@@ -685,7 +712,7 @@ mod avx2 {
             let sb = g.add(b * Q6K_SB);
             prefetch::<3>(sb);
             let ys: [&BlockQ8K; N] = std::array::from_fn(|t| xs[t].get_unchecked(b));
-            let q = sb.add(QS);
+            let q = sb.add(QS6);
             let tables = [0, 1, 2, 3].map(|v| load(sb.add(L.scales() + 32 * v)));
             // The stored values are q + 32: take off 32 * sum_g sc_g * bsums[g].
             let mut corr = [_mm256_setzero_si256(); N];
@@ -742,7 +769,7 @@ mod avx2 {
             let sb = g.add(b * Q6K_SB);
             prefetch::<3>(sb);
             let y = x.get_unchecked(b);
-            let q = sb.add(QS);
+            let q = sb.add(QS6);
             let tables = [0, 1, 2, 3].map(|v| load(sb.add(L.scales() + 32 * v)));
             // Lane m starts at -32 * (scale * bsum) of groups 2m and 2m+1.
             let mut lane: [__m256i; 8] = std::array::from_fn(|m| {
@@ -797,9 +824,10 @@ mod avx512 {
     const Q4K_SB: usize = L.superblock_bytes(QuantType::Q4_K);
     const Q5K_SB: usize = L.superblock_bytes(QuantType::Q5_K);
     const Q6K_SB: usize = L.superblock_bytes(QuantType::Q6_K);
-    /// Where the quant vectors start: Q4_K/Q6_K, and Q5_K.
+    /// Where the quant vectors start: Q4_K, Q5_K, Q6_K.
     const QS: usize = L.qs(QuantType::Q4_K);
     const QS5: usize = L.qs(QuantType::Q5_K);
+    const QS6: usize = L.qs(QuantType::Q6_K);
 
     /// In-lane byte shuffles over a scale table vector (`Layout::entry`; each
     /// 128-bit lane holds 4 rows): for entry `jj` (0..4) of the vector, i32
@@ -824,6 +852,26 @@ mod avx512 {
     #[inline(always)]
     unsafe fn load(p: *const u8) -> __m512i {
         _mm512_load_si512(p as *const __m512i)
+    }
+
+    /// `avx2::unpack_scales_mins` for 16 rows.
+    #[inline(always)]
+    unsafe fn unpack_scales_mins(p: *const u8) -> ([__m512i; 2], [__m512i; 2]) {
+        let (w0, w1, w2) = (load(p), load(p.add(64)), load(p.add(128)));
+        let (low6, low4, top2) = (
+            _mm512_set1_epi8(0x3f),
+            _mm512_set1_epi8(0x0f),
+            _mm512_set1_epi8(0x30),
+        );
+        let and = |a, b| _mm512_and_si512(a, b);
+        let high_bits = |w| and(_mm512_srli_epi32::<2>(w), top2);
+        (
+            [and(w0, low6), _mm512_or_si512(and(w2, low4), high_bits(w0))],
+            [
+                and(w1, low6),
+                _mm512_or_si512(and(_mm512_srli_epi32::<4>(w2), low4), high_bits(w1)),
+            ],
+        )
     }
 
     /// Activation bytes `at..at + 4` in every i32 lane.
@@ -892,6 +940,7 @@ mod avx512 {
             let scale_min: [__m512; N] =
                 std::array::from_fn(|t| _mm512_mul_ps(dmin, _mm512_set1_ps(ys[t].d)));
             let (mut sumi, mut summ) = ([_mm512_setzero_si512(); N], [_mm512_setzero_si512(); N]);
+            let tables = unpack_scales_mins(sb.add(L.scales()));
             for c in 0..chunks {
                 let chunk = sb.add(if FIVE { QS5 } else { QS } + 512 * c);
                 let v: [__m512i; 8] = std::array::from_fn(|k| load(chunk.add(64 * k)));
@@ -913,11 +962,10 @@ mod avx512 {
                         hi[k] = _mm512_or_si512(hi[k], bit(s1));
                     }
                 }
-                let table = load(sb.add(L.scales() + 64 * (c / 2)));
+                let (table, mins) = (tables.0[c / 2], tables.1[c / 2]);
                 let sc_lo = shuffle(table, &ONE[2 * (c % 2)]);
                 let sc_hi = shuffle(table, &ONE[2 * (c % 2) + 1]);
                 // Min terms of the chunk's two sub-blocks: m_j * (bsums[2j] + bsums[2j+1]).
-                let mins = load(sb.add(L.mins() + 64 * (c / 2)));
                 let (m_lo, m_hi) = (
                     shuffle(mins, &DUP[2 * (c % 2)]),
                     shuffle(mins, &DUP[2 * (c % 2) + 1]),
@@ -1005,7 +1053,7 @@ mod avx512 {
         for b in 0..nb {
             let sb = g.add(b * Q6K_SB);
             let ys: [&BlockQ8K; N] = std::array::from_fn(|t| xs[t].get_unchecked(b));
-            let q = sb.add(QS);
+            let q = sb.add(QS6);
             let tables = [0, 1, 2, 3].map(|v| load(sb.add(L.scales() + 64 * v)));
             // The stored values are q + 32: take off 32 * sum_g sc_g * bsums[g].
             let mut corr = [_mm512_setzero_si512(); N];
@@ -1060,7 +1108,7 @@ mod avx512 {
         for b in 0..nb {
             let sb = g.add(b * Q6K_SB);
             let y = x.get_unchecked(b);
-            let q = sb.add(QS);
+            let q = sb.add(QS6);
             let tables = [0, 1, 2, 3].map(|v| load(sb.add(L.scales() + 64 * v)));
             // Lane m starts at -32 * (scale * bsum) of groups 2m and 2m+1.
             let mut lane: [__m512i; 8] = std::array::from_fn(|m| {
