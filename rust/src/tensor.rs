@@ -254,16 +254,15 @@ thread_local! {
 /// Run `f` with its `weight_buffer`s laid end to end in one `WeightArena`
 /// of `capacity` bytes (those that do not fit come from the heap).
 pub(crate) fn with_weight_arena<R>(capacity: usize, f: impl FnOnce() -> R) -> R {
-    let saved = ARENA.with(|a| a.replace(WeightArena::new(capacity)));
-    // Restore the outer arena even if `f` panics.
-    struct Restore(Option<Option<WeightArena>>);
+    let outer = ARENA.with(|a| a.replace(WeightArena::new(capacity)));
+    // Put the outer arena back even if `f` panics.
+    struct Restore(Option<WeightArena>);
     impl Drop for Restore {
         fn drop(&mut self) {
-            let outer = self.0.take().flatten();
-            ARENA.with(|a| *a.borrow_mut() = outer);
+            ARENA.with(|a| *a.borrow_mut() = self.0.take());
         }
     }
-    let _restore = Restore(Some(saved));
+    let _restore = Restore(outer);
     f()
 }
 
