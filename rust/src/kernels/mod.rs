@@ -32,6 +32,7 @@ macro_rules! quads_in_lanes {
 pub mod activation;
 pub mod attention;
 pub mod f16;
+mod float32;
 pub mod kquant;
 pub mod packed;
 mod packed_k;
@@ -101,120 +102,13 @@ pub fn rmsnorm(out: &mut [f32], x: &[f32], weight: &[f32], eps: f32) {
 }
 
 pub use activation::{silu, softmax, swiglu};
-
-/// Dot product with 8 independent accumulators so the compiler vectorizes it.
-#[inline]
-pub fn dot(a: &[f32], b: &[f32]) -> f32 {
-    debug_assert_eq!(a.len(), b.len());
-    let mut acc = [0.0f32; 8];
-    let ca = a.chunks_exact(8);
-    let cb = b.chunks_exact(8);
-    let (ra, rb) = (ca.remainder(), cb.remainder());
-    for (x, y) in ca.zip(cb) {
-        for i in 0..8 {
-            acc[i] += x[i] * y[i];
-        }
-    }
-    let mut s = (acc[0] + acc[4]) + (acc[1] + acc[5]) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
-    for (x, y) in ra.iter().zip(rb) {
-        s += x * y;
-    }
-    s
-}
-
-/// Four dot products of one weight row against four activation rows: each
-/// weight value is loaded once for four tokens.
-#[inline]
-fn dot4(w: &[f32], x: [&[f32]; 4]) -> [f32; 4] {
-    let n = w.len();
-    let mut acc = [[0.0f32; 8]; 4];
-    let full = n / 8 * 8;
-    let mut i = 0;
-    while i < full {
-        let wv = &w[i..i + 8];
-        for t in 0..4 {
-            let xv = &x[t][i..i + 8];
-            for l in 0..8 {
-                acc[t][l] += wv[l] * xv[l];
-            }
-        }
-        i += 8;
-    }
-    let mut out = [0.0f32; 4];
-    for t in 0..4 {
-        let a = &acc[t];
-        let mut s = (a[0] + a[4]) + (a[1] + a[5]) + ((a[2] + a[6]) + (a[3] + a[7]));
-        for j in full..n {
-            s += w[j] * x[t][j];
-        }
-        out[t] = s;
-    }
-    out
-}
+pub use float32::{dot, matmul};
 
 /// A raw output pointer shared by threads that write disjoint elements.
 #[derive(Clone, Copy)]
 pub(crate) struct SharedOut(pub(crate) *mut f32);
 unsafe impl Send for SharedOut {}
 unsafe impl Sync for SharedOut {}
-
-/// `out[t][o] = sum_i x[t][i] * w[o][i]` for `n_tok` rows of `x`; `w` is
-/// `[n_out][n_in]` (the Hugging Face Linear layout). Output rows are
-/// `out_stride` apart. Work is split over blocks of weight rows, so each block
-/// is read from memory once and reused for every token from cache.
-pub fn matmul(
-    out: &mut [f32],
-    out_stride: usize,
-    x: &[f32],
-    w: &[f32],
-    n_tok: usize,
-    n_in: usize,
-    n_out: usize,
-) {
-    assert!(x.len() >= n_tok * n_in && w.len() >= n_out * n_in);
-    assert!(n_tok == 0 || out.len() >= (n_tok - 1) * out_stride + n_out);
-    if n_tok == 0 || n_out == 0 {
-        return;
-    }
-    // A long batch: whole panels of rows as an outer product, the rest below.
-    let base = panel::panels(out, out_stride, x, w, n_tok, n_in, n_out);
-    let (w, n_out, out) = (&w[base * n_in..], n_out - base, &mut out[base..]);
-    if n_out == 0 {
-        return;
-    }
-    let threads = crate::pool::current_threads();
-    // Small blocks keep every thread busy; ~16 KiB of weights keeps a block in L1.
-    let rows_per_block = (16384 / (n_in * 4))
-        .clamp(4, 64)
-        .min(n_out.div_ceil(threads * 4).max(1));
-    let n_blocks = n_out.div_ceil(rows_per_block);
-    let dst = SharedOut(out.as_mut_ptr());
-    crate::pool::parallel_for(n_blocks, |b| {
-        let dst = dst;
-        let r0 = b * rows_per_block;
-        let r1 = (r0 + rows_per_block).min(n_out);
-        let mut t = 0;
-        while t + 4 <= n_tok {
-            let xs = [0, 1, 2, 3].map(|k| &x[(t + k) * n_in..(t + k + 1) * n_in]);
-            for r in r0..r1 {
-                let v = dot4(&w[r * n_in..(r + 1) * n_in], xs);
-                for (k, val) in v.into_iter().enumerate() {
-                    // SAFETY: (t+k, r) is written by this block only; bounds asserted above.
-                    unsafe { *dst.0.add((t + k) * out_stride + r) = val };
-                }
-            }
-            t += 4;
-        }
-        for t in t..n_tok {
-            let xr = &x[t * n_in..(t + 1) * n_in];
-            for r in r0..r1 {
-                let val = dot(&w[r * n_in..(r + 1) * n_in], xr);
-                // SAFETY: as above.
-                unsafe { *dst.0.add(t * out_stride + r) = val };
-            }
-        }
-    });
-}
 
 /// Rotate-half RoPE (Hugging Face convention) on one head, in place:
 /// dims i and i + rot/2 form a pair, for i < rot/2; dims past `rot` pass.
