@@ -5,21 +5,27 @@
 //! Inside `Pool::enter`, the kernels split their work with `parallel_for`:
 //! the job is published with one atomic store, and the caller waits for the
 //! others once it is done. The task indices are cut into one contiguous run
-//! per worker (the caller too); each takes its own run's tasks in order from
-//! the run's counter, then helps with the others' runs from where they are.
-//! A matmul's tasks are consecutive bands of rows, so each thread reads one
-//! long stretch of weights front to back, which the hardware prefetchers
-//! follow much better than bands handed out in turn from one counter (those
-//! restart a thread's stream every few hundred KiB), and a preempted thread
-//! still leaves no work behind. Between jobs the workers spin for a
-//! while before they sleep, so the many small steps of one decoded token
-//! (and the next call, a Python loop iteration later) find them awake.
+//! per worker (the caller too); each takes its own run's tasks from the
+//! front, then helps with the others' runs from their back. A matmul's
+//! tasks are consecutive bands of rows, so each thread reads one long
+//! stretch of weights front to back, which the hardware prefetchers follow
+//! much better than bands handed out in turn from one counter (those
+//! restart a thread's stream every few hundred KiB); a helper leaves the
+//! owner's stream unbroken, and a preempted thread still leaves no work
+//! behind. Between jobs the workers spin for a while before they sleep, so
+//! the many small steps of one decoded token (and the next call, a Python
+//! loop iteration later) find them awake. While they wait, they read ahead
+//! (`read_ahead`): the caller names the weights each worker will take
+//! first in the next job, and the worker loads them into its caches while
+//! the caller does the work between jobs (norms, quantizing activations)
+//! alone, so that time moves weights from memory too; the worker then
+//! finishes its run early and helps with the caller's.
 //!
 //! A session asked for 0 threads follows the process-wide default, which
 //! `set_default_threads` changes at any time.
 
 use std::cell::Cell;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -49,37 +55,72 @@ const SPIN: Duration = Duration::from_micros(300);
 /// Most runs a job is cut into; workers past it share runs.
 const MAX_RUNS: usize = 64;
 
-/// A run's next task, alone on its cache line so that workers taking tasks
-/// from their own runs do not contend.
+/// Most bytes a worker reads ahead: what a core's L2 holds with room to
+/// spare, more than it can fetch in the usual time between two jobs.
+const MAX_AHEAD: usize = 512 << 10;
+
+/// Bytes a worker prefetches between two looks at whether a job came.
+const AHEAD_STEP: usize = 4096;
+
+/// A run's tasks not yet taken, `next..end`, in one word (`next` in the
+/// low half): its owner takes them from the front, a thread done with its
+/// own run from the back, so the owner's stream through memory goes on
+/// unbroken while the helper starts one of its own at the far end. Alone on
+/// its cache line, so that owners of different runs do not contend.
 #[repr(align(64))]
-struct RunCounter(AtomicUsize);
+struct RunTasks(AtomicU64);
+
+impl RunTasks {
+    fn new(next: usize, end: usize) -> RunTasks {
+        RunTasks(AtomicU64::new(next as u64 | (end as u64) << 32))
+    }
+
+    /// The first task left (`front`) or the last, if any is left.
+    fn take(&self, front: bool) -> Option<usize> {
+        let mut cur = self.0.load(Ordering::Relaxed);
+        loop {
+            let (next, end) = (cur & 0xFFFF_FFFF, cur >> 32);
+            if next >= end {
+                return None;
+            }
+            let (new, task) = if front {
+                (cur + 1, next)
+            } else {
+                (cur - (1 << 32), end - 1)
+            };
+            match self
+                .0
+                .compare_exchange_weak(cur, new, Ordering::Relaxed, Ordering::Relaxed)
+            {
+                Ok(_) => return Some(task as usize),
+                Err(now) => cur = now,
+            }
+        }
+    }
+}
 
 /// One job: `run(task)` for every task index below `n_tasks`, in `runs`
-/// contiguous runs of tasks (`run_start`), run `r`'s next task in `next[r]`.
+/// contiguous runs of tasks (`run_start`), run `r`'s left in `tasks[r]`.
 struct Job {
     run: *const (dyn Fn(usize) + Sync),
-    n_tasks: usize,
     runs: usize,
-    next: [RunCounter; MAX_RUNS],
+    tasks: [RunTasks; MAX_RUNS],
 }
 
 impl Job {
     fn new(run: *const (dyn Fn(usize) + Sync), n_tasks: usize, threads: usize) -> Job {
+        assert!(n_tasks < 1 << 32, "{n_tasks} tasks in one job");
         let runs = threads.clamp(1, MAX_RUNS);
-        let next =
-            std::array::from_fn(|r| RunCounter(AtomicUsize::new(run_start(r, n_tasks, runs))));
-        Job {
-            run,
-            n_tasks,
-            runs,
-            next,
-        }
+        let tasks = std::array::from_fn(|r| {
+            RunTasks::new(run_start(r, n_tasks, runs), run_start(r + 1, n_tasks, runs))
+        });
+        Job { run, runs, tasks }
     }
 }
 
 /// The first task of run `r` of `runs` over `n` tasks (`r = runs` gives `n`,
 /// the end of the last).
-fn run_start(r: usize, n: usize, runs: usize) -> usize {
+pub(crate) fn run_start(r: usize, n: usize, runs: usize) -> usize {
     r * n / runs
 }
 
@@ -97,6 +138,125 @@ struct Shared {
     sleepers: AtomicUsize,
     lock: Mutex<()>,
     wake: Condvar,
+    /// What each worker may read ahead before the next job.
+    ahead: Ahead,
+}
+
+/// Per worker, the address and length of the bytes its next job reads
+/// first, under a sequence number (odd while the caller writes). A worker
+/// counts itself in `reading` before it looks, and stops as soon as the
+/// number changes; the caller clears the ranges when it leaves the pool and
+/// waits for `reading` to drop to 0, so nothing is read past `enter`.
+struct Ahead {
+    seq: AtomicUsize,
+    ranges: [(AtomicUsize, AtomicUsize); MAX_RUNS],
+    reading: AtomicUsize,
+}
+
+impl Ahead {
+    fn new() -> Ahead {
+        Ahead {
+            seq: AtomicUsize::new(0),
+            ranges: std::array::from_fn(|_| (AtomicUsize::new(0), AtomicUsize::new(0))),
+            reading: AtomicUsize::new(0),
+        }
+    }
+
+    /// Worker `index`: read its range if one was set since `taken` (then
+    /// updated), until done, a new range, or `job_came()`.
+    fn read(&self, index: usize, taken: &mut usize, job_came: impl Fn() -> bool) {
+        let seq = self.seq.load(Ordering::Relaxed);
+        if seq == *taken || seq % 2 == 1 {
+            return; // the cheap look of every poll
+        }
+        self.reading.fetch_add(1, Ordering::SeqCst);
+        let seq = self.seq.load(Ordering::SeqCst);
+        let (at, len) = &self.ranges[index % MAX_RUNS];
+        let (at, len) = (at.load(Ordering::SeqCst), len.load(Ordering::SeqCst));
+        if seq % 2 == 0 && self.seq.load(Ordering::SeqCst) == seq {
+            *taken = seq;
+            let stop = || job_came() || self.seq.load(Ordering::Relaxed) != seq;
+            // SAFETY: the range is live until the caller has seen `reading`
+            // drop to 0 after changing `seq`, and we stop once it changed.
+            let _done = unsafe { touch(at as *const u8, len.min(MAX_AHEAD), stop) };
+            #[cfg(test)]
+            tests::TOUCHED.fetch_add(_done, Ordering::Relaxed);
+        }
+        self.reading.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    /// The caller: set every worker's range (`range(i)`; (0, 0) for none).
+    fn set(&self, workers: usize, range: impl Fn(usize) -> (usize, usize)) {
+        let seq = self.seq.load(Ordering::Relaxed);
+        self.seq.store(seq + 1, Ordering::SeqCst);
+        for i in 0..workers.min(MAX_RUNS) {
+            let (at, len) = range(i);
+            self.ranges[i].0.store(at, Ordering::SeqCst);
+            self.ranges[i].1.store(len, Ordering::SeqCst);
+        }
+        self.seq.store(seq + 2, Ordering::SeqCst);
+    }
+
+    /// The caller, leaving the pool: no range is read from here on.
+    fn clear(&self, workers: usize) {
+        if self.ranges[..workers.min(MAX_RUNS)]
+            .iter()
+            .any(|r| r.1.load(Ordering::Relaxed) != 0)
+        {
+            self.set(workers, |_| (0, 0));
+        }
+        // A worker may still be reading a range set before the last `set`.
+        while self.reading.load(Ordering::SeqCst) != 0 {
+            std::hint::spin_loop();
+        }
+    }
+}
+
+/// Load one byte of every cache line of `len` bytes at `at`, a step at a
+/// time, until done or `stop()`: the lines come into this core's caches
+/// (real loads: prefetch instructions past the few the core tracks are
+/// dropped).
+///
+/// Returns the bytes it read.
+///
+/// # Safety
+/// The bytes must stay readable until this returns.
+unsafe fn touch(at: *const u8, len: usize, stop: impl Fn() -> bool) -> usize {
+    let mut off = 0;
+    let mut sum = 0u8;
+    while off < len && !stop() {
+        let end = (off + AHEAD_STEP).min(len);
+        while off < end {
+            sum = sum.wrapping_add(std::ptr::read_volatile(at.add(off)));
+            off += 64;
+        }
+    }
+    std::hint::black_box(sum);
+    off.min(len)
+}
+
+/// Tell the current pool's idle workers what the next job will read first:
+/// `first(run, runs)` is run `run`'s bytes (of `runs`; worker `i` starts on
+/// run `i`), of which they read up to `MAX_AHEAD` into their caches until
+/// the next job comes. They read nothing once the caller leaves `enter`, so
+/// the bytes need only live that long. Outside a pool, in a one-thread pool
+/// or inside a task it does nothing.
+pub fn read_ahead<'a>(first: impl Fn(usize, usize) -> &'a [u8]) {
+    let (Some(s), threads) = (CURRENT.with(|c| c.get()), current_threads()) else {
+        return;
+    };
+    if threads < 2 || IN_TASK.with(|t| t.get()) || thread_index() != 0 {
+        return;
+    }
+    let runs = threads.min(MAX_RUNS);
+    // SAFETY: `enter` keeps the pool alive while CURRENT points at it.
+    unsafe { &(*s).ahead }.set(threads, |i| {
+        if i == 0 {
+            return (0, 0); // the caller: busy
+        }
+        let b = first(i % runs, runs);
+        (b.as_ptr() as usize, b.len())
+    });
 }
 
 /// The current job pointer, shared between threads.
@@ -184,19 +344,14 @@ pub fn parallel_chunks2<A: Send, B: Send>(
 struct SendPtr<T>(*mut T);
 unsafe impl<T: Send> Sync for SendPtr<T> {}
 
-/// Take tasks until none are left: this worker's own run first, then the
-/// runs after it, wrapping around.
+/// Take tasks until none are left: this worker's own run first, front to
+/// back, then the runs after it, wrapping around, each from its back.
 fn work(job: &Job) {
     IN_TASK.with(|t| t.set(true));
     let own = thread_index() % job.runs;
     for k in 0..job.runs {
         let r = (own + k) % job.runs;
-        let end = run_start(r + 1, job.n_tasks, job.runs);
-        loop {
-            let i = job.next[r].0.fetch_add(1, Ordering::Relaxed);
-            if i >= end {
-                break;
-            }
+        while let Some(i) = job.tasks[r].take(k == 0) {
             // SAFETY: the caller keeps the closure alive until every worker is done.
             unsafe { (*job.run)(i) };
         }
@@ -239,11 +394,15 @@ fn worker_main(s: Arc<Shared>, index: usize, threads: usize) {
     // The epoch the pool started at: a job published before this thread got
     // here must still be seen as new.
     let mut seen = 0;
+    let mut ahead_taken = 0;
     loop {
-        // Poll for a new epoch, then sleep.
+        // Poll for a new epoch (reading ahead when asked), then sleep.
         let start = Instant::now();
         let mut polls = 0u32;
         while s.epoch.load(Ordering::Acquire) == seen {
+            s.ahead.read(index, &mut ahead_taken, || {
+                s.epoch.load(Ordering::Relaxed) != seen
+            });
             std::hint::spin_loop();
             polls = polls.wrapping_add(1);
             if polls % 256 == 0 && start.elapsed() > SPIN {
@@ -290,6 +449,7 @@ impl Workers {
             sleepers: AtomicUsize::new(0),
             lock: Mutex::new(()),
             wake: Condvar::new(),
+            ahead: Ahead::new(),
         });
         let mut w = Workers {
             shared,
@@ -373,6 +533,14 @@ impl Pool {
             }
         }
         let _restore = Restore(saved);
+        // Whatever `f` asked the workers to read ahead lives only as long.
+        struct Clear<'a>(&'a Workers);
+        impl Drop for Clear<'_> {
+            fn drop(&mut self) {
+                self.0.shared.ahead.clear(self.0.threads);
+            }
+        }
+        let _clear = Clear(w);
         Ok(f())
     }
 }
@@ -403,6 +571,96 @@ mod tests {
             }
             assert_eq!(order.iter().map(Vec::len).sum::<usize>(), tasks);
         }
+    }
+
+    #[test]
+    fn a_run_is_taken_from_the_front_by_its_owner_and_the_back_by_others() {
+        let r = RunTasks::new(3, 7);
+        assert_eq!(
+            (r.take(true), r.take(false), r.take(false)),
+            (Some(3), Some(6), Some(5))
+        );
+        assert_eq!(
+            (r.take(true), r.take(true), r.take(false)),
+            (Some(4), None, None)
+        );
+        // The caller's tasks are slow: the other thread, done with its run,
+        // takes the caller's last tasks, last first.
+        let mut pool = Pool::new(2).unwrap();
+        let taken = Mutex::new(Vec::new());
+        pool.enter(|| {
+            parallel_for(80, |i| {
+                if thread_index() == 0 {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                taken.lock().unwrap().push((thread_index(), i));
+            })
+        })
+        .unwrap();
+        let taken = taken.into_inner().unwrap();
+        let caller_run: Vec<usize> = taken.iter().filter(|t| t.0 == 0).map(|t| t.1).collect();
+        let helped: Vec<usize> = taken
+            .iter()
+            .filter(|t| t.0 == 1 && t.1 < 40)
+            .map(|t| t.1)
+            .collect();
+        assert!(!helped.is_empty(), "no help in 40 slow tasks: {taken:?}");
+        assert!(
+            helped.windows(2).all(|w| w[0] > w[1]),
+            "help not back to front: {helped:?}"
+        );
+        assert!(
+            caller_run.iter().all(|&i| i < helped[helped.len() - 1]),
+            "{taken:?}"
+        );
+    }
+
+    pub(super) static TOUCHED: AtomicUsize = AtomicUsize::new(0);
+
+    #[test]
+    fn workers_read_ahead_only_inside_enter() {
+        let data = vec![7u8; 3 * MAX_AHEAD];
+        let mut pool = Pool::new(3).unwrap();
+        let asked = Mutex::new(Vec::new());
+        pool.enter(|| {
+            let before = TOUCHED.load(Ordering::Relaxed);
+            // The workers read their parts (MAX_AHEAD at most) while the
+            // caller waits; a job first, as workers idle for long sleep.
+            let t0 = Instant::now();
+            while TOUCHED.load(Ordering::Relaxed) - before < 2 * MAX_AHEAD
+                && t0.elapsed() < Duration::from_secs(20)
+            {
+                parallel_for(2, |_| {});
+                read_ahead(|run, runs| {
+                    asked.lock().unwrap().push((run, runs));
+                    &data[run * MAX_AHEAD..]
+                });
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            assert!(TOUCHED.load(Ordering::Relaxed) - before >= 2 * MAX_AHEAD);
+            // A job still runs (and cuts any reading short).
+            read_ahead(|run, _| &data[run..]);
+            let sum = AtomicU64::new(0);
+            parallel_for(10, |i| {
+                sum.fetch_add(i as u64, Ordering::Relaxed);
+            });
+            assert_eq!(sum.load(Ordering::Relaxed), 45);
+            read_ahead(|_, _| &data[..]);
+        })
+        .unwrap();
+        let asked = asked.into_inner().unwrap();
+        assert!(asked.contains(&(1, 3)) && asked.contains(&(2, 3)));
+        assert!(
+            asked.iter().all(|a| *a == (1, 3) || *a == (2, 3)),
+            "{asked:?}"
+        );
+        // Out of `enter`: no range left, nobody reading; the bytes may go.
+        let a = &pool.workers.shared.ahead;
+        assert_eq!(a.reading.load(Ordering::SeqCst), 0);
+        assert!(a.ranges.iter().all(|r| r.1.load(Ordering::SeqCst) == 0));
+        drop(data);
+        // Outside a pool: nothing to do.
+        read_ahead(|_, _| -> &[u8] { panic!("asked outside a pool") });
     }
 
     #[test]

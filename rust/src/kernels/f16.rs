@@ -214,11 +214,7 @@ pub fn matmul(
         if n_out == 0 {
             return;
         }
-        let threads = crate::pool::current_threads();
-        // Blocks of whole tiles; ~32 KiB of weights per block stays in L1/L2
-        // while every token passes.
-        let rows_per_block = ((16384 / n_in.max(1)).clamp(1, 16) * TILE_ROWS)
-            .min(n_out.div_ceil(threads * 4).next_multiple_of(TILE_ROWS));
+        let rows_per_block = rows_per_block(n_in, n_out, crate::pool::current_threads());
         let dst = SharedOut(out.as_mut_ptr());
         crate::pool::parallel_for(n_out.div_ceil(rows_per_block), |b| {
             let dst = dst;
@@ -247,6 +243,23 @@ pub fn matmul(
             }
         });
     });
+}
+
+/// Rows per task of a matmul on `threads` threads: whole tiles; ~32 KiB of
+/// weights per task stays in L1/L2 while every token passes.
+fn rows_per_block(n_in: usize, n_out: usize, threads: usize) -> usize {
+    ((16384 / n_in.max(1)).clamp(1, 16) * TILE_ROWS)
+        .min(n_out.div_ceil(threads * 4).next_multiple_of(TILE_ROWS))
+}
+
+/// The rows of `w` (`[n_out][n_in]`) that run `run` of `runs`
+/// (`pool::run_start`) of a matmul on `runs` threads reads (all of them for
+/// a batch too short for `panel`).
+pub fn run_rows(w: &[f16], n_in: usize, n_out: usize, run: usize, runs: usize) -> &[f16] {
+    let per = rows_per_block(n_in, n_out, runs);
+    let tasks = n_out.div_ceil(per);
+    let row = |r| (crate::pool::run_start(r, tasks, runs) * per).min(n_out);
+    &w[row(run) * n_in..row(run + 1) * n_in]
 }
 
 /// `out[r] = w[r] . x` for the rows of `w` (`x.len()` long each) against one
@@ -530,6 +543,30 @@ pub(super) mod x86 {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn run_rows_cover_the_matrix_in_order() {
+        for (n_in, n_out) in [(64, 1000), (2048, 256), (100, 7)] {
+            let w = vec![f16::ZERO; n_in * n_out];
+            for runs in 1..=4 {
+                let mut at = 0;
+                for r in 0..runs {
+                    let rows = run_rows(&w, n_in, n_out, r, runs);
+                    assert_eq!(rows.as_ptr() as usize, w[at..].as_ptr() as usize);
+                    assert_eq!(rows.len() % n_in, 0);
+                    // Where the matmul's task split puts run r.
+                    let per = rows_per_block(n_in, n_out, runs);
+                    let tasks = n_out.div_ceil(per);
+                    assert_eq!(
+                        at / n_in,
+                        (crate::pool::run_start(r, tasks, runs) * per).min(n_out)
+                    );
+                    at += rows.len();
+                }
+                assert_eq!(at, w.len());
+            }
+        }
+    }
+
     #[test]
     fn rounding_to_f16_in_place_is_halfs_rounding() {
         let mut v: Vec<f32> = (-3000..3000)

@@ -340,13 +340,28 @@ impl PackedMatrix {
         }
     }
 
+    /// Groups per task of a matmul on `threads` threads: eight tasks per
+    /// thread, so that a thread done early can help.
+    fn groups_per_task(&self, threads: usize) -> usize {
+        self.groups().div_ceil(threads * 8).clamp(1, 8)
+    }
+
+    /// The bytes of run `run` of `runs` (`pool::run_start`) of this
+    /// matrix's matmul: what that run's thread reads, front to back.
+    pub fn run_bytes(&self, run: usize, runs: usize) -> &[u8] {
+        let (gb, groups) = (self.group_bytes(), self.groups());
+        let per_task = self.groups_per_task(runs);
+        let tasks = groups.div_ceil(per_task);
+        let group_of = |r| (crate::pool::run_start(r, tasks, runs) * per_task).min(groups);
+        &self.bytes()[group_of(run) * gb..group_of(run + 1) * gb]
+    }
+
     /// Runs `tile(group bytes, group, first token, four)` for all whole
     /// groups and all tokens: groups split across the pool in runs, tokens
     /// four at a time (`four`), then one at a time.
     fn for_each_tile(&self, n_tok: usize, tile: impl Fn(&[u8], usize, usize, bool) + Sync) {
         let (gb, groups) = (self.group_bytes(), self.groups());
-        let threads = crate::pool::current_threads();
-        let per_task = groups.div_ceil(threads * 8).clamp(1, 8);
+        let per_task = self.groups_per_task(crate::pool::current_threads());
         let data = self.bytes();
         crate::pool::parallel_for(groups.div_ceil(per_task), |task| {
             for g in task * per_task..((task + 1) * per_task).min(groups) {
@@ -375,8 +390,7 @@ impl PackedMatrix {
         k: Kernels,
     ) {
         let (nb, gb, groups) = (self.blocks(), self.group_bytes(), self.groups());
-        let threads = crate::pool::current_threads();
-        let per_task = groups.div_ceil(threads * 8).clamp(1, 8);
+        let per_task = self.groups_per_task(crate::pool::current_threads());
         let data = self.bytes();
         let (t, rows) = (self.t, self.group);
         crate::pool::parallel_for(groups.div_ceil(per_task), |task| {
@@ -992,6 +1006,50 @@ mod tests {
                     m.row_f32(r, &mut f);
                     quant::dequantize_row(t, &w[r * rb..(r + 1) * rb], &mut g);
                     assert_eq!(f, g);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn run_bytes_are_where_each_thread_starts() {
+        use std::sync::Mutex;
+        for (t, rows, cols) in [(QuantType::Q4_0, 1000, 64), (QuantType::Q4_K, 200, 256)] {
+            let w = rand_blocks(t, rows, cols, 3);
+            let m = PackedMatrix::new(t, &[&w], rows, cols);
+            let (base, gb) = (m.bytes().as_ptr() as usize, m.group_bytes());
+            for runs in 1..=3 {
+                // The runs' bytes: every whole group once, in order.
+                let parts: Vec<&[u8]> = (0..runs).map(|r| m.run_bytes(r, runs)).collect();
+                let mut at = base;
+                for p in &parts {
+                    assert_eq!(p.as_ptr() as usize, at);
+                    at += p.len();
+                }
+                assert_eq!(at, base + m.groups() * gb);
+                // Each thread's first group of its own run is where its bytes start.
+                let seen = Mutex::new(Vec::new());
+                let mut pool = crate::pool::Pool::new(runs).unwrap();
+                pool.enter(|| {
+                    m.for_each_tile(1, |grp, g, _, _| {
+                        assert_eq!(grp.as_ptr() as usize, base + g * gb);
+                        seen.lock().unwrap().push((crate::pool::thread_index(), g));
+                    })
+                })
+                .unwrap();
+                let seen = seen.into_inner().unwrap();
+                assert_eq!(seen.len(), m.groups());
+                for (r, p) in parts.iter().enumerate() {
+                    let own = (p.as_ptr() as usize - base) / gb
+                        ..(p.as_ptr() as usize + p.len() - base) / gb;
+                    let first = seen
+                        .iter()
+                        .filter(|&&(th, g)| th == r && own.contains(&g))
+                        .map(|s| s.1)
+                        .min();
+                    if let Some(first) = first {
+                        assert_eq!(first, own.start, "{t:?}, thread {r} of {runs}");
+                    }
                 }
             }
         }

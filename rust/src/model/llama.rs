@@ -249,6 +249,9 @@ pub fn forward(model: &Model, cache: &mut KvCache, s: &mut Scratch, batch: &Batc
         // Attention block.
         rmsnorm(xn, x, &lw.attn_norm, eps);
         lw.wqkv.matmul(qkv, qkv_dim, xn, n_tok, h, qkv_dim);
+        // Between jobs the caller works alone: the idle workers fetch the
+        // next matrix's first weights meanwhile (here and after each job).
+        lw.wo.read_ahead(qd, h);
         add_bias(qkv, &lw.bqkv);
         parallel_chunks(qkv, qkv_dim, |t, row| {
             let (c, sn) = (
@@ -297,7 +300,9 @@ pub fn forward(model: &Model, cache: &mut KvCache, s: &mut Scratch, batch: &Batc
                 LayerView::F16(k, v) => attend_run(&run, k, v, scratch, out),
             }
         });
+        lw.wo.read_ahead(qd, h); // again: the attention job cut it short
         lw.wo.matmul(xn, h, att, n_tok, qd, h);
+        lw.w_gate_up.read_ahead(h, 2 * ffn);
         add_bias(xn, &lw.bo);
         for (a, b) in x.iter_mut().zip(xn.iter()) {
             *a += b;
@@ -308,6 +313,7 @@ pub fn forward(model: &Model, cache: &mut KvCache, s: &mut Scratch, batch: &Batc
         let gate_up = &mut s.gate_up[..n_tok * 2 * ffn];
         let hidden = &mut s.ffn[..n_tok * ffn];
         lw.w_gate_up.matmul(gate_up, 2 * ffn, xn, n_tok, h, 2 * ffn);
+        lw.w_down.read_ahead(ffn, h);
         add_bias(gate_up, &lw.b_gate_up);
         let gate_up = &*gate_up;
         parallel_chunks(hidden, ffn, |t, hrow| {
@@ -315,6 +321,10 @@ pub fn forward(model: &Model, cache: &mut KvCache, s: &mut Scratch, batch: &Batc
             swiglu(hrow, g, u);
         });
         lw.w_down.matmul(xn, h, hidden, n_tok, ffn, h);
+        match w.layers.get(l + 1) {
+            Some(next) => next.wqkv.read_ahead(h, qkv_dim),
+            None => w.output().read_ahead(h, cfg.vocab_size),
+        }
         add_bias(xn, &lw.b_down);
         for (a, b) in x.iter_mut().zip(xn.iter()) {
             *a += b;

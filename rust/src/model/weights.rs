@@ -118,6 +118,26 @@ impl Matrix {
         }
     }
 
+    /// Let the pool's idle workers fetch into their caches the weights each
+    /// will read first when this `[n_out][n_in]` matrix's matmul comes.
+    pub fn read_ahead(&self, n_in: usize, n_out: usize) {
+        match self {
+            Matrix::Packed(p) => crate::pool::read_ahead(|run, runs| p.run_bytes(run, runs)),
+            Matrix::F16(w) => crate::pool::read_ahead(|run, runs| {
+                let rows = kernels::f16::run_rows(w, n_in, n_out, run, runs);
+                // SAFETY: float16 values are plain bytes.
+                unsafe { std::slice::from_raw_parts(rows.as_ptr() as *const u8, 2 * rows.len()) }
+            }),
+            Matrix::Stack(bands) => {
+                if let Some((rows, m)) = bands.first() {
+                    m.read_ahead(n_in, *rows)
+                }
+            }
+            // Float32 models are small, and unpacked blocks rare.
+            Matrix::F32(_) | Matrix::Quant(..) => {}
+        }
+    }
+
     /// Whether every value is read in place from a file's mapping.
     pub fn is_mapped(&self) -> bool {
         match self {
