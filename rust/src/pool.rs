@@ -6,7 +6,8 @@
 //! the job is published with one atomic store, and the caller waits for the
 //! others once it is done. The task indices are cut into one contiguous run
 //! per worker (the caller too); each takes its own run's tasks from the
-//! front, then helps with the others' runs from their back. A matmul's
+//! front, then helps with the others' runs from their back, in chunks that
+//! shrink to single tasks as a run runs out (`RunTasks`). A matmul's
 //! tasks are consecutive bands of rows, so each thread reads one long
 //! stretch of weights front to back, which the hardware prefetchers follow
 //! much better than bands handed out in turn from one counter (those
@@ -67,32 +68,41 @@ const AHEAD_STEP: usize = 4096;
 /// own run from the back, so the owner's stream through memory goes on
 /// unbroken while the helper starts one of its own at the far end. Alone on
 /// its cache line, so that owners of different runs do not contend.
+///
+/// Tasks go in chunks of a share of what is left (`MAX_CHUNK` at most), so
+/// a job's first claims are few and its last ones single tasks: the threads
+/// finish within one small task of each other.
 #[repr(align(64))]
 struct RunTasks(AtomicU64);
+
+/// Most tasks one claim takes: a preempted thread holds back no more.
+const MAX_CHUNK: u64 = 8;
 
 impl RunTasks {
     fn new(next: usize, end: usize) -> RunTasks {
         RunTasks(AtomicU64::new(next as u64 | (end as u64) << 32))
     }
 
-    /// The first task left (`front`) or the last, if any is left.
-    fn take(&self, front: bool) -> Option<usize> {
+    /// The next chunk from the front or the back, if any task is left: a
+    /// `2 * runs`-th of what is left, 1 to `MAX_CHUNK` tasks.
+    fn take(&self, front: bool, runs: usize) -> Option<std::ops::Range<usize>> {
         let mut cur = self.0.load(Ordering::Relaxed);
         loop {
             let (next, end) = (cur & 0xFFFF_FFFF, cur >> 32);
             if next >= end {
                 return None;
             }
-            let (new, task) = if front {
-                (cur + 1, next)
+            let n = ((end - next) / (2 * runs as u64)).clamp(1, MAX_CHUNK);
+            let (new, tasks) = if front {
+                (cur + n, next..next + n)
             } else {
-                (cur - (1 << 32), end - 1)
+                (cur - (n << 32), end - n..end)
             };
             match self
                 .0
                 .compare_exchange_weak(cur, new, Ordering::Relaxed, Ordering::Relaxed)
             {
-                Ok(_) => return Some(task as usize),
+                Ok(_) => return Some(tasks.start as usize..tasks.end as usize),
                 Err(now) => cur = now,
             }
         }
@@ -345,15 +355,18 @@ struct SendPtr<T>(*mut T);
 unsafe impl<T: Send> Sync for SendPtr<T> {}
 
 /// Take tasks until none are left: this worker's own run first, front to
-/// back, then the runs after it, wrapping around, each from its back.
+/// back, then the runs after it, wrapping around, each from its back (the
+/// tasks of a chunk in order).
 fn work(job: &Job) {
     IN_TASK.with(|t| t.set(true));
     let own = thread_index() % job.runs;
     for k in 0..job.runs {
         let r = (own + k) % job.runs;
-        while let Some(i) = job.tasks[r].take(k == 0) {
-            // SAFETY: the caller keeps the closure alive until every worker is done.
-            unsafe { (*job.run)(i) };
+        while let Some(chunk) = job.tasks[r].take(k == 0, job.runs) {
+            for i in chunk {
+                // SAFETY: the caller keeps the closure alive until every worker is done.
+                unsafe { (*job.run)(i) };
+            }
         }
     }
     IN_TASK.with(|t| t.set(false));
@@ -575,17 +588,35 @@ mod tests {
 
     #[test]
     fn a_run_is_taken_from_the_front_by_its_owner_and_the_back_by_others() {
-        let r = RunTasks::new(3, 7);
-        assert_eq!(
-            (r.take(true), r.take(false), r.take(false)),
-            (Some(3), Some(6), Some(5))
-        );
-        assert_eq!(
-            (r.take(true), r.take(true), r.take(false)),
-            (Some(4), None, None)
-        );
+        // Alternate claims from both ends: every task once, the front ones
+        // ascending from 0, the back ones descending from 100, chunks of a
+        // quarter of what is left (at most MAX_CHUNK), single tasks at the end.
+        let r = RunTasks::new(0, 100);
+        let (mut front, mut back, mut sizes) = (0, 100, Vec::new());
+        for k in 0.. {
+            let Some(c) = r.take(k % 2 == 0, 2) else {
+                break;
+            };
+            let left = back - front;
+            assert_eq!(
+                c.len(),
+                (left / 4).clamp(1, MAX_CHUNK as usize),
+                "{c:?} of {left}"
+            );
+            if k % 2 == 0 {
+                assert_eq!(c.start, front);
+                front = c.end;
+            } else {
+                assert_eq!(c.end, back);
+                back = c.start;
+            }
+            sizes.push(c.len());
+        }
+        assert_eq!(front, back);
+        assert_eq!(sizes[..2], [8, 8]);
+        assert_eq!(sizes[sizes.len() - 3..], [1, 1, 1]);
         // The caller's tasks are slow: the other thread, done with its run,
-        // takes the caller's last tasks, last first.
+        // takes the caller's last tasks, a chunk at a time from the back.
         let mut pool = Pool::new(2).unwrap();
         let taken = Mutex::new(Vec::new());
         pool.enter(|| {
@@ -598,21 +629,18 @@ mod tests {
         })
         .unwrap();
         let taken = taken.into_inner().unwrap();
-        let caller_run: Vec<usize> = taken.iter().filter(|t| t.0 == 0).map(|t| t.1).collect();
-        let helped: Vec<usize> = taken
+        let mut caller: Vec<usize> = taken.iter().filter(|t| t.0 == 0).map(|t| t.1).collect();
+        let mut helped: Vec<usize> = taken
             .iter()
             .filter(|t| t.0 == 1 && t.1 < 40)
             .map(|t| t.1)
             .collect();
         assert!(!helped.is_empty(), "no help in 40 slow tasks: {taken:?}");
-        assert!(
-            helped.windows(2).all(|w| w[0] > w[1]),
-            "help not back to front: {helped:?}"
-        );
-        assert!(
-            caller_run.iter().all(|&i| i < helped[helped.len() - 1]),
-            "{taken:?}"
-        );
+        // The caller took a front part of its run, the helper the rest.
+        caller.sort();
+        helped.sort();
+        assert_eq!(caller, (0..helped[0]).collect::<Vec<_>>(), "{taken:?}");
+        assert_eq!(helped, (helped[0]..40).collect::<Vec<_>>(), "{taken:?}");
     }
 
     pub(super) static TOUCHED: AtomicUsize = AtomicUsize::new(0);

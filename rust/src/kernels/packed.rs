@@ -340,46 +340,36 @@ impl PackedMatrix {
         }
     }
 
-    /// Groups per task of a matmul on `threads` threads: eight tasks per
-    /// thread, so that a thread done early can help.
-    fn groups_per_task(&self, threads: usize) -> usize {
-        self.groups().div_ceil(threads * 8).clamp(1, 8)
-    }
-
     /// The bytes of run `run` of `runs` (`pool::run_start`) of this
-    /// matrix's matmul: what that run's thread reads, front to back.
+    /// matrix's matmul, whose tasks are its groups: what that run's thread
+    /// reads, front to back.
     pub fn run_bytes(&self, run: usize, runs: usize) -> &[u8] {
         let (gb, groups) = (self.group_bytes(), self.groups());
-        let per_task = self.groups_per_task(runs);
-        let tasks = groups.div_ceil(per_task);
-        let group_of = |r| (crate::pool::run_start(r, tasks, runs) * per_task).min(groups);
+        let group_of = |r| crate::pool::run_start(r, groups, runs);
         &self.bytes()[group_of(run) * gb..group_of(run + 1) * gb]
     }
 
     /// Runs `tile(group bytes, group, first token, four)` for all whole
-    /// groups and all tokens: groups split across the pool in runs, tokens
-    /// four at a time (`four`), then one at a time.
+    /// groups and all tokens: a task per group, split across the pool in
+    /// runs, tokens four at a time (`four`), then one at a time.
     fn for_each_tile(&self, n_tok: usize, tile: impl Fn(&[u8], usize, usize, bool) + Sync) {
         let (gb, groups) = (self.group_bytes(), self.groups());
-        let per_task = self.groups_per_task(crate::pool::current_threads());
         let data = self.bytes();
-        crate::pool::parallel_for(groups.div_ceil(per_task), |task| {
-            for g in task * per_task..((task + 1) * per_task).min(groups) {
-                let grp = &data[g * gb..(g + 1) * gb];
-                let mut tk = 0;
-                while tk + 4 <= n_tok {
-                    tile(grp, g, tk, true);
-                    tk += 4;
-                }
-                for tk in tk..n_tok {
-                    tile(grp, g, tk, false);
-                }
+        crate::pool::parallel_for(groups, |g| {
+            let grp = &data[g * gb..(g + 1) * gb];
+            let mut tk = 0;
+            while tk + 4 <= n_tok {
+                tile(grp, g, tk, true);
+                tk += 4;
+            }
+            for tk in tk..n_tok {
+                tile(grp, g, tk, false);
             }
         });
     }
 
-    /// All whole groups against all tokens, groups split across the pool in
-    /// runs; tokens four at a time, then one at a time.
+    /// All whole groups against all tokens, a task per group, split across
+    /// the pool in runs; tokens four at a time, then one at a time.
     fn groups_times_activations(
         &self,
         dst: SharedOut,
@@ -390,28 +380,21 @@ impl PackedMatrix {
         k: Kernels,
     ) {
         let (nb, gb, groups) = (self.blocks(), self.group_bytes(), self.groups());
-        let per_task = self.groups_per_task(crate::pool::current_threads());
         let data = self.bytes();
         let (t, rows) = (self.t, self.group);
-        crate::pool::parallel_for(groups.div_ceil(per_task), |task| {
+        crate::pool::parallel_for(groups, |g| {
             let dst = dst;
-            for g in task * per_task..((task + 1) * per_task).min(groups) {
-                let grp = &data[g * gb..(g + 1) * gb];
-                let out = dst.0.wrapping_add(g * rows);
-                let mut tk = 0;
-                // SAFETY (each call): rows g*G..(g+1)*G of the call's tokens are
-                // written by this task only, within the bounds the caller asserted.
-                while tk + 4 <= n_tok {
-                    unsafe {
-                        tokens_times_group::<4>(t, rows, grp, nb, qx, bias, tk, out, stride, k)
-                    };
-                    tk += 4;
-                }
-                for tk in tk..n_tok {
-                    unsafe {
-                        tokens_times_group::<1>(t, rows, grp, nb, qx, bias, tk, out, stride, k)
-                    };
-                }
+            let grp = &data[g * gb..(g + 1) * gb];
+            let out = dst.0.wrapping_add(g * rows);
+            let mut tk = 0;
+            // SAFETY (each call): rows g*G..(g+1)*G of the call's tokens are
+            // written by this task only, within the bounds the caller asserted.
+            while tk + 4 <= n_tok {
+                unsafe { tokens_times_group::<4>(t, rows, grp, nb, qx, bias, tk, out, stride, k) };
+                tk += 4;
+            }
+            for tk in tk..n_tok {
+                unsafe { tokens_times_group::<1>(t, rows, grp, nb, qx, bias, tk, out, stride, k) };
             }
         });
     }
