@@ -161,6 +161,9 @@ struct Ahead {
     seq: AtomicUsize,
     ranges: [(AtomicUsize, AtomicUsize); MAX_RUNS],
     reading: AtomicUsize,
+    /// Bytes the workers read (for the tests).
+    #[cfg(test)]
+    touched: AtomicUsize,
 }
 
 impl Ahead {
@@ -169,6 +172,8 @@ impl Ahead {
             seq: AtomicUsize::new(0),
             ranges: std::array::from_fn(|_| (AtomicUsize::new(0), AtomicUsize::new(0))),
             reading: AtomicUsize::new(0),
+            #[cfg(test)]
+            touched: AtomicUsize::new(0),
         }
     }
 
@@ -190,7 +195,7 @@ impl Ahead {
             // drop to 0 after changing `seq`, and we stop once it changed.
             let _done = unsafe { touch(at as *const u8, len.min(MAX_AHEAD), stop) };
             #[cfg(test)]
-            tests::TOUCHED.fetch_add(_done, Ordering::Relaxed);
+            self.touched.fetch_add(_done, Ordering::Relaxed);
         }
         self.reading.fetch_sub(1, Ordering::SeqCst);
     }
@@ -643,21 +648,19 @@ mod tests {
         assert_eq!(helped, (helped[0]..40).collect::<Vec<_>>(), "{taken:?}");
     }
 
-    pub(super) static TOUCHED: AtomicUsize = AtomicUsize::new(0);
-
     #[test]
     fn workers_read_ahead_only_inside_enter() {
         let data = vec![7u8; 3 * MAX_AHEAD];
         let mut pool = Pool::new(3).unwrap();
+        let touched = |p: &Pool| p.workers.shared.ahead.touched.load(Ordering::SeqCst);
         let asked = Mutex::new(Vec::new());
+        let shared = Arc::clone(&pool.workers.shared);
         pool.enter(|| {
-            let before = TOUCHED.load(Ordering::Relaxed);
             // The workers read their parts (MAX_AHEAD at most) while the
             // caller waits; a job first, as workers idle for long sleep.
+            let read = || shared.ahead.touched.load(Ordering::SeqCst);
             let t0 = Instant::now();
-            while TOUCHED.load(Ordering::Relaxed) - before < 2 * MAX_AHEAD
-                && t0.elapsed() < Duration::from_secs(20)
-            {
+            while read() < 2 * MAX_AHEAD && t0.elapsed() < Duration::from_secs(20) {
                 parallel_for(2, |_| {});
                 read_ahead(|run, runs| {
                     asked.lock().unwrap().push((run, runs));
@@ -665,7 +668,7 @@ mod tests {
                 });
                 std::thread::sleep(Duration::from_millis(2));
             }
-            assert!(TOUCHED.load(Ordering::Relaxed) - before >= 2 * MAX_AHEAD);
+            assert!(read() >= 2 * MAX_AHEAD);
             // A job still runs (and cuts any reading short).
             read_ahead(|run, _| &data[run..]);
             let sum = AtomicU64::new(0);
@@ -682,11 +685,14 @@ mod tests {
             asked.iter().all(|a| *a == (1, 3) || *a == (2, 3)),
             "{asked:?}"
         );
-        // Out of `enter`: no range left, nobody reading; the bytes may go.
+        // Out of `enter`: no range left, and nothing read from here on (a
+        // worker may still look, and find the ranges empty); the bytes may go.
         let a = &pool.workers.shared.ahead;
-        assert_eq!(a.reading.load(Ordering::SeqCst), 0);
         assert!(a.ranges.iter().all(|r| r.1.load(Ordering::SeqCst) == 0));
+        let after = touched(&pool);
         drop(data);
+        std::thread::sleep(Duration::from_millis(20));
+        assert_eq!(touched(&pool), after);
         // Outside a pool: nothing to do.
         read_ahead(|_, _| -> &[u8] { panic!("asked outside a pool") });
     }
