@@ -60,7 +60,7 @@ const MAX_RUNS: usize = 64;
 /// spare, more than it can fetch in the usual time between two jobs.
 const MAX_AHEAD: usize = 512 << 10;
 
-/// Bytes a worker prefetches between two looks at whether a job came.
+/// Bytes a worker loads between two looks at whether a job came.
 const AHEAD_STEP: usize = 4096;
 
 /// A run's tasks not yet taken, `next..end`, in one word (`next` in the
