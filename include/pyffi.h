@@ -41,6 +41,26 @@
 #define PYFFI_SEED_RANDOM UINT64_MAX
 
 /**
+ * `pyffi_token_queue_pop`: a token was written to `*token`.
+ */
+#define PYFFI_QUEUE_TOKEN 1
+
+/**
+ * `pyffi_token_queue_pop`: the producer finished and every token was taken.
+ */
+#define PYFFI_QUEUE_END 0
+
+/**
+ * `pyffi_token_queue_pop`: no token within the timeout (ask again).
+ */
+#define PYFFI_QUEUE_TIMEOUT -1
+
+/**
+ * `pyffi_token_queue_pop`: `queue` or `token` is NULL.
+ */
+#define PYFFI_QUEUE_INVALID -2
+
+/**
  * Status of every fallible call. Codes are stable and never reused.
  */
 enum pyffi_status
@@ -161,6 +181,11 @@ typedef struct pyffi_model pyffi_model;
  * session per thread to run in parallel.
  */
 typedef struct pyffi_session pyffi_session;
+
+/**
+ * A queue of tokens from one producer to one consumer.
+ */
+typedef struct pyffi_token_queue pyffi_token_queue;
 
 /**
  * A tokenizer. Immutable and shareable across threads. Free with
@@ -514,6 +539,44 @@ pyffi_status pyffi_generate(struct pyffi_session *session,
                             pyffi_token_callback callback,
                             void *user_data,
                             struct pyffi_error **err);
+
+/**
+ * A new, empty queue in `*out`; free it with `pyffi_token_queue_free` once
+ * both sides are done with it.
+ */
+pyffi_status pyffi_token_queue_new(struct pyffi_token_queue **out, struct pyffi_error **err);
+
+/**
+ * A `pyffi_token_callback`: queues `token` on the queue `user_data` points
+ * to. Returns false (stop generating) once the consumer closed the queue,
+ * or for a NULL queue.
+ */
+bool pyffi_token_queue_push(void *user_data, int32_t token);
+
+/**
+ * The producer: no more tokens (call once generation has returned).
+ */
+void pyffi_token_queue_finish(const struct pyffi_token_queue *queue);
+
+/**
+ * The consumer: take no more tokens; the producer's next push returns
+ * false, which stops generation.
+ */
+void pyffi_token_queue_close(const struct pyffi_token_queue *queue);
+
+/**
+ * The next token, waiting up to `timeout_ms` for one: PYFFI_QUEUE_TOKEN
+ * (written to `*token`), PYFFI_QUEUE_END once the producer finished and the
+ * queue is empty, PYFFI_QUEUE_TIMEOUT, or PYFFI_QUEUE_INVALID.
+ */
+int32_t pyffi_token_queue_pop(const struct pyffi_token_queue *queue,
+                              uint32_t timeout_ms,
+                              int32_t *token);
+
+/**
+ * Frees a queue; NULL is a no-op. Neither side may use it afterwards.
+ */
+void pyffi_token_queue_free(struct pyffi_token_queue *queue);
 
 /**
  * Load a tokenizer: a tokenizer.json, a SentencePiece tokenizer.model, a

@@ -10,7 +10,6 @@ Logits are written by the engine straight into the numpy array returned.
 
 import json
 import os
-import queue
 import threading
 from pathlib import Path
 
@@ -266,15 +265,19 @@ class Session(Handle):
             p.stop_tokens = ffi.from_buffer("int32_t[]", keep) if len(keep) else ffi.NULL
         return p, keep  # keep: the stop array must outlive the call
 
-    def _generate_one(self, prompt, max_new, params, on_token):
+    def _generate_one(self, prompt, max_new, params, on_token, queue=None):
         """One C generate call; `on_token(tok)` is called per token and stops
-        generation by returning False (None goes on)."""
+        generation by returning False (None goes on). With `queue` (a
+        pyffi_token_queue) instead, each token goes onto it, from C."""
         out = np.empty(max(max_new, 1), dtype=np.int32)
         n_out = ffi.new("size_t *")
         finish = ffi.new("pyffi_finish_reason *")
         failure = []
 
-        if on_token is None:
+        user = ffi.NULL
+        if queue is not None:
+            cb, user = _QUEUE_PUSH, queue
+        elif on_token is None:
             cb = ffi.NULL
         else:
             def _cb(_user, tok):
@@ -286,7 +289,7 @@ class Session(Handle):
             cb = ffi.callback("bool(void *, int32_t)", _cb)
         call(lib.pyffi_generate, self._handle(), ffi.from_buffer("int32_t[]", prompt), len(prompt),
              params[0], max_new, ffi.from_buffer("int32_t[]", out, require_writable=True),
-             len(out), n_out, finish, cb, ffi.NULL)
+             len(out), n_out, finish, cb, user)
         if failure:
             raise failure[0]
         return out[: n_out[0]].tolist(), int(finish[0])
@@ -298,33 +301,49 @@ class Session(Handle):
 _FINISH = {0: "stop", 1: "length", 2: "cancelled"}
 
 
+# The C function that queues a token, passed to pyffi_generate as its callback.
+_QUEUE_PUSH = ffi.addressof(lib, "pyffi_token_queue_push")
+
+
+def _token_queue():
+    out = ffi.new("pyffi_token_queue **")
+    call(lib.pyffi_token_queue_new, out)
+    return ffi.gc(out[0], lib.pyffi_token_queue_free)
+
+
 class TokenStream:
     """Iterator over (prompt_index, token) while generation runs on a worker
     thread. Closing it early (or breaking out of a for loop over it) stops
     generation at the next token. After it is exhausted, `finish_reasons`
-    holds "stop", "length" or "cancelled" per prompt."""
+    holds "stop", "length" or "cancelled" per prompt.
 
-    _DONE = object()
+    Tokens come through one C queue per prompt (`pyffi_token_queue`), pushed
+    by the C generate loop itself: the generating thread never takes the
+    interpreter lock per token, and this one waits in C without it."""
+
+    _WAIT_MS = 100  # between two looks for Ctrl-C while waiting
 
     def __init__(self, session, jobs, params):
-        self._queue = queue.Queue()
-        self._cancelled = threading.Event()
+        self._queues = [_token_queue() for _ in jobs]
+        self._failure = []
+        self._token = ffi.new("int32_t *")
+        self._at = 0  # the prompt whose queue is read
         self.finish_reasons = []
+        queues = self._queues
 
         def worker():
             try:
-                for i, (prompt, max_new) in enumerate(jobs):
-                    if self._cancelled.is_set():
-                        break
-
-                    def on_token(tok, i=i):
-                        self._queue.put((i, tok))
-                        return not self._cancelled.is_set()
-                    _, finish = session._generate_one(prompt, max_new, params, on_token)
+                for (prompt, max_new), q in zip(jobs, queues):
+                    _, finish = session._generate_one(prompt, max_new, params, None, queue=q)
                     self.finish_reasons.append(_FINISH.get(finish, "stop"))
-                self._queue.put(self._DONE)
-            except BaseException as e:
-                self._queue.put(e)
+                    lib.pyffi_token_queue_finish(q)
+                    if finish == 2:  # closed: the prompts after it are not run
+                        break
+            except BaseException as e:  # raised by __next__ after the tokens before it
+                self._failure.append(e)
+            finally:
+                for q in queues:
+                    lib.pyffi_token_queue_finish(q)
 
         self._thread = threading.Thread(target=worker, daemon=True)
         self._thread.start()
@@ -334,31 +353,29 @@ class TokenStream:
         return self
 
     def __next__(self):
-        if self._finished:
-            raise StopIteration
-        item = self._queue.get()
-        if item is self._DONE:
+        while not self._finished and self._at < len(self._queues):
+            r = lib.pyffi_token_queue_pop(self._queues[self._at], self._WAIT_MS, self._token)
+            if r == lib.PYFFI_QUEUE_TOKEN:
+                return self._at, self._token[0]
+            if r == lib.PYFFI_QUEUE_END:
+                self._at += 1
+            elif r != lib.PYFFI_QUEUE_TIMEOUT:
+                raise errors.InternalError(f"token queue: {r}")
+        if not self._finished:
             self._finish()
-            raise StopIteration
-        if isinstance(item, BaseException):
-            self._finish()
-            raise item
-        return item
+            if self._failure:
+                raise self._failure[0]
+        raise StopIteration
 
     def _finish(self):
         self._finished = True
-        self._cancelled.set()
         self._thread.join()
 
     def close(self):
         """Stop generation now (the tokens already made are discarded)."""
         if not self._finished:
-            self._cancelled.set()
-            while self._thread.is_alive():  # drain so the worker never blocks
-                try:
-                    self._queue.get(timeout=0.05)
-                except queue.Empty:
-                    pass
+            for q in self._queues:
+                lib.pyffi_token_queue_close(q)
             self._finish()
 
     def __del__(self):

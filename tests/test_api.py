@@ -201,6 +201,27 @@ def test_stream_equals_plain_generate_and_stops_early():
         assert [t for i, t in pairs if i == 0] == plain
 
 
+def test_stream_raises_after_the_tokens_before_the_error_and_keeps_finish_reasons():
+    """The stream's tokens come through C queues: an error in a later prompt
+    comes after the earlier prompt's tokens; close() mid-way is "cancelled"."""
+    with pyffi.Transformer.from_pretrained(model_dir("stories260K")) as model:
+        args = dict(max_gen_len=4, temperature=0, stop_tokens=[])
+        want = model.generate([1, 5], **args)
+        it = model.generate([[1, 5], [1, 10**6]], stream=True, **args)
+        got = []
+        with pytest.raises(pyffi.OutOfRangeError, match="outside the vocabulary"):
+            for pair in it:
+                got.append(pair)
+        assert got == [(0, t) for t in want] and it.finish_reasons == ["length"]
+        it = model.generate([1, 5], stream=True, **args)
+        assert list(it) == want and it.finish_reason == "length"
+        # To the end of the context: far longer than the two calls below.
+        it = model.generate([1, 5], stream=True, **dict(args, max_gen_len=None))
+        assert next(it) == want[0]
+        it.close()
+        assert it.finish_reason == "cancelled" and list(it) == []
+
+
 def test_generate_callback_sees_every_token_and_can_stop():
     with pyffi.Transformer.from_pretrained(model_dir("stories260K")) as model:
         args = dict(max_gen_len=20, temperature=0.9, top_k=30, seed=5, stop_tokens=[])

@@ -21,6 +21,7 @@ pub mod error;
 pub mod model;
 pub mod quantize;
 pub mod session;
+pub mod token_queue;
 pub mod tokenizer;
 
 use std::ffi::{c_char, CStr};
