@@ -231,7 +231,14 @@ mod tests {
             assert!(!pyffi_token_queue_push(q2 as *mut c_void, 6));
             pyffi_token_queue_finish(q2);
             assert_eq!(pyffi_token_queue_pop(q2, 1, &mut tok), PYFFI_QUEUE_END);
-            // NULL arguments.
+            // NULL arguments: an error status and message, or a refusal.
+            let mut err = std::ptr::null_mut();
+            assert_eq!(
+                pyffi_token_queue_new(std::ptr::null_mut(), &mut err),
+                pyffi_status::PYFFI_INVALID_ARGUMENT
+            );
+            assert!(!err.is_null());
+            super::super::error::pyffi_error_free(err);
             assert!(!pyffi_token_queue_push(std::ptr::null_mut(), 1));
             assert_eq!(
                 pyffi_token_queue_pop(std::ptr::null(), 1, &mut tok),
