@@ -580,8 +580,9 @@ mod tests {
             .unwrap();
             let order: Vec<Vec<usize>> =
                 order.into_iter().map(|m| m.into_inner().unwrap()).collect();
-            // The caller starts at the front of its run, the first.
-            assert_eq!(order[0][0], 0);
+            // The caller starts at the front of its run, the first (if the
+            // others left it any task: on a slow or busy machine they may not).
+            assert!(order[0].first().is_none_or(|&i| i == 0), "{order:?}");
             for (t, seen) in order.iter().enumerate() {
                 let own = run_start(t, tasks, n)..run_start(t + 1, tasks, n);
                 let mine: Vec<usize> = seen.iter().copied().filter(|i| own.contains(i)).collect();

@@ -55,6 +55,7 @@ pub fn silu(x: f32) -> f32 {
 /// `out[i] = silu(gate[i]) * up[i]` (the SwiGLU feed-forward's hidden layer).
 pub fn swiglu(out: &mut [f32], gate: &[f32], up: &[f32]) {
     assert!(gate.len() == out.len() && up.len() == out.len());
+    #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))]
     let mut i = 0;
     #[cfg(target_arch = "x86_64")]
     if super::f16::has_avx512() {
@@ -74,6 +75,7 @@ pub fn swiglu(out: &mut [f32], gate: &[f32], up: &[f32]) {
 /// adds them) into a double, then times the float of 1 / sum.
 pub fn softmax(x: &mut [f32]) {
     let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))]
     let mut i = 0;
     #[cfg(target_arch = "x86_64")]
     if super::f16::has_avx512() {

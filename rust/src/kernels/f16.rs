@@ -41,6 +41,7 @@ pub(crate) fn has_avx512() -> bool {
 /// Each value rounded to the nearest float16 (ties to even) and back, as
 /// `f16::from_f32(v).to_f32()` does, 8 at a time where the CPU has F16C.
 pub fn round_to_f16(x: &mut [f32]) {
+    #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))]
     let mut i = 0;
     #[cfg(target_arch = "x86_64")]
     if has_f16c_fma() {

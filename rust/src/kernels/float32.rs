@@ -68,6 +68,7 @@ impl Isa {
     /// Every instruction set this CPU runs (for the tests).
     #[cfg(test)]
     fn all() -> Vec<Isa> {
+        #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))]
         let mut v = vec![Isa::Plain];
         #[cfg(target_arch = "x86_64")]
         {

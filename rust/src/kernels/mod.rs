@@ -5,6 +5,7 @@
 /// 4), within each 128-bit lane: `u[4g + j]` holds, in every 128-bit
 /// lane, value j (of the lane's four) of vectors 4g..4g+4 (pairs
 /// interleaved, then pairs of pairs).
+#[cfg(target_arch = "x86_64")]
 macro_rules! quads_in_lanes {
     ($v:expr, $n:literal, $ty:ty, $lo:ident, $hi:ident, $shuffle:ident) => {{
         let v = $v;

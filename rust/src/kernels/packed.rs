@@ -947,7 +947,7 @@ mod tests {
             .map(|v| {
                 let mut b = BlockQ8::default();
                 for (j, q) in b.qs.iter_mut().enumerate() {
-                    *q = v.wrapping_add(37 * j as u8) as i8;
+                    *q = v.wrapping_add((37 * j) as u8) as i8;
                 }
                 b
             })

@@ -256,9 +256,9 @@ pub(crate) unsafe fn group_dot<const N: usize>(
     debug_assert!(
         xs.iter().all(|x| x.len() == nb) && grp.len() == nb * Layout { g }.superblock_bytes(t)
     );
-    let lanes = t == QuantType::Q6_K && rounding == Rounding::Lanes;
     #[cfg(target_arch = "x86_64")]
     if k != Kernels::Plain {
+        let lanes = t == QuantType::Q6_K && rounding == Rounding::Lanes;
         let p = grp.as_ptr();
         match (t, k) {
             (QuantType::Q4_K, Kernels::Avx2) => {

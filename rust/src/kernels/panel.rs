@@ -12,9 +12,11 @@ use std::cell::RefCell;
 use super::f16::TileElem;
 #[cfg(target_arch = "x86_64")]
 use super::f16::{has_avx512, has_f16c_fma};
+#[cfg(target_arch = "x86_64")]
 use super::SharedOut;
 
 /// Tokens at or above which a matmul goes through `panels`.
+#[cfg(target_arch = "x86_64")]
 const PANEL_MIN_TOKENS: usize = 12;
 
 /// The register tile of the outer-product prefill: weight rows (two
@@ -279,7 +281,8 @@ mod x86 {
         [1 2 3 4 5 6]);
 }
 
-#[cfg(test)]
+// The panels run only on x86_64 (elsewhere `panels` does no rows).
+#[cfg(all(test, target_arch = "x86_64"))]
 mod tests {
     use super::*;
 
@@ -292,7 +295,6 @@ mod tests {
 
     /// Each outer-product tile this CPU runs (whichever `panels` picks), on
     /// float16 and float32 rows: the panels' rows against the exact sums.
-    #[cfg(target_arch = "x86_64")]
     #[test]
     fn every_panel_tile_gives_the_exact_sums() {
         let mut tiles = Vec::new();
