@@ -233,6 +233,51 @@ typedef struct pyffi_session_params {
 } pyffi_session_params;
 
 /**
+ * Where a session's forward passes spent their time, on the thread that
+ * called them (`pyffi_session_take_profile`). Nanoseconds unless named
+ * otherwise; the counts run while profiling is on.
+ */
+typedef struct pyffi_profile {
+  /**
+   * Forward passes (a prompt longer than one pass counts per piece).
+   */
+  uint64_t forwards;
+  /**
+   * Tokens they took.
+   */
+  uint64_t tokens;
+  /**
+   * Inside the forward passes.
+   */
+  uint64_t forward_ns;
+  /**
+   * Parallel jobs (a matmul, the attention, ...).
+   */
+  uint64_t jobs;
+  /**
+   * From publishing each job to its end: the calling thread's share of
+   * the work and its wait for the other threads.
+   */
+  uint64_t job_ns;
+  /**
+   * Of `job_ns`, the wait for the other threads once out of tasks.
+   */
+  uint64_t wait_ns;
+  /**
+   * Quantizing packed matmuls' inputs (on the calling thread alone for
+   * one token per row; longer batches quantize in a job, which `job_ns`
+   * also counts).
+   */
+  uint64_t quantize_ns;
+  /**
+   * Bytes of weights the other threads read into their caches between
+   * jobs (`forward_ns - job_ns` is the time the calling thread works
+   * alone meanwhile).
+   */
+  uint64_t read_ahead_bytes;
+} pyffi_profile;
+
+/**
  * Sampling settings. Get them from `pyffi_sampling_default_params()`.
  */
 typedef struct pyffi_sampling_params {
@@ -493,6 +538,22 @@ uint32_t pyffi_session_n_ctx(const struct pyffi_session *session);
  * Positions currently cached for batch row `seq` (0 for NULL or unused rows).
  */
 uint32_t pyffi_session_cached_len(const struct pyffi_session *session, uint32_t seq);
+
+/**
+ * Start (`on`) or stop counting where this session's forward passes spend
+ * their time. Off when a session starts; counting costs next to nothing.
+ */
+pyffi_status pyffi_session_set_profiling(struct pyffi_session *session,
+                                         bool on,
+                                         struct pyffi_error **err);
+
+/**
+ * The counts since profiling was turned on or last taken, into `*out`;
+ * they restart from zero.
+ */
+pyffi_status pyffi_session_take_profile(struct pyffi_session *session,
+                                        struct pyffi_profile *out,
+                                        struct pyffi_error **err);
 
 /**
  * Free a session. NULL is a no-op.

@@ -1,7 +1,9 @@
 """Command line: `python -m pyffi generate "The Python"` (also the `pyffi`
 script): text in, text out, on the bundled demo model unless --model is given.
 `python -m pyffi quantize SRC DST --type q4_0` writes a quantized GGUF file.
-`python -m pyffi bench` runs the benchmark against llama.cpp (pyffi/bench.py)."""
+`python -m pyffi bench` runs the benchmark against llama.cpp (pyffi/bench.py).
+`python -m pyffi profile [MODEL]` shows where a decode step's time goes
+(pyffi/profile.py)."""
 
 import argparse
 import sys
@@ -49,6 +51,13 @@ def main(argv=None):
                    choices=["f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q4_k", "q5_k", "q6_k"],
                    help="weight format (default q8_0; norms stay f32, 4/5-bit types use Q6_K for the output)")
     q.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p = sub.add_parser("profile", help="where a decode step's time goes (calling thread: jobs, waits, work alone)")
+    p.add_argument("model", nargs="?", default=None,
+                   help="a GGUF file or Hugging Face model folder (default: the bundled demo model)")
+    p.add_argument("--tokens", type=int, default=128, help="single-token steps to profile (default 128)")
+    p.add_argument("--depth", type=int, default=0, help="positions in the cache before them (default 0)")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--json", action="store_true", help="the counts as one JSON line")
     sub.add_parser("bench", add_help=False,
                    help="speed against llama.cpp on generated GGUF models (see `pyffi bench --help`)")
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -58,6 +67,17 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     import pyffi
+
+    if args.command == "profile":
+        from . import profile
+        args.model = args.model or default_model()
+        if args.model is None:
+            parser.error("no model given and the demo model is not installed")
+        try:
+            return profile.main(args)
+        except (pyffi.PyffiError, OSError, ValueError) as e:
+            print(f"pyffi: error: {e}", file=sys.stderr)
+            return 1
 
     if args.command == "quantize":
         try:

@@ -26,6 +26,8 @@ _F32 = np.dtype(np.float32)
 _OK = lib.PYFFI_OK
 _forward = lib.pyffi_forward
 _SEED_RANDOM = 2**64 - 1
+PROFILE_FIELDS = ("forwards", "tokens", "forward_ns", "jobs", "job_ns", "wait_ns", "quantize_ns",
+                  "read_ahead_bytes")
 
 
 def _token_array(seq, what):
@@ -137,6 +139,20 @@ class Session(Handle):
     def cached_len(self, row=0):
         """Positions held in the KV cache for batch row `row`."""
         return lib.pyffi_session_cached_len(self._handle(), row)
+
+    def set_profiling(self, on=True):
+        """Start (or stop) counting where this session's forward passes
+        spend their time; `take_profile()` reads the counts."""
+        call(lib.pyffi_session_set_profiling, self._handle(), bool(on))
+
+    def take_profile(self):
+        """The counts since profiling was turned on or last taken, as a dict
+        (the fields of `pyffi_profile`: forwards, tokens, forward_ns, jobs,
+        job_ns, wait_ns, quantize_ns, read_ahead_bytes); they restart from
+        zero."""
+        out = ffi.new("pyffi_profile *")
+        call(lib.pyffi_session_take_profile, self._handle(), out)
+        return {name: int(getattr(out, name)) for name in PROFILE_FIELDS}
 
     def forward(self, sequences, start_pos=0, last_only=False, out=None):
         """Logits, float32, `[batch, seq, vocab]` (`[batch, 1, vocab]` when

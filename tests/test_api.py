@@ -320,3 +320,49 @@ def test_cli_generates_with_the_bundled_model():
 def golden_dir():
     from conftest import FIXTURES
     return FIXTURES / "demo"
+
+
+def test_profiling_counts_a_sessions_forward_passes_while_on():
+    with pyffi.Transformer.from_pretrained(model_dir("stories260K"), n_threads=2) as model:
+        s = model.new_session(n_threads=2)
+        s.forward([1, 2, 3])
+        assert s.take_profile() == dict.fromkeys(pyffi.model.PROFILE_FIELDS, 0), "off at first"
+        s.set_profiling(True)
+        s.forward([4, 5], start_pos=3)
+        s.forward([[6], [7, 8, 9]], start_pos=[5, 0], last_only=True)
+        p = s.take_profile()
+        assert set(p) == set(pyffi.model.PROFILE_FIELDS)
+        assert (p["forwards"], p["tokens"]) == (2, 6)
+        assert p["jobs"] > 0 and 0 <= p["wait_ns"] <= p["job_ns"] <= p["forward_ns"]
+        assert s.take_profile()["forwards"] == 0, "taking restarts the counts"
+        s.set_profiling(False)
+        s.forward([10], start_pos=5)
+        assert s.take_profile()["forwards"] == 0
+        s.close()
+
+
+def test_take_profile_refuses_a_null_out():
+    with pyffi.Transformer.from_pretrained(model_dir("stories260K")) as model:
+        s = model.new_session()
+        from pyffi._ffi import ffi, lib
+        err = ffi.new("pyffi_error **")
+        status = lib.pyffi_session_take_profile(s._handle(), ffi.NULL, err)
+        assert status == lib.PYFFI_INVALID_ARGUMENT
+        assert "out is NULL" in ffi.string(lib.pyffi_error_message(err[0])).decode()
+        lib.pyffi_error_free(err[0])
+        s.close()
+
+
+def test_cli_profiles_decode_steps():
+    out = subprocess.run([sys.executable, "-m", "pyffi", "profile", str(model_dir("stories260K")),
+                          "--tokens", "5", "--depth", "3", "--threads", "2", "--json"],
+                         cwd=REPO, capture_output=True, text=True, check=True).stdout
+    p = json.loads(out)
+    assert (p["forwards"], p["tokens"], p["depth"]) == (5, 5, 3)
+    assert 0 < p["job_ns"] <= p["forward_ns"]
+    text = subprocess.run([sys.executable, "-m", "pyffi", "profile", "--tokens", "2"],
+                          cwd=REPO, capture_output=True, text=True, check=True).stdout
+    assert "per token:" in text and "parallel jobs" in text
+    bad = subprocess.run([sys.executable, "-m", "pyffi", "profile", "--tokens", "0"],
+                         cwd=REPO, capture_output=True, text=True)
+    assert bad.returncode == 1 and "tokens >= 1" in bad.stderr

@@ -24,6 +24,11 @@
 //!
 //! A session asked for 0 threads follows the process-wide default, which
 //! `set_default_threads` changes at any time.
+//!
+//! With profiling on (`Pool::set_profiling`), the pool counts where the
+//! calling thread's time goes (`Profile`): its jobs, its wait at their ends,
+//! and the spans the model and kernels time with `timed`; off, that is one
+//! relaxed load per job.
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -134,6 +139,107 @@ pub(crate) fn run_start(r: usize, n: usize, runs: usize) -> usize {
     r * n / runs
 }
 
+/// Where a session's forward passes spent their time, on the thread that
+/// called them, since profiling was turned on or last read
+/// (`Pool::take_profile`). Nanoseconds unless named otherwise.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Profile {
+    /// Forward passes (a prompt longer than one pass counts per piece).
+    pub forwards: u64,
+    /// Tokens they took.
+    pub tokens: u64,
+    /// Inside the forward passes.
+    pub forward_ns: u64,
+    /// Parallel jobs (a matmul, the attention, ...).
+    pub jobs: u64,
+    /// From publishing each job to its end: the caller's share of the work
+    /// and its wait for the others.
+    pub job_ns: u64,
+    /// Of `job_ns`, the wait for the other threads once out of tasks.
+    pub wait_ns: u64,
+    /// Quantizing matmul inputs (alone for one token per row; a parallel
+    /// job for longer batches, which `job_ns` also counts).
+    pub quantize_ns: u64,
+    /// Bytes of weights the other threads read ahead between jobs.
+    pub read_ahead_bytes: u64,
+}
+
+/// What `timed` counts.
+#[derive(Debug, Clone, Copy)]
+pub enum Span {
+    Forward,
+    Quantize,
+}
+
+/// The running counts behind `Profile`.
+#[derive(Default)]
+struct Counters {
+    on: AtomicBool,
+    forwards: AtomicU64,
+    tokens: AtomicU64,
+    forward_ns: AtomicU64,
+    jobs: AtomicU64,
+    job_ns: AtomicU64,
+    wait_ns: AtomicU64,
+    quantize_ns: AtomicU64,
+    read_ahead_bytes: AtomicU64,
+}
+
+impl Counters {
+    fn on(&self) -> bool {
+        self.on.load(Ordering::Relaxed)
+    }
+
+    fn add(&self, c: &AtomicU64, n: u64) {
+        c.fetch_add(n, Ordering::Relaxed);
+    }
+
+    fn take(&self) -> Profile {
+        let t = |c: &AtomicU64| c.swap(0, Ordering::Relaxed);
+        Profile {
+            forwards: t(&self.forwards),
+            tokens: t(&self.tokens),
+            forward_ns: t(&self.forward_ns),
+            jobs: t(&self.jobs),
+            job_ns: t(&self.job_ns),
+            wait_ns: t(&self.wait_ns),
+            quantize_ns: t(&self.quantize_ns),
+            read_ahead_bytes: t(&self.read_ahead_bytes),
+        }
+    }
+}
+
+fn nanos(since: Instant) -> u64 {
+    since.elapsed().as_nanos().min(u64::MAX as u128) as u64
+}
+
+/// Run `f`, counting its time under `span` (and, for a forward pass, one
+/// pass of `tokens`) when the current pool is profiling and this is its
+/// calling thread outside any task; otherwise just run it.
+pub fn timed<R>(span: Span, tokens: usize, f: impl FnOnce() -> R) -> R {
+    let shared = CURRENT.with(|c| c.get());
+    let counters = match shared {
+        // SAFETY: `enter` keeps the pool alive while CURRENT points at it.
+        Some(s) if thread_index() == 0 && !IN_TASK.with(|t| t.get()) => unsafe { &(*s).profile },
+        _ => return f(),
+    };
+    if !counters.on() {
+        return f();
+    }
+    let start = Instant::now();
+    let r = f();
+    let ns = nanos(start);
+    match span {
+        Span::Forward => {
+            counters.add(&counters.forward_ns, ns);
+            counters.add(&counters.forwards, 1);
+            counters.add(&counters.tokens, tokens as u64);
+        }
+        Span::Quantize => counters.add(&counters.quantize_ns, ns),
+    }
+    r
+}
+
 struct Shared {
     /// Bumped once per job (and once to stop); workers wait for a change.
     epoch: AtomicUsize,
@@ -150,6 +256,8 @@ struct Shared {
     wake: Condvar,
     /// What each worker may read ahead before the next job.
     ahead: Ahead,
+    /// The pool's, kept across a restart of its workers.
+    profile: Arc<Counters>,
 }
 
 /// Per worker, the address and length of the bytes its next job reads
@@ -178,12 +286,14 @@ impl Ahead {
     }
 
     /// Worker `index`: read its range if one was set since `taken` (then
-    /// updated), until done, a new range, or `job_came()`.
-    fn read(&self, index: usize, taken: &mut usize, job_came: impl Fn() -> bool) {
+    /// updated), until done, a new range, or `job_came()`. Returns the bytes
+    /// it read.
+    fn read(&self, index: usize, taken: &mut usize, job_came: impl Fn() -> bool) -> usize {
         let seq = self.seq.load(Ordering::Relaxed);
         if seq == *taken || seq % 2 == 1 {
-            return; // the cheap look of every poll
+            return 0; // the cheap look of every poll
         }
+        let mut read = 0;
         self.reading.fetch_add(1, Ordering::SeqCst);
         let seq = self.seq.load(Ordering::SeqCst);
         let (at, len) = &self.ranges[index % MAX_RUNS];
@@ -193,11 +303,12 @@ impl Ahead {
             let stop = || job_came() || self.seq.load(Ordering::Relaxed) != seq;
             // SAFETY: the range is live until the caller has seen `reading`
             // drop to 0 after changing `seq`, and we stop once it changed.
-            let _done = unsafe { touch(at as *const u8, len.min(MAX_AHEAD), stop) };
+            read = unsafe { touch(at as *const u8, len.min(MAX_AHEAD), stop) };
             #[cfg(test)]
-            self.touched.fetch_add(_done, Ordering::Relaxed);
+            self.touched.fetch_add(read, Ordering::Relaxed);
         }
         self.reading.fetch_sub(1, Ordering::SeqCst);
+        read
     }
 
     /// The caller: set every worker's range (`range(i)`; (0, 0) for none).
@@ -383,6 +494,7 @@ unsafe fn run_job(s: &Shared, n_tasks: usize, f: &(dyn Fn(usize) + Sync)) {
     let run: *const (dyn Fn(usize) + Sync) =
         std::mem::transmute::<&(dyn Fn(usize) + Sync), &'static (dyn Fn(usize) + Sync)>(f);
     let threads = THREADS.with(|t| t.get());
+    let started = s.profile.on().then(Instant::now);
     let job = Job::new(run, n_tasks, threads);
     let workers = threads - 1;
     *s.job.0.get() = &job;
@@ -396,8 +508,15 @@ unsafe fn run_job(s: &Shared, n_tasks: usize, f: &(dyn Fn(usize) + Sync)) {
     // for them before it goes on (and then re-raise it).
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work(&job)));
     IN_TASK.with(|t| t.set(false));
+    let done = started.map(|_| Instant::now());
     while s.busy.load(Ordering::Acquire) != 0 {
         std::hint::spin_loop();
+    }
+    if let (Some(started), Some(done)) = (started, done) {
+        let p = &s.profile;
+        p.add(&p.jobs, 1);
+        p.add(&p.job_ns, nanos(started));
+        p.add(&p.wait_ns, nanos(done));
     }
     let theirs = s.panic.lock().unwrap_or_else(|e| e.into_inner()).take();
     if let Some(p) = result.err().or(theirs) {
@@ -418,9 +537,12 @@ fn worker_main(s: Arc<Shared>, index: usize, threads: usize) {
         let start = Instant::now();
         let mut polls = 0u32;
         while s.epoch.load(Ordering::Acquire) == seen {
-            s.ahead.read(index, &mut ahead_taken, || {
+            let read = s.ahead.read(index, &mut ahead_taken, || {
                 s.epoch.load(Ordering::Relaxed) != seen
             });
+            if read > 0 && s.profile.on() {
+                s.profile.add(&s.profile.read_ahead_bytes, read as u64);
+            }
             std::hint::spin_loop();
             polls = polls.wrapping_add(1);
             if polls % 256 == 0 && start.elapsed() > SPIN {
@@ -457,7 +579,7 @@ struct Workers {
 }
 
 impl Workers {
-    fn start(n: usize) -> Result<Workers> {
+    fn start(n: usize, profile: Arc<Counters>) -> Result<Workers> {
         let shared = Arc::new(Shared {
             epoch: AtomicUsize::new(0),
             job: JobSlot(std::cell::UnsafeCell::new(std::ptr::null())),
@@ -468,6 +590,7 @@ impl Workers {
             lock: Mutex::new(()),
             wake: Condvar::new(),
             ahead: Ahead::new(),
+            profile,
         });
         let mut w = Workers {
             shared,
@@ -517,12 +640,23 @@ impl Pool {
         };
         Ok(Pool {
             requested,
-            workers: Workers::start(n.max(1))?,
+            workers: Workers::start(n.max(1), Arc::default())?,
         })
     }
 
     pub fn threads(&self) -> usize {
         self.workers.threads
+    }
+
+    /// Turn the counting behind `take_profile` on or off (off at first).
+    pub fn set_profiling(&self, on: bool) {
+        self.workers.shared.profile.on.store(on, Ordering::Relaxed);
+    }
+
+    /// The counts since profiling was turned on or last taken; they restart
+    /// from zero.
+    pub fn take_profile(&self) -> Profile {
+        self.workers.shared.profile.take()
     }
 
     /// Run `f` on this thread as worker 0 of the pool (restarted first if it
@@ -532,7 +666,8 @@ impl Pool {
         if self.requested == 0 {
             let want = default_threads().max(1);
             if want != self.workers.threads {
-                self.workers = Workers::start(want)?;
+                let profile = Arc::clone(&self.workers.shared.profile);
+                self.workers = Workers::start(want, profile)?;
             }
         }
         let w = &self.workers;
@@ -647,6 +782,57 @@ mod tests {
         helped.sort();
         assert_eq!(caller, (0..helped[0]).collect::<Vec<_>>(), "{taken:?}");
         assert_eq!(helped, (helped[0]..40).collect::<Vec<_>>(), "{taken:?}");
+    }
+
+    #[test]
+    fn profiling_counts_jobs_and_spans_of_the_calling_thread_while_on() {
+        let ms = |n| std::thread::sleep(Duration::from_millis(n));
+        let data = vec![1u8; 1 << 16];
+        let work = |pool: &mut Pool| {
+            pool.enter(|| {
+                timed(Span::Forward, 3, || {
+                    for _ in 0..5 {
+                        parallel_for(4, |_| ms(1));
+                    }
+                    timed(Span::Quantize, 0, || ms(2));
+                    // The other thread reads ahead while the caller is away.
+                    read_ahead(|_, _| &data[..]);
+                    ms(5);
+                });
+                // Inside a task, or outside a pool: run, not counted.
+                parallel_for(2, |_| timed(Span::Quantize, 0, || ms(3)));
+            })
+            .unwrap();
+            timed(Span::Forward, 7, || ());
+        };
+        let mut pool = Pool::new(2).unwrap();
+        work(&mut pool);
+        assert_eq!(pool.take_profile(), Profile::default(), "off at first");
+        pool.set_profiling(true);
+        work(&mut pool);
+        let p = pool.take_profile();
+        assert_eq!((p.forwards, p.tokens, p.jobs), (1, 3, 6), "{p:?}");
+        let ms_ns = 1_000_000;
+        // Every job lasts at least its slowest task; a wait is part of its job.
+        assert!(p.job_ns >= 6 * ms_ns && p.wait_ns <= p.job_ns, "{p:?}");
+        // 2 ms, not the 3 ms more of the caller's task.
+        assert!(
+            p.quantize_ns >= 2 * ms_ns && p.quantize_ns < 4 * ms_ns + ms_ns / 2,
+            "{p:?}"
+        );
+        assert!(p.forward_ns >= 5 * ms_ns + 2 * ms_ns + 5 * ms_ns, "{p:?}");
+        assert!(
+            p.read_ahead_bytes > 0 && p.read_ahead_bytes <= data.len() as u64,
+            "{p:?}"
+        );
+        assert_eq!(
+            pool.take_profile(),
+            Profile::default(),
+            "taking restarts the counts"
+        );
+        pool.set_profiling(false);
+        work(&mut pool);
+        assert_eq!(pool.take_profile(), Profile::default());
     }
 
     #[test]

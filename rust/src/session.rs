@@ -127,6 +127,16 @@ impl Session {
         self.cache.len(seq)
     }
 
+    /// Count where forward passes spend their time (`take_profile`), or stop.
+    pub fn set_profiling(&self, on: bool) {
+        self.pool.set_profiling(on)
+    }
+
+    /// The counts since profiling was turned on or last taken (then zeroed).
+    pub fn take_profile(&self) -> crate::pool::Profile {
+        self.pool.take_profile()
+    }
+
     pub fn logits_len(&self, lengths: &[u32], last_only: bool) -> usize {
         let rows = lengths.len();
         let per_row = if last_only {

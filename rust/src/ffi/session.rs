@@ -121,6 +121,80 @@ pub unsafe extern "C" fn pyffi_session_cached_len(session: *const pyffi_session,
     })
 }
 
+/// Where a session's forward passes spent their time, on the thread that
+/// called them (`pyffi_session_take_profile`). Nanoseconds unless named
+/// otherwise; the counts run while profiling is on.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct pyffi_profile {
+    /// Forward passes (a prompt longer than one pass counts per piece).
+    pub forwards: u64,
+    /// Tokens they took.
+    pub tokens: u64,
+    /// Inside the forward passes.
+    pub forward_ns: u64,
+    /// Parallel jobs (a matmul, the attention, ...).
+    pub jobs: u64,
+    /// From publishing each job to its end: the calling thread's share of
+    /// the work and its wait for the other threads.
+    pub job_ns: u64,
+    /// Of `job_ns`, the wait for the other threads once out of tasks.
+    pub wait_ns: u64,
+    /// Quantizing packed matmuls' inputs (on the calling thread alone for
+    /// one token per row; longer batches quantize in a job, which `job_ns`
+    /// also counts).
+    pub quantize_ns: u64,
+    /// Bytes of weights the other threads read into their caches between
+    /// jobs (`forward_ns - job_ns` is the time the calling thread works
+    /// alone meanwhile).
+    pub read_ahead_bytes: u64,
+}
+
+/// Start (`on`) or stop counting where this session's forward passes spend
+/// their time. Off when a session starts; counting costs next to nothing.
+#[no_mangle]
+pub unsafe extern "C" fn pyffi_session_set_profiling(
+    session: *mut pyffi_session,
+    on: bool,
+    err: *mut *mut pyffi_error,
+) -> pyffi_status {
+    run(err, || {
+        lock(arg(session, "session")?)?.set_profiling(on);
+        Ok(())
+    })
+}
+
+/// The counts since profiling was turned on or last taken, into `*out`;
+/// they restart from zero.
+#[no_mangle]
+pub unsafe extern "C" fn pyffi_session_take_profile(
+    session: *mut pyffi_session,
+    out: *mut pyffi_profile,
+    err: *mut *mut pyffi_error,
+) -> pyffi_status {
+    run(err, || {
+        let s = arg(session, "session")?;
+        if out.is_null() {
+            return Err(invalid_argument("out is NULL"));
+        }
+        let p = lock(s)?.take_profile();
+        set(
+            out,
+            pyffi_profile {
+                forwards: p.forwards,
+                tokens: p.tokens,
+                forward_ns: p.forward_ns,
+                jobs: p.jobs,
+                job_ns: p.job_ns,
+                wait_ns: p.wait_ns,
+                quantize_ns: p.quantize_ns,
+                read_ahead_bytes: p.read_ahead_bytes,
+            },
+        );
+        Ok(())
+    })
+}
+
 /// Free a session. NULL is a no-op.
 #[no_mangle]
 pub unsafe extern "C" fn pyffi_session_free(session: *mut pyffi_session) {

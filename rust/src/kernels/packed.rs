@@ -320,7 +320,9 @@ impl PackedMatrix {
         } else if groups > 0 {
             ACTIVATIONS.with(|cell| {
                 let mut acts = cell.borrow_mut();
-                let (qx, bias) = acts.quantize(x, n_tok, n_in);
+                let (qx, bias) = crate::pool::timed(crate::pool::Span::Quantize, 0, || {
+                    acts.quantize(x, n_tok, n_in)
+                });
                 let dst = SharedOut(out.as_mut_ptr());
                 self.groups_times_activations(dst, out_stride, qx, bias, n_tok, k);
             });

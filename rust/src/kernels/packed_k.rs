@@ -406,8 +406,10 @@ pub(crate) fn with_activations<R>(
             buf.resize(n_tok * nb, BlockQ8K::default());
         }
         let qx = &mut buf[..n_tok * nb];
-        crate::pool::parallel_chunks(qx, nb.max(1), |t, q| {
-            kquant::quantize_row_q8k(&x[t * n_in..(t + 1) * n_in], q)
+        crate::pool::timed(crate::pool::Span::Quantize, 0, || {
+            crate::pool::parallel_chunks(qx, nb.max(1), |t, q| {
+                kquant::quantize_row_q8k(&x[t * n_in..(t + 1) * n_in], q)
+            })
         });
         f(&buf[..n_tok * nb])
     })

@@ -175,6 +175,19 @@ fn attend_run<'o, T: KvElem>(
 /// Runs the batch and writes logits into `out` (sized by `logits_len`).
 /// The caller has validated tokens, positions and sizes.
 pub fn forward(model: &Model, cache: &mut KvCache, s: &mut Scratch, batch: &Batch, logits: Logits) {
+    let n_tok = batch.tokens.len();
+    crate::pool::timed(crate::pool::Span::Forward, n_tok, || {
+        forward_pass(model, cache, s, batch, logits)
+    })
+}
+
+fn forward_pass(
+    model: &Model,
+    cache: &mut KvCache,
+    s: &mut Scratch,
+    batch: &Batch,
+    logits: Logits,
+) {
     let cfg = &model.config;
     let w = &model.weights;
     let (h, hd, qd, kvd, ffn) = (
