@@ -451,6 +451,10 @@ class PyffiEngine:
         self.model = pyffi.Transformer.from_pretrained(path, n_ctx=n_ctx, n_threads=threads)
         self.session = self.model.new_session(n_ctx=n_ctx, n_threads=threads)
         self.load_s = time.perf_counter() - t0
+        # Where each decode run's time went (`python -m pyffi profile`):
+        # three clock reads per parallel job, noise next to a token.
+        self.session.set_profiling(True)
+        self.last_profile = None
         self.info = {"pyffi_version": pyffi.__version__, "n_ctx": self.session.n_ctx,
                      "library": str(library_path())}
         self._one = np.zeros(1, np.int32)
@@ -466,13 +470,16 @@ class PyffiEngine:
         return dt
 
     def steps(self, tokens, pos):
-        """Time of len(tokens) one-token calls from `pos`."""
+        """Time of len(tokens) one-token calls from `pos` (their profile in
+        `last_profile`)."""
         one, fwd = self._one, self.session.forward
+        self.session.take_profile()  # from zero
         t0 = time.perf_counter()
         for i, tok in enumerate(tokens):
             one[0] = tok
             fwd(one, start_pos=pos + i, last_only=True)
         dt = time.perf_counter() - t0
+        self.last_profile = self.session.take_profile()
         self._cached = pos + len(tokens)
         return dt
 
@@ -702,6 +709,8 @@ def _serve(a):
                     res["streaming"] = measure_streaming(eng.session, STREAM_REPS, a.n_stream, a.vocab)
                 break
             dt = run_once(eng, test, toks, a.n_prompt, a.n_gen, a.depth)
+            if test in ("tg", "tgd") and getattr(eng, "last_profile", None):
+                res.setdefault("profiles", {}).setdefault(test, []).append(eng.last_profile)
             print(f"BENCH_TIME {dt!r}", flush=True)
     except Exception as e:
         res["error"] = f"{type(e).__name__}: {e}"
@@ -901,7 +910,12 @@ def run_engines(engines, model, args, timeout=None, extra=(), probe=None):
                     **({} if key == "pp" else {"first_pos": depth if key == "tgd" else 1}),
                     **({"probe_gb_per_s": probes[w.engine]} if probes[w.engine] else {})}
         for w in live:
-            results[w.engine].update(w.finish())
+            res = w.finish()
+            # pyffi's decode profiles go with their runs (the warm-up's left out).
+            for key, runs in (res.pop("profiles", None) or {}).items():
+                t = results[w.engine]["tests"][tests[key]]
+                t["profiles"] = runs[1:]
+            results[w.engine].update(res)
     except Exception as err:
         timed_out = timer is not None and not timer.is_alive()
         msg = f"timed out after {timeout} s" if timed_out else f"{type(err).__name__}: {err}"
@@ -1063,6 +1077,8 @@ def summarize(report):
                 if shares and len(shares) == len(t["times_s"]):
                     s["bw_shares"] = shares
                     s["bw_share"] = statistics.median(shares)
+            if t.get("profiles"):
+                s["profile"] = profile_shares(t["profiles"])
             if name.startswith("pp") and rate:
                 s["gflop_per_s"] = prefill_flops_per_token(report["config"]["shape"], t["n_tokens"]) * rate / 1e9
                 s["fma_share"] = s["gflop_per_s"] / peak if peak else None
@@ -1105,6 +1121,22 @@ def summarize(report):
             oh["python_minus_c_ns"] = py - c
             oh["python_over_c"] = ratio(py, c)
     return report
+
+
+def profile_shares(runs):
+    """Median over decode runs of where a token's time went (`pyffi_profile`
+    counts): shares of the calling thread's time alone between jobs, of it
+    quantizing, and of its waits at the jobs' ends."""
+    def median_of(f):
+        xs = [f(p) / p["forward_ns"] for p in runs if p.get("forward_ns")]
+        return statistics.median(xs) if xs else None
+    return {"alone": median_of(lambda p: max(p["forward_ns"] - p["job_ns"], 0)),
+            "quantize": median_of(lambda p: p["quantize_ns"]),
+            "wait": median_of(lambda p: p["wait_ns"])}
+
+
+def _pct(x):
+    return "?" if x is None else f"{100 * x:.1f}%"
 
 
 def _short(msg, n=70):
@@ -1210,6 +1242,13 @@ def format_table(report):
                      f"{100 * RSS_SLACK:.0f}%: " + ", ".join(
                          f"{typ} {_mib(rss)} / {_mib(bound)} MiB" + ("" if rss <= bound else " (over)")
                          for typ, rss, bound, _ in bounds))
+    profiled = [(c["type"], name, x["profile"]) for c in report["results"] if c["engine"] == "pyffi"
+                for name, x in (c.get("summary") or {}).items() if x.get("profile")]
+    if profiled:
+        lines.append("pyffi's decode, the calling thread's share of a token alone between jobs (of which quantizing "
+                     "matmul inputs) / waiting at the jobs' ends, median of the runs (`python -m pyffi profile`): "
+                     + ", ".join(f"{typ} {name} {_pct(p['alone'])} ({_pct(p['quantize'])}) / {_pct(p['wait'])}"
+                                 for typ, name, p in profiled))
     shares = [(x.get("bw_share") or 0) for c in report["results"] for x in (c.get("summary") or {}).values()]
     if shares and max(shares) > 1:
         lines.append("Over 100%: the weights partly stay in the CPU's caches between tokens (a small model), "

@@ -28,6 +28,12 @@ def test_engines_take_turns_in_their_own_workers():
         assert len(t["times_s"]) == 2 and all(x > 0 for x in t["times_s"]), name
     assert res["tests"]["tg3@d8"]["first_pos"] == 8 and res["tests"]["tg3"]["first_pos"] == 1
     assert len(res["streaming"]["plain_s"]) == bench.STREAM_REPS
+    # pyffi's decode runs come with their profiles: 3 steps each, one pass per step.
+    assert "profiles" not in res and "profiles" not in res["tests"]["pp8"]
+    for name in ("tg3", "tg3@d8"):
+        runs = res["tests"][name]["profiles"]
+        assert len(runs) == 2 and all((p["forwards"], p["tokens"]) == (3, 3) for p in runs), runs
+        assert all(0 <= p["wait_ns"] <= p["job_ns"] <= p["forward_ns"] for p in runs), runs
     assert all("probe_gb_per_s" not in t for t in res["tests"].values())
     # With a probe: one just before and one just after every timed decode
     # run (not the warm-up, not the prompt), in the order they were taken.
@@ -144,6 +150,15 @@ def test_summary_ratios_and_bandwidth():
     want = [per_tok * 128 / x / 1e9 / p for x, p in ((4.0, 40.0), (3.0, 80.0), (5.0, 50.0))]
     assert runs["bw_shares"] == pytest.approx(want)
     assert runs["bw_share"] == pytest.approx(sorted(want)[1])
+    # Profiles: per run, shares of forward_ns; the median of the runs.
+    rep = _fake_report()
+    prof = lambda fwd, job, wait, q: dict(forward_ns=fwd, job_ns=job, wait_ns=wait, quantize_ns=q)
+    rep["results"][1]["tests"]["tg128"]["profiles"] = [prof(100, 90, 2, 5), prof(200, 160, 2, 20),
+                                                        prof(100, 95, 3, 1)]
+    got = bench.summarize(rep)["results"][1]["summary"]["tg128"]["profile"]
+    assert got == pytest.approx({"alone": 0.1, "quantize": 0.05, "wait": 0.02})
+    line = [x for x in bench.format_table(bench.summarize(rep)).splitlines() if "alone between jobs" in x]
+    assert line and "q4_0 tg128 10.0% (5.0%) / 2.0%" in line[0]
     # An engine that could not load the file is an error cell, not a crash.
     assert r["ratios"]["q4_k_m"]["pp512"] is None
     assert r["overhead"]["python_minus_c_ns"] == pytest.approx(10e3)
