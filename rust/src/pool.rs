@@ -27,8 +27,8 @@
 //!
 //! With profiling on (`Pool::set_profiling`), the pool counts where the
 //! calling thread's time goes (`Profile`): its jobs, its wait at their ends,
-//! and the spans the model and kernels time with `timed`; off, that is one
-//! relaxed load per job.
+//! and the spans the model and kernels time with `timed`; off, that is a
+//! relaxed load per job and per span.
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
