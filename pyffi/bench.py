@@ -1261,7 +1261,11 @@ def format_table(report):
             lines.append(f"per-call overhead, one-token forward on {oh['model_name']} ({oh['threads']} thread(s)): "
                          f"Python {py['ns_per_call'] / 1e3:.1f} us, C {c['ns_per_call'] / 1e3:.1f} us, "
                          f"Python adds {oh['python_minus_c_ns'] / 1e3:.1f} us per call "
-                         f"({oh['python_over_c']:.2f}x)")
+                         f"({oh['python_over_c']:.2f}x)"
+                         # Python's call is the C call and more: below it, the machine changed pace.
+                         + (" -- not a reading: the C calls took longer than the Python ones, which make "
+                            "them, so the machine's pace changed between the two (run again)"
+                            if oh["python_minus_c_ns"] < 0 else ""))
         else:
             lines.append(f"per-call overhead: error: python: {py.get('error', 'ok')}; c: {c.get('error', 'ok')}")
     streams = [(c["type"], c["streaming"]) for c in report["results"] if c.get("streaming")]

@@ -169,7 +169,12 @@ def test_table_shows_every_cell_and_errors():
     table = bench.format_table(bench.summarize(_fake_report()))
     assert "| q4_0 | **pyffi / llama.cpp** |" in table and "**0.50x**" in table
     assert "error [1]" in table and "[1] q4_k_m / pyffi: UnsupportedError: tensor is Q4_K" in table
-    assert "40.0 GB/s" in table and "Python adds 10.0 us" in table
+    assert "40.0 GB/s" in table and "Python adds 10.0 us" in table and "not a reading" not in table
+    # Python's calls faster than C's, which they make: flagged, not read as a gain.
+    rep = _fake_report()
+    rep["overhead"]["python"]["ns_per_call"], rep["overhead"]["c"]["ns_per_call"] = 47e3, 57e3
+    flagged = bench.format_table(bench.summarize(rep))
+    assert "Python adds -10.0 us per call (0.82x) -- not a reading" in flagged
     assert "200.0 GFLOP/s" in table and "pp512 GFLOP/s (% FMA)" in table
     flops = bench.prefill_flops_per_token("tinyllama-1.1b", 512) * 512 / 5.0 / 1e9
     assert f"| {flops:.0f} ({100 * flops / 200:.0f}%) |" in table
