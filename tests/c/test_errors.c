@@ -175,6 +175,28 @@ int main(int argc, char **argv) {
     st = pyffi_forward(session, toks, len3, 1, start3, true, logits, 32, &n_logits, &err);
     expect(st == PYFFI_OK && pyffi_session_cached_len(session, 0) == 6, "the session still works after errors");
 
+    /* Profiling. */
+    pyffi_profile prof;
+    memset(&prof, 0xff, sizeof prof);
+    st = pyffi_session_take_profile(session, &prof, &err);
+    expect(st == PYFFI_OK && prof.forwards == 0 && prof.forward_ns == 0, "profiling is off at first");
+    st = pyffi_session_set_profiling(session, true, &err);
+    expect(st == PYFFI_OK, "turn profiling on");
+    st = pyffi_forward(session, toks, len3, 1, start3, true, logits, 32, &n_logits, &err);
+    expect(st == PYFFI_OK, "a forward pass while profiling");
+    st = pyffi_session_take_profile(session, &prof, &err);
+    expect(st == PYFFI_OK && prof.forwards == 1 && prof.tokens == 3 && prof.forward_ns > 0 &&
+               prof.wait_ns <= prof.job_ns && prof.job_ns <= prof.forward_ns,
+           "the pass is counted");
+    st = pyffi_session_take_profile(session, NULL, &err);
+    expect_error(st, err, PYFFI_INVALID_ARGUMENT, "out", "NULL profile out");
+    st = pyffi_session_take_profile(NULL, &prof, &err);
+    expect_error(st, err, PYFFI_INVALID_ARGUMENT, "session", "the profile of a NULL session");
+    st = pyffi_session_set_profiling(NULL, true, &err);
+    expect_error(st, err, PYFFI_INVALID_ARGUMENT, "session", "profiling a NULL session");
+    st = pyffi_session_set_profiling(session, false, &err);
+    expect(st == PYFFI_OK && pyffi_session_cached_len(session, 0) == 6, "profiling off again");
+
     /* Generate. */
     pyffi_sampling_params p = pyffi_sampling_default_params();
     int32_t out[8];
