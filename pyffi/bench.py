@@ -1124,15 +1124,11 @@ def summarize(report):
 
 
 def profile_shares(runs):
-    """Median over decode runs of where a token's time went (`pyffi_profile`
-    counts): shares of the calling thread's time alone between jobs, of it
-    quantizing, and of its waits at the jobs' ends."""
-    def median_of(f):
-        xs = [f(p) / p["forward_ns"] for p in runs if p.get("forward_ns")]
-        return statistics.median(xs) if xs else None
-    return {"alone": median_of(lambda p: max(p["forward_ns"] - p["job_ns"], 0)),
-            "quantize": median_of(lambda p: p["quantize_ns"]),
-            "wait": median_of(lambda p: p["wait_ns"])}
+    """Median over decode runs of `pyffi.profile.shares` (the calling
+    thread's shares of a token alone between jobs, quantizing, waiting)."""
+    from pyffi.profile import shares
+    each = [shares(p) for p in runs if p.get("forward_ns")]
+    return {k: statistics.median(s[k] for s in each) if each else None for k in ("alone", "quantize", "wait")}
 
 
 def _pct(x):

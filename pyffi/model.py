@@ -26,8 +26,7 @@ _F32 = np.dtype(np.float32)
 _OK = lib.PYFFI_OK
 _forward = lib.pyffi_forward
 _SEED_RANDOM = 2**64 - 1
-PROFILE_FIELDS = ("forwards", "tokens", "forward_ns", "jobs", "job_ns", "wait_ns", "quantize_ns",
-                  "read_ahead_bytes")
+PROFILE_FIELDS = tuple(name for name, _ in ffi.typeof("pyffi_profile").fields)
 
 
 def _token_array(seq, what):

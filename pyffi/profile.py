@@ -6,8 +6,8 @@ into its parallel jobs (its share of each matmul and of the attention,
 and its wait for the other threads at each job's end) and the work it
 does alone between jobs (norms, rotary embedding, the KV store, quantizing
 the next matmul's input), while the other threads read the next weights
-ahead. It times nothing the benchmark does not; `make bench` is where speed
-is compared.
+ahead. `make bench` reports the same shares for its decode runs
+(`shares`); speed against llama.cpp is its business, not this one's.
 """
 
 import json
@@ -45,24 +45,36 @@ def profile_decode(model_path, tokens=128, depth=0, threads=None, seed=1):
     return dict(model=str(model_path), threads=threads, depth=depth, **counts)
 
 
+def shares(p):
+    """Of a profile's forward time: the calling thread's share alone between
+    jobs, of it quantizing, and of its waits at the jobs' ends (None when no
+    time was counted)."""
+    total = p.get("forward_ns")
+    if not total:
+        return {"alone": None, "quantize": None, "wait": None}
+    return {"alone": max(total - p["job_ns"], 0) / total, "quantize": p["quantize_ns"] / total,
+            "wait": p["wait_ns"] / total}
+
+
 def format_profile(p):
     """The counts of `profile_decode` per token, as lines of text."""
     n = max(p["tokens"], 1)
     per = {k: p[k] / n for k in ("forward_ns", "job_ns", "wait_ns", "quantize_ns", "jobs",
                                  "read_ahead_bytes")}
     total = max(per["forward_ns"], 1)
-    alone = max(per["forward_ns"] - per["job_ns"], 0)
+    share = shares(p)
 
-    def ms(ns):
-        return f"{ns / 1e6:.2f} ms ({100 * ns / total:.1f}%)"
+    def ms(ns, of):
+        return f"{ns / 1e6:.2f} ms ({100 * (of or 0):.1f}%)"
 
     return [
         f"profile: {p['model']}, {p['tokens']} single-token steps after {p['depth']} positions",
         f"per token: {per['forward_ns'] / 1e6:.2f} ms ({1e9 / total:.1f} tokens/s)",
-        f"  in {per['jobs']:.1f} parallel jobs: {ms(per['job_ns'])}",
-        f"    of which waiting for the other threads: {ms(per['wait_ns'])}",
-        f"  the calling thread alone between jobs: {ms(alone)}",
-        f"    of which quantizing matmul inputs: {ms(per['quantize_ns'])}",
+        f"  in {per['jobs']:.1f} parallel jobs: {ms(per['job_ns'], per['job_ns'] / total)}",
+        f"    of which waiting for the other threads: {ms(per['wait_ns'], share['wait'])}",
+        f"  the calling thread alone between jobs: "
+        f"{ms(max(per['forward_ns'] - per['job_ns'], 0), share['alone'])}",
+        f"    of which quantizing matmul inputs: {ms(per['quantize_ns'], share['quantize'])}",
         f"  read ahead by the other threads meanwhile: {per['read_ahead_bytes'] / 2**20:.2f} MiB",
     ]
 
