@@ -760,10 +760,22 @@ mod tests {
         // takes the caller's last tasks, a chunk at a time from the back.
         let mut pool = Pool::new(2).unwrap();
         let taken = Mutex::new(Vec::new());
+        let helping = AtomicBool::new(false);
         pool.enter(|| {
             parallel_for(80, |i| {
                 if thread_index() == 0 {
+                    // The first task waits for the helper to come (up to
+                    // 20 s: a busy machine may not run it for a while).
+                    let t0 = Instant::now();
+                    while i == 0
+                        && !helping.load(Ordering::SeqCst)
+                        && t0.elapsed() < Duration::from_secs(20)
+                    {
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
                     std::thread::sleep(Duration::from_millis(5));
+                } else if i < 40 {
+                    helping.store(true, Ordering::SeqCst);
                 }
                 taken.lock().unwrap().push((thread_index(), i));
             })
