@@ -19,7 +19,7 @@ decode bandwidth achieved as a share of a read-bandwidth probe (bench/bwprobe.c,
 on 2 MiB pages like the weights, run before and after each type's runs)
 and the prompt's arithmetic rate as a share of a float32 multiply-add probe
 (bench/fmaprobe.c), both run in the same session, and the per-call overhead of Python's `forward` on a
-tiny model against the same calls from C (bench/overhead.c).
+tiny model against the same calls from C (bench/overhead.c, loaded into the same process).
 
 This file is also the worker: the parent runs it by path in a fresh
 interpreter (`--worker ENGINE MODEL`), which imports only the engine measured.
@@ -405,23 +405,17 @@ def fma_probe(threads, cache, passes=5):
     return _probe("fmaprobe", [threads, passes], cache, ["-march=native"])
 
 
-def overhead_c(model, threads, calls, rounds, span, cache):
+def overhead_loop_library(cache):
+    """bench/overhead.c built as a shared object linking libpyffi.so: the C
+    loop the overhead worker times beside its Python one."""
     src = REPO / "bench" / "overhead.c"
     lib, inc = library_path(), header_dir()
     if not src.is_file():
-        return {"error": f"{src} not found (needs a source checkout)"}
+        raise RuntimeError(f"{src} not found (needs a source checkout)")
     if lib is None or inc is None:
-        return {"error": "libpyffi.so or pyffi.h not found (make build)"}
-    try:
-        exe = compile_c(src, cache / "bin" / "overhead",
-                        [f"-I{inc}", str(lib), f"-Wl,-rpath,{lib.parent}"])
-        r = subprocess.run([str(exe), str(model), str(threads), str(calls), str(rounds), str(span)],
-                           capture_output=True, text=True, timeout=600)
-        out = r.stdout.strip().splitlines()
-        res = json.loads(out[-1]) if out else {"error": f"exit {r.returncode}: {r.stderr.strip()[-300:]}"}
-        return res
-    except (RuntimeError, subprocess.TimeoutExpired, ValueError) as e:
-        return {"error": str(e)}
+        raise RuntimeError("libpyffi.so or pyffi.h not found (make build)")
+    return compile_c(src, cache / "bin" / "overhead.so",
+                     ["-shared", "-fPIC", f"-I{inc}", str(lib), f"-Wl,-rpath,{lib.parent}"])
 
 
 # --------------------------------------------------------------------------
@@ -637,27 +631,33 @@ def run_once(engine, test, toks, n_prompt, n_gen, depth):
 def measure_streaming(session, reps, n_gen, vocab):
     """Times of `generate` for n_gen greedy tokens: with no callback, with a
     Python callback per token (callback=), and as an iterator (stream=True,
-    generation on a worker thread); alternating, run 0 a warm-up. All must
-    give the same tokens."""
+    generation on a worker thread). A round runs each once, in an order
+    rotated from round to round (each mode after each other one as often:
+    what one leaves behind, e.g. a pool restarted on another thread, does not
+    always fall on the same one); round 0 is a warm-up. All must give the
+    same tokens."""
     prompt = bench_tokens(8, vocab)
     kw = dict(max_gen_len=n_gen, temperature=0, stop_tokens=[])  # no stop: always n_gen tokens
-    plain, called, streamed = [], [], []
+    seen = []
+    modes = {"plain": lambda: session.generate(prompt, **kw),
+             "callback": lambda: session.generate(prompt, callback=seen.append, **kw),
+             "stream": lambda: list(session.generate(prompt, stream=True, **kw))}
+    names = list(modes)
+    times = {k: [] for k in names}
     for r in range(reps + 1):
-        seen = []
-        t0 = time.perf_counter()
-        want = session.generate(prompt, **kw)
-        t1 = time.perf_counter()
-        session.generate(prompt, callback=seen.append, **kw)
-        t2 = time.perf_counter()
-        got = list(session.generate(prompt, stream=True, **kw))
-        t3 = time.perf_counter()
-        if got != want or seen != want or len(got) != n_gen:
+        got = {}
+        seen.clear()
+        for k in names[r % 3:] + names[:r % 3]:
+            t0 = time.perf_counter()
+            got[k] = modes[k]()
+            dt = time.perf_counter() - t0
+            if r:
+                times[k].append(dt)
+        want = got["plain"]
+        if got["stream"] != want or seen != want or len(want) != n_gen:
             raise RuntimeError("generate with a callback or streamed gave other tokens than plain generate")
-        if r:
-            plain.append(t1 - t0)
-            called.append(t2 - t1)
-            streamed.append(t3 - t2)
-    return {"n_tokens": n_gen, "plain_s": plain, "callback_s": called, "stream_s": streamed}
+    return {"n_tokens": n_gen, "plain_s": times["plain"], "callback_s": times["callback"],
+            "stream_s": times["stream"]}
 
 
 def worker_main(argv):
@@ -676,6 +676,7 @@ def worker_main(argv):
     p.add_argument("--rounds", type=int, default=7)
     p.add_argument("--span", type=int, default=64)
     p.add_argument("--n-stream", type=int, default=32)
+    p.add_argument("--c-loop", help="bench/overhead.c as a shared object (the overhead worker)")
     a = p.parse_args(argv)
     if a.worker != "pyffi-overhead":
         return _serve(a)  # an engine: its runs come one by one from `run_engines`
@@ -730,49 +731,67 @@ def _vm_rss():
 
 
 def _python_overhead(a):
-    """The Python twin of bench/overhead.c: the same one-token calls, into
-    one reused logits array (forward(out=)) as C reuses its buffer."""
+    """Python's one-token `forward` against the same calls from C
+    (bench/overhead.c, loaded into this process), on one session, into one
+    reused logits array, in rounds of `a.calls` calls that alternate which
+    goes first; round 0 is a warm-up. The overhead is the median over rounds
+    of Python's time per call minus C's in the same round."""
+    import cffi
     import numpy as np
     import pyffi
+    from pyffi._ffi import ffi
+    cffi_c = cffi.FFI()
+    cffi_c.cdef("double pyffi_bench_forward_loop(void *session, long calls, unsigned span, float *logits, "
+                "size_t vocab, char *msg, size_t msg_cap);")
+    c_lib = cffi_c.dlopen(a.c_loop)
     model = pyffi.Transformer.from_pretrained(a.model)
     sess = model.new_session(n_ctx=a.span, n_threads=a.threads)
     tok = np.ones(1, np.int32)
-    # One logits array for every call, as the C side reuses one buffer.
     logits = np.empty((1, 1, model.vocab_size), np.float32)
-    per_call = []
-    for r in range(a.rounds + 1):  # round 0 is a warm-up
+    raw = cffi_c.cast("void *", int(ffi.cast("uintptr_t", sess._handle())))
+    out, msg = cffi_c.from_buffer("float[]", logits), cffi_c.new("char[]", 512)
+
+    def python_loop():
         fwd = sess.forward
         t0 = time.perf_counter()
         for i in range(a.calls):
             fwd(tok, start_pos=i % a.span, last_only=True, out=logits)
-        dt = time.perf_counter() - t0
+        return time.perf_counter() - t0
+
+    def c_loop():
+        dt = c_lib.pyffi_bench_forward_loop(raw, a.calls, a.span, out, model.vocab_size, msg, len(msg))
+        if dt < 0:
+            raise RuntimeError("C forward failed: " + cffi_c.string(msg).decode(errors="replace"))
+        return dt
+
+    py, c = [], []
+    for r in range(a.rounds + 1):
+        if r % 2:
+            tc, tp = c_loop(), python_loop()
+        else:
+            tp, tc = python_loop(), c_loop()
         if r:
-            per_call.append(dt / a.calls)
+            py.append(tp / a.calls * 1e9)
+            c.append(tc / a.calls * 1e9)
     stream = measure_streaming(sess, a.rounds, a.span - 8, model.vocab_size)
-    return {"ns_per_call": median(per_call) * 1e9, "calls": a.calls, "rounds": a.rounds, "streaming": stream}
+    return {"python": {"ns_per_call": median(py), "all_ns": py, "streaming": stream},
+            "c": {"ns_per_call": median(c), "all_ns": c},
+            "python_minus_c_ns": median([p - q for p, q in zip(py, c)]), "calls": a.calls, "rounds": a.rounds}
 
 
-def _best_of(results):
-    """The run with the lowest ns_per_call (the least disturbed), or the
-    first error when none succeeded."""
-    ok = [r for r in results if r.get("ns_per_call") is not None]
-    return min(ok, key=lambda r: r["ns_per_call"]) if ok else results[0]
-
-
-def measure_overhead(tiny, a, cache, calls=2000, rounds=7, span=64, pairs=4):
-    """Python's forward against the same calls from C, alternating Python and
-    C `pairs` times and keeping the best median of each (noise only adds)."""
-    log(f"per-call overhead on {tiny.name}, {a.overhead_threads} thread(s): Python and C, {pairs} times ...")
-    extra = ("--calls", str(calls), "--rounds", str(rounds), "--span", str(span))
-    py, c, busy = [], [], []
-    for _ in range(pairs):
-        busy.append(wait_quiet(a.wait_quiet))
-        py.append(run_worker("pyffi-overhead", tiny, a, timeout=600, extra=extra, threads=a.overhead_threads))
-        c.append(overhead_c(tiny, a.overhead_threads, calls, rounds, span, cache))
-    return {"model": str(tiny), "model_name": tiny.name, "threads": a.overhead_threads, "calls": calls,
-            "rounds": rounds, "span": span, "pairs": pairs, "python": _best_of(py), "c": _best_of(c),
-            "python_all_ns": [r.get("ns_per_call") for r in py], "c_all_ns": [r.get("ns_per_call") for r in c],
-            "busy_before": max((b for b in busy if b is not None), default=None)}
+def measure_overhead(tiny, a, cache, calls=2000, rounds=15, span=64):
+    """Python's forward against the same calls from C, in one worker process
+    (`_python_overhead`)."""
+    log(f"per-call overhead on {tiny.name}, {a.overhead_threads} thread(s): Python and C, alternating ...")
+    busy = wait_quiet(a.wait_quiet)
+    try:
+        so = overhead_loop_library(cache)
+    except RuntimeError as e:
+        return {"model_name": tiny.name, "error": str(e), "busy_before": busy}
+    extra = ("--calls", str(calls), "--rounds", str(rounds), "--span", str(span), "--c-loop", str(so))
+    res = run_worker("pyffi-overhead", tiny, a, timeout=600, extra=extra, threads=a.overhead_threads)
+    return {"model": str(tiny), "model_name": tiny.name, "threads": a.overhead_threads, "span": span,
+            **res, "busy_before": busy}
 
 
 def _worker_cmd(engine, model, args, extra=(), threads=None):
@@ -857,7 +876,7 @@ class _Served:
 
 SETTLE_S = 0.05  # pause before each turn of `run_engines`
 RUN_PROBE_MIB = 256  # the bandwidth probe around each decode run: 3 passes, a fraction of a second
-STREAM_REPS = 7  # runs of each generate mode (after a warm-up), alternating
+STREAM_REPS = 9  # runs of each generate mode (after a warm-up), in rotated order
 
 
 def run_engines(engines, model, args, timeout=None, extra=(), probe=None):
@@ -1111,14 +1130,16 @@ def summarize(report):
         if st and st.get("plain_s"):
             for k in ("callback", "stream"):
                 if st.get(k + "_s"):
-                    # The fastest run of each: the overhead compared is a few
-                    # percent, the machine's noise more, and noise only adds.
-                    st[k + "_over_plain"] = min(st[k + "_s"]) / min(st["plain_s"])
+                    # Each run against the plain run of its round (next to
+                    # it in time), the median of those ratios: the machine's
+                    # pace drifts by more than the few percent compared.
+                    st[k + "_over_plain"] = median([x / p for x, p in zip(st[k + "_s"], st["plain_s"])])
     oh = report.get("overhead")
     if oh and "python" in oh and "c" in oh:
         py, c = oh["python"].get("ns_per_call"), oh["c"].get("ns_per_call")
         if py is not None and c is not None:
-            oh["python_minus_c_ns"] = py - c
+            # The worker's median of per-round differences; else the medians'.
+            oh.setdefault("python_minus_c_ns", py - c)
             oh["python_over_c"] = ratio(py, c)
     return report
 
@@ -1255,15 +1276,16 @@ def format_table(report):
         py, c = oh.get("python", {}), oh.get("c", {})
         if "ns_per_call" in py and "ns_per_call" in c:
             lines.append(f"per-call overhead, one-token forward on {oh['model_name']} ({oh['threads']} thread(s)): "
-                         f"Python {py['ns_per_call'] / 1e3:.1f} us, C {c['ns_per_call'] / 1e3:.1f} us, "
+                         f"Python {py['ns_per_call'] / 1e3:.1f} us, C {c['ns_per_call'] / 1e3:.1f} us "
+                         "(medians; rounds alternating in one process, on one session), "
                          f"Python adds {oh['python_minus_c_ns'] / 1e3:.1f} us per call "
-                         f"({oh['python_over_c']:.2f}x)"
+                         f"(median of the rounds' differences; {oh['python_over_c']:.2f}x)"
                          # Python's call is the C call and more: below it, the machine changed pace.
                          + (" -- not a reading: the C calls took longer than the Python ones, which make "
                             "them, so the machine's pace changed between the two (run again)"
                             if oh["python_minus_c_ns"] < 0 else ""))
         else:
-            lines.append(f"per-call overhead: error: python: {py.get('error', 'ok')}; c: {c.get('error', 'ok')}")
+            lines.append(f"per-call overhead: error: {oh.get('error') or py.get('error') or c.get('error')}")
     streams = [(c["type"], c["streaming"]) for c in report["results"] if c.get("streaming")]
     if oh and (oh.get("python") or {}).get("streaming"):
         streams.append((oh["model_name"], oh["python"]["streaming"]))
@@ -1272,7 +1294,8 @@ def format_table(report):
         cells = [f"{name} {st['n_tokens']} tokens {100 * (st[key + '_over_plain'] - 1):+.1f}%"
                  for name, st in streams if st.get(key + "_over_plain")]
         if cells:
-            lines.append(f"{what} against plain generate (greedy, fastest of {STREAM_REPS} runs each): "
+            lines.append(f"{what} against plain generate (greedy; median over {STREAM_REPS} rounds, in rotated "
+                         "order, of each run against the round's plain run): "
                          + ", ".join(cells))
     busy = [c.get(k) for c in report["results"] + [probe, oh or {}] for k in ("busy_before", "busy_during")
             if c.get(k) is not None]

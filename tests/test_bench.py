@@ -48,6 +48,25 @@ def test_engines_take_turns_in_their_own_workers():
     assert "error" in bad and "no-such-model" in bad["error"]
 
 
+def test_overhead_worker_times_python_and_c_on_one_session(tmp_path):
+    """measure_overhead builds bench/overhead.c as a shared object and its
+    worker times rounds of Python and C calls side by side; a model that
+    cannot load is the worker's error."""
+    a = argparse.Namespace(threads=1, reps=1, n_prompt=8, n_gen=3, depth=8, overhead_threads=1, wait_quiet=0)
+    model = FIXTURES / "gguf" / "stories260K-f32.gguf"
+    oh = bench.measure_overhead(model, a, tmp_path, calls=20, rounds=3, span=16)
+    assert "error" not in oh, oh.get("error")
+    py, c = oh["python"], oh["c"]
+    assert len(py["all_ns"]) == len(c["all_ns"]) == 3 and all(x > 0 for x in py["all_ns"] + c["all_ns"])
+    assert py["ns_per_call"] == bench.median(py["all_ns"]) and c["ns_per_call"] == bench.median(c["all_ns"])
+    assert oh["python_minus_c_ns"] == bench.median([p - q for p, q in zip(py["all_ns"], c["all_ns"])])
+    assert len(py["streaming"]["plain_s"]) == 3
+    assert "Python adds" in bench.format_table(bench.summarize({**_fake_report(), "overhead": oh}))
+    bad = bench.measure_overhead(FIXTURES / "no-such-model.gguf", a, tmp_path, calls=20, rounds=3, span=16)
+    assert "no-such-model" in bad["error"]
+    assert "per-call overhead: error:" in bench.format_table(bench.summarize({**_fake_report(), "overhead": bad}))
+
+
 def test_median_and_ratio_helpers():
     assert bench.median([3.0, 1.0, 2.0]) == 2.0
     assert bench.median([]) is None
@@ -105,8 +124,8 @@ def _fake_report():
         "fma_probe": {"threads": 2, "gflop_per_s": 200.0},
         "results": [cell("q4_0", "llama.cpp", 1.0),
                     {**cell("q4_0", "pyffi", 2.0),
-                     "streaming": {"n_tokens": 32, "plain_s": [1.0, 2.0, 1.0], "callback_s": [1.01] * 3,
-                                   "stream_s": [1.03, 1.02, 1.5]}},
+                     "streaming": {"n_tokens": 32, "plain_s": [1.0, 2.0, 2.0], "callback_s": [2.02] * 3,
+                                   "stream_s": [1.03, 2.04, 3.0]}},
                     cell("q4_k_m", "llama.cpp", 1.0),
                     {"type": "q4_k_m", "engine": "pyffi", "error": "UnsupportedError: tensor is Q4_K"}],
         "overhead": {"model_name": "stories260K", "threads": 1,
@@ -172,18 +191,22 @@ def test_table_shows_every_cell_and_errors():
     assert "40.0 GB/s" in table and "Python adds 10.0 us" in table and "not a reading" not in table
     # Python's calls faster than C's, which they make: flagged, not read as a gain.
     rep = _fake_report()
+    rep["overhead"]["python_minus_c_ns"] = 4e3  # the worker's median of the rounds' differences
+    assert "Python adds 4.0 us per call" in bench.format_table(bench.summarize(rep))
+    rep = _fake_report()
     rep["overhead"]["python"]["ns_per_call"], rep["overhead"]["c"]["ns_per_call"] = 47e3, 57e3
     flagged = bench.format_table(bench.summarize(rep))
-    assert "Python adds -10.0 us per call (0.82x) -- not a reading" in flagged
+    assert "Python adds -10.0 us per call (median of the rounds' differences; 0.82x) -- not a reading" in flagged
     assert "200.0 GFLOP/s" in table and "pp512 GFLOP/s (% FMA)" in table
     flops = bench.prefill_flops_per_token("tinyllama-1.1b", 512) * 512 / 5.0 / 1e9
     assert f"| {flops:.0f} ({100 * flops / 200:.0f}%) |" in table
-    # Streaming: median against median (1.02 / 1.0, 0.0044 / 0.004).
+    # Streaming: each run against the plain run just before it, the median
+    # of those: the plain runs' drift (1 s, then 2 s) does not count.
     # No file size or context in the fake cells: no memory bound printed.
     assert "peak RSS against" not in table
     callback, stream = [line for line in table.splitlines() if "against plain generate" in line]
     assert "callback=" in callback and "q4_0 32 tokens +1.0%" in callback and "stories260K 56 tokens +0.5%" in callback
-    assert "stream=True" in stream and "q4_0 32 tokens +2.0%" in stream and "stories260K 56 tokens +10.0%" in stream
+    assert "stream=True" in stream and "q4_0 32 tokens +3.0%" in stream and "stories260K 56 tokens +10.0%" in stream
 
 
 def test_peak_rss_against_the_file_and_kv_cache():
