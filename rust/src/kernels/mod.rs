@@ -86,14 +86,34 @@ pub(crate) mod test_data {
 #[cfg(target_arch = "x86_64")]
 pub mod x86;
 
+/// The squares of `x` (each rounded to float) summed in double.
+fn sum_squares_f64(x: &[f32]) -> f64 {
+    let mut acc = [0f64; 8];
+    let lanes = x.chunks_exact(8);
+    let rest = lanes.remainder();
+    for c in lanes {
+        for (a, &v) in acc.iter_mut().zip(c) {
+            *a += (v * v) as f64;
+        }
+    }
+    let mut sum = ((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7]));
+    for &v in rest {
+        sum += (v * v) as f64;
+    }
+    sum
+}
+
 /// RMSNorm of each `dim`-long row of `x` into `out`, scaled by `weight`.
 pub fn rmsnorm(out: &mut [f32], x: &[f32], weight: &[f32], eps: f32) {
     let dim = weight.len();
     for (o, xr) in out.chunks_exact_mut(dim).zip(x.chunks_exact(dim)) {
         // llama.cpp's arithmetic: float squares summed in double, the mean
         // rounded to float. The output is quantized for the next matmul, so
-        // an ulp here can flip an 8-bit rounding and move the logits.
-        let sum: f64 = xr.iter().map(|&v| (v * v) as f64).sum();
+        // an ulp here can flip an 8-bit rounding and move the logits. Eight
+        // sums side by side, not one chain of dependent adds (a few us per
+        // call at 2048): in double they differ from one running sum far
+        // below the float mean's last bit.
+        let sum = sum_squares_f64(xr);
         let mean = (sum / dim as f64) as f32;
         let inv = 1.0 / (mean + eps).sqrt();
         for ((o, &v), &w) in o.iter_mut().zip(xr).zip(weight) {
@@ -196,6 +216,36 @@ mod tests {
         let mut out = vec![7.0; (t - 1) * stride + n];
         matmul(&mut out, stride, &x, &w, t, k, n);
         assert_eq!(out[n..stride], [7.0, 7.0, 7.0]);
+    }
+
+    #[test]
+    fn rmsnorm_mean_is_that_of_one_running_double_sum() {
+        // The eight side-by-side sums give the float mean of llama.cpp's one
+        // running sum: lengths with and without a remainder, values spread
+        // over many magnitudes.
+        for (seed, n) in [
+            (11u64, 20usize),
+            (12, 2048),
+            (13, 2051),
+            (14, 5632),
+            (15, 7),
+        ] {
+            for scale in [1e-3f32, 1.0, 300.0] {
+                let x: Vec<f32> = rand_vec(n, seed)
+                    .iter()
+                    .enumerate()
+                    .map(|(i, v)| v * scale * (1.0 + (i % 13) as f32 * 7.0))
+                    .collect();
+                let one: f64 = x.iter().map(|&v| (v * v) as f64).sum();
+                let ours = sum_squares_f64(&x);
+                assert_eq!(
+                    (ours / n as f64) as f32,
+                    (one / n as f64) as f32,
+                    "n {n} scale {scale}"
+                );
+                assert!((ours - one).abs() <= one * 1e-14);
+            }
+        }
     }
 
     #[test]

@@ -17,7 +17,7 @@
 use half::f16;
 
 use crate::error::Result;
-use crate::kernels::attention::{self, Value};
+use crate::kernels::attention::{self, Value, BLOCK};
 use crate::tensor::{zeroed_f16, zeroed_f32};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -165,26 +165,35 @@ impl KvCache {
     pub fn store(&mut self, seq: usize, layer: usize, pos: usize, k: &[f32], v: &[f32]) {
         assert!(pos < self.n_ctx && k.len() == self.kv_dim && v.len() == self.kv_dim);
         let (o, hd, head_len) = (layer * self.layer_len(), self.head_dim, self.head_len());
-        // Value `g` of a position: head g / hd, element g % hd.
-        fn scatter<T: KvElem>(dst: &mut [T], src: &[f32], place: impl Fn(usize) -> usize) {
+        // Head h's element e sits at `place(h) + e * BLOCK` (`attention::at`).
+        fn scatter<T: KvElem>(
+            dst: &mut [T],
+            src: &[f32],
+            hd: usize,
+            place: impl Fn(usize) -> usize,
+        ) {
             let mut buf = [T::ZERO; 64];
-            for (c, part) in src.chunks(64).enumerate() {
-                T::from_f32_slice(part, &mut buf[..part.len()]);
-                for (k, &x) in buf[..part.len()].iter().enumerate() {
-                    dst[place(c * 64 + k)] = x;
+            for (h, head) in src.chunks_exact(hd).enumerate() {
+                let dst = &mut dst[place(h)..];
+                for (c, part) in head.chunks(64).enumerate() {
+                    T::from_f32_slice(part, &mut buf[..part.len()]);
+                    let out = dst[c * 64 * BLOCK..].iter_mut().step_by(BLOCK);
+                    for (d, &x) in out.zip(&buf[..part.len()]) {
+                        *d = x;
+                    }
                 }
             }
         }
-        let place = |g: usize| o + g / hd * head_len + attention::at(g % hd, pos, hd);
+        let place = |h: usize| o + h * head_len + attention::at(0, pos, hd);
         let slot = &mut self.slots[seq];
         match (&mut slot.k, &mut slot.v) {
             (Store::F32(ks), Store::F32(vs)) => {
-                scatter(ks, k, place);
-                scatter(vs, v, place);
+                scatter(ks, k, hd, place);
+                scatter(vs, v, hd, place);
             }
             (Store::F16(ks), Store::F16(vs)) => {
-                scatter(ks, k, place);
-                scatter(vs, v, place);
+                scatter(ks, k, hd, place);
+                scatter(vs, v, hd, place);
             }
             _ => unreachable!("keys and values share a type"),
         }
@@ -198,6 +207,67 @@ impl KvCache {
             (Store::F32(k), Store::F32(v)) => LayerView::F32(&k[r.clone()], &v[r]),
             (Store::F16(k), Store::F16(v)) => LayerView::F16(&k[r.clone()], &v[r]),
             _ => unreachable!("keys and values share a type"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn store_puts_each_value_where_attention_reads_it() {
+        // Heads of 64 (one conversion chunk), 80 (a chunk and a part) and
+        // 128 (two), positions across block edges, both number types.
+        for (hd, heads) in [(64usize, 2usize), (80, 3), (128, 2)] {
+            for kv_type in [KvType::F32, KvType::F16] {
+                let (n_ctx, layers) = (70, 2);
+                let mut cache = KvCache::new(n_ctx, layers, heads * hd, hd, kv_type);
+                cache.ensure_slots(2).unwrap();
+                let val = |kv: usize, l: usize, pos: usize, g: usize| {
+                    // Small integers: exact in float16 too.
+                    ((kv * 7 + l * 5 + pos * 3 + g) % 200) as f32 - 100.0
+                };
+                let positions = [0usize, 1, 31, 32, 33, 63, 64, 69];
+                for l in 0..layers {
+                    for &pos in &positions {
+                        let k: Vec<f32> = (0..heads * hd).map(|g| val(0, l, pos, g)).collect();
+                        let v: Vec<f32> = (0..heads * hd).map(|g| val(1, l, pos, g)).collect();
+                        cache.store(1, l, pos, &k, &v);
+                    }
+                }
+                let hl = cache.head_len();
+                for l in 0..layers {
+                    let (ks, vs): (Vec<f32>, Vec<f32>) = match cache.layer(1, l) {
+                        LayerView::F32(k, v) => (k.to_vec(), v.to_vec()),
+                        LayerView::F16(k, v) => (
+                            k.iter().map(|x| x.to_f32()).collect(),
+                            v.iter().map(|x| x.to_f32()).collect(),
+                        ),
+                    };
+                    let mut written = 0;
+                    for &pos in &positions {
+                        for g in 0..heads * hd {
+                            let at = g / hd * hl + attention::at(g % hd, pos, hd);
+                            assert_eq!(ks[at], val(0, l, pos, g), "k hd {hd} pos {pos} g {g}");
+                            assert_eq!(vs[at], val(1, l, pos, g), "v hd {hd} pos {pos} g {g}");
+                            written += 1;
+                        }
+                    }
+                    // Nothing else written (val is never 0 at these places,
+                    // everything else starts at 0).
+                    let nonzero = ks.iter().filter(|&&x| x != 0.0).count();
+                    assert!(
+                        nonzero <= written && nonzero > written * 9 / 10,
+                        "{nonzero} of {written}"
+                    );
+                }
+                // The other slot is untouched.
+                match cache.layer(0, 0) {
+                    LayerView::F32(k, _) => assert!(k.iter().all(|&x| x == 0.0)),
+                    LayerView::F16(k, _) => assert!(k.iter().all(|&x| x.to_f32() == 0.0)),
+                }
+            }
         }
     }
 }
