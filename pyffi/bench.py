@@ -876,6 +876,7 @@ class _Served:
 
 SETTLE_S = 0.05  # pause before each turn of `run_engines`
 RUN_PROBE_MIB = 256  # the bandwidth probe around each decode run: 3 passes, a fraction of a second
+LEVEL_GAP = 1.4  # probe readings this far apart: two bandwidth levels (`level_split`)
 STREAM_REPS = 9  # runs of each generate mode (after a warm-up), in rotated order
 
 
@@ -1064,9 +1065,39 @@ def machine_info(threads):
             "python": platform.python_version(), "platform": platform.platform()}
 
 
+def level_split(report):
+    """The bandwidth (GB/s) between this session's two probe levels, or None.
+    This machine's read bandwidth jumps between two levels (about 35 and 62
+    GB/s with 2 threads): a decode run met one or the other, and a ratio of
+    two engines' medians can set one engine's slow runs against the other's
+    fast ones. The split is the midpoint of the lowest and highest reading
+    of the runs' own probes, when the highest is LEVEL_GAP times the lowest
+    or more (else there was one level)."""
+    seen = [x for c in report["results"] for t in (c.get("tests") or {}).values()
+            for p in t.get("probe_gb_per_s") or [] for x in p or [] if x]
+    if not seen or max(seen) < LEVEL_GAP * min(seen):
+        return None
+    return (min(seen) + max(seen)) / 2
+
+
+def run_level(probes, split):
+    """'slow' or 'fast' for a run whose probes just before and after it both
+    read below or both at or above `split`; None if they disagree (the level
+    changed during the run) or are missing."""
+    if split is None or not probes or None in probes:
+        return None
+    if max(probes) < split:
+        return "slow"
+    if min(probes) >= split:
+        return "fast"
+    return None
+
+
 def summarize(report):
     """Fill in medians, ratios and bandwidth shares from the raw times (in place)."""
     tests = report["config"]["tests"]
+    split = level_split(report)
+    report["level_split_gb_per_s"] = split
     bw = report.get("bandwidth_probe", {}).get("gb_per_s")
     peak = report.get("fma_probe", {}).get("gflop_per_s")
     kv_pos = report["config"]["kv_bytes_per_position"]
@@ -1096,6 +1127,13 @@ def summarize(report):
                 if shares and len(shares) == len(t["times_s"]):
                     s["bw_shares"] = shares
                     s["bw_share"] = statistics.median(shares)
+                if split is not None:
+                    levels = {}
+                    for x, p in zip(t["times_s"], t.get("probe_gb_per_s") or []):
+                        lv = run_level(p, split)
+                        if lv and x > 0:
+                            levels.setdefault(lv, []).append(t["n_tokens"] / x)
+                    s["runs_tok_s_by_level"] = levels
             if t.get("profiles"):
                 s["profile"] = profile_shares(t["profiles"])
             if name.startswith("pp") and rate:
@@ -1113,6 +1151,18 @@ def summarize(report):
         for name in tests:
             r[name] = ratio((ours["summary"].get(name) or {}).get("tok_s"),
                             (theirs["summary"].get(name) or {}).get("tok_s"))
+        # Decode, each level's runs against the other engine's at the same level.
+        by_level = {}
+        for name in tests:
+            mine = (ours["summary"].get(name) or {}).get("runs_tok_s_by_level") or {}
+            other = (theirs["summary"].get(name) or {}).get("runs_tok_s_by_level") or {}
+            for lv in ("slow", "fast"):
+                if mine.get(lv) and other.get(lv):
+                    by_level.setdefault(name, {})[lv] = {
+                        "ratio": ratio(median(mine[lv]), median(other[lv])),
+                        "runs": [len(mine[lv]), len(other[lv])]}
+        if by_level:
+            r["by_level"] = by_level
         r["load_time"] = ratio(ours.get("load_s"), theirs.get("load_s"))
         loaded = ours.get("load_s") is not None and theirs.get("load_s") is not None
         r["peak_rss"] = ratio(ours.get("peak_rss_bytes"), theirs.get("peak_rss_bytes")) if loaded else None
@@ -1266,6 +1316,13 @@ def format_table(report):
                      "matmul inputs) / waiting at the jobs' ends, median of the runs (`python -m pyffi profile`): "
                      + ", ".join(f"{typ} {name} {_pct(p['alone'])} ({_pct(p['quantize'])}) / {_pct(p['wait'])}"
                                  for typ, name, p in profiled))
+    levelled = [(typ, name, lv, x) for typ, r in report.get("ratios", {}).items()
+                for name, levels in (r.get("by_level") or {}).items() for lv, x in levels.items()]
+    if levelled:
+        lines.append(f"decode, pyffi / llama.cpp with both engines' runs at the same bandwidth level (both probes of "
+                     f"a run below or both above {report['level_split_gb_per_s']:.0f} GB/s; medians; runs pyffi/"
+                     "llama.cpp): " + ", ".join(f"{typ} {name} {lv} {fmt_ratio(x['ratio'])} ({x['runs'][0]}/"
+                                                f"{x['runs'][1]})" for typ, name, lv, x in levelled))
     shares = [(x.get("bw_share") or 0) for c in report["results"] for x in (c.get("summary") or {}).values()]
     if shares and max(shares) > 1:
         lines.append("Over 100%: the weights partly stay in the CPU's caches between tokens (a small model), "

@@ -4,6 +4,7 @@ llama-cpp-python is needed."""
 
 import argparse
 import json
+import statistics
 import os
 from pathlib import Path
 
@@ -182,6 +183,37 @@ def test_summary_ratios_and_bandwidth():
     assert r["ratios"]["q4_k_m"]["pp512"] is None
     assert r["overhead"]["python_minus_c_ns"] == pytest.approx(10e3)
     json.loads(json.dumps(r))  # all of it is JSON
+
+
+def test_decode_ratios_by_bandwidth_level():
+    """Runs whose probes before and after both read the low or both the high
+    level are compared with the other engine's runs at that level; a run
+    whose level changed, or a session with one level, gives none."""
+    assert bench.run_level([30.0, 40.0], 50.0) == "slow" and bench.run_level([60.0, 50.0], 50.0) == "fast"
+    assert bench.run_level([30.0, 60.0], 50.0) is None and bench.run_level([None, 60.0], 50.0) is None
+    assert bench.run_level([30.0, 40.0], None) is None
+    rep = _fake_report()
+    assert bench.level_split(rep) is None  # no probes of runs
+    llama, ours = rep["results"][0]["tests"]["tg128"], rep["results"][1]["tests"]["tg128"]
+    # llama.cpp: 4 s slow, 3 s fast, 5 s mixed; pyffi (half as fast): 8 and 6 s fast, 10 s slow.
+    llama["probe_gb_per_s"] = [[30.0, 35.0], [60.0, 62.0], [30.0, 60.0]]
+    ours["probe_gb_per_s"] = [[62.0, 60.0], [61.0, 63.0], [34.0, 33.0]]
+    r = bench.summarize(rep)
+    assert r["level_split_gb_per_s"] == pytest.approx((30.0 + 63.0) / 2)
+    assert r["results"][1]["summary"]["tg128"]["runs_tok_s_by_level"] == {"fast": [16.0, 128 / 6.0],
+                                                                          "slow": [12.8]}
+    lv = r["ratios"]["q4_0"]["by_level"]["tg128"]
+    assert lv["slow"] == {"ratio": pytest.approx(12.8 / 32.0), "runs": [1, 1]}
+    assert lv["fast"] == {"ratio": pytest.approx(statistics.median([16.0, 128 / 6.0]) / (128 / 3.0)),
+                          "runs": [2, 1]}
+    line = [x for x in bench.format_table(r).splitlines() if "same bandwidth level" in x]
+    assert line and "q4_0 tg128 slow 0.40x (1/1), q4_0 tg128 fast 0.44x (2/1)" in line[0] and "46 GB/s" in line[0]
+    # One level only: no split, no line.
+    rep = _fake_report()
+    rep["results"][0]["tests"]["tg128"]["probe_gb_per_s"] = [[30.0, 35.0]] * 3
+    r = bench.summarize(rep)
+    assert r["level_split_gb_per_s"] is None and "by_level" not in r["ratios"]["q4_0"]
+    assert "same bandwidth level" not in bench.format_table(r)
 
 
 def test_table_shows_every_cell_and_errors():
