@@ -88,11 +88,14 @@ pub struct KvCache {
     kv_dim: usize,
     head_dim: usize,
     slots: Vec<SeqCache>,
+    /// Each slot's key and value buffers, refreshed by `heads` (kept to
+    /// reuse its memory: a decode step allocates nothing).
+    bases: Vec<(usize, usize)>,
 }
 
-/// Keys and values of one layer of one slot: kv head `h`'s element `e` of
-/// position `i` at `[h * head_len + attention::at(e, i, head_dim)]` of each.
-pub enum LayerView<'a> {
+/// One cached head of one slot and layer: `head_len` keys and as many
+/// values, element `e` of position `i` at `attention::at(e, i, head_dim)`.
+pub enum HeadView<'a> {
     F32(&'a [f32], &'a [f32]),
     F16(&'a [f16], &'a [f16]),
 }
@@ -113,6 +116,7 @@ impl KvCache {
             kv_dim,
             head_dim,
             slots: Vec::new(),
+            bases: Vec::new(),
         }
     }
 
@@ -163,50 +167,119 @@ impl KvCache {
     /// Writes position `pos` of `layer`: `k` and `v` hold the kv heads side
     /// by side (`kv_dim` values each).
     pub fn store(&mut self, seq: usize, layer: usize, pos: usize, k: &[f32], v: &[f32]) {
-        assert!(pos < self.n_ctx && k.len() == self.kv_dim && v.len() == self.kv_dim);
-        let (o, hd, head_len) = (layer * self.layer_len(), self.head_dim, self.head_len());
-        // Head h's element e sits at `place(h) + e * BLOCK` (`attention::at`).
-        fn scatter<T: KvElem>(
-            dst: &mut [T],
-            src: &[f32],
-            hd: usize,
-            place: impl Fn(usize) -> usize,
-        ) {
-            let mut buf = [T::ZERO; 64];
-            for (h, head) in src.chunks_exact(hd).enumerate() {
-                let dst = &mut dst[place(h)..];
-                for (c, part) in head.chunks(64).enumerate() {
-                    T::from_f32_slice(part, &mut buf[..part.len()]);
-                    let out = dst[c * 64 * BLOCK..].iter_mut().step_by(BLOCK);
-                    for (d, &x) in out.zip(&buf[..part.len()]) {
-                        *d = x;
-                    }
-                }
-            }
-        }
-        let place = |h: usize| o + h * head_len + attention::at(0, pos, hd);
-        let slot = &mut self.slots[seq];
-        match (&mut slot.k, &mut slot.v) {
-            (Store::F32(ks), Store::F32(vs)) => {
-                scatter(ks, k, hd, place);
-                scatter(vs, v, hd, place);
-            }
-            (Store::F16(ks), Store::F16(vs)) => {
-                scatter(ks, k, hd, place);
-                scatter(vs, v, hd, place);
-            }
-            _ => unreachable!("keys and values share a type"),
+        assert!(k.len() == self.kv_dim && v.len() == self.kv_dim);
+        let hd = self.head_dim;
+        let heads = self.heads();
+        for (h, (k, v)) in k.chunks_exact(hd).zip(v.chunks_exact(hd)).enumerate() {
+            // SAFETY: `heads` borrows the cache mutably; only this thread uses it.
+            unsafe { heads.store(seq, layer, h, pos, k, v) };
         }
     }
 
-    /// Keys and values of `layer` (all positions; see `LayerView`).
-    pub fn layer(&self, seq: usize, layer: usize) -> LayerView<'_> {
-        let o = layer * self.layer_len();
-        let r = o..o + self.layer_len();
-        match (&self.slots[seq].k, &self.slots[seq].v) {
-            (Store::F32(k), Store::F32(v)) => LayerView::F32(&k[r.clone()], &v[r]),
-            (Store::F16(k), Store::F16(v)) => LayerView::F16(&k[r.clone()], &v[r]),
-            _ => unreachable!("keys and values share a type"),
+    /// Every slot's heads, to be written and read head by head from many
+    /// threads at once (a decode step stores and attends each head in one
+    /// task: the thread that attends a head has its new lines in cache).
+    pub fn heads(&mut self) -> KvHeads<'_> {
+        self.bases.clear();
+        for s in &mut self.slots {
+            self.bases.push(match (&mut s.k, &mut s.v) {
+                (Store::F32(k), Store::F32(v)) => (k.as_mut_ptr() as usize, v.as_mut_ptr() as usize),
+                (Store::F16(k), Store::F16(v)) => (k.as_mut_ptr() as usize, v.as_mut_ptr() as usize),
+                _ => unreachable!("keys and values share a type"),
+            });
+        }
+        KvHeads {
+            bases: &self.bases,
+            kv_type: self.kv_type,
+            n_layers: self.n_layers,
+            n_heads: self.kv_dim / self.head_dim,
+            head_dim: self.head_dim,
+            head_len: self.head_len(),
+            n_ctx: self.n_ctx,
+        }
+    }
+}
+
+/// The cache's heads, shared by the threads of one parallel section (see
+/// `KvCache::heads`). Its methods check every index; what they leave to the
+/// caller is that no two threads touch one head at once when either writes.
+#[derive(Clone, Copy)]
+pub struct KvHeads<'a> {
+    bases: &'a [(usize, usize)],
+    kv_type: KvType,
+    n_layers: usize,
+    n_heads: usize,
+    head_dim: usize,
+    head_len: usize,
+    n_ctx: usize,
+}
+
+// SAFETY: the pointers come from a cache borrowed mutably for 'a; the
+// methods' contracts keep threads on disjoint heads while one writes.
+unsafe impl Send for KvHeads<'_> {}
+unsafe impl Sync for KvHeads<'_> {}
+
+impl KvHeads<'_> {
+    /// Where head `head` of `layer` in slot `seq` starts, in elements.
+    fn offset(&self, seq: usize, layer: usize, head: usize) -> (usize, usize, usize) {
+        assert!(seq < self.bases.len() && layer < self.n_layers && head < self.n_heads);
+        let (k, v) = self.bases[seq];
+        (k, v, (layer * self.n_heads + head) * self.head_len)
+    }
+
+    /// Writes position `pos` of one head: `k` and `v` are its `head_dim`
+    /// values.
+    ///
+    /// # Safety
+    /// No other thread may read or write this head of this slot and layer
+    /// during the call.
+    pub unsafe fn store(&self, seq: usize, layer: usize, head: usize, pos: usize, k: &[f32], v: &[f32]) {
+        let hd = self.head_dim;
+        assert!(pos < self.n_ctx && k.len() == hd && v.len() == hd);
+        let (kb, vb, o) = self.offset(seq, layer, head);
+        // Element e sits at `at(0, pos) + e * BLOCK` (`attention::at`).
+        unsafe fn scatter<T: KvElem>(base: usize, src: &[f32], hd: usize, o: usize, pos: usize, len: usize) {
+            let head = std::slice::from_raw_parts_mut((base as *mut T).add(o), len);
+            let dst = &mut head[attention::at(0, pos, hd)..];
+            let mut buf = [T::ZERO; 64];
+            for (c, part) in src.chunks(64).enumerate() {
+                T::from_f32_slice(part, &mut buf[..part.len()]);
+                let out = dst[c * 64 * BLOCK..].iter_mut().step_by(BLOCK);
+                for (d, &x) in out.zip(&buf[..part.len()]) {
+                    *d = x;
+                }
+            }
+        }
+        let len = self.head_len;
+        match self.kv_type {
+            KvType::F32 => {
+                scatter::<f32>(kb, k, hd, o, pos, len);
+                scatter::<f32>(vb, v, hd, o, pos, len);
+            }
+            KvType::F16 => {
+                scatter::<f16>(kb, k, hd, o, pos, len);
+                scatter::<f16>(vb, v, hd, o, pos, len);
+            }
+        }
+    }
+
+    /// One head's keys and values, all positions.
+    ///
+    /// # Safety
+    /// No other thread may write this head of this slot and layer while the
+    /// view lives.
+    pub unsafe fn view(&self, seq: usize, layer: usize, head: usize) -> HeadView<'_> {
+        let (kb, vb, o) = self.offset(seq, layer, head);
+        let len = self.head_len;
+        match self.kv_type {
+            KvType::F32 => HeadView::F32(
+                std::slice::from_raw_parts((kb as *const f32).add(o), len),
+                std::slice::from_raw_parts((vb as *const f32).add(o), len),
+            ),
+            KvType::F16 => HeadView::F16(
+                std::slice::from_raw_parts((kb as *const f16).add(o), len),
+                std::slice::from_raw_parts((vb as *const f16).add(o), len),
+            ),
         }
     }
 }
@@ -214,6 +287,27 @@ impl KvCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Keys and values of one layer of slot `seq`, head after head, as f32.
+    fn layer_f32(cache: &mut KvCache, seq: usize, layer: usize) -> (Vec<f32>, Vec<f32>) {
+        let n_heads = cache.kv_dim / cache.head_dim;
+        let heads = cache.heads();
+        let (mut ks, mut vs) = (Vec::new(), Vec::new());
+        for h in 0..n_heads {
+            // SAFETY: one thread.
+            match unsafe { heads.view(seq, layer, h) } {
+                HeadView::F32(k, v) => {
+                    ks.extend_from_slice(k);
+                    vs.extend_from_slice(v);
+                }
+                HeadView::F16(k, v) => {
+                    ks.extend(k.iter().map(|x| x.to_f32()));
+                    vs.extend(v.iter().map(|x| x.to_f32()));
+                }
+            }
+        }
+        (ks, vs)
+    }
 
     #[test]
     fn store_puts_each_value_where_attention_reads_it() {
@@ -238,13 +332,7 @@ mod tests {
                 }
                 let hl = cache.head_len();
                 for l in 0..layers {
-                    let (ks, vs): (Vec<f32>, Vec<f32>) = match cache.layer(1, l) {
-                        LayerView::F32(k, v) => (k.to_vec(), v.to_vec()),
-                        LayerView::F16(k, v) => (
-                            k.iter().map(|x| x.to_f32()).collect(),
-                            v.iter().map(|x| x.to_f32()).collect(),
-                        ),
-                    };
+                    let (ks, vs) = layer_f32(&mut cache, 1, l);
                     let mut written = 0;
                     for &pos in &positions {
                         for g in 0..heads * hd {
@@ -263,9 +351,9 @@ mod tests {
                     );
                 }
                 // The other slot is untouched.
-                match cache.layer(0, 0) {
-                    LayerView::F32(k, _) => assert!(k.iter().all(|&x| x == 0.0)),
-                    LayerView::F16(k, _) => assert!(k.iter().all(|&x| x.to_f32() == 0.0)),
+                for l in 0..layers {
+                    let (ks, vs) = layer_f32(&mut cache, 0, l);
+                    assert!(ks.iter().chain(&vs).all(|&x| x == 0.0));
                 }
             }
         }

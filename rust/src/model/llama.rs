@@ -7,7 +7,7 @@
 //! All rows of a ragged batch go through every matmul together (one matrix of
 //! `total_tokens x hidden`); only attention looks at rows separately.
 
-use super::kv_cache::{KvCache, KvElem, LayerView};
+use super::kv_cache::{HeadView, KvCache, KvElem};
 use super::Model;
 use crate::kernels::attention::{dot_heads, mix_heads, MAX_Q};
 use crate::kernels::{rmsnorm, rope_rotate_half, softmax, swiglu};
@@ -15,7 +15,7 @@ use crate::pool::{current_threads, parallel_chunks, parallel_for, thread_index};
 
 /// A ragged batch: row `b` has `lengths[b]` tokens (concatenated in `tokens`)
 /// at positions `start_pos[b]..`; it reads and fills KV-cache slot
-/// `slots[b]`.
+/// `slots[b]` (each row its own slot).
 pub struct Batch<'a> {
     pub tokens: &'a [u32],
     pub lengths: &'a [usize],
@@ -92,21 +92,20 @@ impl SharedRows {
     unsafe fn part(&self, start: usize, len: usize) -> &mut [f32] {
         std::slice::from_raw_parts_mut(self.0.add(start), len)
     }
+
+    /// SAFETY: no thread may write these values while the caller holds
+    /// them, and they must lie in the buffer.
+    unsafe fn part_ref(&self, start: usize, len: usize) -> &[f32] {
+        std::slice::from_raw_parts(self.0.add(start), len)
+    }
 }
 
 /// One attention work item: a run of consecutive tokens of one batch row
 /// (`pos[t]` their positions) against one kv head of one layer.
 struct AttnRun<'a> {
-    /// The first token's query heads of the group, side by side; the next
-    /// token's `q_stride` further on.
-    q: &'a [f32],
-    q_stride: usize,
     group: usize,
     pos: &'a [usize],
     window: Option<usize>,
-    kv_head: usize,
-    /// Values per cached head (`KvCache::head_len`).
-    head_len: usize,
     hd: usize,
     scale: f32,
     /// q/k heads un-interleaved from llama.cpp's rotated pairs (`Rope::pairs`).
@@ -114,17 +113,19 @@ struct AttnRun<'a> {
 }
 
 /// softmax(q . k_j * scale) . v_j for every query head of a run's tokens,
-/// each over its own causal (and sliding-window) span; `out(c)` is token
-/// c's output heads. The run's tokens share one pass over the keys and
+/// each over its own causal (and sliding-window) span, against one cached
+/// head's `keys` and `values`; `q(c)` is token c's query heads of the group
+/// side by side, `out(c)` its output heads. The run's tokens share one pass over the keys and
 /// values, which each token sees up to the last token's position: past its
 /// own span a token's weights are 0. The queries and the weights go through
 /// the cache's number type before their products, as in a matmul against
 /// that cache (llama.cpp rounds both to float16 for a float16 cache).
-fn attend_run<'o, T: KvElem>(
+fn attend_run<'q, 'o, T: KvElem>(
     run: &AttnRun,
     keys: &[T],
     values: &[T],
     scratch: &mut [f32],
+    q: impl Fn(usize) -> &'q [f32],
     mut out: impl FnMut(usize) -> &'o mut [f32],
 ) {
     let (hd, tokens, group) = (run.hd, run.pos.len(), run.group);
@@ -137,15 +138,14 @@ fn attend_run<'o, T: KvElem>(
     let (scores, rest) = scratch.split_at_mut(scratch.len() - 2 * heads * hd);
     let (qr, mixed) = rest.split_at_mut(heads * hd);
     let stride = scores.len() / heads;
-    for (c, q) in qr.chunks_exact_mut(group * hd).enumerate() {
-        q.copy_from_slice(&run.q[c * run.q_stride..][..group * hd]);
+    for (c, qc) in qr.chunks_exact_mut(group * hd).enumerate() {
+        qc.copy_from_slice(q(c));
     }
     T::round_all(qr);
-    let head = run.kv_head * run.head_len..(run.kv_head + 1) * run.head_len;
     dot_heads(
         qr,
         hd,
-        &keys[head.clone()],
+        keys,
         first,
         n,
         scores,
@@ -166,7 +166,7 @@ fn attend_run<'o, T: KvElem>(
             row[b..].fill(0.0);
         }
     }
-    mix_heads(mixed, hd, scores, stride, &values[head], first, n);
+    mix_heads(mixed, hd, scores, stride, values, first, n);
     for c in 0..tokens {
         out(c).copy_from_slice(&mixed[c * group * hd..(c + 1) * group * hd]);
     }
@@ -234,6 +234,7 @@ fn forward_pass(
             t = (t + per_run).min(end);
         }
     }
+    let runs_are_rows = s.runs.len() == batch.lengths.len();
     let longest_run = s.runs.iter().map(|r| r.1 - r.0).max().unwrap_or(1);
     // Per worker: a score row per query head of a run, then the run's
     // queries as the cache type rounds them, then its outputs.
@@ -266,26 +267,34 @@ fn forward_pass(
         // next matrix's first weights meanwhile (here and after each job).
         lw.wo.read_ahead(qd, h);
         add_bias(qkv, &lw.bqkv);
-        parallel_chunks(qkv, qkv_dim, |t, row| {
-            let (c, sn) = (
-                &cos[t * half..(t + 1) * half],
-                &sin[t * half..(t + 1) * half],
-            );
-            for head in row[..qd + kvd].chunks_exact_mut(hd) {
-                rope_rotate_half(&mut head[..rot], c, sn);
+        let rope = |head: &mut [f32], t: usize| {
+            let (c, sn) = (&cos[t * half..(t + 1) * half], &sin[t * half..(t + 1) * half]);
+            rope_rotate_half(&mut head[..rot], c, sn);
+        };
+        // Rows of a few tokens (decode) rotate and store each kv head's
+        // keys and values in the task that attends it: that thread reads
+        // them next, and no thread stores lines the other then fetches.
+        // Longer rows store all their tokens first (a run reads keys of
+        // runs before it).
+        let in_task = runs_are_rows;
+        if !in_task {
+            parallel_chunks(qkv, qkv_dim, |t, row| {
+                for head in row[..qd + kvd].chunks_exact_mut(hd) {
+                    rope(head, t);
+                }
+            });
+            for t in 0..n_tok {
+                let row = &qkv[t * qkv_dim..(t + 1) * qkv_dim];
+                cache.store(seq_of[t], l, pos[t], &row[qd..qd + kvd], &row[qd + kvd..]);
             }
-        });
-        for t in 0..n_tok {
-            let row = &qkv[t * qkv_dim..(t + 1) * qkv_dim];
-            cache.store(seq_of[t], l, pos[t], &row[qd..qd + kvd], &row[qd + kvd..]);
         }
         let window = if cfg.sliding_layers[l] {
             cfg.sliding_window
         } else {
             None
         };
-        let cache_ref = &*cache;
-        let qkv_ref = &*qkv;
+        let heads = cache.heads();
+        let qkv_rows = SharedRows(qkv.as_mut_ptr(), qkv_dim);
         let n_kv_heads = n_heads / group;
         let runs = &s.runs;
         let att_out = SharedRows(att.as_mut_ptr(), qd);
@@ -293,24 +302,39 @@ fn forward_pass(
             // SAFETY: a worker runs one item at a time, so its row is exclusive.
             let scratch = unsafe { scratch_rows.row(thread_index()) };
             let ((t0, t1), kv_head) = (runs[item / n_kv_heads], item % n_kv_heads);
-            let q_at = kv_head * group * hd;
+            let (q_at, k_at) = (kv_head * group * hd, qd + kv_head * hd);
+            let seq = seq_of[t0];
+            if in_task {
+                for t in t0..t1 {
+                    // SAFETY: this item alone touches its group's query heads
+                    // and its kv head of its tokens (a row is one run, so no
+                    // other item has these tokens), and this head's cache.
+                    unsafe {
+                        for j in 0..group {
+                            rope(qkv_rows.part(t * qkv_dim + q_at + j * hd, hd), t);
+                        }
+                        rope(qkv_rows.part(t * qkv_dim + k_at, hd), t);
+                        let k = qkv_rows.part_ref(t * qkv_dim + k_at, hd);
+                        let v = qkv_rows.part_ref(t * qkv_dim + k_at + kvd, hd);
+                        heads.store(seq, l, kv_head, pos[t], k, v);
+                    }
+                }
+            }
             let run = AttnRun {
-                q: &qkv_ref[t0 * qkv_dim + q_at..],
-                q_stride: qkv_dim,
                 group,
                 pos: &pos[t0..t1],
                 window,
-                kv_head,
-                head_len: cache_ref.head_len(),
                 hd,
                 scale,
                 pairs: model.rope.pairs,
             };
-            // SAFETY: this item alone writes these heads of its tokens.
+            // SAFETY: this item alone reads and writes these heads of its
+            // tokens, and this kv head of its row's slot.
+            let q = |c: usize| unsafe { qkv_rows.part_ref((t0 + c) * qkv_dim + q_at, group * hd) };
             let out = |c: usize| unsafe { att_out.part((t0 + c) * qd + q_at, group * hd) };
-            match cache_ref.layer(seq_of[t0], l) {
-                LayerView::F32(k, v) => attend_run(&run, k, v, scratch, out),
-                LayerView::F16(k, v) => attend_run(&run, k, v, scratch, out),
+            match unsafe { heads.view(seq, l, kv_head) } {
+                HeadView::F32(k, v) => attend_run(&run, k, v, scratch, q, out),
+                HeadView::F16(k, v) => attend_run(&run, k, v, scratch, q, out),
             }
         });
         lw.wo.read_ahead(qd, h); // again: the attention job cut it short
