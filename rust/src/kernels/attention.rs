@@ -82,9 +82,39 @@ impl Value for half::f16 {
     }
 }
 
+/// Which code computes the sums: all give the same bits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+enum Kernels {
+    Plain,
+    /// 8 float lanes (AVX2, FMA, F16C).
+    Avx2,
+    /// 16 float lanes (AVX-512F): twice the keys or positions per
+    /// instruction, and half the loads per multiply-add.
+    Avx512,
+}
+
+impl Kernels {
+    fn best() -> Kernels {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if super::f16::has_avx512() {
+                return Kernels::Avx512;
+            }
+            if super::f16::has_f16c_fma() {
+                return Kernels::Avx2;
+            }
+        }
+        Kernels::Plain
+    }
+}
+
 /// `out[h * stride + i - first] = q_h . k_i` for each `hd`-long query `q_h`
 /// in `q` and each key `i` in `first..n` of a cached head (`at`).
 /// `pairs`: the heads' halves are llama.cpp's even and odd elements.
+/// `values`: the head's values, which `mix_heads` reads next; the 16-lane
+/// kernel asks for their rows as it goes (they are rarely in cache: a
+/// decode step reads each layer's cache once).
 #[allow(clippy::too_many_arguments)]
 pub fn dot_heads<T: Value>(
     q: &[f32],
@@ -95,6 +125,35 @@ pub fn dot_heads<T: Value>(
     out: &mut [f32],
     stride: usize,
     pairs: bool,
+    values: Option<&[T]>,
+) {
+    dot_heads_with(
+        Kernels::best(),
+        q,
+        hd,
+        keys,
+        first,
+        n,
+        out,
+        stride,
+        pairs,
+        values,
+    )
+}
+
+#[allow(clippy::too_many_arguments)]
+#[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
+fn dot_heads_with<T: Value>(
+    k: Kernels,
+    q: &[f32],
+    hd: usize,
+    keys: &[T],
+    first: usize,
+    n: usize,
+    out: &mut [f32],
+    stride: usize,
+    pairs: bool,
+    values: Option<&[T]>,
 ) {
     let heads = q.len() / hd.max(1);
     if n <= first || heads == 0 {
@@ -102,22 +161,21 @@ pub fn dot_heads<T: Value>(
     }
     assert!(keys.len() >= head_len(hd, n));
     assert!(out.len() >= (heads - 1) * stride + n - first && n - first <= stride);
+    // Prefetches are hints: a short values slice only goes unasked for.
+    let values = values.filter(|v| v.len() >= head_len(hd, n));
     #[cfg(target_arch = "x86_64")]
-    if super::f16::has_f16c_fma() && hd % 16 == 0 && hd <= MAX_HD {
-        for (k, part) in q.chunks(MAX_Q / hd * hd).enumerate() {
-            let o = &mut out[k * (MAX_Q / hd) * stride..];
-            // SAFETY: the CPU has the features; the sizes are asserted above.
+    if k != Kernels::Plain && hd % 16 == 0 && hd <= MAX_HD {
+        for (c, part) in q.chunks(MAX_Q / hd * hd).enumerate() {
+            let o = &mut out[c * (MAX_Q / hd) * stride..];
+            let (keys, o) = (keys.as_ptr(), o.as_mut_ptr());
+            // SAFETY: `k` is one the CPU has; the sizes are asserted above.
             unsafe {
-                x86::dot_heads(
-                    part,
-                    hd,
-                    keys.as_ptr(),
-                    first,
-                    n,
-                    o.as_mut_ptr(),
-                    stride,
-                    pairs,
-                )
+                if k == Kernels::Avx512 {
+                    let v = values.map_or(std::ptr::null(), |v| v.as_ptr());
+                    x86::dot_heads_512(part, hd, keys, first, n, o, stride, pairs, v)
+                } else {
+                    x86::dot_heads(part, hd, keys, first, n, o, stride, pairs)
+                }
             };
         }
         return;
@@ -139,6 +197,21 @@ pub fn mix_heads<T: Value>(
     first: usize,
     n: usize,
 ) {
+    mix_heads_with(Kernels::best(), out, hd, p, p_stride, values, first, n)
+}
+
+#[allow(clippy::too_many_arguments)]
+#[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
+fn mix_heads_with<T: Value>(
+    k: Kernels,
+    out: &mut [f32],
+    hd: usize,
+    p: &[f32],
+    p_stride: usize,
+    values: &[T],
+    first: usize,
+    n: usize,
+) {
     let heads = out.len() / hd.max(1);
     if heads == 0 {
         return;
@@ -150,9 +223,15 @@ pub fn mix_heads<T: Value>(
     assert!(values.len() >= head_len(hd, n));
     assert!(p.len() >= (heads - 1) * p_stride + n - first && n - first <= p_stride);
     #[cfg(target_arch = "x86_64")]
-    if super::f16::has_f16c_fma() && hd <= MAX_HD {
-        // SAFETY: the CPU has the features; the sizes are asserted above.
-        unsafe { x86::mix_heads(out, hd, p, p_stride, values.as_ptr(), first, n) };
+    if k != Kernels::Plain && hd <= MAX_HD {
+        // SAFETY: `k` is one the CPU has; the sizes are asserted above.
+        unsafe {
+            if k == Kernels::Avx512 {
+                x86::mix_heads_512(out, hd, p, p_stride, values.as_ptr(), first, n)
+            } else {
+                x86::mix_heads(out, hd, p, p_stride, values.as_ptr(), first, n)
+            }
+        };
         return;
     }
     mix_heads_plain(out, hd, p, p_stride, values, first, n)
@@ -278,7 +357,7 @@ mod x86 {
         let kf = kf.as_mut_ptr() as *mut __m256;
         const SUB: usize = BLOCK / 8;
         let mut b0 = first / BLOCK * BLOCK;
-        prefetch_start(keys, hd, b0, n);
+        prefetch_start(keys, hd, b0, n, AHEAD);
         while b0 < n {
             // Keys b0 + 8s + lo .. b0 + 8s + hi of each 8 are in the span.
             let part: [(usize, usize); SUB] = std::array::from_fn(|s| {
@@ -391,8 +470,14 @@ mod x86 {
     /// At the first block of a span: asks for the blocks up to `AHEAD`
     /// after it, which no earlier block asked for.
     #[inline(always)]
-    unsafe fn prefetch_start<T: Value>(head: *const T, hd: usize, b0: usize, n: usize) {
-        for k in 1..AHEAD {
+    unsafe fn prefetch_start<T: Value>(
+        head: *const T,
+        hd: usize,
+        b0: usize,
+        n: usize,
+        ahead: usize,
+    ) {
+        for k in 1..ahead {
             for e in 0..hd {
                 prefetch_row(head, hd, b0 + k * BLOCK, e, n);
             }
@@ -448,7 +533,7 @@ mod x86 {
             *acc.add(k) = _mm256_setzero_ps();
         }
         let mut b0 = first / BLOCK * BLOCK;
-        prefetch_start(values, hd, b0, n);
+        prefetch_start(values, hd, b0, n, AHEAD);
         while b0 < n {
             if b0 >= first && b0 + BLOCK <= n {
                 mix_block::<T, H, true>(hd, p, p_stride, values, first, n, b0, acc);
@@ -540,6 +625,237 @@ mod x86 {
             }
         }
     }
+
+    /// 16 elements at `p` as float32 (all must be readable).
+    #[inline(always)]
+    unsafe fn load16<T: Value>(p: *const T) -> __m512 {
+        if std::mem::size_of::<T>() == 2 {
+            _mm512_cvtph_ps(_mm256_loadu_si256(p as *const __m256i))
+        } else {
+            _mm512_loadu_ps(p as *const f32)
+        }
+    }
+
+    /// `AHEAD` for the 16-lane scores, whose blocks go by faster.
+    const AHEAD_16: usize = 4;
+
+    /// Lanes `lo..hi` of 16 set.
+    #[inline(always)]
+    fn lanes(lo: usize, hi: usize) -> __mmask16 {
+        (((1u32 << hi) - 1) & !((1u32 << lo) - 1)) as __mmask16
+    }
+
+    /// Lanes 0..8 and 8..16 of `v`.
+    #[inline(always)]
+    unsafe fn halves(v: __m512) -> (__m256, __m256) {
+        let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1));
+        (_mm512_castps512_ps256(v), hi)
+    }
+
+    /// `dot_heads` with 16 keys in a vector's lanes: per head, llama.cpp's
+    /// 16 lanes of each key in 16 vectors, added as `reduce16` adds them
+    /// (the sums of the 8-lane kernel, key for key). Keys outside the span
+    /// are zeros (stale values there must not turn into NaNs) and their
+    /// scores are not stored.
+    ///
+    /// The rows of the block `AHEAD_16` blocks on (keys, and `values` unless
+    /// null) are asked for a few after each head's sums: asked for all at
+    /// once, most would be dropped (a core tracks only so many misses).
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+    #[allow(clippy::too_many_arguments)]
+    pub unsafe fn dot_heads_512<T: Value>(
+        q: &[f32],
+        hd: usize,
+        keys: *const T,
+        first: usize,
+        n: usize,
+        out: *mut f32,
+        stride: usize,
+        pairs: bool,
+        values: *const T,
+    ) {
+        let mut ql = std::mem::MaybeUninit::<[f32; MAX_Q]>::uninit();
+        let ql = ql.as_mut_ptr() as *mut f32;
+        for (h, qh) in q.chunks_exact(hd).enumerate() {
+            for j in 0..hd {
+                *ql.add(h * hd + j) = qh[ours(j, hd, pairs)];
+            }
+        }
+        let heads = q.len() / hd;
+        let mut line = [0usize; MAX_HD];
+        for (j, l) in line[..hd].iter_mut().enumerate() {
+            *l = at(ours(j, hd, pairs), 0, hd);
+        }
+        // 16 keys: `kf[j]` holds element j (llama.cpp's order) of each.
+        let mut kf = std::mem::MaybeUninit::<[__m512; MAX_HD]>::uninit();
+        let kf = kf.as_mut_ptr() as *mut __m512;
+        let mut b0 = first / BLOCK * BLOCK;
+        prefetch_start(keys, hd, b0, n, AHEAD_16);
+        if !values.is_null() {
+            prefetch_start(values, hd, b0, n, AHEAD_16);
+            for e in 0..hd {
+                prefetch_row(values, hd, b0, e, n);
+            }
+        }
+        // Rows to ask for per block, and per head's sums.
+        let rows = if values.is_null() { hd } else { 2 * hd };
+        let per_head = rows.div_ceil(2 * heads);
+        while b0 < n {
+            let block = keys.add(at(0, b0, hd));
+            let ahead = b0 + AHEAD_16 * BLOCK;
+            let mut asked = if ahead < n { 0 } else { rows };
+            let mut sums = 0;
+            let mut ask = |upto: usize| {
+                while asked < upto.min(rows) {
+                    let (head, e) = if asked < hd {
+                        (keys, asked)
+                    } else {
+                        (values, asked - hd)
+                    };
+                    prefetch_at(head.add(at(e, ahead, hd)));
+                    asked += 1;
+                }
+            };
+            for s in 0..BLOCK / 16 {
+                let i0 = b0 + 16 * s;
+                let (lo, hi) = (first.clamp(i0, i0 + 16) - i0, n.clamp(i0, i0 + 16) - i0);
+                if lo >= hi {
+                    continue;
+                }
+                let mask = lanes(lo, hi);
+                for (j, &l) in line[..hd].iter().enumerate() {
+                    let k = load16(block.add(l + 16 * s));
+                    *kf.add(j) = if hi - lo == 16 {
+                        k
+                    } else {
+                        _mm512_maskz_mov_ps(mask, k)
+                    };
+                }
+                for h in 0..heads {
+                    let qh = ql.add(h * hd);
+                    let mut a = [_mm512_setzero_ps(); 16];
+                    for j0 in (0..hd).step_by(16) {
+                        for (l, acc) in a.iter_mut().enumerate() {
+                            let j = j0 + l;
+                            *acc = _mm512_fmadd_ps(_mm512_set1_ps(*qh.add(j)), *kf.add(j), *acc);
+                        }
+                    }
+                    let t: [__m512; 8] = std::array::from_fn(|m| _mm512_add_ps(a[m + 8], a[m]));
+                    let u: [__m512; 4] = std::array::from_fn(|l| _mm512_add_ps(t[4 + l], t[l]));
+                    let r = _mm512_add_ps(_mm512_add_ps(u[0], u[2]), _mm512_add_ps(u[1], u[3]));
+                    // Lane l is key i0 + l, at `i0 + l - first` (only lanes
+                    // lo..hi, all at or past `first`, are stored).
+                    let dst = out.add(h * stride).wrapping_add(i0).wrapping_sub(first);
+                    _mm512_mask_storeu_ps(dst, mask, r);
+                    sums += 1;
+                    ask(sums * per_head);
+                }
+            }
+            ask(rows);
+            b0 += BLOCK;
+        }
+    }
+
+    /// `mix_heads` with 16 positions in a vector's lanes (lane = position
+    /// % 16, as in llama.cpp): heads 8, 4, 2 or 1 at a time, and for them
+    /// as many of the head's outputs as make 16 sums, held in registers
+    /// over the whole span.
+    #[target_feature(enable = "avx512f,avx2,fma,f16c")]
+    pub unsafe fn mix_heads_512<T: Value>(
+        out: &mut [f32],
+        hd: usize,
+        p: &[f32],
+        p_stride: usize,
+        values: *const T,
+        first: usize,
+        n: usize,
+    ) {
+        let heads = out.len() / hd;
+        let o = out.as_mut_ptr();
+        let mut h = 0;
+        while h < heads {
+            let (oh, ph) = (o.add(h * hd), p.as_ptr().add(h * p_stride));
+            let args = (hd, ph, p_stride, values, first, n);
+            h += match heads - h {
+                8.. => mix_outputs::<T, 8, 2>(oh, args),
+                4..=7 => mix_outputs::<T, 4, 4>(oh, args),
+                2 | 3 => mix_outputs::<T, 2, 8>(oh, args),
+                _ => mix_outputs::<T, 1, 16>(oh, args),
+            };
+        }
+    }
+
+    type MixArgs<T> = (usize, *const f32, usize, *const T, usize, usize);
+
+    /// All outputs of H heads, C at a time (a last few one at a time).
+    /// Returns H.
+    #[inline(always)]
+    unsafe fn mix_outputs<T: Value, const H: usize, const C: usize>(
+        out: *mut f32,
+        args: MixArgs<T>,
+    ) -> usize {
+        let hd = args.0;
+        let mut c0 = 0;
+        while c0 + C <= hd {
+            mix_span::<T, H, C>(out, c0, args);
+            c0 += C;
+        }
+        while c0 < hd {
+            mix_span::<T, H, 1>(out, c0, args);
+            c0 += 1;
+        }
+        H
+    }
+
+    /// Outputs `c0..c0 + C` of H heads over the span, position by position
+    /// in order. Positions outside it add 0 * 0, as in the 8-lane kernel.
+    #[inline(always)]
+    unsafe fn mix_span<T: Value, const H: usize, const C: usize>(
+        out: *mut f32,
+        c0: usize,
+        (hd, p, p_stride, values, first, n): MixArgs<T>,
+    ) {
+        let mut acc = [[_mm512_setzero_ps(); C]; H];
+        let mut b0 = first / BLOCK * BLOCK;
+        while b0 < n {
+            for r in 0..BLOCK / 16 {
+                let i0 = b0 + 16 * r;
+                let (lo, hi) = (first.clamp(i0, i0 + 16) - i0, n.clamp(i0, i0 + 16) - i0);
+                if lo >= hi {
+                    continue;
+                }
+                let (full, mask) = (hi - lo == 16, lanes(lo, hi));
+                // Lane l's weight is at `i0 + l - first` (read for lanes lo..hi only).
+                let pw: [__m512; H] = std::array::from_fn(|h| {
+                    let w = p.add(h * p_stride).wrapping_add(i0).wrapping_sub(first);
+                    if full {
+                        _mm512_loadu_ps(w)
+                    } else {
+                        _mm512_maskz_loadu_ps(mask, w)
+                    }
+                });
+                #[allow(clippy::needless_range_loop)]
+                for c in 0..C {
+                    let v = load16(values.add(at(c0 + c, b0, hd) + 16 * r));
+                    let v = if full {
+                        v
+                    } else {
+                        _mm512_maskz_mov_ps(mask, v)
+                    };
+                    for h in 0..H {
+                        acc[h][c] = _mm512_fmadd_ps(pw[h], v, acc[h][c]);
+                    }
+                }
+            }
+            b0 += BLOCK;
+        }
+        for (h, row) in acc.iter().enumerate() {
+            for (c, &v) in row.iter().enumerate() {
+                let (lo, hi) = halves(v);
+                *out.add(h * hd + c0 + c) = reduce16(lo, hi);
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -555,6 +871,22 @@ mod tests {
 
     fn bits(v: &[f32]) -> Vec<u32> {
         v.iter().map(|x| x.to_bits()).collect()
+    }
+
+    /// The fast kernels this CPU can run.
+    fn fast_kernels() -> Vec<Kernels> {
+        #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))]
+        let mut k = Vec::new();
+        #[cfg(target_arch = "x86_64")]
+        {
+            if crate::kernels::f16::has_f16c_fma() {
+                k.push(Kernels::Avx2);
+            }
+            if crate::kernels::f16::has_avx512() {
+                k.push(Kernels::Avx512);
+            }
+        }
+        k
     }
 
     /// A head as the cache holds it (`at`), from `n` rows of `hd` values;
@@ -601,17 +933,25 @@ mod tests {
                         (3, 21),
                         (8, 9),
                         (13, 77),
+                        (17, 64),
+                        (31, 97),
                     ] {
                         let rows = halves(n * hd, 22 + n as u64);
                         // Stale values outside first..n must not matter.
                         let keys = cached(&rows, hd, f16::from_f32(1e4));
                         let stride = n - first + 3;
-                        let mut fast = vec![f32::NAN; heads * stride];
-                        let mut plain = fast.clone();
-                        dot_heads(&q, hd, &keys, first, n, &mut fast, stride, pairs);
+                        let mut plain = vec![f32::NAN; heads * stride];
                         dot_heads_plain(&q, hd, &keys, first, n, &mut plain, stride, pairs);
                         let what = format!("hd {hd} pairs {pairs} heads {heads} keys {first}..{n}");
-                        assert_eq!(bits(&fast), bits(&plain), "{what}");
+                        for k in fast_kernels() {
+                            let mut fast = vec![f32::NAN; heads * stride];
+                            // Asking for the values' rows (here any head) changes nothing.
+                            let values = (n % 2 == 0).then_some(&keys[..]);
+                            dot_heads_with(
+                                k, &q, hd, &keys, first, n, &mut fast, stride, pairs, values,
+                            );
+                            assert_eq!(bits(&fast), bits(&plain), "{k:?} {what}");
+                        }
                         for i in first..n {
                             for h in 0..heads {
                                 // The per-key dot product in llama.cpp's order.
@@ -621,7 +961,7 @@ mod tests {
                                     pairs,
                                 );
                                 assert_eq!(
-                                    fast[h * stride + i - first].to_bits(),
+                                    plain[h * stride + i - first].to_bits(),
                                     want.to_bits(),
                                     "{what}"
                                 );
@@ -638,17 +978,20 @@ mod tests {
         for (hd, first, n) in [(16, 0, 9), (64, 5, 33), (24, 0, 5)] {
             let q = rand(3 * hd, 1);
             let keys = cached(&rand(n * hd, 2), hd, 0.0);
-            let (mut fast, mut plain) = (vec![0.0; 3 * n], vec![0.0; 3 * n]);
-            dot_heads(&q, hd, &keys, first, n, &mut fast, n, true);
+            let mut plain = vec![0.0; 3 * n];
             dot_heads_plain(&q, hd, &keys, first, n, &mut plain, n, true);
-            assert_eq!(bits(&fast), bits(&plain));
+            for k in fast_kernels() {
+                let mut fast = vec![0.0; 3 * n];
+                dot_heads_with(k, &q, hd, &keys, first, n, &mut fast, n, true, Some(&keys));
+                assert_eq!(bits(&fast), bits(&plain), "{k:?} hd {hd} keys {first}..{n}");
+            }
         }
     }
 
     #[test]
     fn mix_is_sixteen_position_lanes_added_as_reduce16() {
-        for hd in [4, 8, 12, 64] {
-            for heads in [1, 2, 3, 5, 8] {
+        for hd in [4, 8, 12, 64, 80] {
+            for heads in [1, 2, 3, 5, 8, 13] {
                 for (first, n) in [
                     (0, 1),
                     (0, 5),
@@ -671,12 +1014,14 @@ mod tests {
                     for h in 0..heads {
                         p[h * p_stride + n - first..(h + 1) * p_stride].fill(f32::NAN);
                     }
-                    let mut fast = vec![f32::NAN; heads * hd];
-                    let mut plain = fast.clone();
-                    mix_heads(&mut fast, hd, &p, p_stride, &values, first, n);
+                    let mut plain = vec![f32::NAN; heads * hd];
                     mix_heads_plain(&mut plain, hd, &p, p_stride, &values, first, n);
                     let what = format!("hd {hd} heads {heads} positions {first}..{n}");
-                    assert_eq!(bits(&fast), bits(&plain), "{what}");
+                    for k in fast_kernels() {
+                        let mut fast = vec![f32::NAN; heads * hd];
+                        mix_heads_with(k, &mut fast, hd, &p, p_stride, &values, first, n);
+                        assert_eq!(bits(&fast), bits(&plain), "{k:?} {what}");
+                    }
                     for h in 0..heads {
                         for d in 0..hd {
                             // llama.cpp's lanes: position i in lane i % 16.
@@ -699,9 +1044,12 @@ mod tests {
         let (hd, n) = (8, 21);
         let values = cached(&rand(n * hd, 5), hd, 0.0);
         let p = rand(3 * n, 6);
-        let (mut fast, mut plain) = (vec![0.0; 3 * hd], vec![0.0; 3 * hd]);
-        mix_heads(&mut fast, hd, &p, n, &values, 2, n);
+        let mut plain = vec![0.0; 3 * hd];
         mix_heads_plain(&mut plain, hd, &p, n, &values, 2, n);
-        assert_eq!(bits(&fast), bits(&plain));
+        for k in fast_kernels() {
+            let mut fast = vec![0.0; 3 * hd];
+            mix_heads_with(k, &mut fast, hd, &p, n, &values, 2, n);
+            assert_eq!(bits(&fast), bits(&plain), "{k:?}");
+        }
     }
 }

@@ -183,8 +183,12 @@ impl KvCache {
         self.bases.clear();
         for s in &mut self.slots {
             self.bases.push(match (&mut s.k, &mut s.v) {
-                (Store::F32(k), Store::F32(v)) => (k.as_mut_ptr() as usize, v.as_mut_ptr() as usize),
-                (Store::F16(k), Store::F16(v)) => (k.as_mut_ptr() as usize, v.as_mut_ptr() as usize),
+                (Store::F32(k), Store::F32(v)) => {
+                    (k.as_mut_ptr() as usize, v.as_mut_ptr() as usize)
+                }
+                (Store::F16(k), Store::F16(v)) => {
+                    (k.as_mut_ptr() as usize, v.as_mut_ptr() as usize)
+                }
                 _ => unreachable!("keys and values share a type"),
             });
         }
@@ -233,12 +237,27 @@ impl KvHeads<'_> {
     /// # Safety
     /// No other thread may read or write this head of this slot and layer
     /// during the call.
-    pub unsafe fn store(&self, seq: usize, layer: usize, head: usize, pos: usize, k: &[f32], v: &[f32]) {
+    pub unsafe fn store(
+        &self,
+        seq: usize,
+        layer: usize,
+        head: usize,
+        pos: usize,
+        k: &[f32],
+        v: &[f32],
+    ) {
         let hd = self.head_dim;
         assert!(pos < self.n_ctx && k.len() == hd && v.len() == hd);
         let (kb, vb, o) = self.offset(seq, layer, head);
         // Element e sits at `at(0, pos) + e * BLOCK` (`attention::at`).
-        unsafe fn scatter<T: KvElem>(base: usize, src: &[f32], hd: usize, o: usize, pos: usize, len: usize) {
+        unsafe fn scatter<T: KvElem>(
+            base: usize,
+            src: &[f32],
+            hd: usize,
+            o: usize,
+            pos: usize,
+            len: usize,
+        ) {
             let head = std::slice::from_raw_parts_mut((base as *mut T).add(o), len);
             let dst = &mut head[attention::at(0, pos, hd)..];
             let mut buf = [T::ZERO; 64];

@@ -151,6 +151,7 @@ fn attend_run<'q, 'o, T: KvElem>(
         scores,
         stride,
         run.pairs,
+        Some(values),
     );
     for c in 0..tokens {
         let (a, b) = (span(c).0 - first, span(c).1 - first);
@@ -268,7 +269,10 @@ fn forward_pass(
         lw.wo.read_ahead(qd, h);
         add_bias(qkv, &lw.bqkv);
         let rope = |head: &mut [f32], t: usize| {
-            let (c, sn) = (&cos[t * half..(t + 1) * half], &sin[t * half..(t + 1) * half]);
+            let (c, sn) = (
+                &cos[t * half..(t + 1) * half],
+                &sin[t * half..(t + 1) * half],
+            );
             rope_rotate_half(&mut head[..rot], c, sn);
         };
         // Rows of a few tokens (decode) rotate and store each kv head's
