@@ -320,10 +320,17 @@ impl PackedMatrix {
         } else if groups > 0 {
             ACTIVATIONS.with(|cell| {
                 let mut acts = cell.borrow_mut();
+                let dst = SharedOut(out.as_mut_ptr());
+                #[cfg(target_arch = "x86_64")]
+                if n_tok == 1 && k == Kernels::Vnni {
+                    let qx = crate::pool::timed(crate::pool::Span::Quantize, 0, || {
+                        acts.quantize_blocks(&x[..n_in])
+                    });
+                    return self.groups_times_one(dst, qx);
+                }
                 let (qx, bias) = crate::pool::timed(crate::pool::Span::Quantize, 0, || {
                     acts.quantize(x, n_tok, n_in)
                 });
-                let dst = SharedOut(out.as_mut_ptr());
                 self.groups_times_activations(dst, out_stride, qx, bias, n_tok, k);
             });
         }
@@ -397,6 +404,39 @@ impl PackedMatrix {
             }
             for tk in tk..n_tok {
                 unsafe { tokens_times_group::<1>(t, rows, grp, nb, qx, bias, tk, out, stride, k) };
+            }
+        });
+    }
+}
+
+impl PackedMatrix {
+    /// One token against all whole groups on the VNNI kernels, which make
+    /// each activation block's `BlockSums` as they go (a few instructions
+    /// per block and group). One token's matmul quantizes its input on the
+    /// calling thread alone, over lines the other threads read in the
+    /// matmul before, and each such write waits for their copies to go:
+    /// with the threads on two core complexes that wait was most of a
+    /// token's lone work, and the sums were 36 of each block's 76 bytes.
+    #[cfg(target_arch = "x86_64")]
+    fn groups_times_one(&self, dst: SharedOut, qx: &[BlockQ8]) {
+        let (nb, gb) = (self.blocks(), self.group_bytes());
+        assert!(qx.len() == nb && self.group == WIDE_GROUP);
+        let (data, t) = (self.bytes(), self.t);
+        crate::pool::parallel_for(self.groups(), |g| {
+            let dst = dst;
+            let grp = data[g * gb..(g + 1) * gb].as_ptr();
+            let out = dst.0.wrapping_add(g * WIDE_GROUP);
+            // SAFETY: the CPU has the VNNI kernels' features (`k` was
+            // Vnni); rows g*G..(g+1)*G are written by this task only, within
+            // the bounds the caller asserted.
+            unsafe {
+                match t {
+                    QuantType::Q4_0 => avx512::group_q4_0::<1, true>(grp, nb, [qx], [&[]], out, 0),
+                    QuantType::Q8_0 => {
+                        avx512::group_q8_0_lanes::<1, true>(grp, nb, [qx], [&[]], out, 0)
+                    }
+                    _ => unreachable!("only Q4_0 and Q8_0 are packed"),
+                }
             }
         });
     }
@@ -510,10 +550,10 @@ unsafe fn group_dot<const N: usize>(
             return;
         }
         (Kernels::Vnni, QuantType::Q4_0) => {
-            return avx512::group_q4_0::<N>(grp.as_ptr(), nb, xs, bias, out, stride)
+            return avx512::group_q4_0::<N, false>(grp.as_ptr(), nb, xs, bias, out, stride)
         }
         (Kernels::Vnni, QuantType::Q8_0) => {
-            return avx512::group_q8_0_lanes::<N>(grp.as_ptr(), nb, xs, bias, out, stride)
+            return avx512::group_q8_0_lanes::<N, false>(grp.as_ptr(), nb, xs, bias, out, stride)
         }
         _ => unreachable!("only Q4_0 and Q8_0 are packed"),
     }
@@ -652,6 +692,19 @@ impl Activations {
     }
 }
 
+impl Activations {
+    /// One token's blocks alone, without their `BlockSums`.
+    #[cfg(target_arch = "x86_64")]
+    fn quantize_blocks(&mut self, x: &[f32]) -> &[BlockQ8] {
+        let nb = x.len() / QK;
+        if self.qx.len() < nb {
+            self.qx.resize(nb, BlockQ8::default());
+        }
+        quant::quantize_row_q8(x, &mut self.qx[..nb]);
+        &self.qx[..nb]
+    }
+}
+
 thread_local! {
     static ACTIVATIONS: RefCell<Activations> = RefCell::new(Activations::default());
 }
@@ -676,6 +729,7 @@ mod avx2 {
     /// One token's matmul makes these for every block of its input, on the
     /// calling thread alone; the plain loop cost decode a few percent.
     #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
     pub(super) unsafe fn block_sums(y: &BlockQ8) -> BlockSums {
         let q = _mm256_loadu_si256(y.qs.as_ptr() as *const __m256i);
         let lanes = _mm256_madd_epi16(
@@ -819,11 +873,23 @@ mod avx512 {
         _mm512_cvtph_ps(_mm256_loadu_si256(p as *const __m256i))
     }
 
+    /// Block `b`'s sums for token `t`: made from the block when `MADE`
+    /// (`bias` is then empty), else read from `bias`.
+    #[inline(always)]
+    unsafe fn sums_at<const MADE: bool>(bias: &[BlockSums], y: &BlockQ8, b: usize) -> BlockSums {
+        if MADE {
+            super::avx2::block_sums(y)
+        } else {
+            *bias.get_unchecked(b)
+        }
+    }
+
     /// Q4_0, 16 rows against `N` tokens: the nibbles go in unsigned (0..=15)
     /// and 8 * sum(y), the bias, comes off; the low nibbles of vector k are
-    /// values 4k..4k+3, the high ones 16+4k..16+4k+3.
+    /// values 4k..4k+3, the high ones 16+4k..16+4k+3. `MADE`: the sums are
+    /// made here (`sums_at`).
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
-    pub(super) unsafe fn group_q4_0<const N: usize>(
+    pub(super) unsafe fn group_q4_0<const N: usize, const MADE: bool>(
         g: *const u8,
         nb: usize,
         xs: [&[BlockQ8]; N],
@@ -840,7 +906,7 @@ mod avx512 {
             // Two chains of four `vpdpbusd`s per token (low and high
             // nibbles), not one of eight: shorter waits on their latency.
             let mut lo_sum: [__m512i; N] =
-                std::array::from_fn(|t| _mm512_set1_epi32(-bias[t].get_unchecked(b).all));
+                std::array::from_fn(|t| _mm512_set1_epi32(-sums_at::<MADE>(bias[t], ys[t], b).all));
             let mut hi_sum = [_mm512_setzero_si512(); N];
             for k in 0..4 {
                 let v = _mm512_loadu_si512(q.add(64 * k) as *const __m512i);
@@ -869,9 +935,10 @@ mod avx512 {
     /// i32 lane r is row r's lane k. The weights go in as unsigned bytes
     /// w + 128 (a sign-bit flip) into sums that start at minus 128 times the
     /// lane's four activations. Two tokens at a time, so that their 16
-    /// accumulators and the operands fit the 32 registers.
+    /// accumulators and the operands fit the 32 registers. `MADE`: as in
+    /// `group_q4_0`.
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
-    pub(super) unsafe fn group_q8_0_lanes<const N: usize>(
+    pub(super) unsafe fn group_q8_0_lanes<const N: usize, const MADE: bool>(
         g: *const u8,
         nb: usize,
         xs: [&[BlockQ8]; N],
@@ -881,7 +948,7 @@ mod avx512 {
     ) {
         let mut t = 0;
         while t + 2 <= N {
-            lanes_tile::<2>(
+            lanes_tile::<2, MADE>(
                 g,
                 nb,
                 [xs[t], xs[t + 1]],
@@ -892,13 +959,13 @@ mod avx512 {
             t += 2;
         }
         if t < N {
-            lanes_tile::<1>(g, nb, [xs[t]], [sums[t]], out.add(t * stride), stride);
+            lanes_tile::<1, MADE>(g, nb, [xs[t]], [sums[t]], out.add(t * stride), stride);
         }
     }
 
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
     #[inline]
-    unsafe fn lanes_tile<const N: usize>(
+    unsafe fn lanes_tile<const N: usize, const MADE: bool>(
         g: *const u8,
         nb: usize,
         xs: [&[BlockQ8]; N],
@@ -912,7 +979,21 @@ mod avx512 {
             let (sc, qs) = super::block_at(32, b, WIDE_GROUP);
             let q = g.add(qs);
             let ys: [&BlockQ8; N] = std::array::from_fn(|t| xs[t].get_unchecked(b));
-            let off: [&[i32; 8]; N] = std::array::from_fn(|t| &sums[t].get_unchecked(b).lanes);
+            // Made sums live here; read ones stay where they are.
+            let made: [BlockSums; N] = std::array::from_fn(|t| {
+                if MADE {
+                    sums_at::<true>(sums[t], ys[t], b)
+                } else {
+                    BlockSums::default()
+                }
+            });
+            let off: [&[i32; 8]; N] = std::array::from_fn(|t| {
+                if MADE {
+                    &made[t].lanes
+                } else {
+                    &sums[t].get_unchecked(b).lanes
+                }
+            });
             let d = scales(g.add(sc));
             let scale: [__m512; N] =
                 std::array::from_fn(|t| _mm512_mul_ps(d, _mm512_set1_ps(ys[t].d)));
@@ -1191,6 +1272,7 @@ mod tests {
                 [
                     (t, 8, 32, 1),
                     (t, 16, 32, 1),
+                    (t, 32, 2048, 1),
                     (t, 24, 512, 5),
                     (t, 40, 2048, 9),
                     (t, 48, 96, 4),
