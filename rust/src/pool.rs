@@ -286,14 +286,20 @@ impl Ahead {
     }
 
     /// Worker `index`: read its range if one was set since `taken` (then
-    /// updated), until done, a new range, or `job_came()`. Returns the bytes
-    /// it read.
-    fn read(&self, index: usize, taken: &mut usize, job_came: impl Fn() -> bool) -> usize {
+    /// updated), until done, a new range, or `job_came()`; `count(bytes)`
+    /// gets what it read before the read counts as over (so the caller
+    /// leaving the pool finds it counted).
+    fn read(
+        &self,
+        index: usize,
+        taken: &mut usize,
+        job_came: impl Fn() -> bool,
+        count: impl Fn(usize),
+    ) {
         let seq = self.seq.load(Ordering::Relaxed);
         if seq == *taken || seq % 2 == 1 {
-            return 0; // the cheap look of every poll
+            return; // the cheap look of every poll
         }
-        let mut read = 0;
         self.reading.fetch_add(1, Ordering::SeqCst);
         let seq = self.seq.load(Ordering::SeqCst);
         let (at, len) = &self.ranges[index % MAX_RUNS];
@@ -303,12 +309,14 @@ impl Ahead {
             let stop = || job_came() || self.seq.load(Ordering::Relaxed) != seq;
             // SAFETY: the range is live until the caller has seen `reading`
             // drop to 0 after changing `seq`, and we stop once it changed.
-            read = unsafe { touch(at as *const u8, len.min(MAX_AHEAD), stop) };
+            let read = unsafe { touch(at as *const u8, len.min(MAX_AHEAD), stop) };
             #[cfg(test)]
             self.touched.fetch_add(read, Ordering::Relaxed);
+            if read > 0 {
+                count(read);
+            }
         }
         self.reading.fetch_sub(1, Ordering::SeqCst);
-        read
     }
 
     /// The caller: set every worker's range (`range(i)`; (0, 0) for none).
@@ -537,12 +545,16 @@ fn worker_main(s: Arc<Shared>, index: usize, threads: usize) {
         let start = Instant::now();
         let mut polls = 0u32;
         while s.epoch.load(Ordering::Acquire) == seen {
-            let read = s.ahead.read(index, &mut ahead_taken, || {
-                s.epoch.load(Ordering::Relaxed) != seen
-            });
-            if read > 0 && s.profile.on() {
-                s.profile.add(&s.profile.read_ahead_bytes, read as u64);
-            }
+            s.ahead.read(
+                index,
+                &mut ahead_taken,
+                || s.epoch.load(Ordering::Relaxed) != seen,
+                |read| {
+                    if s.profile.on() {
+                        s.profile.add(&s.profile.read_ahead_bytes, read as u64);
+                    }
+                },
+            );
             std::hint::spin_loop();
             polls = polls.wrapping_add(1);
             if polls % 256 == 0 && start.elapsed() > SPIN {
