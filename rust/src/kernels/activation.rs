@@ -70,11 +70,28 @@ pub fn swiglu(out: &mut [f32], gate: &[f32], up: &[f32]) {
     }
 }
 
+/// The largest value (NaNs ignored, as `f32::max` ignores them), in 16
+/// running maxima: one chain of dependent maxima took most of a decode
+/// step's softmax time at long contexts. Which of two equal zeros wins can
+/// differ from one chain; `softmax` subtracts it, and either gives the same
+/// exponentials.
+fn max_of(x: &[f32]) -> f32 {
+    let mut m = [f32::NEG_INFINITY; 16];
+    let mut chunks = x.chunks_exact(16);
+    for c in &mut chunks {
+        for (m, &v) in m.iter_mut().zip(c) {
+            *m = m.max(v);
+        }
+    }
+    let rest = chunks.remainder().iter().copied();
+    m.into_iter().chain(rest).fold(f32::NEG_INFINITY, f32::max)
+}
+
 /// In-place softmax as ggml's `soft_max` computes it: `exp_ggml(x - max)`,
 /// summed 16 at a time (each 16 in float, pairwise as `_mm512_reduce_add_ps`
 /// adds them) into a double, then times the float of 1 / sum.
 pub fn softmax(x: &mut [f32]) {
-    let max = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let max = max_of(x);
     #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))]
     let mut i = 0;
     #[cfg(target_arch = "x86_64")]
@@ -254,6 +271,22 @@ mod tests {
         ]);
         v.extend([f32::INFINITY, f32::NEG_INFINITY]);
         v
+    }
+
+    #[test]
+    fn max_of_is_the_running_maximum() {
+        for n in [1usize, 5, 16, 17, 100, 512, 1030] {
+            let mut x = crate::kernels::test_data::rand(n, n as u64);
+            if n > 3 {
+                x[n / 2] = f32::NAN;
+            }
+            let want = x.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            assert_eq!(max_of(&x).to_bits(), want.to_bits(), "n {n}");
+            // The largest in the last, partial 16 too.
+            x[n - 1] = 1e3;
+            assert_eq!(max_of(&x), 1e3, "n {n}");
+        }
+        assert_eq!(max_of(&[]), f32::NEG_INFINITY);
     }
 
     #[test]
