@@ -308,6 +308,25 @@ mod x86 {
     use super::super::f16::x86::reduce16;
     use super::{at, ours, Value, BLOCK, MAX_HD, MAX_Q};
 
+    /// The queries `q` (heads of `hd`) in llama.cpp's element order into
+    /// `ql`; returns where each element, in that order, starts in a block.
+    ///
+    /// # Safety
+    /// `ql` must take `q.len()` values.
+    #[inline(always)]
+    unsafe fn llama_order(q: &[f32], hd: usize, pairs: bool, ql: *mut f32) -> [usize; MAX_HD] {
+        for (h, qh) in q.chunks_exact(hd).enumerate() {
+            for j in 0..hd {
+                *ql.add(h * hd + j) = qh[ours(j, hd, pairs)];
+            }
+        }
+        let mut line = [0usize; MAX_HD];
+        for (j, l) in line[..hd].iter_mut().enumerate() {
+            *l = at(ours(j, hd, pairs), 0, hd);
+        }
+        line
+    }
+
     /// Lanes `lo..hi` of the `W` values at `p` (the others zero), as float32.
     #[inline(always)]
     unsafe fn load_lanes<T: Value>(p: *const T, lo: usize, hi: usize) -> __m256 {
@@ -337,20 +356,10 @@ mod x86 {
         stride: usize,
         pairs: bool,
     ) {
-        // The queries in llama.cpp's element order.
         let mut ql = std::mem::MaybeUninit::<[f32; MAX_Q]>::uninit();
         let ql = ql.as_mut_ptr() as *mut f32;
-        for (h, qh) in q.chunks_exact(hd).enumerate() {
-            for j in 0..hd {
-                *ql.add(h * hd + j) = qh[ours(j, hd, pairs)];
-            }
-        }
+        let line = llama_order(q, hd, pairs, ql);
         let heads = q.len() / hd;
-        // Where each element (in llama.cpp's order) starts in a block.
-        let mut line = [0usize; MAX_HD];
-        for (j, l) in line[..hd].iter_mut().enumerate() {
-            *l = at(ours(j, hd, pairs), 0, hd);
-        }
         // A block's keys, 8 at a time (lane = key): `kf[s * hd + j]` holds
         // element j of keys 8s..8s+8.
         let mut kf = std::mem::MaybeUninit::<[__m256; 4 * MAX_HD]>::uninit();
@@ -676,16 +685,8 @@ mod x86 {
     ) {
         let mut ql = std::mem::MaybeUninit::<[f32; MAX_Q]>::uninit();
         let ql = ql.as_mut_ptr() as *mut f32;
-        for (h, qh) in q.chunks_exact(hd).enumerate() {
-            for j in 0..hd {
-                *ql.add(h * hd + j) = qh[ours(j, hd, pairs)];
-            }
-        }
+        let line = llama_order(q, hd, pairs, ql);
         let heads = q.len() / hd;
-        let mut line = [0usize; MAX_HD];
-        for (j, l) in line[..hd].iter_mut().enumerate() {
-            *l = at(ours(j, hd, pairs), 0, hd);
-        }
         // 16 keys: `kf[j]` holds element j (llama.cpp's order) of each.
         let mut kf = std::mem::MaybeUninit::<[__m512; MAX_HD]>::uninit();
         let kf = kf.as_mut_ptr() as *mut __m512;
