@@ -115,9 +115,9 @@ struct AttnRun<'a> {
 /// softmax(q . k_j * scale) . v_j for every query head of a run's tokens,
 /// each over its own causal (and sliding-window) span, against one cached
 /// head's `keys` and `values`; `q(c)` is token c's query heads of the group
-/// side by side, `out(c)` its output heads. The run's tokens share one pass over the keys and
-/// values, which each token sees up to the last token's position: past its
-/// own span a token's weights are 0. The queries and the weights go through
+/// side by side, `out(c)` its output heads. The run's tokens share one pass
+/// over the keys and values, which each token sees up to the last token's
+/// position: past its own span a token's weights are 0. The queries and the weights go through
 /// the cache's number type before their products, as in a matmul against
 /// that cache (llama.cpp rounds both to float16 for a float16 cache).
 fn attend_run<'q, 'o, T: KvElem>(
@@ -235,7 +235,9 @@ fn forward_pass(
             t = (t + per_run).min(end);
         }
     }
-    let runs_are_rows = s.runs.len() == batch.lengths.len();
+    // Rows of a few tokens (decode) are one run each: their attention tasks
+    // rotate and store their own kv heads (below).
+    let in_task = s.runs.len() == batch.lengths.len();
     let longest_run = s.runs.iter().map(|r| r.1 - r.0).max().unwrap_or(1);
     // Per worker: a score row per query head of a run, then the run's
     // queries as the cache type rounds them, then its outputs.
@@ -280,7 +282,6 @@ fn forward_pass(
         // them next, and no thread stores lines the other then fetches.
         // Longer rows store all their tokens first (a run reads keys of
         // runs before it).
-        let in_task = runs_are_rows;
         if !in_task {
             parallel_chunks(qkv, qkv_dim, |t, row| {
                 for head in row[..qd + kvd].chunks_exact_mut(hd) {
