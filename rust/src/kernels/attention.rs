@@ -663,13 +663,13 @@ mod x86 {
 
     /// `dot_heads` with 16 keys in a vector's lanes: per head, llama.cpp's
     /// 16 lanes of each key in 16 vectors, added as `reduce16` adds them
-    /// (the sums of the 8-lane kernel, key for key). Keys outside the span
-    /// are zeros (stale values there must not turn into NaNs) and their
-    /// scores are not stored.
+    /// (the sums of the 8-lane kernel, key for key), four heads at a time
+    /// (`head_sums`). Keys outside the span are zeros (stale values there
+    /// must not turn into NaNs) and their scores are not stored.
     ///
     /// The rows of the block `AHEAD_16` blocks on (keys, and `values` unless
-    /// null) are asked for a few after each head's sums: asked for all at
-    /// once, most would be dropped (a core tracks only so many misses).
+    /// null) are asked for a few after each group of heads' sums: asked for
+    /// all at once, most would be dropped (a core tracks only so many misses).
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     #[allow(clippy::too_many_arguments)]
     pub unsafe fn dot_heads_512<T: Value>(
@@ -705,7 +705,6 @@ mod x86 {
             let block = keys.add(at(0, b0, hd));
             let ahead = b0 + AHEAD_16 * BLOCK;
             let mut asked = if ahead < n { 0 } else { rows };
-            let mut sums = 0;
             let mut ask = |upto: usize| {
                 while asked < upto.min(rows) {
                     let (head, e) = if asked < hd {
@@ -732,29 +731,57 @@ mod x86 {
                         _mm512_maskz_mov_ps(mask, k)
                     };
                 }
-                for h in 0..heads {
+                let mut h = 0;
+                while h < heads {
                     let qh = ql.add(h * hd);
-                    let mut a = [_mm512_setzero_ps(); 16];
-                    for j0 in (0..hd).step_by(16) {
-                        for (l, acc) in a.iter_mut().enumerate() {
-                            let j = j0 + l;
-                            *acc = _mm512_fmadd_ps(_mm512_set1_ps(*qh.add(j)), *kf.add(j), *acc);
-                        }
+                    let r: &[__m512] = match heads - h {
+                        4.. => &head_sums::<4>(qh, hd, kf),
+                        2 | 3 => &head_sums::<2>(qh, hd, kf),
+                        _ => &head_sums::<1>(qh, hd, kf),
+                    };
+                    for &r in r {
+                        // Lane l is key i0 + l, at `i0 + l - first` (only
+                        // lanes lo..hi, all at or past `first`, are stored).
+                        let dst = out.add(h * stride).wrapping_add(i0).wrapping_sub(first);
+                        _mm512_mask_storeu_ps(dst, mask, r);
+                        h += 1;
                     }
-                    let t: [__m512; 8] = std::array::from_fn(|m| _mm512_add_ps(a[m + 8], a[m]));
-                    let u: [__m512; 4] = std::array::from_fn(|l| _mm512_add_ps(t[4 + l], t[l]));
-                    let r = _mm512_add_ps(_mm512_add_ps(u[0], u[2]), _mm512_add_ps(u[1], u[3]));
-                    // Lane l is key i0 + l, at `i0 + l - first` (only lanes
-                    // lo..hi, all at or past `first`, are stored).
-                    let dst = out.add(h * stride).wrapping_add(i0).wrapping_sub(first);
-                    _mm512_mask_storeu_ps(dst, mask, r);
-                    sums += 1;
-                    ask(sums * per_head);
+                    ask(h * per_head);
                 }
             }
             ask(rows);
             b0 += BLOCK;
         }
+    }
+
+    /// The scores of `H` heads (queries at `q`, `hd` apart) against the 16
+    /// keys in `kf`: each head's 16 lanes, lane `l` the chain of elements
+    /// `l, l + 16, ...`, added as `reduce16` adds them. Each key vector is
+    /// loaded once for the `H` heads (one load per multiply-add made the
+    /// loads the limit), and the lanes are added as soon as both are done,
+    /// so few registers hold partial sums. More than 4 heads at once spill.
+    #[inline(always)]
+    unsafe fn head_sums<const H: usize>(
+        q: *const f32,
+        hd: usize,
+        kf: *const __m512,
+    ) -> [__m512; H] {
+        let lane = |l: usize| -> [__m512; H] {
+            let mut acc = [_mm512_setzero_ps(); H];
+            for j in (l..hd).step_by(16) {
+                let k = *kf.add(j);
+                for (h, a) in acc.iter_mut().enumerate() {
+                    *a = _mm512_fmadd_ps(_mm512_set1_ps(*q.add(h * hd + j)), k, *a);
+                }
+            }
+            acc
+        };
+        let add = |a: [__m512; H], b: [__m512; H]| -> [__m512; H] {
+            std::array::from_fn(|h| _mm512_add_ps(a[h], b[h]))
+        };
+        let t = |m: usize| add(lane(m + 8), lane(m));
+        let u = |l: usize| add(t(4 + l), t(l));
+        add(add(u(0), u(2)), add(u(1), u(3)))
     }
 
     /// `mix_heads` with 16 positions in a vector's lanes (lane = position
