@@ -343,7 +343,8 @@ mod x86 {
     /// `super::dot_heads` for `hd % 16 == 0`, `hd <= MAX_HD`: a block of the
     /// cache at a time, its elements loaded once (in llama.cpp's order) for
     /// all the heads; then per 8 keys and head, the 16 lanes of each key in
-    /// 16 vectors (lane = key), added as `reduce16` adds them.
+    /// 16 vectors (lane = key), added as `reduce16` adds them, four heads at
+    /// a time (`head_sums8`).
     #[target_feature(enable = "avx2,fma,f16c")]
     #[allow(clippy::too_many_arguments)]
     pub unsafe fn dot_heads<T: Value>(
@@ -398,37 +399,54 @@ mod x86 {
                     continue;
                 }
                 let kf = kf.add(s * hd);
-                for h in 0..heads {
+                let mut h = 0;
+                while h < heads {
                     let qh = ql.add(h * hd);
-                    // Lanes l and l + 8 for four l at a time: t[l] = lane(l + 8) + lane(l).
-                    let mut t = [_mm256_setzero_ps(); 8];
-                    for half in 0..2 {
-                        let mut a = [_mm256_setzero_ps(); 8];
-                        for j0 in (0..hd).step_by(16) {
-                            for (k, acc) in a.iter_mut().enumerate() {
-                                let j = j0 + 4 * half + k % 4 + 8 * (k / 4);
-                                *acc =
-                                    _mm256_fmadd_ps(_mm256_set1_ps(*qh.add(j)), *kf.add(j), *acc);
-                            }
+                    let r: &[__m256] = match heads - h {
+                        4.. => &head_sums8::<4>(qh, hd, kf),
+                        2 | 3 => &head_sums8::<2>(qh, hd, kf),
+                        _ => &head_sums8::<1>(qh, hd, kf),
+                    };
+                    for &r in r {
+                        let dst = out.add(h * stride + b0 + 8 * s + lo - first);
+                        if lo == 0 && hi == 8 {
+                            _mm256_storeu_ps(dst, r);
+                        } else {
+                            let mut tmp = [0.0f32; 8];
+                            _mm256_storeu_ps(tmp.as_mut_ptr(), r);
+                            std::ptr::copy_nonoverlapping(tmp.as_ptr().add(lo), dst, hi - lo);
                         }
-                        for k in 0..4 {
-                            t[4 * half + k] = _mm256_add_ps(a[k + 4], a[k]);
-                        }
-                    }
-                    let u: [__m256; 4] = std::array::from_fn(|l| _mm256_add_ps(t[4 + l], t[l]));
-                    let r = _mm256_add_ps(_mm256_add_ps(u[0], u[2]), _mm256_add_ps(u[1], u[3]));
-                    let dst = out.add(h * stride + b0 + 8 * s + lo - first);
-                    if lo == 0 && hi == 8 {
-                        _mm256_storeu_ps(dst, r);
-                    } else {
-                        let mut tmp = [0.0f32; 8];
-                        _mm256_storeu_ps(tmp.as_mut_ptr(), r);
-                        std::ptr::copy_nonoverlapping(tmp.as_ptr().add(lo), dst, hi - lo);
+                        h += 1;
                     }
                 }
             }
             b0 += BLOCK;
         }
+    }
+
+    /// `x86::head_sums` with 8 keys in a vector's lanes.
+    #[inline(always)]
+    unsafe fn head_sums8<const H: usize>(
+        q: *const f32,
+        hd: usize,
+        kf: *const __m256,
+    ) -> [__m256; H] {
+        let lane = |l: usize| -> [__m256; H] {
+            let mut acc = [_mm256_setzero_ps(); H];
+            for j in (l..hd).step_by(16) {
+                let k = *kf.add(j);
+                for (h, a) in acc.iter_mut().enumerate() {
+                    *a = _mm256_fmadd_ps(_mm256_set1_ps(*q.add(h * hd + j)), k, *a);
+                }
+            }
+            acc
+        };
+        let add = |a: [__m256; H], b: [__m256; H]| -> [__m256; H] {
+            std::array::from_fn(|h| _mm256_add_ps(a[h], b[h]))
+        };
+        let t = |m: usize| add(lane(m + 8), lane(m));
+        let u = |l: usize| add(t(4 + l), t(l));
+        add(add(u(0), u(2)), add(u(1), u(3)))
     }
 
     /// Blocks ahead of the one in use whose rows are asked for, one row
