@@ -19,6 +19,7 @@
 //! (`Value::dot`), as llama.cpp does.
 
 use super::f16::{ours, reduce16};
+use super::FloatIsa;
 
 /// Positions per block of a cached head.
 pub(crate) const BLOCK: usize = 32;
@@ -82,33 +83,6 @@ impl Value for half::f16 {
     }
 }
 
-/// Which code computes the sums: all give the same bits.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
-enum Kernels {
-    Plain,
-    /// 8 float lanes (AVX2, FMA, F16C).
-    Avx2,
-    /// 16 float lanes (AVX-512F): twice the keys or positions per
-    /// instruction, and half the loads per multiply-add.
-    Avx512,
-}
-
-impl Kernels {
-    fn best() -> Kernels {
-        #[cfg(target_arch = "x86_64")]
-        {
-            if super::f16::has_avx512() {
-                return Kernels::Avx512;
-            }
-            if super::f16::has_f16c_fma() {
-                return Kernels::Avx2;
-            }
-        }
-        Kernels::Plain
-    }
-}
-
 /// `out[h * stride + i - first] = q_h . k_i` for each `hd`-long query `q_h`
 /// in `q` and each key `i` in `first..n` of a cached head (`at`).
 /// `pairs`: the heads' halves are llama.cpp's even and odd elements.
@@ -128,7 +102,7 @@ pub fn dot_heads<T: Value>(
     values: Option<&[T]>,
 ) {
     dot_heads_with(
-        Kernels::best(),
+        FloatIsa::best(),
         q,
         hd,
         keys,
@@ -144,7 +118,7 @@ pub fn dot_heads<T: Value>(
 #[allow(clippy::too_many_arguments)]
 #[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
 fn dot_heads_with<T: Value>(
-    k: Kernels,
+    k: FloatIsa,
     q: &[f32],
     hd: usize,
     keys: &[T],
@@ -164,13 +138,13 @@ fn dot_heads_with<T: Value>(
     // Prefetches are hints: a short values slice only goes unasked for.
     let values = values.filter(|v| v.len() >= head_len(hd, n));
     #[cfg(target_arch = "x86_64")]
-    if k != Kernels::Plain && hd % 16 == 0 && hd <= MAX_HD {
+    if k != FloatIsa::Plain && hd % 16 == 0 && hd <= MAX_HD {
         for (c, part) in q.chunks(MAX_Q / hd * hd).enumerate() {
             let o = &mut out[c * (MAX_Q / hd) * stride..];
             let (keys, o) = (keys.as_ptr(), o.as_mut_ptr());
             // SAFETY: `k` is one the CPU has; the sizes are asserted above.
             unsafe {
-                if k == Kernels::Avx512 {
+                if k == FloatIsa::Avx512 {
                     let v = values.map_or(std::ptr::null(), |v| v.as_ptr());
                     x86::dot_heads_512(part, hd, keys, first, n, o, stride, pairs, v)
                 } else {
@@ -197,13 +171,13 @@ pub fn mix_heads<T: Value>(
     first: usize,
     n: usize,
 ) {
-    mix_heads_with(Kernels::best(), out, hd, p, p_stride, values, first, n)
+    mix_heads_with(FloatIsa::best(), out, hd, p, p_stride, values, first, n)
 }
 
 #[allow(clippy::too_many_arguments)]
 #[cfg_attr(not(target_arch = "x86_64"), allow(unused_variables))]
 fn mix_heads_with<T: Value>(
-    k: Kernels,
+    k: FloatIsa,
     out: &mut [f32],
     hd: usize,
     p: &[f32],
@@ -223,10 +197,10 @@ fn mix_heads_with<T: Value>(
     assert!(values.len() >= head_len(hd, n));
     assert!(p.len() >= (heads - 1) * p_stride + n - first && n - first <= p_stride);
     #[cfg(target_arch = "x86_64")]
-    if k != Kernels::Plain && hd <= MAX_HD {
+    if k != FloatIsa::Plain && hd <= MAX_HD {
         // SAFETY: `k` is one the CPU has; the sizes are asserted above.
         unsafe {
-            if k == Kernels::Avx512 {
+            if k == FloatIsa::Avx512 {
                 x86::mix_heads_512(out, hd, p, p_stride, values.as_ptr(), first, n)
             } else {
                 x86::mix_heads(out, hd, p, p_stride, values.as_ptr(), first, n)
@@ -920,19 +894,9 @@ mod tests {
     }
 
     /// The fast kernels this CPU can run.
-    fn fast_kernels() -> Vec<Kernels> {
-        #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))]
-        let mut k = Vec::new();
-        #[cfg(target_arch = "x86_64")]
-        {
-            if crate::kernels::f16::has_f16c_fma() {
-                k.push(Kernels::Avx2);
-            }
-            if crate::kernels::f16::has_avx512() {
-                k.push(Kernels::Avx512);
-            }
-        }
-        k
+    fn fast_kernels() -> Vec<FloatIsa> {
+        let all = FloatIsa::all().into_iter();
+        all.filter(|&k| k != FloatIsa::Plain).collect()
     }
 
     /// A head as the cache holds it (`at`), from `n` rows of `hd` values;

@@ -9,7 +9,7 @@
 //! prefill goes through `panel` (one sum in element order) instead.
 
 use super::f16::reduce16;
-use super::SharedOut;
+use super::{FloatIsa, SharedOut};
 
 /// Lanes of every float32 dot product.
 const LANES: usize = 16;
@@ -41,54 +41,23 @@ fn dot_unfused(a: &[f32], b: &[f32]) -> f32 {
     reduce16(&lanes)
 }
 
-/// The kernels this CPU runs.
-#[derive(Clone, Copy, PartialEq, Debug)]
-enum Isa {
-    #[cfg(target_arch = "x86_64")]
-    Avx512,
-    #[cfg(target_arch = "x86_64")]
-    Avx2,
-    Plain,
-}
-
-impl Isa {
-    fn get() -> Isa {
-        #[cfg(target_arch = "x86_64")]
-        {
-            if super::f16::has_avx512() {
-                return Isa::Avx512;
-            }
-            if super::f16::has_f16c_fma() {
-                return Isa::Avx2;
-            }
-        }
-        Isa::Plain
-    }
-
-    /// Every instruction set this CPU runs (for the tests).
-    #[cfg(test)]
-    fn all() -> Vec<Isa> {
-        #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))]
-        let mut v = vec![Isa::Plain];
-        #[cfg(target_arch = "x86_64")]
-        {
-            if super::f16::has_f16c_fma() {
-                v.push(Isa::Avx2);
-            }
-            if super::f16::has_avx512() {
-                v.push(Isa::Avx512);
-            }
-        }
-        v
-    }
-}
-
 /// `a . b` (the shorter length) in the float32 kernels' lanes.
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     let n = a.len().min(b.len());
     let mut out = 0.0;
     // SAFETY: one row and one token of n values each; one output.
-    unsafe { sweep(Isa::get(), a.as_ptr(), b.as_ptr(), n, 1, 1, &mut out, 1) };
+    unsafe {
+        sweep(
+            FloatIsa::best(),
+            a.as_ptr(),
+            b.as_ptr(),
+            n,
+            1,
+            1,
+            &mut out,
+            1,
+        )
+    };
     out
 }
 
@@ -116,7 +85,7 @@ pub fn matmul(
     if n_out == 0 {
         return;
     }
-    let isa = Isa::get();
+    let isa = FloatIsa::best();
     let threads = crate::pool::current_threads();
     // Bands of whole tiles: ~16 KiB of weights stays in L1 while every token
     // passes, and small bands keep every thread busy.
@@ -151,7 +120,7 @@ pub fn matmul(
 /// `t * os + r`.
 #[allow(clippy::too_many_arguments)]
 unsafe fn sweep(
-    isa: Isa,
+    isa: FloatIsa,
     w: *const f32,
     x: *const f32,
     n: usize,
@@ -162,10 +131,10 @@ unsafe fn sweep(
 ) {
     match isa {
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx512 => x86::sweep16(w, x, n, rows, toks, out, os),
+        FloatIsa::Avx512 => x86::sweep16(w, x, n, rows, toks, out, os),
         #[cfg(target_arch = "x86_64")]
-        Isa::Avx2 => x86::sweep8(w, x, n, rows, toks, out, os),
-        Isa::Plain => {
+        FloatIsa::Avx2 => x86::sweep8(w, x, n, rows, toks, out, os),
+        FloatIsa::Plain => {
             for t in 0..toks {
                 let xt = std::slice::from_raw_parts(x.add(t * n), n);
                 for r in 0..rows {
@@ -360,7 +329,10 @@ mod tests {
         // through every tail, so a row of at least 16 sums to -0 (a lane
         // masked off that took a product of zeros would hold +0).
         let (tiny_w, tiny_x) = (-1e-30f32, 1e-20f32);
-        for isa in Isa::all().into_iter().filter(|&i| i != Isa::Plain) {
+        for isa in FloatIsa::all()
+            .into_iter()
+            .filter(|&i| i != FloatIsa::Plain)
+        {
             for n in LENGTHS {
                 for (toks, rows) in [(1, 1), (1, 13), (2, 5), (3, 9), (4, 4), (5, 17), (11, 3)] {
                     let mut w = rand(rows * n, n as u64 + 1);
@@ -440,7 +412,7 @@ mod tests {
                         one[r].to_bits(),
                         "{n_tok} tokens, ({t}, {r})"
                     );
-                    let want = if Isa::get() == Isa::Plain {
+                    let want = if FloatIsa::best() == FloatIsa::Plain {
                         dot_unfused(&w[r * n_in..(r + 1) * n_in], &x[t * n_in..(t + 1) * n_in])
                     } else {
                         dot_plain(&w[r * n_in..(r + 1) * n_in], &x[t * n_in..(t + 1) * n_in])

@@ -86,6 +86,52 @@ pub(crate) mod test_data {
 #[cfg(target_arch = "x86_64")]
 pub mod x86;
 
+/// Which of the float kernels (float32 matmuls, attention's sums) this CPU
+/// runs; all of them give the same bits.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum FloatIsa {
+    /// 16 float lanes (AVX-512F).
+    #[cfg(target_arch = "x86_64")]
+    Avx512,
+    /// 8 float lanes (AVX2, FMA, F16C).
+    #[cfg(target_arch = "x86_64")]
+    Avx2,
+    Plain,
+}
+
+impl FloatIsa {
+    /// The widest this CPU has.
+    pub(crate) fn best() -> FloatIsa {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if f16::has_avx512() {
+                return FloatIsa::Avx512;
+            }
+            if f16::has_f16c_fma() {
+                return FloatIsa::Avx2;
+            }
+        }
+        FloatIsa::Plain
+    }
+
+    /// Every one this CPU runs (for the tests).
+    #[cfg(test)]
+    pub(crate) fn all() -> Vec<FloatIsa> {
+        #[cfg_attr(not(target_arch = "x86_64"), allow(unused_mut))]
+        let mut v = vec![FloatIsa::Plain];
+        #[cfg(target_arch = "x86_64")]
+        {
+            if f16::has_f16c_fma() {
+                v.push(FloatIsa::Avx2);
+            }
+            if f16::has_avx512() {
+                v.push(FloatIsa::Avx512);
+            }
+        }
+        v
+    }
+}
+
 /// The squares of `x` (each rounded to float) summed in double.
 fn sum_squares_f64(x: &[f32]) -> f64 {
     let mut acc = [0f64; 8];
