@@ -74,31 +74,23 @@ def _logits_array(shape, out):
 
 class _CallSlots:
     """The C out-parameters of a one-token forward (the error slot, the length
-    and start), allocated once per session and reused: a Session holds one,
-    taken for the length of a call, so a call racing it on another thread
-    (which the session's lock would serialize anyway) makes its own."""
+    and the start), allocated once per session and reused: a Session holds
+    one, taken for the length of a call, so that a call racing it on another
+    thread goes the general way.
 
-    __slots__ = ("err", "length_start", "tokens", "logits")
+    It also keeps the last token and logits arrays passed and their C views:
+    a decode loop that passes the same arrays again reuses the views (the
+    arrays stay alive and cannot be resized while viewed, so the views
+    hold). Only arrays of a call with out= are kept, so that no array the
+    caller has dropped stays alive here."""
+
+    __slots__ = ("err", "length", "start", "tokens_src", "tokens_buf", "logits_src", "logits_buf")
 
     def __init__(self):
         self.err = ffi.new("pyffi_error **")
-        self.length_start = ffi.new("uint32_t[2]")
-        # The last token and logits arrays and their C views: a decode loop
-        # that passes the same arrays again reuses the views (the arrays
-        # stay alive and cannot be resized while viewed, so the views hold).
-        self.tokens = (None, None)
-        self.logits = (None, None)
-
-    def view(self, which, array, ctype, keep):
-        """The C view of `array`; `keep`: cached for the next call with it
-        (only for caller-owned arrays passed with out=, so that no array the
-        caller has dropped stays alive here)."""
-        src, buf = getattr(self, which)
-        if src is not array:
-            buf = ffi.from_buffer(ctype, array, require_writable=which == "logits")
-            if keep:
-                setattr(self, which, (array, buf))
-        return buf
+        self.length = ffi.new("uint32_t[1]")
+        self.start = ffi.new("uint32_t[1]")
+        self.tokens_src = self.tokens_buf = self.logits_src = self.logits_buf = None
 
 
 def _u32_list(value, n, what):
@@ -133,7 +125,13 @@ class Session(Handle):
         self._ptr = ffi.gc(out[0], lib.pyffi_session_free)
         self._slots = _CallSlots()
         self.vocab_size = transformer.vocab_size
+        self._shape_last = (1, 1, self.vocab_size)  # a one-token forward's logits
         self.n_ctx = lib.pyffi_session_n_ctx(self._ptr)
+
+    def close(self):
+        """Free the KV cache and worker threads now. Safe to call twice."""
+        self._slots = None  # forward's fast path then steps aside, and the general one raises
+        super().close()
 
     def cached_len(self, row=0):
         """Positions held in the KV cache for batch row `row`."""
@@ -161,9 +159,29 @@ class Session(Handle):
         cache: 0 starts fresh, n continues after n cached positions. `out`, a
         C-contiguous float32 array of exactly that shape, receives the logits
         (and is returned) instead of a new array: a decode loop can reuse one."""
-        fast = self._forward_one(sequences, start_pos, last_only, out)
-        if fast is not None:
-            return fast
+        # The decode loop's case first (`_forward_one`): one int32 array or
+        # short list of ints and one int start, no conversions, on the
+        # session's reused call slots. Every line of it runs once per token,
+        # after a forward pass that has pushed this code and its objects out
+        # of the caches, so it does as little as it can; whatever it does not
+        # take goes the general way below, which also raises every error.
+        slots = self._slots
+        if slots is None and self._ptr is not None:
+            slots = _CallSlots()  # another thread's call holds them (after close() there are none)
+        if slots is not None and type(start_pos) is int and 0 <= start_pos <= _U32_MAX:
+            n = array = tokens = None
+            kind = type(sequences)
+            if kind is np.ndarray:
+                if (sequences.ndim == 1 and (sequences.dtype is _I32 or sequences.dtype == _I32)
+                        and sequences.flags.c_contiguous):
+                    n, array = sequences.shape[0], sequences
+            elif kind is list and 0 < len(sequences) <= 64:
+                try:  # cffi checks int type and range; errors go the general way
+                    n, tokens = len(sequences), ffi.new("int32_t[]", sequences)
+                except (TypeError, OverflowError):
+                    pass
+            if n:
+                return self._forward_one(slots, array, tokens, n, start_pos, last_only, out)
         rows, _ = _as_batch(sequences)
         n = len(rows)
         lengths = np.array([len(r) for r in rows], dtype=np.uint32)
@@ -180,40 +198,34 @@ class Session(Handle):
 
     __call__ = forward
 
-    def _forward_one(self, sequences, start_pos, last_only, out):
-        """The decode loop's case, one sequence (an int32 array or a list of
-        ints) and one int start, with no conversions: the logits, or None to
-        take the general path (which also raises every error)."""
-        if type(start_pos) is not int or not 0 <= start_pos <= _U32_MAX or self._ptr is None:
-            return None
-        kind = type(sequences)
-        if kind is np.ndarray:
-            if sequences.dtype != _I32 or sequences.ndim != 1 or not sequences.flags.c_contiguous:
-                return None
-            n = sequences.shape[0]
-            tokens = None  # viewed below
-        elif kind is list and 0 < len(sequences) <= 64:
-            try:  # cffi checks int type and range; errors go the general way
-                tokens = ffi.new("int32_t[]", sequences)
-            except (TypeError, OverflowError):
-                return None
-            n = len(sequences)
+    def _forward_one(self, slots, array, tokens, n, start_pos, last_only, out):
+        """`forward` of one sequence of `n` tokens (`array`, an int32 array,
+        or `tokens`, their C copy) on the call slots `slots`."""
+        shape = self._shape_last if last_only or n == 1 else (1, n, self.vocab_size)
+        if out is None:
+            logits = np.empty(shape, dtype=_F32)
+        elif type(out) is np.ndarray and out.dtype is _F32 and out.flags.carray and out.shape == shape:
+            logits = out  # a decode loop's reused array (carray: C-contiguous, aligned, writable)
         else:
-            return None
-        if n == 0:
-            return None
-        last_only = bool(last_only)
-        logits = _logits_array((1, 1 if last_only else n, self.vocab_size), out)
-        slots = self._slots
+            logits = _logits_array(shape, out)
         self._slots = None  # taken (an atomic swap under the GIL); given back below
-        if slots is None:
-            slots = _CallSlots()
-        if tokens is None:
-            tokens = slots.view("tokens", sequences, "int32_t[]", out is not None)
-        slots.length_start[0] = n
-        slots.length_start[1] = start_pos
-        status = _forward(self._ptr, tokens, slots.length_start, 1, slots.length_start + 1, last_only,
-                          slots.view("logits", logits, "float[]", out is not None), logits.size, ffi.NULL, slots.err)
+        if array is not None:
+            if slots.tokens_src is array:
+                tokens = slots.tokens_buf
+            else:
+                tokens = ffi.from_buffer("int32_t[]", array)
+                if out is not None:
+                    slots.tokens_src, slots.tokens_buf = array, tokens
+        if slots.logits_src is logits:
+            view = slots.logits_buf
+        else:
+            view = ffi.from_buffer("float[]", logits, require_writable=True)
+            if out is not None:
+                slots.logits_src, slots.logits_buf = logits, view
+        slots.length[0] = n
+        slots.start[0] = start_pos
+        status = _forward(self._ptr, tokens, slots.length, 1, slots.start, bool(last_only),
+                          view, logits.size, ffi.NULL, slots.err)
         self._slots = slots
         if status != _OK:
             raise_error(status, slots.err[0])

@@ -171,9 +171,18 @@ def test_closed_handles_raise_instead_of_crashing():
     with pytest.raises(ValueError, match="closed"):
         m.forward([[1]])
     assert s.forward([[1]]).shape == (1, 1, 320)  # the session keeps the weights alive
+    out = np.empty((1, 1, 320), np.float32)
+    s.forward(np.array([1], np.int32), last_only=True, out=out)  # the one-token path, its views kept
     s.close()
+    s.close()
+    # Every form of input, the one-token path's included, raises on a closed session.
+    for tokens in ([[1]], [1], np.array([1], np.int32)):
+        with pytest.raises(ValueError, match="closed"):
+            s.forward(tokens, last_only=True, out=out)
+        with pytest.raises(ValueError, match="closed"):
+            s.forward(tokens)
     with pytest.raises(ValueError, match="closed"):
-        s.forward([[1]])
+        m.forward([1])
 
 
 def test_exception_in_a_stream_consumer_stops_generation(model):
