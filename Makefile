@@ -13,12 +13,17 @@ LDFLAGS_EX := -L$(RELEASE) -lpyffi -Wl,-rpath,$(abspath $(RELEASE))
 
 export PYFFI_LIBRARY := $(abspath $(LIB))
 
-.PHONY: all build header check-header examples test test-rust test-aarch64 test-c test-go test-python bench bench-quick clean
+.PHONY: all build native header check-header examples test test-rust test-aarch64 test-c test-go test-python bench bench-quick clean
 
 all: build
 
 build:
 	$(CARGO) build --release --locked --manifest-path rust/Cargo.toml
+
+# The compiled Python bindings (pyffi/_native*.so, cffi's API mode) for
+# this checkout; without them `import pyffi` falls back to ABI mode.
+native:
+	$(PYTHON) pyffi/_cffi_build.py include/pyffi.h pyffi
 
 # Regenerate the committed C header from rust/src/ffi.
 header:
@@ -46,8 +51,10 @@ test-aarch64:
 test-go: examples
 	cd examples/go && PYFFI_TEST_MODEL=$(abspath $(or $(PYFFI_FIXTURES),../shared/fixtures))/models/stories260K PYFFI_TEST_TEXT_MODEL=$(abspath fixtures/demo) $(GO) test ./...
 
-test-python: examples
-	$(PYTHON) -m pytest tests -q -p no:cacheprovider
+# PYFFI_BINDINGS=native: the suite runs on the compiled bindings (one test
+# runs the ABI mode fallback in a subprocess).
+test-python: examples native
+	PYFFI_BINDINGS=native $(PYTHON) -m pytest tests -q -p no:cacheprovider
 
 # .ci/run empties TEST_AARCH64 where rustup cannot fetch the aarch64 target
 # (from outside the package registries), and says so.
@@ -57,12 +64,12 @@ test: test-rust $(TEST_AARCH64) test-go test-python
 # Speed against llama.cpp (python -m pyffi bench --help). Models, helpers and
 # llama-cpp-python come on first use; models are cached in $(PYFFI_BENCH_CACHE)
 # or ~/.cache/pyffi/bench. BENCH_ARGS passes options, e.g. BENCH_ARGS="--json bench.json".
-bench: build
+bench: build native
 	$(PYTHON) -m pyffi bench $(BENCH_ARGS)
 
-bench-quick: build
+bench-quick: build native
 	$(PYTHON) -m pyffi bench --quick $(BENCH_ARGS)
 
 clean:
 	$(CARGO) clean --manifest-path rust/Cargo.toml
-	rm -f examples/c/pyffi_example tests/c/test_errors examples/go/pyffi-example
+	rm -f examples/c/pyffi_example tests/c/test_errors examples/go/pyffi-example pyffi/_native*.so

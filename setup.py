@@ -1,10 +1,14 @@
 """`pip install .` builds the Rust library in release mode (cargo) and bundles
 it, its header and the demo model inside the `pyffi` package; the cffi
-bindings load it from there. No manual copy step."""
+bindings load it from there. No manual copy step. It also compiles the
+bindings (`pyffi._native`, cffi's API mode); where that fails (no Python
+headers), the package works on cffi's ABI mode instead, and says so here."""
 
+import importlib.util
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 from setuptools import setup
@@ -29,6 +33,18 @@ class BuildWithCargo(build_py):
         if demo.exists():
             shutil.rmtree(demo)
         shutil.copytree(ROOT / "fixtures" / "demo", demo)
+        self.compile_bindings(pkg)
+
+    def compile_bindings(self, pkg):
+        # By path: importing the package here would load a library not built yet.
+        spec = importlib.util.spec_from_file_location("_cffi_build", ROOT / "pyffi" / "_cffi_build.py")
+        build = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(build)
+        try:
+            build.compile_native(pkg / "pyffi.h", pkg)
+        except Exception as e:  # no compiler or no Python headers: ABI mode serves
+            print(f"pyffi: compiled bindings not built ({type(e).__name__}: {e}); "
+                  "pyffi will use cffi's ABI mode", file=sys.stderr)
 
 
 class BinaryDistribution(Distribution):

@@ -1,12 +1,18 @@
 """Loads libpyffi and declares its C ABI to cffi, from the same header C and
-Go compile against. ABI mode: no compiler is needed at install time."""
+Go compile against. The compiled bindings (`pyffi._native`, built by
+`pip install .` and `make native`, see `_cffi_build`) call the library
+directly; where they are missing or were compiled from another header,
+cffi's ABI mode (`ffi.dlopen`, no compiler needed) serves instead, with the
+same `ffi` and `lib` API. PYFFI_BINDINGS=abi asks for ABI mode, and
+PYFFI_BINDINGS=native fails the import where the compiled ones cannot load."""
 
+import ctypes
 import os
-import re
 from pathlib import Path
 
 import cffi
 
+from ._cffi_build import cdef_text, header_hash
 from .errors import BY_STATUS, InternalError
 
 _HERE = Path(__file__).resolve().parent
@@ -18,25 +24,6 @@ def _first_existing(paths):
         if p and Path(p).is_file():
             return Path(p)
     return None
-
-
-def _cdef(header_text):
-    """The header without preprocessor lines and C++-only blocks, which cffi's
-    cdef cannot read; integer constants (`#define NAME 2`) stay."""
-    out, skipping = [], False
-    for line in header_text.splitlines():
-        s = line.strip()
-        if s.startswith("#ifdef __cplusplus"):
-            skipping = True
-            continue
-        if skipping:
-            if s.startswith("#endif"):
-                skipping = False
-            continue
-        if s.startswith("#") and not re.fullmatch(r"#define [A-Z_][A-Z0-9_]* -?\d+", s):
-            continue
-        out.append(line)
-    return "\n".join(out)
 
 
 _header = _first_existing([_HERE / "pyffi.h", _REPO / "include" / "pyffi.h"])
@@ -53,9 +40,36 @@ if _library is None:
         "libpyffi.so not found: install with `pip install .`, build with "
         "`cargo build --release` in rust/, or set PYFFI_LIBRARY")
 
-ffi = cffi.FFI()
-ffi.cdef(_cdef(_header.read_text()))
-lib = ffi.dlopen(str(_library))
+
+def _native_bindings(header_text):
+    """The compiled module's (ffi, lib) bound to `_library`, or None where it
+    is missing or was compiled from another header."""
+    try:
+        # Its calls bind to the library loaded here, into the global namespace.
+        ctypes.CDLL(str(_library), mode=os.RTLD_NOW | os.RTLD_GLOBAL)
+        from . import _native
+    except ImportError:
+        return None
+    if _native.lib.PYFFI_NATIVE_HEADER_HASH != header_hash(header_text):
+        return None
+    return _native.ffi, _native.lib
+
+
+_header_text = _header.read_text()
+_wanted = os.environ.get("PYFFI_BINDINGS", "")
+if _wanted not in ("", "abi", "native"):
+    raise ImportError(f"PYFFI_BINDINGS must be 'abi' or 'native', got {_wanted!r}")
+_native_pair = None if _wanted == "abi" else _native_bindings(_header_text)
+if _native_pair is not None:
+    ffi, lib = _native_pair
+    BINDINGS = "native"
+elif _wanted == "native":
+    raise ImportError(f"PYFFI_BINDINGS=native, but pyffi._native is not built for {_header} (make native)")
+else:
+    ffi = cffi.FFI()
+    ffi.cdef(cdef_text(_header_text))
+    lib = ffi.dlopen(str(_library))
+    BINDINGS = "abi"
 LIBRARY_PATH = _library
 
 ABI_VERSION = 1

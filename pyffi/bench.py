@@ -774,7 +774,8 @@ def _python_overhead(a):
             py.append(tp / a.calls * 1e9)
             c.append(tc / a.calls * 1e9)
     stream = measure_streaming(sess, a.rounds, a.span - 8, model.vocab_size)
-    return {"python": {"ns_per_call": median(py), "all_ns": py, "streaming": stream},
+    return {"bindings": pyffi._ffi.BINDINGS,
+            "python": {"ns_per_call": median(py), "all_ns": py, "streaming": stream},
             "c": {"ns_per_call": median(c), "all_ns": c},
             "python_minus_c_ns": median([p - q for p, q in zip(py, c)]), "calls": a.calls, "rounds": a.rounds}
 
@@ -1332,7 +1333,8 @@ def format_table(report):
         lines.append("")
         py, c = oh.get("python", {}), oh.get("c", {})
         if "ns_per_call" in py and "ns_per_call" in c:
-            lines.append(f"per-call overhead, one-token forward on {oh['model_name']} ({oh['threads']} thread(s)): "
+            bindings = f", {oh['bindings']} bindings" if oh.get("bindings") else ""
+            lines.append(f"per-call overhead, one-token forward on {oh['model_name']} ({oh['threads']} thread(s){bindings}): "
                          f"Python {py['ns_per_call'] / 1e3:.1f} us, C {c['ns_per_call'] / 1e3:.1f} us "
                          "(medians; rounds alternating in one process, on one session), "
                          f"Python adds {oh['python_minus_c_ns'] / 1e3:.1f} us per call "
