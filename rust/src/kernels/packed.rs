@@ -276,48 +276,11 @@ impl PackedMatrix {
         if n_tok == 0 {
             return;
         }
+        if self.t.is_k() {
+            return k_bands_matmul(&[self], out, out_stride, x, n_tok, k);
+        }
         let groups = self.groups();
-        if groups > 0 && self.t.is_k() {
-            let dst = SharedOut(out.as_mut_ptr());
-            let (t, nb, rows) = (self.t, self.blocks(), self.group);
-            let rounding = super::kquant::Rounding::for_tokens(n_tok);
-            packed_k::with_activations(x, n_tok, n_in, |qx| {
-                let tok = |k: usize| &qx[k * nb..(k + 1) * nb];
-                self.for_each_tile(n_tok, |grp, g, tk, four| {
-                    let dst = dst;
-                    let out = dst.0.wrapping_add(tk * out_stride + g * rows);
-                    // SAFETY: rows g*G..(g+1)*G of tokens tk..tk+4 (or tk) are
-                    // written by this tile only, within the bounds asserted above.
-                    unsafe {
-                        if four {
-                            packed_k::group_dot::<4>(
-                                t,
-                                rows,
-                                grp,
-                                nb,
-                                std::array::from_fn(|j| tok(tk + j)),
-                                out,
-                                out_stride,
-                                k,
-                                rounding,
-                            )
-                        } else {
-                            packed_k::group_dot::<1>(
-                                t,
-                                rows,
-                                grp,
-                                nb,
-                                [tok(tk)],
-                                out,
-                                out_stride,
-                                k,
-                                rounding,
-                            )
-                        }
-                    }
-                });
-            });
-        } else if groups > 0 {
+        if groups > 0 {
             ACTIVATIONS.with(|cell| {
                 let mut acts = cell.borrow_mut();
                 let dst = SharedOut(out.as_mut_ptr());
@@ -358,25 +321,6 @@ impl PackedMatrix {
         &self.bytes()[group_of(run) * gb..group_of(run + 1) * gb]
     }
 
-    /// Runs `tile(group bytes, group, first token, four)` for all whole
-    /// groups and all tokens: a task per group, split across the pool in
-    /// runs, tokens four at a time (`four`), then one at a time.
-    fn for_each_tile(&self, n_tok: usize, tile: impl Fn(&[u8], usize, usize, bool) + Sync) {
-        let (gb, groups) = (self.group_bytes(), self.groups());
-        let data = self.bytes();
-        crate::pool::parallel_for(groups, |g| {
-            let grp = &data[g * gb..(g + 1) * gb];
-            let mut tk = 0;
-            while tk + 4 <= n_tok {
-                tile(grp, g, tk, true);
-                tk += 4;
-            }
-            for tk in tk..n_tok {
-                tile(grp, g, tk, false);
-            }
-        });
-    }
-
     /// All whole groups against all tokens, a task per group, split across
     /// the pool in runs; tokens four at a time, then one at a time.
     fn groups_times_activations(
@@ -406,6 +350,138 @@ impl PackedMatrix {
                 unsafe { tokens_times_group::<1>(t, rows, grp, nb, qx, bias, tk, out, stride, k) };
             }
         });
+    }
+}
+
+impl PackedMatrix {
+    /// Whether `matmul_stack` takes these bands: k-quants all (Q8_K
+    /// activations serve every k type), over the same columns, in groups of
+    /// the same size.
+    pub fn stackable(bands: &[&PackedMatrix]) -> bool {
+        bands.first().is_some_and(|b0| {
+            bands
+                .iter()
+                .all(|b| b.t.is_k() && b.cols == b0.cols && b.group == b0.group)
+        })
+    }
+
+    /// `matmul` of `bands` stacked top to bottom (their outputs one after
+    /// the other, as one matrix's): a fused q/k/v whose v is Q6_K while q and
+    /// k are Q4_K, as in llama.cpp's Q4_K_M files. The input is quantized
+    /// once and one parallel job runs over every band's groups, not one of
+    /// each per band. The bands must be `stackable`.
+    pub fn matmul_stack(
+        bands: &[&PackedMatrix],
+        out: &mut [f32],
+        out_stride: usize,
+        x: &[f32],
+        n_tok: usize,
+    ) {
+        assert!(Self::stackable(bands), "bands that cannot share one job");
+        let (n_in, n_out) = (bands[0].cols, bands.iter().map(|b| b.rows).sum::<usize>());
+        assert!(x.len() >= n_tok * n_in);
+        assert!(n_tok == 0 || out.len() >= (n_tok - 1) * out_stride + n_out);
+        if n_tok > 0 {
+            k_bands_matmul(bands, out, out_stride, x, n_tok, best_kernels());
+        }
+    }
+
+    /// `run_bytes` of the job `matmul_stack` runs over `bands`: from the
+    /// group run `run` starts at to the end of that group's band.
+    pub fn stack_run_bytes<'a>(bands: &[&'a PackedMatrix], run: usize, runs: usize) -> &'a [u8] {
+        let total: usize = bands.iter().map(|b| b.groups()).sum();
+        let mut g = crate::pool::run_start(run, total, runs);
+        for b in bands {
+            if g < b.groups() {
+                let gb = b.group_bytes();
+                return &b.bytes()[g * gb..b.groups() * gb];
+            }
+            g -= b.groups();
+        }
+        &[]
+    }
+}
+
+/// The k-quant `matmul` of `bands` stacked top to bottom (one band: one
+/// matrix), with the kernels `k`: the input quantized to Q8_K once, one
+/// task per group of every band, split across the pool in runs, tokens four
+/// at a time then one at a time; each band's tail rows (past its last whole
+/// group) after, through `quant::matmul`.
+fn k_bands_matmul(
+    bands: &[&PackedMatrix],
+    out: &mut [f32],
+    out_stride: usize,
+    x: &[f32],
+    n_tok: usize,
+    k: Kernels,
+) {
+    let (n_in, rows) = (bands[0].cols, bands[0].group);
+    let nb = n_in / QK_K;
+    let total: usize = bands.iter().map(|b| b.groups()).sum();
+    let dst = SharedOut(out.as_mut_ptr());
+    let rounding = super::kquant::Rounding::for_tokens(n_tok);
+    packed_k::with_activations(x, n_tok, n_in, |qx| {
+        let tok = |k: usize| &qx[k * nb..(k + 1) * nb];
+        crate::pool::parallel_for(total, |task| {
+            // The task's band (a few at most) and its first output row.
+            let (mut g, mut row0, mut band) = (task, 0, bands[0]);
+            for b in bands {
+                band = b;
+                if g < b.groups() {
+                    break;
+                }
+                g -= b.groups();
+                row0 += b.rows;
+            }
+            let gb = band.group_bytes();
+            let grp = &band.bytes()[g * gb..(g + 1) * gb];
+            let dst = dst;
+            let out = dst.0.wrapping_add(row0 + g * rows);
+            let mut tk = 0;
+            // SAFETY (each call): rows row0+g*G..row0+(g+1)*G of tokens
+            // tk..tk+4 (or tk) are written by this task only, within the
+            // bounds the callers asserted; `k` is what the bands were packed
+            // for (or Plain).
+            unsafe {
+                while tk + 4 <= n_tok {
+                    let xs = std::array::from_fn(|j| tok(tk + j));
+                    let o = out.add(tk * out_stride);
+                    packed_k::group_dot::<4>(band.t, rows, grp, nb, xs, o, out_stride, k, rounding);
+                    tk += 4;
+                }
+                for tk in tk..n_tok {
+                    let o = out.add(tk * out_stride);
+                    packed_k::group_dot::<1>(
+                        band.t,
+                        rows,
+                        grp,
+                        nb,
+                        [tok(tk)],
+                        o,
+                        out_stride,
+                        k,
+                        rounding,
+                    );
+                }
+            }
+        });
+    });
+    let mut row0 = 0;
+    for b in bands {
+        if b.tail_rows() > 0 {
+            let r0 = row0 + b.groups() * b.group;
+            quant::matmul(
+                b.t,
+                &mut out[r0..],
+                out_stride,
+                x,
+                b.tail(),
+                n_tok,
+                n_in,
+                b.tail_rows(),
+            );
+        }
+        row0 += b.rows;
     }
 }
 
@@ -1097,8 +1173,8 @@ mod tests {
                 let seen = Mutex::new(Vec::new());
                 let mut pool = crate::pool::Pool::new(runs).unwrap();
                 pool.enter(|| {
-                    m.for_each_tile(1, |grp, g, _, _| {
-                        assert_eq!(grp.as_ptr() as usize, base + g * gb);
+                    // The job a matmul runs: a task per group.
+                    crate::pool::parallel_for(m.groups(), |g| {
                         seen.lock().unwrap().push((crate::pool::thread_index(), g));
                     })
                 })
@@ -1368,6 +1444,103 @@ mod tests {
                         }
                     }
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn stacked_bands_equal_each_bands_own_matmul() {
+        // A fused q/k/v of Q4_K, Q6_K and Q5_K bands, with rows past their
+        // last whole group (the AVX2 and AVX-512 groups are 8 and 16 rows),
+        // on one thread and on three.
+        let cols = 512;
+        let shapes = [
+            (QuantType::Q4_K, 40),
+            (QuantType::Q6_K, 24),
+            (QuantType::Q5_K, 19),
+        ];
+        let bands: Vec<PackedMatrix> = shapes
+            .iter()
+            .enumerate()
+            .map(|(i, &(t, rows))| {
+                PackedMatrix::new(t, &[&rand_blocks(t, rows, cols, 40 + i as u64)], rows, cols)
+            })
+            .collect();
+        let refs: Vec<&PackedMatrix> = bands.iter().collect();
+        assert!(PackedMatrix::stackable(&refs));
+        let n_out: usize = shapes.iter().map(|s| s.1).sum();
+        for threads in [1, 3] {
+            let mut pool = crate::pool::Pool::new(threads).unwrap();
+            for n_tok in [1, 2, 5, 9] {
+                let stride = n_out + 3;
+                let x = rand(n_tok * cols, 7 + n_tok as u64);
+                let mut stacked = vec![f32::NAN; n_tok * stride];
+                let mut each = vec![f32::NAN; n_tok * stride];
+                pool.enter(|| {
+                    PackedMatrix::matmul_stack(&refs, &mut stacked, stride, &x, n_tok);
+                    let mut r0 = 0;
+                    for b in &bands {
+                        b.matmul(&mut each[r0..], stride, &x, n_tok);
+                        r0 += b.rows();
+                    }
+                })
+                .unwrap();
+                for tk in 0..n_tok {
+                    let row = tk * stride..tk * stride + n_out;
+                    assert!(stacked[row.clone()].iter().all(|v| v.is_finite()));
+                    let same = stacked[row.clone()]
+                        .iter()
+                        .zip(&each[row])
+                        .all(|(a, b)| a.to_bits() == b.to_bits());
+                    assert!(same, "{threads} threads, {n_tok} tokens, token {tk}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn stacks_share_a_job_only_over_k_quants_of_one_width() {
+        let m = |t: QuantType, cols: usize| {
+            PackedMatrix::new(t, &[&rand_blocks(t, 32, cols, 1)], 32, cols)
+        };
+        let (q4k, q6k, q4k_wide, q8) = (
+            m(QuantType::Q4_K, 256),
+            m(QuantType::Q6_K, 256),
+            m(QuantType::Q4_K, 512),
+            m(QuantType::Q8_0, 256),
+        );
+        assert!(PackedMatrix::stackable(&[&q4k, &q6k]));
+        assert!(!PackedMatrix::stackable(&[&q4k, &q4k_wide]));
+        assert!(!PackedMatrix::stackable(&[&q4k, &q8]));
+        assert!(!PackedMatrix::stackable(&[]));
+    }
+
+    #[test]
+    fn stack_run_bytes_are_where_each_thread_starts() {
+        let cols = 256;
+        let bands: Vec<PackedMatrix> = [(QuantType::Q4_K, 160), (QuantType::Q6_K, 48)]
+            .iter()
+            .map(|&(t, rows)| PackedMatrix::new(t, &[&rand_blocks(t, rows, cols, 5)], rows, cols))
+            .collect();
+        let refs: Vec<&PackedMatrix> = bands.iter().collect();
+        let groups: Vec<usize> = bands.iter().map(|b| b.groups()).collect();
+        let total: usize = groups.iter().sum();
+        for runs in 1..=4 {
+            for run in 0..runs {
+                let bytes = PackedMatrix::stack_run_bytes(&refs, run, runs);
+                // The band and group of the run's first task, and that band's end.
+                let mut g = crate::pool::run_start(run, total, runs);
+                let b = if g < groups[0] { 0 } else { 1 };
+                if b == 1 {
+                    g -= groups[0];
+                }
+                let gb = bands[b].group_bytes();
+                let want = &bands[b].bytes()[g * gb..groups[b] * gb];
+                assert_eq!(
+                    (bytes.as_ptr(), bytes.len()),
+                    (want.as_ptr(), want.len()),
+                    "run {run} of {runs}"
+                );
             }
         }
     }

@@ -108,6 +108,10 @@ impl Matrix {
                 p.matmul(out, stride, x, n_tok)
             }
             Matrix::Stack(bands) => {
+                if let Some((packed, n)) = Self::packed_stack(bands) {
+                    assert!(packed[0].cols() == n_in, "stack used as {n_out}x{n_in}");
+                    return PackedMatrix::matmul_stack(&packed[..n], out, stride, x, n_tok);
+                }
                 let mut r0 = 0;
                 for (rows, m) in bands {
                     m.matmul(&mut out[r0..], stride, x, n_tok, n_in, *rows);
@@ -116,6 +120,28 @@ impl Matrix {
                 debug_assert_eq!(r0, n_out);
             }
         }
+    }
+
+    /// A stack's bands (in the first `n` of the array) where they can share
+    /// one quantized input and one job (`PackedMatrix::stackable`). No
+    /// allocation: this runs once per token and layer. A fused q/k/v has at
+    /// most three bands.
+    fn packed_stack(bands: &[(usize, Matrix)]) -> Option<([&PackedMatrix; 3], usize)> {
+        fn packed(m: &Matrix) -> Option<&PackedMatrix> {
+            match m {
+                Matrix::Packed(p) => Some(p),
+                _ => None,
+            }
+        }
+        let first = packed(&bands.first()?.1)?;
+        let mut arr = [first; 3];
+        if bands.len() > arr.len() {
+            return None;
+        }
+        for (slot, (_, m)) in arr.iter_mut().zip(bands) {
+            *slot = packed(m)?;
+        }
+        PackedMatrix::stackable(&arr[..bands.len()]).then_some((arr, bands.len()))
     }
 
     /// Let the pool's idle workers fetch into their caches the weights each
@@ -128,11 +154,16 @@ impl Matrix {
                 // SAFETY: float16 values are plain bytes.
                 unsafe { std::slice::from_raw_parts(rows.as_ptr() as *const u8, 2 * rows.len()) }
             }),
-            Matrix::Stack(bands) => {
-                if let Some((rows, m)) = bands.first() {
-                    m.read_ahead(n_in, *rows)
+            Matrix::Stack(bands) => match Self::packed_stack(bands) {
+                Some((packed, n)) => crate::pool::read_ahead(|run, runs| {
+                    PackedMatrix::stack_run_bytes(&packed[..n], run, runs)
+                }),
+                None => {
+                    if let Some((rows, m)) = bands.first() {
+                        m.read_ahead(n_in, *rows)
+                    }
                 }
-            }
+            },
             // Float32 models are small, and unpacked blocks rare.
             Matrix::F32(_) | Matrix::Quant(..) => {}
         }
