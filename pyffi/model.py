@@ -74,9 +74,9 @@ def _logits_array(shape, out):
 
 class _CallSlots:
     """The C out-parameters of a one-token forward (the error slot, the length
-    and the start), allocated once per session and reused: a Session holds
-    one, taken for the length of a call, so that a call racing it on another
-    thread goes the general way.
+    and the start), allocated once per session and reused: a call takes a
+    set from the session's free list for its length (a call overlapping it
+    on another thread takes or makes another).
 
     It also keeps the last token and logits arrays passed and their C views:
     a decode loop that passes the same arrays again reuses the views (the
@@ -123,15 +123,13 @@ class Session(Handle):
         out = ffi.new("pyffi_session **")
         call(lib.pyffi_session_new, transformer._handle(), params, out)
         self._ptr = ffi.gc(out[0], lib.pyffi_session_free)
-        self._slots = _CallSlots()
+        # The one-token path's call slots: one taken per call (list.pop and
+        # append are single steps under the GIL, so two threads never share
+        # one), more made while calls overlap.
+        self._free_slots = [_CallSlots()]
         self.vocab_size = transformer.vocab_size
         self._shape_last = (1, 1, self.vocab_size)  # a one-token forward's logits
         self.n_ctx = lib.pyffi_session_n_ctx(self._ptr)
-
-    def close(self):
-        """Free the KV cache and worker threads now. Safe to call twice."""
-        self._slots = None  # forward's fast path then steps aside, and the general one raises
-        super().close()
 
     def cached_len(self, row=0):
         """Positions held in the KV cache for batch row `row`."""
@@ -165,10 +163,7 @@ class Session(Handle):
         # after a forward pass that has pushed this code and its objects out
         # of the caches, so it does as little as it can; whatever it does not
         # take goes the general way below, which also raises every error.
-        slots = self._slots
-        if slots is None and self._ptr is not None:
-            slots = _CallSlots()  # another thread's call holds them (after close() there are none)
-        if slots is not None and type(start_pos) is int and 0 <= start_pos <= _U32_MAX:
+        if self._ptr is not None and type(start_pos) is int and 0 <= start_pos <= _U32_MAX:
             n = array = tokens = None
             kind = type(sequences)
             if kind is np.ndarray:
@@ -181,7 +176,7 @@ class Session(Handle):
                 except (TypeError, OverflowError):
                     pass
             if n:
-                return self._forward_one(slots, array, tokens, n, start_pos, last_only, out)
+                return self._forward_one(array, tokens, n, start_pos, last_only, out)
         rows, _ = _as_batch(sequences)
         n = len(rows)
         lengths = np.array([len(r) for r in rows], dtype=np.uint32)
@@ -198,9 +193,9 @@ class Session(Handle):
 
     __call__ = forward
 
-    def _forward_one(self, slots, array, tokens, n, start_pos, last_only, out):
+    def _forward_one(self, array, tokens, n, start_pos, last_only, out):
         """`forward` of one sequence of `n` tokens (`array`, an int32 array,
-        or `tokens`, their C copy) on the call slots `slots`."""
+        or `tokens`, their C copy) on a set of reused call slots."""
         shape = self._shape_last if last_only or n == 1 else (1, n, self.vocab_size)
         if out is None:
             logits = np.empty(shape, dtype=_F32)
@@ -208,7 +203,11 @@ class Session(Handle):
             logits = out  # a decode loop's reused array (carray: C-contiguous, aligned, writable)
         else:
             logits = _logits_array(shape, out)
-        self._slots = None  # taken (an atomic swap under the GIL); given back below
+        free = self._free_slots
+        try:
+            slots = free.pop()
+        except IndexError:  # another thread's call holds them
+            slots = _CallSlots()
         if array is not None:
             if slots.tokens_src is array:
                 tokens = slots.tokens_buf
@@ -226,7 +225,7 @@ class Session(Handle):
         slots.start[0] = start_pos
         status = _forward(self._ptr, tokens, slots.length, 1, slots.start, bool(last_only),
                           view, logits.size, ffi.NULL, slots.err)
-        self._slots = slots
+        free.append(slots)
         if status != _OK:
             raise_error(status, slots.err[0])
         return logits

@@ -4,6 +4,7 @@ stop tokens, threads, and the bundled CLI."""
 import json
 import subprocess
 import sys
+import threading
 
 import numpy as np
 import pytest
@@ -118,8 +119,9 @@ def test_one_sequence_fast_path_equals_the_general_one():
 
 def test_one_token_calls_reuse_their_slots_safely():
     """The fast path reuses one error slot and length/start buffer per
-    session: errors and successes alternate cleanly, and a call that finds the
-    slots taken (another thread's call) makes its own with the same result."""
+    session: errors and successes alternate cleanly, a call that finds the
+    slots taken (another thread's call) makes its own with the same result,
+    and threads calling at once never share one."""
     with pyffi.Transformer.from_pretrained(model_dir("stories260K")) as model:
         s = model.new_session(n_ctx=8)
         want = model.forward([[1, 10, 20]])[:, -1:]
@@ -128,12 +130,40 @@ def test_one_token_calls_reuse_their_slots_safely():
                 s.forward(np.array([1], np.int32), start_pos=5)
             got = s.forward(np.array([1, 10, 20], np.int32), last_only=True)
             np.testing.assert_array_equal(got, want)
-        s._slots = None
+        s._free_slots.clear()  # all taken
         np.testing.assert_array_equal(s.forward([1, 10, 20], last_only=True), want)
-        assert s._slots is not None
+        assert len(s._free_slots) == 1
         swapped = np.empty((1, 1, model.vocab_size), np.dtype(">f4"))  # float32, but not native order
         with pytest.raises(pyffi.InvalidArgumentError, match="out must be"):
             s.forward(np.array([1], np.int32), last_only=True, out=swapped)
+        # Threads on one session, each its own tokens (of its own length) and
+        # arrays, from position 0: each call's logits depend on its own tokens
+        # alone, and another's length or start in its slots would show.
+        seqs = [[5], [17, 3], [60, 8, 9], [200, 1, 2, 3]]
+        wants = [model.forward([q])[0, -1] for q in seqs]
+        bad = []
+
+        def decode(i):
+            tok, out = np.array(seqs[i], np.int32), np.empty((1, 1, model.vocab_size), np.float32)
+            try:
+                for _ in range(400):
+                    s.forward(tok, start_pos=0, last_only=True, out=out)
+                    if not np.array_equal(out[0, 0], wants[i]):
+                        bad.append(i)
+            except Exception as e:  # an error is as wrong as a wrong result
+                bad.append(repr(e))
+
+        interval = sys.getswitchinterval()
+        sys.setswitchinterval(1e-6)  # switch threads as often as the interpreter can
+        try:
+            threads = [threading.Thread(target=decode, args=(i,)) for i in range(len(seqs))]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+        finally:
+            sys.setswitchinterval(interval)
+        assert not bad
 
 
 def test_forward_writes_into_a_callers_array():
