@@ -5,7 +5,7 @@ engine. Reads Hugging Face config.json files in both the old style
 
 import dataclasses
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import List, Optional, Union
 
 from ._ffi import call, ffi, lib, path_arg, read_string

@@ -11,7 +11,6 @@ Logits are written by the engine straight into the numpy array returned.
 import json
 import os
 import threading
-from pathlib import Path
 
 import numpy as np
 
