@@ -90,6 +90,26 @@ def test_bfloat16_safetensors_on_disk(tmp_path):
         np.testing.assert_array_equal(model.forward([[5, 6, 7]]), ref.forward([[5, 6, 7]]))
 
 
+def test_bfloat16_gguf_gives_the_bits_of_its_float32_values(tmp_path):
+    """A BF16 GGUF's matrices stay in bfloat16 and are computed as float32:
+    the logits of a float32 GGUF of the same values, bit for bit (a long
+    prompt too, which takes the prefill's panel kernels)."""
+    src = model_dir("tiny-llama")
+    weights = load_file(src / "model.safetensors")
+    truncated = {k: ((v.view(np.uint32) >> 16) << 16).view(np.float32) for k, v in weights.items()}
+    hf = tmp_path / "hf"
+    hf.mkdir()
+    save_file(truncated, hf / "model.safetensors")
+    (hf / "config.json").write_text((src / "config.json").read_text())
+    pyffi.quantize(hf, tmp_path / "bf16.gguf", "bf16")
+    pyffi.quantize(hf, tmp_path / "f32.gguf", "f32")
+    assert (tmp_path / "bf16.gguf").stat().st_size < 0.6 * (tmp_path / "f32.gguf").stat().st_size
+    with pyffi.Transformer.from_pretrained(tmp_path / "bf16.gguf") as a, \
+            pyffi.Transformer.from_pretrained(tmp_path / "f32.gguf") as b:
+        for tokens in ([5, 6, 7], list(range(1, 40))):
+            np.testing.assert_array_equal(a.forward([tokens]), b.forward([tokens]))
+
+
 def test_forward_accepts_arrays_lists_and_ragged_batches():
     with pyffi.Transformer.from_pretrained(model_dir("tiny-llama")) as model:
         flat = model.forward([1, 2, 3])

@@ -92,6 +92,11 @@ pub fn zeroed_f16(n: usize) -> Result<Vec<half::f16>> {
     zeroed(n)
 }
 
+/// `n` bfloat16 zeros, allocated the same way as `zeroed_f32`.
+pub fn zeroed_bf16(n: usize) -> Result<Vec<half::bf16>> {
+    zeroed(n)
+}
+
 /// Ask the kernel to back `len` bytes at `ptr` (a fresh, untouched heap
 /// block, or a file's mapping) with 2 MiB pages where it can: a weight matrix
 /// then costs one page fault per 2 MiB instead of per 4 KiB when filled, and
@@ -119,6 +124,7 @@ pub(crate) trait ZeroBits: Copy + 'static {}
 impl ZeroBits for u8 {}
 impl ZeroBits for f32 {}
 impl ZeroBits for half::f16 {}
+impl ZeroBits for half::bf16 {}
 
 fn zeroed<T: ZeroBits>(n: usize) -> Result<Vec<T>> {
     if n == 0 {

@@ -143,26 +143,45 @@ fn tile<E: TileElem>(w: &[&[E]], x: &[&[f32]], out: &mut [f32]) {
     tile_scalar(w, x, out)
 }
 
-/// Weight element types of the tile kernel: float16 rows, or float32 rows
-/// (a float16 panel converted once for a long prefill).
+/// Weight element types of the float kernels: float32, float16 or bfloat16
+/// rows, each value widened exactly to float32 as it is loaded.
 #[cfg(target_arch = "x86_64")]
-pub trait TileElem: x86::Elem {
+pub trait TileElem: x86::Elem + Send + Sync {
     fn to_f32_slice(src: &[Self], dst: &mut [f32]);
 }
 #[cfg(not(target_arch = "x86_64"))]
-pub trait TileElem: Copy {
+pub trait TileElem: Copy + Send + Sync {
     fn to_f32_slice(src: &[Self], dst: &mut [f32]);
+    fn to_f32(self) -> f32;
 }
 
 impl TileElem for f16 {
     fn to_f32_slice(src: &[f16], dst: &mut [f32]) {
         src.convert_to_f32_slice(dst)
     }
+    #[cfg(not(target_arch = "x86_64"))]
+    fn to_f32(self) -> f32 {
+        f16::to_f32(self)
+    }
+}
+
+impl TileElem for half::bf16 {
+    fn to_f32_slice(src: &[half::bf16], dst: &mut [f32]) {
+        src.convert_to_f32_slice(dst)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    fn to_f32(self) -> f32 {
+        half::bf16::to_f32(self)
+    }
 }
 
 impl TileElem for f32 {
     fn to_f32_slice(src: &[f32], dst: &mut [f32]) {
         dst.copy_from_slice(src)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    fn to_f32(self) -> f32 {
+        self
     }
 }
 
@@ -433,6 +452,23 @@ pub(super) mod x86 {
         }
         fn to_f32(self) -> f32 {
             f16::to_f32(self)
+        }
+    }
+
+    /// A bfloat16 is a float32's top 16 bits: widened by a shift.
+    impl Elem for half::bf16 {
+        #[inline(always)]
+        unsafe fn load8(p: *const half::bf16) -> __m256 {
+            let v = _mm256_cvtepu16_epi32(_mm_loadu_si128(p as *const __m128i));
+            _mm256_castsi256_ps(_mm256_slli_epi32::<16>(v))
+        }
+        #[inline(always)]
+        unsafe fn load16(p: *const half::bf16) -> __m512 {
+            let v = _mm512_cvtepu16_epi32(_mm256_loadu_si256(p as *const __m256i));
+            _mm512_castsi512_ps(_mm512_slli_epi32::<16>(v))
+        }
+        fn to_f32(self) -> f32 {
+            half::bf16::to_f32(self)
         }
     }
 

@@ -1,5 +1,7 @@
-//! Matmuls on float32 weight matrices (float32 safetensors checkpoints and
-//! state dicts). Every output is one sum, whatever the batch around it: 16
+//! Matmuls on float weight matrices computed as float32 (float32 safetensors
+//! checkpoints and state dicts, and float16 or bfloat16 ones kept in their
+//! 16 bits: each weight widened exactly as it is loaded, so they give the
+//! bits their float32 values give). Every output is one sum, whatever the batch around it: 16
 //! lanes, lane `l` adding the products of elements `l, l + 16, ...` in turn
 //! with fused multiply-adds, then the lanes added as `f16::reduce16` adds
 //! them (`dot_plain`, the test oracle). So a token's logits are the same
@@ -8,7 +10,7 @@
 //! at run time. A CPU without FMA takes the same lanes unfused. A long
 //! prefill goes through `panel` (one sum in element order) instead.
 
-use super::f16::reduce16;
+use super::f16::{reduce16, TileElem};
 use super::{FloatIsa, SharedOut};
 
 /// Lanes of every float32 dot product.
@@ -26,17 +28,17 @@ pub(crate) fn dot_plain(a: &[f32], b: &[f32]) -> f32 {
 
 /// `dot_plain` with each product rounded before it is added: for a CPU
 /// without FMA, where a fused `mul_add` is a slow library call.
-fn dot_unfused(a: &[f32], b: &[f32]) -> f32 {
+fn dot_unfused<E: TileElem>(a: &[E], b: &[f32]) -> f32 {
     let mut lanes = [0.0f32; LANES];
     let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
     let (ra, rb) = (ca.remainder(), cb.remainder());
     for (x, y) in ca.zip(cb) {
         for l in 0..LANES {
-            lanes[l] += x[l] * y[l];
+            lanes[l] += x[l].to_f32() * y[l];
         }
     }
     for (l, (x, y)) in ra.iter().zip(rb).enumerate() {
-        lanes[l] += x * y;
+        lanes[l] += x.to_f32() * y;
     }
     reduce16(&lanes)
 }
@@ -65,11 +67,11 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
 /// `[n_out][n_in]` (the Hugging Face Linear layout). Output rows are
 /// `out_stride` apart. Work is split over bands of weight rows, so each band
 /// is read from memory once and reused for every token from cache.
-pub fn matmul(
+pub fn matmul<E: TileElem>(
     out: &mut [f32],
     out_stride: usize,
     x: &[f32],
-    w: &[f32],
+    w: &[E],
     n_tok: usize,
     n_in: usize,
     n_out: usize,
@@ -89,7 +91,7 @@ pub fn matmul(
     let threads = crate::pool::current_threads();
     // Bands of whole tiles: ~16 KiB of weights stays in L1 while every token
     // passes, and small bands keep every thread busy.
-    let rows_per_band = ((16384 / (n_in * 4).max(1)).clamp(1, 8) * 8)
+    let rows_per_band = ((16384 / (n_in * std::mem::size_of::<E>()).max(1)).clamp(1, 8) * 8)
         .min(n_out.div_ceil(threads * 4).next_multiple_of(8));
     let dst = SharedOut(out.as_mut_ptr());
     crate::pool::parallel_for(n_out.div_ceil(rows_per_band), |b| {
@@ -119,9 +121,9 @@ pub fn matmul(
 /// `w` holds rows * n values, `x` toks * n, and `out` is writable at every
 /// `t * os + r`.
 #[allow(clippy::too_many_arguments)]
-unsafe fn sweep(
+unsafe fn sweep<E: TileElem>(
     isa: FloatIsa,
-    w: *const f32,
+    w: *const E,
     x: *const f32,
     n: usize,
     rows: usize,
@@ -151,6 +153,17 @@ mod x86 {
     use std::arch::x86_64::*;
 
     use super::super::f16::x86::reduce16;
+    use super::TileElem;
+
+    /// Values `i..n` of the row at `w` (fewer than 16) widened, zeros after.
+    #[inline(always)]
+    unsafe fn tail<E: TileElem>(w: *const E, i: usize, n: usize) -> [f32; 16] {
+        let mut v = [0.0f32; 16];
+        for (j, o) in v.iter_mut().enumerate().take(n - i) {
+            *o = (*w.add(i + j)).to_f32();
+        }
+        v
+    }
 
     /// Tiles of rows by tokens: `$tile::<R, T>` for tokens in groups of
     /// `$tt` (the rest one at a time) and rows in groups of `$tr` (a lone
@@ -163,11 +176,11 @@ mod x86 {
                 let (x, out) = ($x.add(t * $n), $out.add(t * $os));
                 let mut r = 0;
                 while r + $tr <= $rows {
-                    $tile::<$tr, $tt>($w.add(r * $n), x, $n, out.add(r), $os);
+                    $tile::<_, $tr, $tt>($w.add(r * $n), x, $n, out.add(r), $os);
                     r += $tr;
                 }
                 for r in r..$rows {
-                    $tile::<1, $tt>($w.add(r * $n), x, $n, out.add(r), $os);
+                    $tile::<_, 1, $tt>($w.add(r * $n), x, $n, out.add(r), $os);
                 }
                 t += $tt;
             }
@@ -175,11 +188,11 @@ mod x86 {
                 let (x, out) = ($x.add(t * $n), $out.add(t * $os));
                 let mut r = 0;
                 while r + $one <= $rows {
-                    $tile::<$one, 1>($w.add(r * $n), x, $n, out.add(r), $os);
+                    $tile::<_, $one, 1>($w.add(r * $n), x, $n, out.add(r), $os);
                     r += $one;
                 }
                 for r in r..$rows {
-                    $tile::<1, 1>($w.add(r * $n), x, $n, out.add(r), $os);
+                    $tile::<_, 1, 1>($w.add(r * $n), x, $n, out.add(r), $os);
                 }
             }
         }};
@@ -188,8 +201,8 @@ mod x86 {
     /// `super::sweep` on AVX-512: 4 rows by 4 tokens, or 8 rows of one
     /// token (8 independent sums in flight either way).
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
-    pub(super) unsafe fn sweep16(
-        w: *const f32,
+    pub(super) unsafe fn sweep16<E: TileElem>(
+        w: *const E,
         x: *const f32,
         n: usize,
         rows: usize,
@@ -203,8 +216,8 @@ mod x86 {
     /// `super::sweep` on AVX2: each sum is two vectors, so 2 rows by 2
     /// tokens, or 4 rows of one token.
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub(super) unsafe fn sweep8(
-        w: *const f32,
+    pub(super) unsafe fn sweep8<E: TileElem>(
+        w: *const E,
         x: *const f32,
         n: usize,
         rows: usize,
@@ -220,8 +233,8 @@ mod x86 {
     /// past `n` left as they are.
     #[target_feature(enable = "avx512f,avx2,fma,f16c")]
     #[inline]
-    unsafe fn tile16<const R: usize, const T: usize>(
-        w: *const f32,
+    unsafe fn tile16<E: TileElem, const R: usize, const T: usize>(
+        w: *const E,
         x: *const f32,
         n: usize,
         out: *mut f32,
@@ -232,7 +245,7 @@ mod x86 {
         while i + 16 <= n {
             let xv: [__m512; T] = std::array::from_fn(|t| _mm512_loadu_ps(x.add(t * n + i)));
             for (r, acc) in acc.iter_mut().enumerate() {
-                let wv = _mm512_loadu_ps(w.add(r * n + i));
+                let wv = E::load16(w.add(r * n + i));
                 for (a, xv) in acc.iter_mut().zip(&xv) {
                     *a = _mm512_fmadd_ps(wv, *xv, *a);
                 }
@@ -244,7 +257,8 @@ mod x86 {
             let xv: [__m512; T] =
                 std::array::from_fn(|t| _mm512_maskz_loadu_ps(m, x.add(t * n + i)));
             for (r, acc) in acc.iter_mut().enumerate() {
-                let wv = _mm512_maskz_loadu_ps(m, w.add(r * n + i));
+                let wt = tail(w.add(r * n), i, n);
+                let wv = _mm512_maskz_loadu_ps(m, wt.as_ptr());
                 for (a, xv) in acc.iter_mut().zip(&xv) {
                     *a = _mm512_mask3_fmadd_ps(wv, *xv, *a, m);
                 }
@@ -263,8 +277,8 @@ mod x86 {
     /// `tile16` with each sum in two 8-lane vectors (lanes 0..8, 8..16).
     #[target_feature(enable = "avx2,fma,f16c")]
     #[inline]
-    unsafe fn tile8<const R: usize, const T: usize>(
-        w: *const f32,
+    unsafe fn tile8<E: TileElem, const R: usize, const T: usize>(
+        w: *const E,
         x: *const f32,
         n: usize,
         out: *mut f32,
@@ -277,7 +291,7 @@ mod x86 {
                 let xv: [__m256; T] =
                     std::array::from_fn(|t| _mm256_loadu_ps(x.add(t * n + i + 8 * h)));
                 for (r, acc) in acc.iter_mut().enumerate() {
-                    let wv = _mm256_loadu_ps(w.add(r * n + i + 8 * h));
+                    let wv = E::load8(w.add(r * n + i + 8 * h));
                     for (a, xv) in acc.iter_mut().zip(&xv) {
                         a[h] = _mm256_fmadd_ps(wv, *xv, a[h]);
                     }
@@ -300,7 +314,8 @@ mod x86 {
                 let xv: [__m256; T] =
                     std::array::from_fn(|t| _mm256_maskload_ps(x.add(t * n + i + 8 * h), m));
                 for (r, acc) in acc.iter_mut().enumerate() {
-                    let wv = _mm256_maskload_ps(w.add(r * n + i + 8 * h), m);
+                    let wt = tail(w.add(r * n), i, n);
+                    let wv = _mm256_maskload_ps(wt.as_ptr().add(8 * h), m);
                     for (a, xv) in acc.iter_mut().zip(&xv) {
                         let f = _mm256_fmadd_ps(wv, *xv, a[h]);
                         a[h] = _mm256_blendv_ps(a[h], f, _mm256_castsi256_ps(m));
@@ -369,6 +384,69 @@ mod tests {
                         }
                         assert!(out[t * os + rows..(t + 1) * os].iter().all(|v| v.is_nan()));
                     }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn sixteen_bit_weights_give_the_bits_of_their_float32_values() {
+        for isa in FloatIsa::all() {
+            for n in LENGTHS {
+                for (toks, rows) in [(1, 1), (1, 13), (3, 9), (4, 4), (5, 17)] {
+                    let w = rand(rows * n, n as u64 + 3);
+                    let x = rand(toks * n, n as u64 + 4);
+                    let bf: Vec<half::bf16> = w.iter().map(|&v| half::bf16::from_f32(v)).collect();
+                    let hf: Vec<half::f16> = w.iter().map(|&v| half::f16::from_f32(v)).collect();
+                    let run = |w: &dyn Fn(&mut [f32])| {
+                        let mut out = vec![f32::NAN; toks * rows];
+                        w(&mut out);
+                        out.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+                    };
+                    // SAFETY (each): the sizes are the ones `sweep` asks for.
+                    let sweep_of = |out: &mut [f32], wp: &dyn Fn() -> Vec<f32>| unsafe {
+                        let wide = wp();
+                        sweep(
+                            isa,
+                            wide.as_ptr(),
+                            x.as_ptr(),
+                            n,
+                            rows,
+                            toks,
+                            out.as_mut_ptr(),
+                            rows,
+                        )
+                    };
+                    let want_bf =
+                        run(&|o| sweep_of(o, &|| bf.iter().map(|v| v.to_f32()).collect()));
+                    let want_hf =
+                        run(&|o| sweep_of(o, &|| hf.iter().map(|v| v.to_f32()).collect()));
+                    let got_bf = run(&|o| unsafe {
+                        sweep(
+                            isa,
+                            bf.as_ptr(),
+                            x.as_ptr(),
+                            n,
+                            rows,
+                            toks,
+                            o.as_mut_ptr(),
+                            rows,
+                        )
+                    });
+                    let got_hf = run(&|o| unsafe {
+                        sweep(
+                            isa,
+                            hf.as_ptr(),
+                            x.as_ptr(),
+                            n,
+                            rows,
+                            toks,
+                            o.as_mut_ptr(),
+                            rows,
+                        )
+                    });
+                    assert_eq!(got_bf, want_bf, "{isa:?} bf16 n={n} tile {toks}x{rows}");
+                    assert_eq!(got_hf, want_hf, "{isa:?} f16 n={n} tile {toks}x{rows}");
                 }
             }
         }

@@ -437,6 +437,20 @@ fn load_from(path: &Path, g: &Gguf) -> Result<Model> {
                     }
                 }
             }
+        } else if t.ggml_type == GgmlType::BF16 && shape.len() == 2 {
+            // Kept in bfloat16 (`Matrix::Half16`), computed as float32.
+            let data = g.tensor_data(t);
+            let bytes = match &order {
+                Some(o) => Cow::Owned(permute_rows(data, data.len() / shape[0], o)),
+                None => Cow::Borrowed(data),
+            };
+            let view = TensorView {
+                dtype: DType::BF16,
+                shape: shape.to_vec(),
+                data: &bytes,
+            };
+            model.set_tensor(&name, &view).map_err(ctx(path))?;
+            g.release(t);
         } else {
             let mut values = dequantize(&g, t).map_err(ctx(path))?;
             if let Some(o) = &order {

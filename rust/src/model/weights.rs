@@ -1,14 +1,15 @@
-//! The model's weights, laid out for the kernels (`[out][in]`, float32, q/k/v
-//! and gate/up fused into one matrix each), and the mapping from Hugging Face
-//! tensor names onto that layout. Every way of filling weights (safetensors
+//! The model's weights, laid out for the kernels (`[out][in]`, float32 or
+//! the checkpoint's float16/bfloat16, q/k/v and gate/up fused into one
+//! matrix each), and the mapping from Hugging Face tensor names onto that
+//! layout. Every way of filling weights (safetensors
 //! files, a caller's state dict) goes through `Weights::set`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
 use crate::config::ModelConfig;
 use crate::error::{invalid_weights, Result};
 use crate::kernels::{self, packed::PackedMatrix, quant};
-use crate::tensor::{zeroed_f32, Store, TensorView};
+use crate::tensor::{zeroed_f32, DType, Store, TensorView};
 
 /// A weight matrix `[rows][cols]`: float32, or raw ggml blocks used in place
 /// by the quantized kernels, or row bands of those stacked (a fused q/k/v
@@ -17,6 +18,11 @@ use crate::tensor::{zeroed_f32, Store, TensorView};
 /// mapping holds them (`Store::Mapped`).
 pub enum Matrix {
     F32(Vec<f32>),
+    /// A checkpoint's float16 or bfloat16 values kept in their 16 bits, and
+    /// computed as `F32` computes their float32 values (same kernels, same
+    /// sums, each weight widened exactly as it is loaded): the same bits in
+    /// half the memory, read in half the time.
+    Half16(Half16),
     /// float16, computed with float16-rounded activations (GGUF F16 files).
     F16(Store<half::f16>),
     Quant(quant::QuantType, Store<u8>),
@@ -27,7 +33,73 @@ pub enum Matrix {
     Stack(Vec<(usize, Matrix)>),
 }
 
+/// The values of a `Matrix::Half16`.
+pub enum Half16 {
+    F16(Vec<half::f16>),
+    Bf16(Vec<half::bf16>),
+}
+
+impl Half16 {
+    /// `n` zeros of a 16-bit `dtype` (None for float32).
+    fn zeroed(dtype: DType, n: usize) -> Result<Option<Half16>> {
+        Ok(match dtype {
+            DType::F16 => Some(Half16::F16(crate::tensor::zeroed_f16(n)?)),
+            DType::BF16 => Some(Half16::Bf16(crate::tensor::zeroed_bf16(n)?)),
+            DType::F32 => None,
+        })
+    }
+
+    fn dtype(&self) -> DType {
+        match self {
+            Half16::F16(_) => DType::F16,
+            Half16::Bf16(_) => DType::BF16,
+        }
+    }
+
+    /// Copy little-endian values of this type into place from `at`.
+    fn write(&mut self, at: usize, data: &[u8]) {
+        fn put<T>(dst: &mut [T], data: &[u8], from: fn([u8; 2]) -> T) {
+            for (o, b) in dst.iter_mut().zip(data.chunks_exact(2)) {
+                *o = from([b[0], b[1]]);
+            }
+        }
+        let n = data.len() / 2;
+        match self {
+            Half16::F16(w) => put(&mut w[at..at + n], data, half::f16::from_le_bytes),
+            Half16::Bf16(w) => put(&mut w[at..at + n], data, half::bf16::from_le_bytes),
+        }
+    }
+
+    /// Values `from..from + out.len()` as float32 (exact).
+    fn widen(&self, from: usize, out: &mut [f32]) {
+        use half::slice::HalfFloatSliceExt;
+        let to = from + out.len();
+        match self {
+            Half16::F16(w) => w[from..to].convert_to_f32_slice(out),
+            Half16::Bf16(w) => w[from..to].convert_to_f32_slice(out),
+        }
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Half16::F16(w) => w.len(),
+            Half16::Bf16(w) => w.len(),
+        }
+    }
+}
+
 impl Matrix {
+    /// A `Half16` matrix as `F32`, the same values (a checkpoint that mixes
+    /// float types within one fused matrix, or a float32 part written over).
+    fn widen_to_f32(&mut self) -> Result<()> {
+        if let Matrix::Half16(h) = self {
+            let mut f = zeroed_f32(h.len())?;
+            h.widen(0, &mut f);
+            *self = Matrix::F32(f);
+        }
+        Ok(())
+    }
+
     /// A matrix of ggml blocks (`cols` values per row): packed for the
     /// interleaved kernels when `pack` is set and they can run, as is
     /// otherwise. Matrices read row by row (the token embedding) should not
@@ -96,6 +168,12 @@ impl Matrix {
     ) {
         match self {
             Matrix::F32(w) => kernels::matmul(out, stride, x, w, n_tok, n_in, n_out),
+            Matrix::Half16(Half16::F16(w)) => {
+                kernels::matmul(out, stride, x, w, n_tok, n_in, n_out)
+            }
+            Matrix::Half16(Half16::Bf16(w)) => {
+                kernels::matmul(out, stride, x, w, n_tok, n_in, n_out)
+            }
             Matrix::F16(w) => kernels::f16::matmul(out, stride, x, w, n_tok, n_in, n_out),
             Matrix::Quant(t, w) => quant::matmul(*t, out, stride, x, w, n_tok, n_in, n_out),
             Matrix::Packed(p) => {
@@ -165,7 +243,7 @@ impl Matrix {
                 }
             },
             // Float32 models are small, and unpacked blocks rare.
-            Matrix::F32(_) | Matrix::Quant(..) => {}
+            Matrix::F32(_) | Matrix::Half16(_) | Matrix::Quant(..) => {}
         }
     }
 
@@ -174,7 +252,7 @@ impl Matrix {
         match self {
             Matrix::F16(w) => w.is_mapped(),
             Matrix::Quant(_, w) => w.is_mapped(),
-            Matrix::F32(_) | Matrix::Packed(_) => false,
+            Matrix::F32(_) | Matrix::Half16(_) | Matrix::Packed(_) => false,
             Matrix::Stack(bands) => bands.iter().all(|(_, m)| m.is_mapped()),
         }
     }
@@ -183,6 +261,7 @@ impl Matrix {
     pub fn row_f32(&self, r: usize, cols: usize, out: &mut [f32]) {
         match self {
             Matrix::F32(w) => out.copy_from_slice(&w[r * cols..(r + 1) * cols]),
+            Matrix::Half16(w) => w.widen(r * cols, &mut out[..cols]),
             Matrix::F16(w) => half::slice::HalfFloatSliceExt::convert_to_f32_slice(
                 &w[r * cols..(r + 1) * cols],
                 out,
@@ -205,10 +284,23 @@ impl Matrix {
         }
     }
 
+    /// Values of an `F32` or `Half16` matrix (0 for the others).
+    fn len_f32_or_half(&self) -> usize {
+        match self {
+            Matrix::F32(w) => w.len(),
+            Matrix::Half16(h) => h.len(),
+            _ => 0,
+        }
+    }
+
     fn f32_mut(&mut self) -> Option<&mut [f32]> {
         match self {
             Matrix::F32(w) => Some(w),
-            Matrix::F16(..) | Matrix::Quant(..) | Matrix::Packed(..) | Matrix::Stack(..) => None,
+            Matrix::F16(..)
+            | Matrix::Half16(..)
+            | Matrix::Quant(..)
+            | Matrix::Packed(..)
+            | Matrix::Stack(..) => None,
         }
     }
 }
@@ -234,6 +326,9 @@ pub struct Weights {
     pub norm: Vec<f32>,
     /// None when the output head is tied to the embedding.
     pub lm_head: Option<Matrix>,
+    /// The matrices `set` has written to: one not yet written takes the
+    /// type of its first part (float32, or a 16-bit type kept as it is).
+    filled: HashSet<(Field, usize)>,
 }
 
 impl Weights {
@@ -249,6 +344,11 @@ impl Weights {
         };
         // `pack`: false for the embedding, which is read row by row.
         let convert = |m: &mut Matrix, t: quant::QuantType, cols: usize, pack: bool| {
+            if let Matrix::Half16(h) = m {
+                let mut f = vec![0.0f32; h.len()];
+                h.widen(0, &mut f);
+                *m = Matrix::F32(f);
+            }
             if let Matrix::F16(w) = m {
                 let mut f = vec![0.0f32; w.len()];
                 half::slice::HalfFloatSliceExt::convert_to_f32_slice(&w[..], &mut f);
@@ -290,7 +390,7 @@ impl Weights {
 }
 
 /// Which buffer a named tensor fills.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum Field {
     Embed,
     Norm,
@@ -558,11 +658,14 @@ impl Weights {
             lm_head: (!cfg.tie_word_embeddings)
                 .then(|| z(cfg.vocab_size * h).map(Matrix::F32))
                 .transpose()?,
+            filled: HashSet::new(),
         })
     }
 
-    /// Copy one named tensor into place, converting to float32. Name, shape and
-    /// data size are checked; nothing is written when a check fails.
+    /// Copy one named tensor into place, converting to float32, or for a
+    /// matrix whose parts all come in one 16-bit type, keeping that type
+    /// (`Matrix::Half16`). Name, shape and data size are checked; nothing is
+    /// written when a check fails.
     pub fn set(
         &mut self,
         map: &WeightMap,
@@ -587,12 +690,54 @@ impl Weights {
             )));
         }
         let n: usize = spec.shape.iter().product();
+        let (field, layer) = (spec.field, spec.layer);
+        if matches!(
+            self.matrix_mut(field, layer),
+            Some(Matrix::F32(_) | Matrix::Half16(_))
+        ) {
+            if Some(tensor.data.len()) != n.checked_mul(tensor.dtype.size()) {
+                return Err(invalid_weights(format!(
+                    "tensor '{name}': {} tensor of shape {:?} needs {} bytes but {} were given",
+                    tensor.dtype.name(),
+                    tensor.shape,
+                    n.saturating_mul(tensor.dtype.size()),
+                    tensor.data.len()
+                )));
+            }
+            let first = self.filled.insert((field, layer));
+            let m = self.matrix_mut(field, layer).expect("a matrix field");
+            if first {
+                if let Some(h) = Half16::zeroed(tensor.dtype, m.len_f32_or_half())? {
+                    *m = Matrix::Half16(h);
+                }
+            }
+            match m {
+                Matrix::Half16(h) if h.dtype() == tensor.dtype => {
+                    h.write(spec.offset, tensor.data);
+                    return Ok(());
+                }
+                _ => m.widen_to_f32()?,
+            }
+        }
         let target = self.buffer(spec.field, spec.layer).ok_or_else(|| {
             invalid_weights(format!(
                 "tensor '{name}' is stored quantized and cannot be replaced"
             ))
         })?;
         tensor.to_f32(&mut target[spec.offset..spec.offset + n])
+    }
+
+    /// The matrix a field fills (None for vectors: norms, biases).
+    fn matrix_mut(&mut self, field: Field, layer: usize) -> Option<&mut Matrix> {
+        Some(match field {
+            Field::Embed => &mut self.embed,
+            Field::LmHead => self.lm_head.as_mut().expect("untied model has lm_head"),
+            Field::Wqkv => &mut self.layers[layer].wqkv,
+            Field::Wo => &mut self.layers[layer].wo,
+            Field::WGateUp => &mut self.layers[layer].w_gate_up,
+            Field::WDown => &mut self.layers[layer].w_down,
+            _ => return None,
+        })
     }
 
     fn buffer(&mut self, field: Field, layer: usize) -> Option<&mut [f32]> {
@@ -618,5 +763,170 @@ impl Weights {
             Field::WDown => return self.layers[layer].w_down.f32_mut(),
             Field::BDown => self.layers[layer].b_down.as_mut().expect(missing),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kernels::test_data::rand;
+
+    fn bits(v: &[f32]) -> Vec<u32> {
+        v.iter().map(|x| x.to_bits()).collect()
+    }
+
+    /// Float32 values that a 16-bit type holds exactly, as both.
+    fn rounded(n: usize, seed: u64, dtype: DType) -> (Vec<f32>, Half16) {
+        let v = rand(n, seed);
+        match dtype {
+            DType::F16 => {
+                let h: Vec<half::f16> = v.iter().map(|&x| half::f16::from_f32(x)).collect();
+                (h.iter().map(|x| x.to_f32()).collect(), Half16::F16(h))
+            }
+            _ => {
+                let h: Vec<half::bf16> = v.iter().map(|&x| half::bf16::from_f32(x)).collect();
+                (h.iter().map(|x| x.to_f32()).collect(), Half16::Bf16(h))
+            }
+        }
+    }
+
+    #[test]
+    fn a_16_bit_matrix_gives_the_bits_of_its_float32_values() {
+        // 70 rows: two whole 32-row panels for a long batch, the rest in the
+        // short-batch tiles; 100 inputs: a tail past the last 16.
+        let n_out = 70;
+        for dtype in [DType::F16, DType::BF16] {
+            for n_in in [96, 100] {
+                let (f, h) = rounded(n_out * n_in, n_in as u64, dtype);
+                let (wide, half) = (Matrix::F32(f), Matrix::Half16(h));
+                for n_tok in [1, 3, 12, 13, 40] {
+                    let x = rand(n_tok * n_in, 7 + n_tok as u64);
+                    let (mut a, mut b) = (vec![0.0; n_tok * n_out], vec![1.0; n_tok * n_out]);
+                    wide.matmul(&mut a, n_out, &x, n_tok, n_in, n_out);
+                    half.matmul(&mut b, n_out, &x, n_tok, n_in, n_out);
+                    assert_eq!(
+                        bits(&a),
+                        bits(&b),
+                        "{dtype:?} {n_in} inputs, {n_tok} tokens"
+                    );
+                }
+                let (mut ra, mut rb) = (vec![0.0; n_in], vec![1.0; n_in]);
+                wide.row_f32(5, n_in, &mut ra);
+                half.row_f32(5, n_in, &mut rb);
+                assert_eq!(bits(&ra), bits(&rb));
+            }
+        }
+    }
+
+    fn tiny() -> ModelConfig {
+        ModelConfig::from_json(
+            r#"{"architectures": ["LlamaForCausalLM"], "hidden_size": 32, "intermediate_size": 48,
+                "num_hidden_layers": 1, "num_attention_heads": 4, "num_key_value_heads": 2,
+                "vocab_size": 40, "max_position_embeddings": 64}"#,
+        )
+        .unwrap()
+    }
+
+    fn le(dtype: DType, v: &[f32]) -> Vec<u8> {
+        match dtype {
+            DType::F32 => v.iter().flat_map(|x| x.to_le_bytes()).collect(),
+            DType::F16 => v
+                .iter()
+                .flat_map(|&x| half::f16::from_f32(x).to_le_bytes())
+                .collect(),
+            DType::BF16 => v
+                .iter()
+                .flat_map(|&x| half::bf16::from_f32(x).to_le_bytes())
+                .collect(),
+        }
+    }
+
+    fn set(
+        w: &mut Weights,
+        map: &WeightMap,
+        cfg: &ModelConfig,
+        name: &str,
+        dtype: DType,
+        v: &[f32],
+    ) {
+        let spec = map.get(name).unwrap();
+        let data = le(dtype, v);
+        let t = TensorView {
+            dtype,
+            shape: spec.shape.clone(),
+            data: &data,
+        };
+        w.set(map, cfg, name, &t).unwrap();
+    }
+
+    #[test]
+    fn a_matrix_keeps_the_16_bit_type_all_its_parts_come_in() {
+        let cfg = tiny();
+        let map = WeightMap::new(&cfg);
+        let q = "model.layers.0.self_attn.q_proj.weight";
+        let k = "model.layers.0.self_attn.k_proj.weight";
+        let v = "model.layers.0.self_attn.v_proj.weight";
+        let (hq, hk) = (
+            map.get(q).unwrap().shape.iter().product(),
+            map.get(k).unwrap().shape.iter().product(),
+        );
+        // Values every type holds exactly (small integers over 8).
+        let val = |n: usize, s: usize| -> Vec<f32> {
+            (0..n)
+                .map(|i| ((i * 7 + s) % 13) as f32 / 8.0 - 0.75)
+                .collect()
+        };
+        let (vq, vk, vv) = (val(hq, 1), val(hk, 2), val(hk, 3));
+        let want: Vec<f32> = [&vq[..], &vk[..], &vv[..]].concat();
+        let read = |m: &Matrix| {
+            let mut out = vec![0.0; want.len()];
+            for r in 0..want.len() / 32 {
+                m.row_f32(r, 32, &mut out[r * 32..(r + 1) * 32]);
+            }
+            out
+        };
+        for (types, kept) in [
+            ([DType::BF16; 3], Some(DType::BF16)),
+            ([DType::F16; 3], Some(DType::F16)),
+            ([DType::F32; 3], None),
+            ([DType::BF16, DType::F32, DType::BF16], None),
+            ([DType::F16, DType::F16, DType::BF16], None),
+        ] {
+            let mut w = Weights::zeros(&cfg).unwrap();
+            for (name, (dtype, vals)) in [q, k, v]
+                .into_iter()
+                .zip(types.into_iter().zip([&vq, &vk, &vv]))
+            {
+                set(&mut w, &map, &cfg, name, dtype, vals);
+            }
+            let m = &w.layers[0].wqkv;
+            match (m, kept) {
+                (Matrix::Half16(h), Some(t)) => assert_eq!(h.dtype(), t),
+                (Matrix::F32(_), None) => {}
+                _ => panic!("{types:?}: the fused matrix is not of the kind expected"),
+            }
+            assert_eq!(bits(&read(m)), bits(&want), "{types:?}");
+            // Written over in float32 later: widened, the other parts kept.
+            let mut w2 = w;
+            set(&mut w2, &map, &cfg, k, DType::F32, &vv);
+            assert!(matches!(w2.layers[0].wqkv, Matrix::F32(_)));
+            let again: Vec<f32> = [&vq[..], &vv[..], &vv[..]].concat();
+            assert_eq!(
+                bits(&read(&w2.layers[0].wqkv)),
+                bits(&again),
+                "{types:?} then f32"
+            );
+        }
+        // A bad size changes nothing.
+        let mut w = Weights::zeros(&cfg).unwrap();
+        let spec = map.get(q).unwrap();
+        let short = vec![0u8; 10];
+        let t = TensorView {
+            dtype: DType::BF16,
+            shape: spec.shape.clone(),
+            data: &short,
+        };
+        assert!(w.set(&map, &cfg, q, &t).is_err());
+        assert!(matches!(w.layers[0].wqkv, Matrix::F32(_)) && w.filled.is_empty());
     }
 }
