@@ -45,19 +45,32 @@ impl TensorView<'_> {
             .try_fold(1usize, |acc, &d| acc.checked_mul(d))
     }
 
-    /// Convert into `out`, whose length must equal the element count.
-    pub fn to_f32(&self, out: &mut [f32]) -> Result<()> {
+    /// The element count, checked against the size of the data.
+    pub fn checked_len(&self) -> Result<usize> {
         let n = self
             .numel()
             .ok_or_else(|| invalid_weights(format!("shape {:?} overflows", self.shape)))?;
-        let expected = n.checked_mul(self.dtype.size());
-        if expected != Some(self.data.len()) || out.len() != n {
+        if n.checked_mul(self.dtype.size()) != Some(self.data.len()) {
             return Err(invalid_weights(format!(
                 "{} tensor of shape {:?} needs {} bytes but {} were given",
                 self.dtype.name(),
                 self.shape,
                 n.saturating_mul(self.dtype.size()),
                 self.data.len()
+            )));
+        }
+        Ok(n)
+    }
+
+    /// Convert into `out`, whose length must equal the element count.
+    pub fn to_f32(&self, out: &mut [f32]) -> Result<()> {
+        let n = self.checked_len()?;
+        if out.len() != n {
+            return Err(invalid_weights(format!(
+                "{} tensor of shape {:?} has {n} values, not the {} expected",
+                self.dtype.name(),
+                self.shape,
+                out.len()
             )));
         }
         match self.dtype {

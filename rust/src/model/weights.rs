@@ -695,15 +695,9 @@ impl Weights {
             self.matrix_mut(field, layer),
             Some(Matrix::F32(_) | Matrix::Half16(_))
         ) {
-            if Some(tensor.data.len()) != n.checked_mul(tensor.dtype.size()) {
-                return Err(invalid_weights(format!(
-                    "tensor '{name}': {} tensor of shape {:?} needs {} bytes but {} were given",
-                    tensor.dtype.name(),
-                    tensor.shape,
-                    n.saturating_mul(tensor.dtype.size()),
-                    tensor.data.len()
-                )));
-            }
+            tensor
+                .checked_len()
+                .map_err(|e| invalid_weights(format!("tensor '{name}': {}", e.message)))?;
             let first = self.filled.insert((field, layer));
             let m = self.matrix_mut(field, layer).expect("a matrix field");
             if first {
