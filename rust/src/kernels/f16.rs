@@ -439,6 +439,29 @@ pub(super) mod x86 {
         /// 16 elements must be readable at `p`; the CPU must have AVX-512F/F16C.
         unsafe fn load16(p: *const Self) -> __m512;
         fn to_f32(self) -> f32;
+        /// The `len` (< 16) values at `p` in the lanes `m` sets (the lanes
+        /// below `len`), zeros in the others: a row's tail.
+        /// # Safety
+        /// As `load16`, for `len` elements.
+        #[inline(always)]
+        unsafe fn load16_tail(p: *const Self, m: __mmask16, len: usize) -> __m512 {
+            let mut v = [0.0f32; 16];
+            for (j, o) in v.iter_mut().enumerate().take(len) {
+                *o = (*p.add(j)).to_f32();
+            }
+            _mm512_maskz_loadu_ps(m, v.as_ptr())
+        }
+        /// `load16_tail` for 8 lanes (`m`: all bits set in the lanes below `len`).
+        /// # Safety
+        /// As `load8`, for `len` elements.
+        #[inline(always)]
+        unsafe fn load8_tail(p: *const Self, m: __m256i, len: usize) -> __m256 {
+            let mut v = [0.0f32; 8];
+            for (j, o) in v.iter_mut().enumerate().take(len) {
+                *o = (*p.add(j)).to_f32();
+            }
+            _mm256_maskload_ps(v.as_ptr(), m)
+        }
     }
 
     impl Elem for f16 {
@@ -483,6 +506,14 @@ pub(super) mod x86 {
         }
         fn to_f32(self) -> f32 {
             self
+        }
+        #[inline(always)]
+        unsafe fn load16_tail(p: *const f32, m: __mmask16, _len: usize) -> __m512 {
+            _mm512_maskz_loadu_ps(m, p)
+        }
+        #[inline(always)]
+        unsafe fn load8_tail(p: *const f32, m: __m256i, _len: usize) -> __m256 {
+            _mm256_maskload_ps(p, m)
         }
     }
 

@@ -155,16 +155,6 @@ mod x86 {
     use super::super::f16::x86::reduce16;
     use super::TileElem;
 
-    /// Values `i..n` of the row at `w` (fewer than 16) widened, zeros after.
-    #[inline(always)]
-    unsafe fn tail<E: TileElem>(w: *const E, i: usize, n: usize) -> [f32; 16] {
-        let mut v = [0.0f32; 16];
-        for (j, o) in v.iter_mut().enumerate().take(n - i) {
-            *o = (*w.add(i + j)).to_f32();
-        }
-        v
-    }
-
     /// Tiles of rows by tokens: `$tile::<R, T>` for tokens in groups of
     /// `$tt` (the rest one at a time) and rows in groups of `$tr` (a lone
     /// token: `$one`; the rest one at a time).
@@ -257,8 +247,7 @@ mod x86 {
             let xv: [__m512; T] =
                 std::array::from_fn(|t| _mm512_maskz_loadu_ps(m, x.add(t * n + i)));
             for (r, acc) in acc.iter_mut().enumerate() {
-                let wt = tail(w.add(r * n), i, n);
-                let wv = _mm512_maskz_loadu_ps(m, wt.as_ptr());
+                let wv = E::load16_tail(w.add(r * n + i), m, n - i);
                 for (a, xv) in acc.iter_mut().zip(&xv) {
                     *a = _mm512_mask3_fmadd_ps(wv, *xv, *a, m);
                 }
@@ -314,8 +303,7 @@ mod x86 {
                 let xv: [__m256; T] =
                     std::array::from_fn(|t| _mm256_maskload_ps(x.add(t * n + i + 8 * h), m));
                 for (r, acc) in acc.iter_mut().enumerate() {
-                    let wt = tail(w.add(r * n), i, n);
-                    let wv = _mm256_maskload_ps(wt.as_ptr().add(8 * h), m);
+                    let wv = E::load8_tail(w.add(r * n + i + 8 * h), m, k as usize);
                     for (a, xv) in acc.iter_mut().zip(&xv) {
                         let f = _mm256_fmadd_ps(wv, *xv, a[h]);
                         a[h] = _mm256_blendv_ps(a[h], f, _mm256_castsi256_ps(m));
