@@ -481,8 +481,11 @@ class Transformer(Handle):
         """Copy weights from a {HF name: array} dict (numpy, or anything with
         .numpy() such as torch tensors). float32, float16 and bfloat16 (given as
         a torch tensor or a numpy uint16 view with dtype 'bfloat16' unavailable)
-        are accepted. With strict, every expected tensor must be present and no
-        unknown one. Returns (missing, unexpected) names like torch does."""
+        are accepted. A matrix whose parts all come in float16, or all in
+        bfloat16, is kept in that type and computed as its float32 values
+        would be (the same logits, half the memory). With strict, every
+        expected tensor must be present and no unknown one. Returns (missing,
+        unexpected) names like torch does."""
         specs = self.tensor_specs()
         missing = [k for k in specs if k not in state_dict]
         unexpected = [k for k in state_dict if k not in specs]

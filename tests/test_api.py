@@ -87,7 +87,17 @@ def test_bfloat16_safetensors_on_disk(tmp_path):
     ref = pyffi.Transformer(pyffi.ModelArgs.from_config_file(src))
     ref.load_state_dict(truncated)
     with pyffi.Transformer.from_pretrained(tmp_path) as model:
-        np.testing.assert_array_equal(model.forward([[5, 6, 7]]), ref.forward([[5, 6, 7]]))
+        # Kept in bfloat16, computed as float32: the same bits, short and long prompts.
+        for tokens in ([5, 6, 7], list(range(1, 40))):
+            np.testing.assert_array_equal(model.forward([tokens]), ref.forward([tokens]))
+    # Quantized while loading: from the same values as a float32 folder's.
+    wide = tmp_path / "f32"
+    wide.mkdir()
+    save_file(truncated, wide / "model.safetensors")
+    (wide / "config.json").write_text((src / "config.json").read_text())
+    with pyffi.Transformer.from_pretrained(tmp_path, dtype="q8_0") as a, \
+            pyffi.Transformer.from_pretrained(wide, dtype="q8_0") as b:
+        np.testing.assert_array_equal(a.forward([[5, 6, 7]]), b.forward([[5, 6, 7]]))
 
 
 def test_bfloat16_gguf_gives_the_bits_of_its_float32_values(tmp_path):

@@ -93,7 +93,8 @@ pub unsafe extern "C" fn pyffi_model_quantize(
 /// Copy one tensor, by its Hugging Face name (e.g.
 /// "model.layers.0.self_attn.q_proj.weight"), into the model. `data` holds
 /// `nbytes` little-endian values of `dtype` (a `pyffi_dtype`) in row-major
-/// `shape[ndim]`.
+/// `shape[ndim]`. A weight matrix whose parts all come in one 16-bit type
+/// keeps it (computed as float32, exactly); other values become float32.
 /// Fails while any session uses the model (weights are immutable then).
 #[no_mangle]
 pub unsafe extern "C" fn pyffi_model_set_tensor(
