@@ -428,7 +428,9 @@ pyffi_status pyffi_model_load(const char *path, struct pyffi_model **out, struct
  * ("q8_0", "q4_0", "q4_1", "q4_k", "q5_k", "q6_k"), in memory: the same
  * blocks `pyffi_quantize_model` would write (4/5-bit formats put the output
  * head in Q6_K). Matrices already quantized, or whose rows do not split into
- * blocks, stay as they are. Fails while any session uses the model.
+ * blocks, stay as they are. `qtype` "f16" or "bf16" rounds them to that
+ * 16-bit type instead (to nearest), computed as float32 from the rounded
+ * values. Fails while any session uses the model.
  */
 pyffi_status pyffi_model_quantize(struct pyffi_model *model,
                                   const char *qtype,

@@ -445,11 +445,14 @@ class Transformer(Handle):
         capped to fit memory. kv_type: "f32" or "f16" KV cache; by default f16
         for GGUF files (as llama.cpp), f32 otherwise. dtype: a block format
         ("q8_0", "q4_0", "q4_1", "q4_k", "q5_k", "q6_k") to quantize the weight
-        matrices to while loading (the blocks pyffi.quantize would write)."""
+        matrices to while loading (the blocks pyffi.quantize would write), or
+        "f16" / "bf16" to round float32 matrices to that type (like
+        transformers' torch_dtype: half the memory and the decode reads; the
+        products are still computed in float32)."""
         if not os.path.exists(os.fspath(path)):
             raise errors.ModelNotFoundError(f"{path}: no such file or folder")
-        if dtype is not None and (not isinstance(dtype, str) or dtype.lower() not in _BLOCK_TYPES):
-            raise errors.InvalidArgumentError(f"dtype must be one of {', '.join(_BLOCK_TYPES)} or None; got {dtype!r}")
+        if dtype is not None and (not isinstance(dtype, str) or dtype.lower() not in _LOAD_TYPES):
+            raise errors.InvalidArgumentError(f"dtype must be one of {', '.join(_LOAD_TYPES)} or None; got {dtype!r}")
         out = ffi.new("pyffi_model **")
         call(lib.pyffi_model_load, path_arg(path), out)
         self = cls.__new__(cls)
@@ -568,6 +571,7 @@ class _TokensOnly:
 
 
 _BLOCK_TYPES = ("q8_0", "q4_0", "q4_1", "q4_k", "q5_k", "q6_k")
+_LOAD_TYPES = _BLOCK_TYPES + ("f16", "bf16")
 _KV_TYPES = {None: "PYFFI_KV_DEFAULT", "auto": "PYFFI_KV_DEFAULT", "f32": "PYFFI_KV_F32", "f16": "PYFFI_KV_F16"}
 
 

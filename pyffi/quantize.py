@@ -16,7 +16,7 @@ from ._ffi import call, ffi, lib, path_arg
 
 #: Types `quantize` can write (norms and biases always stay f32).
 TYPES = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q4_k", "q5_k", "q6_k")
-#: Block formats (the ones `quantize_row` and `from_pretrained(dtype=...)` take).
+#: Block formats (the ones `quantize_row` takes; `from_pretrained(dtype=...)` also takes "f16" and "bf16").
 BLOCK_TYPES = ("q8_0", "q4_0", "q4_1", "q4_k", "q5_k", "q6_k")
 
 

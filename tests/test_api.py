@@ -120,6 +120,28 @@ def test_bfloat16_gguf_gives_the_bits_of_its_float32_values(tmp_path):
             np.testing.assert_array_equal(a.forward([tokens]), b.forward([tokens]))
 
 
+def _bf16_rounded(v):
+    """float32 values rounded to bfloat16 (to nearest, ties to even), as float32."""
+    u = v.astype(np.float32).view(np.uint32).astype(np.uint64)
+    r = ((u + 0x7FFF + ((u >> 16) & 1)) >> 16) << 16
+    return r.astype(np.uint32).view(np.float32)
+
+
+def test_from_pretrained_rounds_to_16_bits_when_asked():
+    """dtype="f16" / "bf16" rounds a float32 checkpoint's matrices (norms stay
+    float32): the logits of a float32 model holding the rounded values."""
+    path = model_dir("tiny-llama")
+    weights = load_file(path / "model.safetensors")
+    for dtype, rounded in (("f16", lambda v: v.astype(np.float16).astype(np.float32)), ("bf16", _bf16_rounded)):
+        want = {k: (v if v.ndim == 1 else rounded(v)) for k, v in weights.items()}
+        assert any(not np.array_equal(want[k], weights[k]) for k in weights)  # the rounding does something
+        ref = pyffi.Transformer(pyffi.ModelArgs.from_config_file(path))
+        ref.load_state_dict(want)
+        with pyffi.Transformer.from_pretrained(path, dtype=dtype.upper()) as model:
+            for tokens in ([5, 6, 7], list(range(1, 40))):
+                np.testing.assert_array_equal(model.forward([tokens]), ref.forward([tokens]), err_msg=dtype)
+
+
 def test_forward_accepts_arrays_lists_and_ragged_batches():
     with pyffi.Transformer.from_pretrained(model_dir("tiny-llama")) as model:
         flat = model.forward([1, 2, 3])

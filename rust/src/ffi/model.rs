@@ -70,7 +70,9 @@ pub unsafe extern "C" fn pyffi_model_load(
 /// ("q8_0", "q4_0", "q4_1", "q4_k", "q5_k", "q6_k"), in memory: the same
 /// blocks `pyffi_quantize_model` would write (4/5-bit formats put the output
 /// head in Q6_K). Matrices already quantized, or whose rows do not split into
-/// blocks, stay as they are. Fails while any session uses the model.
+/// blocks, stay as they are. `qtype` "f16" or "bf16" rounds them to that
+/// 16-bit type instead (to nearest), computed as float32 from the rounded
+/// values. Fails while any session uses the model.
 #[no_mangle]
 pub unsafe extern "C" fn pyffi_model_quantize(
     model: *mut pyffi_model,
@@ -79,13 +81,31 @@ pub unsafe extern "C" fn pyffi_model_quantize(
 ) -> pyffi_status {
     run(err, || {
         let handle = arg_mut(model, "model")?;
-        let t = super::quantize::block_format(c_str(qtype, "qtype")?)?;
+        let name = c_str(qtype, "qtype")?.to_ascii_lowercase();
+        let half = match name.as_str() {
+            "f16" => Some(DType::F16),
+            "bf16" => Some(DType::BF16),
+            _ => None,
+        };
+        let blocks = match half {
+            Some(_) => None,
+            None => Some(super::quantize::block_format(&name).map_err(|_| {
+                invalid_argument(format!(
+                    "'{name}' is not a block format (q8_0, q4_0, q4_1, q4_k, q5_k, q6_k) or f16, bf16"
+                ))
+            })?),
+        };
         let users = Arc::strong_count(&handle.inner) - 1;
         let m = Arc::get_mut(&mut handle.inner).ok_or_else(|| {
             invalid_argument(format!("the model's weights cannot change while {users} session(s) use it; free them first"))
         })?;
         let cfg = m.config.clone();
-        m.weights.quantize(t, &cfg);
+        match (blocks, half) {
+            (Some(t), _) => m.weights.quantize(t, &cfg),
+            (None, d) => m
+                .weights
+                .to_half(d.expect("no block format: a 16-bit type"))?,
+        }
         Ok(())
     })
 }

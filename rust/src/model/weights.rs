@@ -383,6 +383,39 @@ impl Weights {
         }
     }
 
+    /// Round every float32 matrix to a 16-bit `dtype` (float16 or bfloat16,
+    /// to nearest, ties to even), kept as `Matrix::Half16`: half the memory
+    /// and the decode reads, computed as float32 from the rounded values.
+    /// Other matrices (16-bit or in blocks already) stay as they are.
+    pub fn to_half(&mut self, dtype: DType) -> Result<()> {
+        let round = |m: &mut Matrix| -> Result<()> {
+            if let Matrix::F32(w) = m {
+                let mut h = Half16::zeroed(dtype, w.len())?.ok_or_else(|| {
+                    invalid_weights(format!("{} is not a 16-bit type", dtype.name()))
+                })?;
+                match &mut h {
+                    Half16::F16(o) => {
+                        half::slice::HalfFloatSliceExt::convert_from_f32_slice(&mut o[..], w)
+                    }
+                    Half16::Bf16(o) => {
+                        half::slice::HalfFloatSliceExt::convert_from_f32_slice(&mut o[..], w)
+                    }
+                }
+                *m = Matrix::Half16(h);
+            }
+            Ok(())
+        };
+        for l in &mut self.layers {
+            for m in [&mut l.wqkv, &mut l.wo, &mut l.w_gate_up, &mut l.w_down] {
+                round(m)?;
+            }
+        }
+        if let Some(head) = &mut self.lm_head {
+            round(head)?;
+        }
+        round(&mut self.embed)
+    }
+
     /// The output projection, `[vocab][hidden]`.
     pub fn output(&self) -> &Matrix {
         self.lm_head.as_ref().unwrap_or(&self.embed)
