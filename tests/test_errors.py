@@ -83,6 +83,27 @@ def test_state_dict_errors_name_the_tensor():
     assert m.load_state_dict(missing, strict=False) == (["lm_head.weight"], [])
 
 
+def test_a_16_bit_tensor_of_the_wrong_size_names_it_and_changes_nothing():
+    path = model_dir("tiny-llama")
+    weights = load_file(path / "model.safetensors")
+    m = pyffi.Transformer(pyffi.ModelArgs.from_config_file(path))
+    m.load_state_dict(weights)
+    before = m.forward([[1, 2, 3]])
+    name = "model.layers.0.self_attn.q_proj.weight"
+    with pytest.raises(ValueError, match="q_proj.*shape"):
+        m.load_state_dict({name: np.zeros((3, 3), np.float16)}, strict=False)
+    np.testing.assert_array_equal(m.forward([[1, 2, 3]]), before)
+
+
+def test_an_unknown_in_memory_type_is_refused_by_the_c_abi():
+    from pyffi._ffi import call, lib
+    m = pyffi.Transformer.from_pretrained(model_dir("tiny-llama"))
+    with pytest.raises(pyffi.InvalidArgumentError, match="'int3' is not a block format.*bf16"):
+        call(lib.pyffi_model_quantize, m._handle(), b"int3")
+    with pytest.raises(pyffi.InvalidArgumentError, match="qtype"):
+        call(lib.pyffi_model_quantize, m._handle(), pyffi._ffi.ffi.NULL)
+
+
 def test_weights_cannot_change_under_an_open_session():
     path = model_dir("tiny-llama")
     m = pyffi.Transformer.from_pretrained(path)

@@ -82,16 +82,13 @@ pub unsafe extern "C" fn pyffi_model_quantize(
     run(err, || {
         let handle = arg_mut(model, "model")?;
         let name = c_str(qtype, "qtype")?.to_ascii_lowercase();
+        // A 16-bit type, or else a block format.
         let half = match name.as_str() {
-            "f16" => Some(DType::F16),
-            "bf16" => Some(DType::BF16),
-            _ => None,
-        };
-        let blocks = match half {
-            Some(_) => None,
-            None => Some(super::quantize::block_format(&name).map_err(|_| {
+            "f16" => Ok(DType::F16),
+            "bf16" => Ok(DType::BF16),
+            other => Err(super::quantize::block_format(other).map_err(|_| {
                 invalid_argument(format!(
-                    "'{name}' is not a block format (q8_0, q4_0, q4_1, q4_k, q5_k, q6_k) or f16, bf16"
+                    "'{other}' is not a block format (q8_0, q4_0, q4_1, q4_k, q5_k, q6_k) or f16, bf16"
                 ))
             })?),
         };
@@ -100,11 +97,9 @@ pub unsafe extern "C" fn pyffi_model_quantize(
             invalid_argument(format!("the model's weights cannot change while {users} session(s) use it; free them first"))
         })?;
         let cfg = m.config.clone();
-        match (blocks, half) {
-            (Some(t), _) => m.weights.quantize(t, &cfg),
-            (None, d) => m
-                .weights
-                .to_half(d.expect("no block format: a 16-bit type"))?,
+        match half {
+            Ok(d) => m.weights.to_half(d)?,
+            Err(t) => m.weights.quantize(t, &cfg),
         }
         Ok(())
     })

@@ -344,10 +344,8 @@ impl Weights {
         };
         // `pack`: false for the embedding, which is read row by row.
         let convert = |m: &mut Matrix, t: quant::QuantType, cols: usize, pack: bool| {
-            if let Matrix::Half16(h) = m {
-                let mut f = vec![0.0f32; h.len()];
-                h.widen(0, &mut f);
-                *m = Matrix::F32(f);
+            if m.widen_to_f32().is_err() {
+                return; // no memory for its float32 values: it stays as it is
             }
             if let Matrix::F16(w) = m {
                 let mut f = vec![0.0f32; w.len()];
