@@ -863,10 +863,12 @@ fn parse(buf: &[u8], origin: &str) -> Result<Parsed> {
                     "{origin}: {ALIGNMENT_KEY} is {a}; it must be a power of two"
                 )))
             }
-            None => return Err(invalid_weights(format!(
+            None => {
+                return Err(invalid_weights(format!(
                 "{origin}: {ALIGNMENT_KEY} has value type {}; it must be an integer power of two",
                 metadata[i].1.type_id()
-            ))),
+            )))
+            }
         },
     };
 
@@ -991,22 +993,9 @@ impl Gguf {
     /// that has copied a tensor calls it so the load never holds the file
     /// and its copy at once. Only whole pages inside the tensor are dropped.
     pub fn release(&self, info: &TensorInfo) {
-        #[cfg(unix)]
         if let Backing::Map(m) = &self.backing {
-            let data = self.tensor_data(info);
-            let page = 4096;
-            let start = (data.as_ptr() as usize - m.as_ptr() as usize).div_ceil(page) * page;
-            let end = (data.as_ptr() as usize + data.len() - m.as_ptr() as usize) / page * page;
-            if end > start {
-                // SAFETY: a read-only private file mapping: dropped pages read
-                // back the same bytes from the file; no borrowed slice changes.
-                let _ = unsafe {
-                    m.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, end - start)
-                };
-            }
+            super::release(m, self.tensor_data(info));
         }
-        #[cfg(not(unix))]
-        let _ = info;
     }
 
     /// Consecutive stretches of this file's tensor data (as `tensor_data`

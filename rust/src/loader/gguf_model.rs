@@ -163,6 +163,14 @@ fn unpermute_order(rows: usize, heads: usize) -> Vec<usize> {
     src
 }
 
+/// A tensor's raw rows (`rows` of them) in `order` where it has one.
+fn rows_in_order<'a>(data: &'a [u8], rows: usize, order: &Option<Vec<usize>>) -> Cow<'a, [u8]> {
+    match order {
+        Some(o) => Cow::Owned(permute_rows(data, data.len() / rows, o)),
+        None => Cow::Borrowed(data),
+    }
+}
+
 fn permute_rows<T: Copy>(data: &[T], row_len: usize, order: &[usize]) -> Vec<T> {
     let mut out = Vec::with_capacity(data.len());
     for &r in order {
@@ -416,11 +424,7 @@ fn load_from(path: &Path, g: &Gguf) -> Result<Model> {
                     spec.shape
                 )));
             }
-            let data = g.tensor_data(t);
-            let bytes = match &order {
-                Some(o) => Cow::Owned(permute_rows(data, data.len() / shape[0], o)),
-                None => Cow::Borrowed(data),
-            };
+            let bytes = rows_in_order(g.tensor_data(t), shape[0], &order);
             let qt = kept(t.ggml_type).expect("kept target");
             parts
                 .entry(tg)
@@ -439,11 +443,7 @@ fn load_from(path: &Path, g: &Gguf) -> Result<Model> {
             }
         } else if t.ggml_type == GgmlType::BF16 && shape.len() == 2 {
             // Kept in bfloat16 (`Matrix::Half16`), computed as float32.
-            let data = g.tensor_data(t);
-            let bytes = match &order {
-                Some(o) => Cow::Owned(permute_rows(data, data.len() / shape[0], o)),
-                None => Cow::Borrowed(data),
-            };
+            let bytes = rows_in_order(g.tensor_data(t), shape[0], &order);
             let view = TensorView {
                 dtype: DType::BF16,
                 shape: shape.to_vec(),

@@ -80,27 +80,6 @@ fn dtype_of(d: Dtype, name: &str, file: &Path) -> Result<DType> {
     }
 }
 
-/// Drop this process's resident pages of a tensor copied out of `map` (they
-/// stay in the page cache): the load never holds a file and its copy at
-/// once. Only whole pages inside `data` are dropped.
-fn release(map: &Mmap, data: &[u8]) {
-    #[cfg(unix)]
-    {
-        let page = 4096;
-        let at = data.as_ptr() as usize - map.as_ptr() as usize;
-        let (start, end) = (at.div_ceil(page) * page, (at + data.len()) / page * page);
-        if end > start {
-            // SAFETY: a read-only private file mapping: dropped pages read
-            // back the same bytes from the file; no borrowed slice changes.
-            let _ = unsafe {
-                map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, end - start)
-            };
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = (map, data);
-}
-
 pub fn load_model(path: &Path) -> Result<Model> {
     if path.extension().is_some_and(|e| e == "gguf") {
         return super::gguf_model::load_model(path);
@@ -130,7 +109,7 @@ pub fn load_model(path: &Path) -> Result<Model> {
             model
                 .set_tensor(&name, &tensor)
                 .map_err(|e| Error::new(e.kind, format!("{}: {}", file.display(), e.message)))?;
-            release(&map, view.data());
+            super::release(&map, view.data());
             if !is_ignorable(&model.config, &name) && !seen.insert(name.clone()) {
                 return Err(invalid_weights(format!(
                     "{}: tensor '{name}' appears in more than one file",

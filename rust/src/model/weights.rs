@@ -89,14 +89,24 @@ impl Half16 {
 }
 
 impl Matrix {
-    /// A `Half16` matrix as `F32`, the same values (a checkpoint that mixes
-    /// float types within one fused matrix, or a float32 part written over).
+    /// A `Half16` or `F16` matrix as `F32`, the same values (a checkpoint
+    /// that mixes float types within one fused matrix, a float32 part
+    /// written over, a matrix about to be quantized). Others stay as they are.
     fn widen_to_f32(&mut self) -> Result<()> {
-        if let Matrix::Half16(h) = self {
-            let mut f = zeroed_f32(h.len())?;
-            h.widen(0, &mut f);
-            *self = Matrix::F32(f);
-        }
+        let f = match self {
+            Matrix::Half16(h) => {
+                let mut f = zeroed_f32(h.len())?;
+                h.widen(0, &mut f);
+                f
+            }
+            Matrix::F16(w) => {
+                let mut f = zeroed_f32(w.len())?;
+                half::slice::HalfFloatSliceExt::convert_to_f32_slice(&w[..], &mut f);
+                f
+            }
+            _ => return Ok(()),
+        };
+        *self = Matrix::F32(f);
         Ok(())
     }
 
@@ -346,11 +356,6 @@ impl Weights {
         let convert = |m: &mut Matrix, t: quant::QuantType, cols: usize, pack: bool| {
             if m.widen_to_f32().is_err() {
                 return; // no memory for its float32 values: it stays as it is
-            }
-            if let Matrix::F16(w) = m {
-                let mut f = vec![0.0f32; w.len()];
-                half::slice::HalfFloatSliceExt::convert_to_f32_slice(&w[..], &mut f);
-                *m = Matrix::F32(f);
             }
             if let Matrix::F32(w) = m {
                 if cols % t.block_len() == 0 && !w.is_empty() {
@@ -768,24 +773,18 @@ impl Weights {
     fn buffer(&mut self, field: Field, layer: usize) -> Option<&mut [f32]> {
         let missing = "bias buffer exists whenever the spec names a bias";
         Some(match field {
-            Field::Embed => return self.embed.f32_mut(),
+            Field::Embed
+            | Field::LmHead
+            | Field::Wqkv
+            | Field::Wo
+            | Field::WGateUp
+            | Field::WDown => return self.matrix_mut(field, layer)?.f32_mut(),
             Field::Norm => &mut self.norm,
-            Field::LmHead => {
-                return self
-                    .lm_head
-                    .as_mut()
-                    .expect("untied model has lm_head")
-                    .f32_mut()
-            }
             Field::AttnNorm => &mut self.layers[layer].attn_norm,
-            Field::Wqkv => return self.layers[layer].wqkv.f32_mut(),
             Field::Bqkv => self.layers[layer].bqkv.as_mut().expect(missing),
-            Field::Wo => return self.layers[layer].wo.f32_mut(),
             Field::Bo => self.layers[layer].bo.as_mut().expect(missing),
             Field::FfnNorm => &mut self.layers[layer].ffn_norm,
-            Field::WGateUp => return self.layers[layer].w_gate_up.f32_mut(),
             Field::BGateUp => self.layers[layer].b_gate_up.as_mut().expect(missing),
-            Field::WDown => return self.layers[layer].w_down.f32_mut(),
             Field::BDown => self.layers[layer].b_down.as_mut().expect(missing),
         })
     }
