@@ -236,7 +236,8 @@ pub enum Rounding {
     /// Its tiled matmul: one rounding per super-block (`tiled_add`).
     Tiled,
     /// Its per-row dot products (`ggml_vec_dot_*_q8_K`, AVX2): eight float
-    /// lanes. Only Q6_K follows them so far; Q4_K and Q5_K keep `Tiled`.
+    /// lanes. Q5_K and Q6_K follow them; Q4_K, which llama.cpp runs through
+    /// its repacked kernels at every size, does not.
     Lanes,
 }
 
@@ -277,6 +278,36 @@ pub fn dot_q6k_lanes(w: &[u8], x: &[BlockQ8K]) -> f32 {
         }
     }
     super::quant::lane_sum(&acc)
+}
+
+/// A Q5_K row as llama.cpp's AVX2 `ggml_vec_dot_q5_K_q8_K` sums it: per
+/// super-block eight i32 lanes, lane m holding values 4m..4m+3 of each
+/// sub-block times that sub-block's scale; each lane converted and added to
+/// a float lane with one fused multiply-add by (d * dy); the min terms'
+/// exact sum fused, times -(dmin * dy), into a float of its own; at the end
+/// the lanes added as `quant::lane_sum` adds them, plus that float.
+pub fn dot_q5k_lanes(w: &[u8], x: &[BlockQ8K]) -> f32 {
+    let mut q = [0u8; QK_K];
+    let (mut acc, mut mins) = ([0.0f32; 8], 0.0f32);
+    for (b, y) in w.chunks_exact(176).zip(x) {
+        unpack_q45k(b, true, &mut q);
+        let (mut lanes, mut summ) = ([0i32; 8], 0i32);
+        for j in 0..8 {
+            let (sc, m) = scale_min(j, &b[4..16]);
+            summ += m as i32 * (y.bsums[2 * j] as i32 + y.bsums[2 * j + 1] as i32);
+            for (l, lane) in lanes.iter_mut().enumerate() {
+                let v = 32 * j + 4 * l;
+                let p: i32 = (v..v + 4).map(|v| q[v] as i32 * y.qs[v] as i32).sum();
+                *lane += sc as i32 * p;
+            }
+        }
+        let d = h(b) * y.d;
+        for (a, &l) in acc.iter_mut().zip(&lanes) {
+            *a = d.mul_add(l as f32, *a);
+        }
+        mins = (-(h(&b[2..]) * y.d)).mul_add(summ as f32, mins);
+    }
+    super::quant::lane_sum(&acc) + mins
 }
 
 pub fn dequantize_q45k(w: &[u8], five_bits: bool, out: &mut [f32]) {

@@ -1257,13 +1257,13 @@ mod tests {
                     "{t:?} {rows}x{cols}, {n_tok} tokens, token {tk} row {r}: {g} vs {e}"
                 );
                 // Q8_0 rows sum in llama.cpp's lanes, packed or not, alone
-                // or in a tile; Q6_K rows in its lanes below 8 tokens and
-                // in its tiled steps from 8: the same floats.
-                if t == QuantType::Q8_0 || t == QuantType::Q6_K {
+                // or in a tile; Q5_K and Q6_K rows in its lanes below 8
+                // tokens and in its tiled steps from 8: the same floats.
+                if matches!(t, QuantType::Q8_0 | QuantType::Q5_K | QuantType::Q6_K) {
                     assert_eq!(
                         g.to_bits(),
                         e.to_bits(),
-                        "Q8_0 {rows}x{cols} token {tk} row {r}"
+                        "{t:?} {rows}x{cols}, {n_tok} tokens, token {tk} row {r}"
                     );
                 }
             }

@@ -38,7 +38,9 @@
 //!   pair of sub-blocks (tiles, `per_pair_sums`) one fused multiply-add,
 //!   and one into a separate sum of the min terms, taken off at the end;
 //! - Q5_K and Q6_K as its tiled k-quant matmul (`kquant::tiled_add`), which
-//!   it runs them through for 8 tokens or more.
+//!   it runs them through for 8 tokens or more, and below 8 as its per-row
+//!   dot products sum them (`Rounding::Lanes`: eight i32 lanes a row, each
+//!   into a float lane of its own).
 
 use std::cell::RefCell;
 
@@ -258,11 +260,16 @@ pub(crate) unsafe fn group_dot<const N: usize>(
     );
     #[cfg(target_arch = "x86_64")]
     if k != Kernels::Plain {
-        let lanes = t == QuantType::Q6_K && rounding == Rounding::Lanes;
+        let lanes = t != QuantType::Q4_K && rounding == Rounding::Lanes;
         let p = grp.as_ptr();
         match (t, k) {
             (QuantType::Q4_K, Kernels::Avx2) => {
                 avx2::group_q45k::<N, false>(p, nb, xs, out, stride)
+            }
+            (QuantType::Q5_K, Kernels::Avx2) if lanes => {
+                for (t, x) in xs.iter().enumerate() {
+                    avx2::group_q5k_lanes(p, nb, x, out.add(t * stride));
+                }
             }
             (QuantType::Q5_K, Kernels::Avx2) => avx2::group_q45k::<N, true>(p, nb, xs, out, stride),
             (QuantType::Q6_K, Kernels::Avx2) if lanes => {
@@ -272,6 +279,11 @@ pub(crate) unsafe fn group_dot<const N: usize>(
             }
             (QuantType::Q6_K, Kernels::Avx2) => avx2::group_q6k::<N>(p, nb, xs, out, stride),
             (QuantType::Q4_K, _) => avx512::group_q45k::<N, false>(p, nb, xs, out, stride),
+            (QuantType::Q5_K, _) if lanes => {
+                for (t, x) in xs.iter().enumerate() {
+                    avx512::group_q5k_lanes(p, nb, x, out.add(t * stride));
+                }
+            }
             (QuantType::Q5_K, _) => avx512::group_q45k::<N, true>(p, nb, xs, out, stride),
             (QuantType::Q6_K, _) if lanes => {
                 for (t, x) in xs.iter().enumerate() {
@@ -321,6 +333,28 @@ fn row_dot_scalar(
         let d = half(l.d());
         let byte = |i: usize| sb[l.qs(t) + l.entry(i, r)];
         match t {
+            QuantType::Q5_K if rounding == Rounding::Lanes => {
+                // `kquant::dot_q5k_lanes`'s steps.
+                let (mut lane, mut summ) = ([0i32; 8], 0i32);
+                for j in 0..8 {
+                    let (sc, m) = l.scale_min(sb, j, r);
+                    summ += m as i32 * (y.bsums[2 * j] as i32 + y.bsums[2 * j + 1] as i32);
+                    for (k, ln) in lane.iter_mut().enumerate() {
+                        let p: i32 = (4 * k..4 * k + 4)
+                            .map(|i| {
+                                let low = (byte(32 * (j / 2) + i) >> (4 * (j % 2))) & 0xf;
+                                let fifth = (sb[l.highs() + l.entry(i, r)] >> j) & 1;
+                                (low | (fifth << 4)) as i32 * y.qs[32 * j + i] as i32
+                            })
+                            .sum();
+                        *ln += sc as i32 * p;
+                    }
+                }
+                for (a, &ln) in lanes.iter_mut().zip(&lane) {
+                    *a = (d * y.d).mul_add(ln as f32, *a);
+                }
+                out_min = (-(half(l.dmin()) * y.d)).mul_add(summ as f32, out_min);
+            }
             QuantType::Q4_K | QuantType::Q5_K => {
                 let dmin = half(l.dmin());
                 let (mut sumi, mut summ) = (0i32, 0i32);
@@ -381,8 +415,12 @@ fn row_dot_scalar(
             _ => unreachable!(),
         }
     }
-    if t == QuantType::Q6_K && rounding == Rounding::Lanes {
-        return super::quant::lane_sum(&lanes);
+    if rounding == Rounding::Lanes {
+        match t {
+            QuantType::Q5_K => return super::quant::lane_sum(&lanes) + out_min,
+            QuantType::Q6_K => return super::quant::lane_sum(&lanes),
+            _ => {}
+        }
     }
     out - out_min
 }
@@ -762,6 +800,61 @@ mod avx2 {
         }
     }
 
+    /// Q5_K group of 8 rows against one token in `Rounding::Lanes`
+    /// (`kquant::dot_q5k_lanes`'s steps): lane k of a row holds values
+    /// 4k..4k+3 of every sub-block, each sub-block's products summed in
+    /// pairs (at most 2 * 31 * 127) and times its scale straight away.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn group_q5k_lanes(g: *const u8, nb: usize, x: &[BlockQ8K], out: *mut f32) {
+        let (m4, one) = (_mm256_set1_epi8(0x0f), _mm256_set1_epi8(1));
+        let (mut acc, mut mins) = ([_mm256_setzero_ps(); 8], _mm256_setzero_ps());
+        for b in 0..nb {
+            let sb = g.add(b * Q5K_SB);
+            prefetch::<3>(sb);
+            prefetch::<4>(sb.add(L.highs()));
+            let y = x.get_unchecked(b);
+            let d = _mm256_cvtph_ps(_mm_load_si128(sb.add(L.d()) as *const __m128i));
+            let dmin = _mm256_cvtph_ps(_mm_load_si128(sb.add(L.dmin()) as *const __m128i));
+            let (scales, mns) = unpack_scales_mins(sb.add(L.scales()));
+            let mut lane = [_mm256_setzero_si256(); 8];
+            let mut summ = _mm256_setzero_si256();
+            for j in 0..8 {
+                let chunk = sb.add(QS5 + 256 * (j / 2));
+                if j % 2 == 0 {
+                    prefetch::<4>(chunk);
+                }
+                let sc = shuffle(scales[j / 4], &DUP[j % 4]);
+                let m = shuffle(mns[j / 4], &DUP[j % 4]);
+                summ = _mm256_add_epi32(summ, _mm256_madd_epi16(m, bcast_bsums(y, 2 * j)));
+                let shift = _mm_cvtsi32_si128(j as i32);
+                for (k, ln) in lane.iter_mut().enumerate() {
+                    let v = load(chunk.add(32 * k));
+                    let low = if j % 2 == 0 {
+                        _mm256_and_si256(v, m4)
+                    } else {
+                        _mm256_and_si256(_mm256_srli_epi16::<4>(v), m4)
+                    };
+                    let h = _mm256_srl_epi16(load(sb.add(L.highs() + 32 * k)), shift);
+                    let q = _mm256_or_si256(low, _mm256_slli_epi16::<4>(_mm256_and_si256(h, one)));
+                    let p = _mm256_maddubs_epi16(q, bcast(y, 32 * j + 4 * k));
+                    *ln = _mm256_add_epi32(*ln, _mm256_madd_epi16(p, sc));
+                }
+            }
+            let dd = _mm256_mul_ps(d, _mm256_set1_ps(y.d));
+            for (a, ln) in acc.iter_mut().zip(lane) {
+                *a = _mm256_fmadd_ps(dd, _mm256_cvtepi32_ps(ln), *a);
+            }
+            let dm = _mm256_mul_ps(dmin, _mm256_set1_ps(y.d));
+            mins = _mm256_fnmadd_ps(dm, _mm256_cvtepi32_ps(summ), mins);
+        }
+        let add = |x, y| _mm256_add_ps(x, y);
+        let r = add(
+            add(add(acc[4], acc[0]), add(acc[6], acc[2])),
+            add(add(acc[5], acc[1]), add(acc[7], acc[3])),
+        );
+        _mm256_storeu_ps(out, add(r, mins));
+    }
+
     /// Q6_K group of 8 rows against one token in `Rounding::Lanes`
     /// (`kquant::dot_q6k_lanes`'s steps): eight lane accumulators per row.
     #[target_feature(enable = "avx2,fma,f16c")]
@@ -1094,6 +1187,53 @@ mod avx512 {
         for (t, a) in acc.iter().enumerate() {
             _mm512_storeu_ps(out.add(t * stride), *a);
         }
+    }
+
+    /// `avx2::group_q5k_lanes` for 16 rows: each sub-block's pair sums times
+    /// its scale added to the lanes by `vpdpwssd`.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx2,fma,f16c")]
+    pub(super) unsafe fn group_q5k_lanes(g: *const u8, nb: usize, x: &[BlockQ8K], out: *mut f32) {
+        let (m4, one) = (_mm512_set1_epi8(0x0f), _mm512_set1_epi8(1));
+        let (mut acc, mut mins) = ([_mm512_setzero_ps(); 8], _mm512_setzero_ps());
+        for b in 0..nb {
+            let sb = g.add(b * Q5K_SB);
+            let y = x.get_unchecked(b);
+            let (d, dmin) = (halves(sb.add(L.d())), halves(sb.add(L.dmin())));
+            let (scales, mns) = unpack_scales_mins(sb.add(L.scales()));
+            let mut lane = [_mm512_setzero_si512(); 8];
+            let mut summ = _mm512_setzero_si512();
+            for j in 0..8 {
+                let chunk = sb.add(QS5 + 512 * (j / 2));
+                let sc = shuffle(scales[j / 4], &DUP[j % 4]);
+                let m = shuffle(mns[j / 4], &DUP[j % 4]);
+                summ = _mm512_dpwssd_epi32(summ, m, bcast_bsums(y, 2 * j));
+                let shift = _mm_cvtsi32_si128(j as i32);
+                for (k, ln) in lane.iter_mut().enumerate() {
+                    let v = load(chunk.add(64 * k));
+                    let low = if j % 2 == 0 {
+                        _mm512_and_si512(v, m4)
+                    } else {
+                        _mm512_and_si512(_mm512_srli_epi16::<4>(v), m4)
+                    };
+                    let h = _mm512_srl_epi16(load(sb.add(L.highs() + 64 * k)), shift);
+                    let q = _mm512_or_si512(low, _mm512_slli_epi16::<4>(_mm512_and_si512(h, one)));
+                    let p = _mm512_maddubs_epi16(q, bcast(y, 32 * j + 4 * k));
+                    *ln = _mm512_dpwssd_epi32(*ln, p, sc);
+                }
+            }
+            let dd = _mm512_mul_ps(d, _mm512_set1_ps(y.d));
+            for (a, ln) in acc.iter_mut().zip(lane) {
+                *a = _mm512_fmadd_ps(dd, _mm512_cvtepi32_ps(ln), *a);
+            }
+            let dm = _mm512_mul_ps(dmin, _mm512_set1_ps(y.d));
+            mins = _mm512_fnmadd_ps(dm, _mm512_cvtepi32_ps(summ), mins);
+        }
+        let add = |x, y| _mm512_add_ps(x, y);
+        let r = add(
+            add(add(acc[4], acc[0]), add(acc[6], acc[2])),
+            add(add(acc[5], acc[1]), add(acc[7], acc[3])),
+        );
+        _mm512_storeu_ps(out, add(r, mins));
     }
 
     /// Q6_K group of 16 rows against one token in `Rounding::Lanes`

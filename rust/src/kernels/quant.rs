@@ -204,6 +204,7 @@ pub fn dot_row_k(t: QuantType, w: &[u8], x: &[BlockQ8K], r: kquant::Rounding) ->
 pub fn dot_row_k_scalar(t: QuantType, w: &[u8], x: &[BlockQ8K], r: kquant::Rounding) -> f32 {
     match t {
         QuantType::Q4_K => kquant::dot_q45k(w, false, x),
+        QuantType::Q5_K if r == kquant::Rounding::Lanes => kquant::dot_q5k_lanes(w, x),
         QuantType::Q5_K => kquant::dot_q45k(w, true, x),
         QuantType::Q6_K if r == kquant::Rounding::Lanes => kquant::dot_q6k_lanes(w, x),
         QuantType::Q6_K => kquant::dot_q6k(w, x),
@@ -900,16 +901,15 @@ mod tests {
     }
 
     #[test]
-    fn q6k_rows_in_llama_cpps_lanes() {
+    fn q5k_and_q6k_rows_in_llama_cpps_lanes() {
         // Matmuls of fewer than 8 tokens: the AVX2 dot in llama.cpp's eight
         // lanes equals the scalar one bit for bit, one token or four, and
         // the tiled sum up to float rounding.
-        let (t, lanes, tiled) = (
-            QuantType::Q6_K,
-            kquant::Rounding::Lanes,
-            kquant::Rounding::Tiled,
-        );
-        for nb in [1, 2, 5] {
+        let (lanes, tiled) = (kquant::Rounding::Lanes, kquant::Rounding::Tiled);
+        for (t, nb) in [QuantType::Q5_K, QuantType::Q6_K]
+            .into_iter()
+            .flat_map(|t| [1, 2, 5].map(|nb| (t, nb)))
+        {
             for seed in 0..4u64 {
                 let n = nb * QK_K;
                 let w = rand_blocks(t, 1, n, 80 + seed);
@@ -921,7 +921,7 @@ mod tests {
                 assert_eq!(
                     dot_row_k(t, &w, &x, lanes).to_bits(),
                     slow.to_bits(),
-                    "{nb} blocks"
+                    "{t:?}, {nb} blocks"
                 );
                 assert_eq!(
                     dot_row_k4(t, &w, [&x; 4], lanes).map(f32::to_bits),
@@ -931,7 +931,7 @@ mod tests {
                 let scale = term_scale(t, &w, &qs, 0.01);
                 assert!(
                     (slow as f64 - other as f64).abs() <= 1e-5 * (1.0 + scale),
-                    "{slow} vs {other}"
+                    "{t:?}: {slow} vs {other}"
                 );
             }
         }

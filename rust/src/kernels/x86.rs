@@ -80,8 +80,9 @@ pub unsafe fn dot_rows_k<const N: usize>(
     r: Rounding,
 ) -> [f32; N] {
     match t {
-        QuantType::Q4_K => dot_q45k::<N, false>(w, xs),
-        QuantType::Q5_K => dot_q45k::<N, true>(w, xs),
+        QuantType::Q4_K => dot_q45k::<N, false, false>(w, xs),
+        QuantType::Q5_K if r == Rounding::Lanes => dot_q45k::<N, true, true>(w, xs),
+        QuantType::Q5_K => dot_q45k::<N, true, false>(w, xs),
         QuantType::Q6_K if r == Rounding::Lanes => dot_q6k::<N, true>(w, xs),
         QuantType::Q6_K => dot_q6k::<N, false>(w, xs),
         _ => unreachable!("32-value formats take Q8_0 activations"),
@@ -312,9 +313,14 @@ fn scales_mins(q: &[u8]) -> ([u8; 8], [u8; 8]) {
     (sc, mn)
 }
 
-/// Q4_K (FIVE false, 144-byte blocks) or Q5_K (176-byte blocks).
+/// Q4_K (FIVE false, 144-byte blocks) or Q5_K (176-byte blocks); Q5_K with
+/// `LANES`: `kquant::dot_q5k_lanes`'s float steps, else `kquant::dot_q45k`'s
+/// (the i32 lanes are the same).
 #[target_feature(enable = "avx2,fma,f16c")]
-fn dot_q45k<const N: usize, const FIVE: bool>(w: &[u8], xs: [&[BlockQ8K]; N]) -> [f32; N] {
+fn dot_q45k<const N: usize, const FIVE: bool, const LANES: bool>(
+    w: &[u8],
+    xs: [&[BlockQ8K]; N],
+) -> [f32; N] {
     let bb = if FIVE { 176 } else { 144 };
     let qs_at = if FIVE { 48 } else { 16 };
     let nb = common_blocks(w.len() / bb, &xs);
@@ -383,6 +389,18 @@ fn dot_q45k<const N: usize, const FIVE: bool>(w: &[u8], xs: [&[BlockQ8K]; N]) ->
                 }
             }
             for k in 0..N {
+                if FIVE && LANES {
+                    // `kquant::dot_q5k_lanes`: the lanes as they are, the
+                    // min terms in `acc_m`.
+                    let (d, dmin) = (_mm_cvtss_f32(dm), _mm_cvtss_f32(_mm_movehdup_ps(dm)));
+                    acc[k] = _mm256_fmadd_ps(
+                        _mm256_set1_ps(d * ys[k].d),
+                        _mm256_cvtepi32_ps(sumi[k]),
+                        acc[k],
+                    );
+                    acc_m[k] = (-(dmin * ys[k].d)).mul_add(summ[k] as f32, acc_m[k]);
+                    continue;
+                }
                 if FIVE {
                     let (d, dmin) = (_mm_cvtss_f32(dm), _mm_cvtss_f32(_mm_movehdup_ps(dm)));
                     tiled[k] =
@@ -399,8 +417,11 @@ fn dot_q45k<const N: usize, const FIVE: bool>(w: &[u8], xs: [&[BlockQ8K]; N]) ->
     }
     let mut out = [0.0f32; N];
     for k in 0..N {
-        // Q4_K: the lanes less the min terms; Q5_K: the tiled sum.
-        out[k] = if FIVE {
+        // Q4_K: the lanes less the min terms; Q5_K: the lanes plus the
+        // (negative) min terms, or the tiled sum.
+        out[k] = if FIVE && LANES {
+            hsum_ps(acc[k]) + acc_m[k]
+        } else if FIVE {
             tiled[k]
         } else {
             hsum_ps(acc[k]) - acc_m[k]
