@@ -260,36 +260,29 @@ pub(crate) unsafe fn group_dot<const N: usize>(
     );
     #[cfg(target_arch = "x86_64")]
     if k != Kernels::Plain {
-        let lanes = t != QuantType::Q4_K && rounding == Rounding::Lanes;
         let p = grp.as_ptr();
+        if t != QuantType::Q4_K && rounding == Rounding::Lanes {
+            // llama.cpp's per-row dot products: one token at a time.
+            for (i, x) in xs.iter().enumerate() {
+                let o = out.add(i * stride);
+                match (t, k) {
+                    (QuantType::Q5_K, Kernels::Avx2) => avx2::group_q5k_lanes(p, nb, x, o),
+                    (QuantType::Q6_K, Kernels::Avx2) => avx2::group_q6k_lanes(p, nb, x, o),
+                    (QuantType::Q5_K, _) => avx512::group_q5k_lanes(p, nb, x, o),
+                    (QuantType::Q6_K, _) => avx512::group_q6k_lanes(p, nb, x, o),
+                    _ => unreachable!("{t:?} has no packed k-quant layout"),
+                }
+            }
+            return;
+        }
         match (t, k) {
             (QuantType::Q4_K, Kernels::Avx2) => {
                 avx2::group_q45k::<N, false>(p, nb, xs, out, stride)
             }
-            (QuantType::Q5_K, Kernels::Avx2) if lanes => {
-                for (t, x) in xs.iter().enumerate() {
-                    avx2::group_q5k_lanes(p, nb, x, out.add(t * stride));
-                }
-            }
             (QuantType::Q5_K, Kernels::Avx2) => avx2::group_q45k::<N, true>(p, nb, xs, out, stride),
-            (QuantType::Q6_K, Kernels::Avx2) if lanes => {
-                for (t, x) in xs.iter().enumerate() {
-                    avx2::group_q6k_lanes(p, nb, x, out.add(t * stride));
-                }
-            }
             (QuantType::Q6_K, Kernels::Avx2) => avx2::group_q6k::<N>(p, nb, xs, out, stride),
             (QuantType::Q4_K, _) => avx512::group_q45k::<N, false>(p, nb, xs, out, stride),
-            (QuantType::Q5_K, _) if lanes => {
-                for (t, x) in xs.iter().enumerate() {
-                    avx512::group_q5k_lanes(p, nb, x, out.add(t * stride));
-                }
-            }
             (QuantType::Q5_K, _) => avx512::group_q45k::<N, true>(p, nb, xs, out, stride),
-            (QuantType::Q6_K, _) if lanes => {
-                for (t, x) in xs.iter().enumerate() {
-                    avx512::group_q6k_lanes(p, nb, x, out.add(t * stride));
-                }
-            }
             (QuantType::Q6_K, _) => avx512::group_q6k::<N>(p, nb, xs, out, stride),
             _ => unreachable!("{t:?} has no packed k-quant layout"),
         }
@@ -332,6 +325,14 @@ fn row_dot_scalar(
         let half = |at: usize| f16::from_le_bytes([sb[at + 2 * r], sb[at + 2 * r + 1]]).to_f32();
         let d = half(l.d());
         let byte = |i: usize| sb[l.qs(t) + l.entry(i, r)];
+        // Q4_K/Q5_K: value i of sub-block j (with its fifth bit for Q5_K).
+        let q45 = |j: usize, i: usize| {
+            let low = (byte(32 * (j / 2) + i) >> (4 * (j % 2))) & 0xf;
+            match t {
+                QuantType::Q5_K => low | (((sb[l.highs() + l.entry(i, r)] >> j) & 1) << 4),
+                _ => low,
+            }
+        };
         match t {
             QuantType::Q5_K if rounding == Rounding::Lanes => {
                 // `kquant::dot_q5k_lanes`'s steps.
@@ -341,11 +342,7 @@ fn row_dot_scalar(
                     summ += m as i32 * (y.bsums[2 * j] as i32 + y.bsums[2 * j + 1] as i32);
                     for (k, ln) in lane.iter_mut().enumerate() {
                         let p: i32 = (4 * k..4 * k + 4)
-                            .map(|i| {
-                                let low = (byte(32 * (j / 2) + i) >> (4 * (j % 2))) & 0xf;
-                                let fifth = (sb[l.highs() + l.entry(i, r)] >> j) & 1;
-                                (low | (fifth << 4)) as i32 * y.qs[32 * j + i] as i32
-                            })
+                            .map(|i| q45(j, i) as i32 * y.qs[32 * j + i] as i32)
                             .sum();
                         *ln += sc as i32 * p;
                     }
@@ -363,11 +360,7 @@ fn row_dot_scalar(
                     let (sc, m) = (sc as i32, m as i32);
                     let mut si = 0i32;
                     for i in 0..32 {
-                        let mut q = (byte(32 * (j / 2) + i) >> (4 * (j % 2))) & 0xf;
-                        if t == QuantType::Q5_K {
-                            q |= ((sb[l.highs() + l.entry(i, r)] >> j) & 1) << 4;
-                        }
-                        si += q as i32 * y.qs[32 * j + i] as i32;
+                        si += q45(j, i) as i32 * y.qs[32 * j + i] as i32;
                     }
                     sumi += sc * si;
                     summ += m * (y.bsums[2 * j] as i32 + y.bsums[2 * j + 1] as i32);
