@@ -20,6 +20,8 @@ on 2 MiB pages like the weights, run before and after each type's runs)
 and the prompt's arithmetic rate as a share of a float32 multiply-add probe
 (bench/fmaprobe.c), both run in the same session, and the per-call overhead of Python's `forward` on a
 tiny model against the same calls from C (bench/overhead.c, loaded into the same process).
+Under the table, issue 5's targets judged against the run (`targets`): each
+value, its bound, met or NOT MET.
 
 This file is also the worker: the parent runs it by path in a fresh
 interpreter (`--worker ENGINE MODEL`), which imports only the engine measured.
@@ -997,8 +999,15 @@ def _others_busy_since(before):
     return max(0.0, (after[0] - before[0] - ours) / (after[1] - before[1]))
 
 
-# Issue 5: peak RSS within the file size plus the KV cache plus this share.
+# Issue 5's targets, judged by `targets` and printed under the table.
+# Peak RSS within the file size plus the KV cache plus this share.
 RSS_SLACK = 0.10
+# Decode (the tg test from the start of a row) and prefill, pyffi / llama.cpp in one run.
+DECODE_TARGET = {"q4_0": 1.25, "q8_0": 1.25, "f16": 1.0, "q4_k_m": 1.0}
+PREFILL_TARGET = {"q4_0": 1.5, "q8_0": 1.5, "f16": 1.5, "q4_k_m": 1.0}
+BW_SHARE_TARGET = 0.80  # pyffi's decode (every tg test) against the read-bandwidth probe
+OVERHEAD_TARGET_NS = 5000  # a one-token Python forward over the same call from C
+CALLBACK_TARGET = 1.03  # generate with a Python callback per token over plain generate
 SPREAD_WARN = 1.25  # fastest / slowest run above this marks a cell as noisy
 BUSY_WARN = 0.10  # above this share of the CPUs busy with other work before a run, the table warns
 
@@ -1191,7 +1200,96 @@ def summarize(report):
             # The worker's median of per-round differences; else the medians'.
             oh.setdefault("python_minus_c_ns", py - c)
             oh["python_over_c"] = ratio(py, c)
+    report["targets"] = targets(report)
     return report
+
+
+def targets(report):
+    """Issue 5's targets against this run (`summarize`'s numbers), one entry
+    each: `group` (what is judged), `name` (the model or test), `value`,
+    `bound` (both in `unit`), `at_least` and `met` (None when the run has no value: an
+    error, a test or probe not run). A target is met when `value >= bound`
+    (`at_least`: ratios, shares) or `value <= bound` (overhead, callback,
+    memory), judged before rounding."""
+    cfg, out = report["config"], []
+    tests = cfg["tests"]
+    pp = next((t for t in tests if t.startswith("pp")), None)
+    tg = next((t for t in tests if t.startswith("tg") and "@" not in t), None)
+    by = {(c["type"], c["engine"]): c for c in report["results"]}
+
+    def add(group, unit, name, value, bound, at_least):
+        met = None if value is None or bound is None else (value >= bound if at_least else value <= bound)
+        out.append({"group": group, "unit": unit, "name": name, "value": value, "bound": bound,
+                    "at_least": at_least, "met": met})
+
+    for test, goal, what in ((tg, DECODE_TARGET, "decode"), (pp, PREFILL_TARGET, "prefill")):
+        for typ in cfg["types"]:
+            if test and typ in goal:
+                r = (report.get("ratios") or {}).get(typ) or {}
+                add(f"{what} {test}, pyffi / llama.cpp", "ratio", typ, r.get(test), goal[typ], True)
+    for typ in cfg["types"]:
+        sm = (by.get((typ, "pyffi")) or {}).get("summary") or {}
+        for test in tests:
+            if test.startswith("tg"):
+                add("decode, pyffi's share of the read-bandwidth probe", "share", f"{typ} {test}",
+                    (sm.get(test) or {}).get("bw_share"), BW_SHARE_TARGET, True)
+    oh = report.get("overhead")
+    if oh is not None:
+        add("one-token forward, Python's time over the same call from C", "ns", oh.get("model_name", "overhead"),
+            oh.get("python_minus_c_ns"), OVERHEAD_TARGET_NS, False)
+    streams = [(typ, (by.get((typ, "pyffi")) or {}).get("streaming") or {}) for typ in cfg["types"]]
+    if oh is not None:
+        streams.append((oh.get("model_name", "overhead"), (oh.get("python") or {}).get("streaming") or {}))
+    for name, st in streams:
+        add("generate with a Python callback per token, time over plain generate", "over", name,
+            st.get("callback_over_plain"), CALLBACK_TARGET, False)
+    for typ in cfg["types"]:
+        c = by.get((typ, "pyffi")) or {}
+        add("peak RSS, pyffi's within its file + its f16 KV cache + 10%", "bytes", typ,
+            c.get("peak_rss_bytes") if c.get("rss_bound_bytes") else None, c.get("rss_bound_bytes"), False)
+    return out
+
+
+def _target_value(unit, value):
+    """A target's value or bound as the table shows it."""
+    if value is None:
+        return "?"
+    if unit == "ratio":
+        return fmt_ratio(value)
+    if unit == "share":
+        return f"{100 * value:.0f}%"
+    if unit == "ns":
+        return f"{value / 1e3:.1f} us"
+    if unit == "bytes":
+        return f"{_mib(value)} MiB"
+    return f"{100 * (value - 1):+.1f}%"  # "over": one time against another
+
+
+def format_targets(report):
+    """The lines that judge issue 5's targets (`targets`), one per group:
+    each value, how it compares with its bound, and the verdict."""
+    ts = report.get("targets") or []
+    if not ts:
+        return []
+    met = sum(1 for t in ts if t["met"])
+    lines = [f"issue 5's targets on this run: {met} of {len(ts)} met"
+             + ("" if report["config"]["shape"] == FULL_SHAPE else
+                f" (they are set for {FULL_SHAPE}; this run is {report['config']['shape']})")]
+    groups = {}
+    for t in ts:
+        groups.setdefault(t["group"], []).append(t)
+    for group, items in groups.items():
+        cells = []
+        for t in items:
+            bound = _target_value(t["unit"], t["bound"])
+            if t["met"] is None:
+                cells.append(f"{t['name']} not measured (bound {bound})")
+                continue
+            op = (">=" if t["met"] else "<") if t["at_least"] else ("<=" if t["met"] else ">")
+            verdict = "met" if t["met"] else "NOT MET"
+            cells.append(f"{t['name']} {_target_value(t['unit'], t['value'])} {op} {bound} {verdict}")
+        lines.append(f"- {group}: " + ", ".join(cells))
+    return lines
 
 
 def profile_shares(runs):
@@ -1355,6 +1453,10 @@ def format_table(report):
             lines.append(f"{what} against plain generate (greedy; median over {STREAM_REPS} rounds, in rotated "
                          "order, of each run against the round's plain run): "
                          + ", ".join(cells))
+    judged = format_targets(report)
+    if judged:
+        lines.append("")
+        lines += judged
     busy = [c.get(k) for c in report["results"] + [probe, oh or {}] for k in ("busy_before", "busy_during")
             if c.get(k) is not None]
     if busy and max(busy) > BUSY_WARN:

@@ -256,3 +256,65 @@ def test_peak_rss_against_the_file_and_kv_cache():
     rep["results"][1]["peak_rss_bytes"] = int(bound) - 1
     assert "(over)" not in [x for x in bench.format_table(bench.summarize(rep)).splitlines()
                             if "peak RSS against" in x][0]
+
+
+def test_targets_judged_against_the_run():
+    """Issue 5's targets: each judged from the summary's numbers (value
+    against bound, None where the run has none) and printed under the table."""
+    def judged(rep):
+        r = bench.summarize(rep)
+        return {(t["group"].split(",")[0], t["name"]): t for t in r["targets"]}, bench.format_table(r)
+
+    ts, table = judged(_fake_report())
+    # pyffi half as fast as llama.cpp: no speed target met; its Q4_K_M cell failed to load.
+    assert ts[("decode tg128", "q4_0")]["value"] == pytest.approx(0.5) and ts[("decode tg128", "q4_0")]["met"] is False
+    assert ts[("prefill pp512", "q4_0")]["bound"] == 1.5 and ts[("prefill pp512", "q4_0")]["met"] is False
+    assert ts[("decode tg128", "q4_k_m")]["met"] is None and ts[("decode", "q4_k_m tg128")]["met"] is None
+    assert ts[("one-token forward", "stories260K")]["value"] == pytest.approx(10e3)
+    assert ts[("one-token forward", "stories260K")]["met"] is False  # 10 us over C, the bound 5
+    cb = "generate with a Python callback per token"
+    assert ts[(cb, "q4_0")]["met"] is True and ts[(cb, "stories260K")]["met"] is True  # +1.0%, +0.5%
+    assert ts[(cb, "q4_k_m")]["met"] is None
+    met = sum(1 for t in ts.values() if t["met"])
+    assert met == 2 and f"issue 5's targets on this run: 2 of {len(ts)} met" in table
+    assert "q4_0 0.50x < 1.25x NOT MET" in table and "q4_0 +1.0% <= +3.0% met" in table
+    assert "q4_k_m tg128 not measured (bound 80%)" in table and "stories260K 10.0 us > 5.0 us NOT MET" in table
+    assert "set for" not in table  # the issue's own shape
+
+    # pyffi faster by 1/0.79 (1.27x): decode met for Q4_0 (1.25x), prefill not (1.5x).
+    rep = _fake_report()
+    for t in rep["results"][1]["tests"].values():
+        t["times_s"] = [x / 2.0 * 0.79 for x in t["times_s"]]
+    rep["overhead"]["python"]["ns_per_call"] = 24.9e3  # 4.9 us over C
+    rep["results"][1]["streaming"]["callback_s"] = [1.031, 2.062, 2.062]  # +3.1%
+    ts, table = judged(rep)
+    assert ts[("decode tg128", "q4_0")]["value"] == pytest.approx(1 / 0.79)
+    assert ts[("decode tg128", "q4_0")]["met"] is True and ts[("prefill pp512", "q4_0")]["met"] is False
+    assert ts[("one-token forward", "stories260K")]["met"] is True
+    assert ts[(cb, "q4_0")]["met"] is False and "q4_0 +3.1% > +3.0% NOT MET" in table
+    # At 0.81 (1.23x) the decode target is missed.
+    for t in rep["results"][1]["tests"].values():
+        t["times_s"] = [x / 0.79 * 0.81 for x in t["times_s"]]
+    assert judged(rep)[0][("decode tg128", "q4_0")]["met"] is False
+
+    # The decode share: each tg test of pyffi's against 80% of the probe.
+    rep = _fake_report()
+    per_tok = 600_000_000 + bench.kv_bytes_per_position("tinyllama-1.1b") * 65.5
+    rep["bandwidth_probe"]["gb_per_s"] = per_tok * 128 / 8.0 / 1e9 / 0.85  # pyffi's median tg128 run: 8 s
+    ts, _ = judged(rep)
+    assert ts[("decode", "q4_0 tg128")]["value"] == pytest.approx(0.85) and ts[("decode", "q4_0 tg128")]["met"]
+    assert ts[("decode", "q4_0 tg128@d512")]["met"] is False  # 16 s a run: half that
+
+    # Peak RSS against its bound, where the run has one.
+    rep = _fake_report()
+    rep["models"]["q4_0"]["file_bytes"] = 1400 * 2**20
+    rep["results"][1]["info"] = {"n_ctx": 1024}
+    ts, table = judged(rep)
+    rss = ts[("peak RSS", "q4_0")]
+    assert rss["value"] == 1400e6 and rss["met"] is True and rss["bound"] > 1400 * 2**20
+    assert f"q4_0 {1400e6 / 2**20:.0f} MiB <= {rss['bound'] / 2**20:.0f} MiB met" in table
+
+    # Another shape (quick mode): judged all the same, and said so.
+    rep = _fake_report()
+    rep["config"]["shape"] = bench.QUICK_SHAPE
+    assert f"(they are set for {bench.FULL_SHAPE}; this run is {bench.QUICK_SHAPE})" in judged(rep)[1]
