@@ -304,6 +304,9 @@ def test_targets_judged_against_the_run():
     ts, _ = judged(rep)
     assert ts[("decode", "q4_0 tg128")]["value"] == pytest.approx(0.85) and ts[("decode", "q4_0 tg128")]["met"]
     assert ts[("decode", "q4_0 tg128@d512")]["met"] is False  # 16 s a run: half that
+    # A value that rounds to its bound is printed with the digits that tell them apart.
+    rep["bandwidth_probe"]["gb_per_s"] = per_tok * 128 / 8.0 / 1e9 / 0.79996
+    assert "q4_0 tg128 79.996% < 80.000% NOT MET" in judged(rep)[1]
 
     # Peak RSS against its bound, where the run has one.
     rep = _fake_report()
