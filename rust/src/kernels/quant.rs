@@ -851,6 +851,12 @@ mod tests {
                 .map(|i| if i == 300 { 1e4 } else { 1e-3 * i as f32 })
                 .collect(),
         );
+        // The largest magnitude twice with both signs, in a block's last
+        // eight values (the first of them, -7, sets the sign) and in its
+        // first and a middle eight (+7 first).
+        let mut extremes: Vec<f32> = rand(512, 49).iter().map(|v| v * 2.0).collect();
+        (extremes[250], extremes[251], extremes[259], extremes[456]) = (-7.0, 7.0, 7.0, -7.0);
+        cases.push(extremes);
         for x in &cases {
             let (mut a, mut b) = (vec![BlockQ8::default(); 16], vec![BlockQ8::default(); 16]);
             quantize_row_q8(x, &mut a);
