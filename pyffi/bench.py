@@ -1489,7 +1489,9 @@ def _mib(b):
 def parse_args(argv):
     p = argparse.ArgumentParser(
         prog="pyffi bench",
-        description="pyffi against llama.cpp on seeded random-weight GGUF models, llama-bench style.")
+        description="pyffi against llama.cpp on seeded random-weight GGUF models, llama-bench style.",
+        epilog="`pyffi bench ab MODEL LIB_A LIB_B`: one-token decode with two builds of libpyffi.so, "
+               "by bandwidth level (see `pyffi bench ab --help`).")
     p.add_argument("--quick", action="store_true",
                    help=f"the small shape ({QUICK_SHAPE}), types {','.join(QUICK_TYPES)}: a few minutes")
     p.add_argument("--shape", choices=sorted(SHAPES), default=None,
@@ -1536,6 +1538,9 @@ def parse_args(argv):
 
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["ab"]:
+        from . import bench_ab  # two builds of pyffi against each other
+        return bench_ab.main(argv[1:])
     if "--worker" in argv:
         return worker_main(argv)
     a = parse_args(argv)

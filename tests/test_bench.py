@@ -321,3 +321,64 @@ def test_targets_judged_against_the_run():
     rep = _fake_report()
     rep["config"]["shape"] = bench.QUICK_SHAPE
     assert f"(they are set for {bench.FULL_SHAPE}; this run is {bench.QUICK_SHAPE})" in judged(rep)[1]
+
+
+def test_ab_medians_by_bandwidth_level():
+    """`bench ab`'s summary: each library's median and quartiles over all its
+    runs and at each level (a run whose probes straddle the split counts in
+    "all" only), B's median over A's; one level, or none probed: "all" only."""
+    from pyffi import bench_ab
+
+    def run(lib, ms, probes):
+        return {"library": lib, "s_per_token": ms / 1e3, "probes": probes}
+
+    slow, fast, mixed = [30.0, 31.0], [60.0, 62.0], [30.0, 60.0]
+    runs = [run("a", 20.0, slow), run("a", 22.0, slow), run("a", 12.0, fast), run("a", 40.0, mixed),
+            run("b", 19.0, slow), run("b", 11.0, fast), run("b", 13.0, fast)]
+    s = bench_ab.summarize(runs)
+    assert s["split_gb_per_s"] == pytest.approx(46.0)
+    lv = s["levels"]
+    assert list(lv) == ["all", "slow", "fast"]
+    assert lv["all"]["a"]["runs"] == 4 and lv["all"]["a"]["median_ms"] == pytest.approx(21.0)
+    assert lv["slow"]["a"] == {"runs": 2, "median_ms": pytest.approx(21.0), "quartiles_ms": [20.5, 21.5]}
+    assert lv["slow"]["b_over_a"] == pytest.approx(19.0 / 21.0)
+    assert lv["fast"]["b"]["median_ms"] == pytest.approx(12.0) and lv["fast"]["b_over_a"] == pytest.approx(1.0)
+    text = bench_ab.format_summary({"summary": s, "tokens": 32, "model": "m.gguf", "threads": 2,
+                                    "library_a": "old.so", "library_b": "new.so", "probe": True})
+    assert "| slow | 21.00 (2; 20.50-21.50) | 19.00 (1; 19.00-19.00) | 0.905 |" in text
+    assert "split at 46 GB/s" in text
+    # A level where one library has no run is left out; one level: "all" only.
+    s = bench_ab.summarize([r for r in runs if r["probes"] is not fast or r["library"] == "a"])
+    assert "fast" not in s["levels"] and "slow" in s["levels"]
+    s = bench_ab.summarize([run("a", 20.0, slow), run("b", 19.0, [31.0, 32.0])])
+    assert s["split_gb_per_s"] is None and list(s["levels"]) == ["all"]
+    s = bench_ab.summarize([run("a", 20.0, [None, None]), run("b", 19.0, [None, None])])
+    assert s["split_gb_per_s"] is None and list(s["levels"]) == ["all"]
+
+
+def test_ab_runs_two_libraries_in_turn(tmp_path):
+    """`python -m pyffi bench ab` on the tiny fixture model with one library
+    as both builds: each round runs a process per library, the order flipped
+    every round, each with its runs; a missing library or model is a clear
+    error."""
+    import subprocess
+    import sys
+    lib = bench.library_path()
+    assert lib is not None, "libpyffi.so not built"
+    model = FIXTURES / "gguf" / "stories260K-f32.gguf"
+    out = tmp_path / "ab.json"
+    cmd = [sys.executable, "-m", "pyffi", "bench", "ab", str(model), str(lib), str(lib),
+           "--rounds", "2", "--runs", "2", "--tokens", "3", "--threads", "1", "--no-probe", "--json", str(out)]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=str(bench.REPO))
+    assert r.returncode == 0, r.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert [(x["round"], x["library"]) for x in report["runs"]] == [(0, "a"), (0, "a"), (0, "b"), (0, "b"),
+                                                                    (1, "b"), (1, "b"), (1, "a"), (1, "a")]
+    assert all(x["s_per_token"] > 0 and x["probes"] == [None, None] for x in report["runs"])
+    assert list(report["summary"]["levels"]) == ["all"]
+    assert "| all |" in r.stdout and "B / A" in r.stdout
+    for bad, what in (([str(model), str(tmp_path / "none.so"), str(lib)], "library A: no file"),
+                      ([str(tmp_path / "none.gguf"), str(lib), str(lib)], "no model at")):
+        r = subprocess.run([sys.executable, "-m", "pyffi", "bench", "ab", *bad, "--no-probe"],
+                           capture_output=True, text=True, timeout=60, cwd=str(bench.REPO))
+        assert r.returncode == 2 and what in r.stderr, r.stderr
