@@ -796,14 +796,21 @@ def measure_overhead(tiny, a, cache, calls=2000, rounds=15, span=64):
             **res, "busy_before": busy}
 
 
+def worker_env():
+    """The environment of a worker in a fresh interpreter: this checkout's
+    `pyffi` first on the path."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    return env
+
+
 def _worker_cmd(engine, model, args, extra=(), threads=None):
     """The command line and environment of a worker in a fresh interpreter."""
     code = ("import importlib.util, sys\n"
             f"spec = importlib.util.spec_from_file_location('pyffi_bench_worker', {str(Path(__file__).resolve())!r})\n"
             "m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m)\n"
             "sys.exit(m.worker_main(sys.argv[1:]))\n")
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(REPO)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    env = worker_env()
     lib = library_path()
     if lib is not None and engine.startswith("pyffi"):
         env.setdefault("PYFFI_LIBRARY", str(lib))

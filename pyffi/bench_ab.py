@@ -19,7 +19,6 @@ This module is also the worker (`--worker MODEL`), in a fresh interpreter.
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -70,8 +69,7 @@ def worker_main(argv):
 def _worker(model, library, a, probe_exe):
     """One worker process; its runs, labelled later. Raises with the worker's
     last lines should it fail."""
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(bench.REPO)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    env = bench.worker_env()
     env["PYFFI_LIBRARY"] = str(library)
     cmd = [sys.executable, "-m", "pyffi", "bench", "ab", "--worker", str(model), "--threads", str(a.threads),
            "--runs", str(a.runs), "--tokens", str(a.tokens)] + (["--probe", str(probe_exe)] if probe_exe else [])
@@ -175,7 +173,10 @@ def main(argv=None):
     probe_exe = None
     if not a.no_probe:
         src = bench.REPO / "bench" / "bwprobe.c"
-        probe_exe = bench.compile_c(src, bench.cache_dir() / "bin" / "bwprobe")
+        try:
+            probe_exe = bench.compile_c(src, bench.cache_dir() / "bin" / "bwprobe")
+        except (OSError, RuntimeError) as e:
+            p.error(f"building the bandwidth probe: {e} (--no-probe runs without it)")
     runs = []
     for r in range(a.rounds):
         for key in ("a", "b") if r % 2 == 0 else ("b", "a"):
