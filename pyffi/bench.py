@@ -1092,8 +1092,13 @@ def level_split(report):
     fast ones. The split is the midpoint of the lowest and highest reading
     of the runs' own probes, when the highest is LEVEL_GAP times the lowest
     or more (else there was one level)."""
-    seen = [x for c in report["results"] for t in (c.get("tests") or {}).values()
-            for p in t.get("probe_gb_per_s") or [] for x in p or [] if x]
+    return split_of([x for c in report["results"] for t in (c.get("tests") or {}).values()
+                     for p in t.get("probe_gb_per_s") or [] for x in p or []])
+
+
+def split_of(readings):
+    """`level_split`'s rule on probe readings (None for a missing one)."""
+    seen = [x for x in readings if x]
     if not seen or max(seen) < LEVEL_GAP * min(seen):
         return None
     return (min(seen) + max(seen)) / 2

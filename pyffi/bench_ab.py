@@ -93,8 +93,7 @@ def summarize(runs):
     after]}]. Per level ("all", and "slow" and "fast" where the probes show
     two levels and both libraries have runs there): each library's run
     count, median and quartiles in ms per token, and B's median over A's."""
-    seen = [x for r in runs for x in r["probes"] if x]
-    split = (min(seen) + max(seen)) / 2 if seen and max(seen) >= bench.LEVEL_GAP * min(seen) else None
+    split = bench.split_of([x for r in runs for x in r["probes"]])
     levels = {}
     for level in ("all", "slow", "fast"):
         per = {lib: [1e3 * r["s_per_token"] for r in runs if r["library"] == lib
