@@ -21,6 +21,11 @@
 #define PYFFI_ABI_VERSION 1
 
 /**
+ * `pyffi_generation_next`'s `*token` once the generation has ended.
+ */
+#define PYFFI_TOKEN_NONE -1
+
+/**
  * `pyffi_session_params.kv_type`: the model's default.
  */
 #define PYFFI_KV_DEFAULT 0
@@ -131,7 +136,8 @@ enum pyffi_finish_reason
    */
   PYFFI_FINISH_LENGTH = 1,
   /**
-   * The callback returned false.
+   * The callback returned false, or the generation was freed or failed
+   * before its end.
    */
   PYFFI_FINISH_CANCELLED = 2,
 };
@@ -171,6 +177,13 @@ typedef struct pyffi_detokenizer pyffi_detokenizer;
 typedef struct pyffi_error pyffi_error;
 
 /**
+ * A generation in progress on a session. It keeps its session alive (after
+ * `pyffi_session_free` too) until `pyffi_generation_free`. One thread at a
+ * time (a second waits).
+ */
+typedef struct pyffi_generation pyffi_generation;
+
+/**
  * A model. Sessions keep it alive: freeing the handle while sessions use it
  * is safe, the weights go when the last session does.
  */
@@ -192,6 +205,54 @@ typedef struct pyffi_token_queue pyffi_token_queue;
  * `pyffi_tokenizer_free`.
  */
 typedef struct pyffi_tokenizer pyffi_tokenizer;
+
+/**
+ * Sampling settings. Get them from `pyffi_sampling_default_params()`.
+ */
+typedef struct pyffi_sampling_params {
+  /**
+   * sizeof(pyffi_sampling_params).
+   */
+  size_t size;
+  /**
+   * 0 = greedy (argmax).
+   */
+  float temperature;
+  /**
+   * Keep the k most likely tokens; 0 = off.
+   */
+  int32_t top_k;
+  /**
+   * Nucleus sampling; 1 = off.
+   */
+  float top_p;
+  /**
+   * Drop tokens below min_p times the top probability; 0 = off.
+   */
+  float min_p;
+  /**
+   * Penalty on tokens seen in the last `repeat_last_n`; 1 = off.
+   */
+  float repeat_penalty;
+  /**
+   * Window of the penalty, prompt included; -1 = everything, 0 = off.
+   */
+  int32_t repeat_last_n;
+  /**
+   * Same seed, same tokens (any language, any thread count).
+   * PYFFI_SEED_RANDOM picks one at random.
+   */
+  uint64_t seed;
+  /**
+   * Extra token ids that end generation (not included in the output).
+   */
+  const int32_t *stop_tokens;
+  size_t n_stop_tokens;
+  /**
+   * Also stop at the model's EOS ids (config eos_token_id).
+   */
+  bool stop_at_eos;
+} pyffi_sampling_params;
 
 /**
  * Called before each tensor is written: `done` of `total` tensors are
@@ -278,54 +339,6 @@ typedef struct pyffi_profile {
 } pyffi_profile;
 
 /**
- * Sampling settings. Get them from `pyffi_sampling_default_params()`.
- */
-typedef struct pyffi_sampling_params {
-  /**
-   * sizeof(pyffi_sampling_params).
-   */
-  size_t size;
-  /**
-   * 0 = greedy (argmax).
-   */
-  float temperature;
-  /**
-   * Keep the k most likely tokens; 0 = off.
-   */
-  int32_t top_k;
-  /**
-   * Nucleus sampling; 1 = off.
-   */
-  float top_p;
-  /**
-   * Drop tokens below min_p times the top probability; 0 = off.
-   */
-  float min_p;
-  /**
-   * Penalty on tokens seen in the last `repeat_last_n`; 1 = off.
-   */
-  float repeat_penalty;
-  /**
-   * Window of the penalty, prompt included; -1 = everything, 0 = off.
-   */
-  int32_t repeat_last_n;
-  /**
-   * Same seed, same tokens (any language, any thread count).
-   * PYFFI_SEED_RANDOM picks one at random.
-   */
-  uint64_t seed;
-  /**
-   * Extra token ids that end generation (not included in the output).
-   */
-  const int32_t *stop_tokens;
-  size_t n_stop_tokens;
-  /**
-   * Also stop at the model's EOS ids (config eos_token_id).
-   */
-  bool stop_at_eos;
-} pyffi_sampling_params;
-
-/**
  * Called after each new token; return false to stop generating.
  */
 typedef bool (*pyffi_token_callback)(void *user_data, int32_t token);
@@ -408,6 +421,47 @@ const char *pyffi_error_message(const struct pyffi_error *err);
  * Free an error. NULL is a no-op.
  */
 void pyffi_error_free(struct pyffi_error *err);
+
+/**
+ * Start generating after `prompt` on `session` (KV slot 0, starting fresh):
+ * checks the arguments, runs the prompt through the model, and puts the
+ * generation in `*out` (free it with `pyffi_generation_free`). `params` may
+ * be NULL for the defaults; at most `max_new_tokens` tokens will come.
+ * `prompt` and `params` (its stop tokens too) are copied: they need not
+ * outlive this call.
+ * Another call on the session between two `pyffi_generation_next` calls
+ * ends the generation with an error at the next one.
+ */
+pyffi_status pyffi_generation_new(const struct pyffi_session *session,
+                                  const int32_t *prompt,
+                                  size_t n_prompt,
+                                  const struct pyffi_sampling_params *params,
+                                  size_t max_new_tokens,
+                                  struct pyffi_generation **out,
+                                  struct pyffi_error **err);
+
+/**
+ * The next token into `*token`, or PYFFI_TOKEN_NONE once the generation
+ * has ended, and then (when `finish` is not NULL) why in `*finish`; later
+ * calls give PYFFI_TOKEN_NONE again. Each call after the first runs the
+ * previous token through the model, then samples. An error (a session
+ * used by another call meanwhile, or the forward pass failing) ends the
+ * generation, as cancelled.
+ */
+pyffi_status pyffi_generation_next(const struct pyffi_generation *generation,
+                                   int32_t *token,
+                                   pyffi_finish_reason *finish,
+                                   struct pyffi_error **err);
+
+/**
+ * Tokens the generation has given so far (0 for NULL).
+ */
+size_t pyffi_generation_n_tokens(const struct pyffi_generation *generation);
+
+/**
+ * Ends the generation (if it has not ended) and frees it. NULL does nothing.
+ */
+void pyffi_generation_free(struct pyffi_generation *generation);
 
 /**
  * A model of the given config with all-zero weights, to fill with

@@ -632,7 +632,7 @@ def run_once(engine, test, toks, n_prompt, n_gen, depth):
 def measure_streaming(session, reps, n_gen, vocab):
     """Times of `generate` for n_gen greedy tokens: with no callback, with a
     Python callback per token (callback=), and as an iterator (stream=True,
-    generation on a worker thread). A round runs each once, in an order
+    one C step per token). A round runs each once, in an order
     rotated from round to round (each mode after each other one as often:
     what one leaves behind, e.g. a pool restarted on another thread, does not
     always fall on the same one); round 0 is a warm-up. All must give the
@@ -1467,7 +1467,7 @@ def format_table(report):
     if oh and (oh.get("python") or {}).get("streaming"):
         streams.append((oh["model_name"], oh["python"]["streaming"]))
     for key, what in (("callback", "generate with a Python callback per token (callback=)"),
-                      ("stream", "generate as an iterator (stream=True, a worker thread)")):
+                      ("stream", "generate as an iterator (stream=True, one C step per token)")):
         cells = [f"{name} {st['n_tokens']} tokens {100 * (st[key + '_over_plain'] - 1):+.1f}%"
                  for name, st in streams if st.get(key + "_over_plain")]
         if cells:

@@ -10,7 +10,6 @@ Logits are written by the engine straight into the numpy array returned.
 
 import json
 import os
-import threading
 
 import numpy as np
 
@@ -290,19 +289,15 @@ class Session(Handle):
             p.stop_tokens = ffi.from_buffer("int32_t[]", keep) if len(keep) else ffi.NULL
         return p, keep  # keep: the stop array must outlive the call
 
-    def _generate_one(self, prompt, max_new, params, on_token, queue=None):
+    def _generate_one(self, prompt, max_new, params, on_token):
         """One C generate call; `on_token(tok)` is called per token and stops
-        generation by returning False (None goes on). With `queue` (a
-        pyffi_token_queue) instead, each token goes onto it, from C."""
+        generation by returning False (None goes on)."""
         out = np.empty(max(max_new, 1), dtype=np.int32)
         n_out = ffi.new("size_t *")
         finish = ffi.new("pyffi_finish_reason *")
         failure = []
 
-        user = ffi.NULL
-        if queue is not None:
-            cb, user = _QUEUE_PUSH, queue
-        elif on_token is None:
+        if on_token is None:
             cb = ffi.NULL
         else:
             def _cb(_user, tok):
@@ -314,7 +309,7 @@ class Session(Handle):
             cb = ffi.callback("bool(void *, int32_t)", _cb)
         call(lib.pyffi_generate, self._handle(), ffi.from_buffer("int32_t[]", prompt), len(prompt),
              params[0], max_new, ffi.from_buffer("int32_t[]", out, require_writable=True),
-             len(out), n_out, finish, cb, user)
+             len(out), n_out, finish, cb, ffi.NULL)
         if failure:
             raise failure[0]
         return out[: n_out[0]].tolist(), int(finish[0])
@@ -326,82 +321,73 @@ class Session(Handle):
 _FINISH = {0: "stop", 1: "length", 2: "cancelled"}
 
 
-# The C function that queues a token, passed to pyffi_generate as its callback.
-_QUEUE_PUSH = ffi.addressof(lib, "pyffi_token_queue_push")
-
-
-def _token_queue():
-    out = ffi.new("pyffi_token_queue **")
-    call(lib.pyffi_token_queue_new, out)
-    return ffi.gc(out[0], lib.pyffi_token_queue_free)
-
-
 class TokenStream:
-    """Iterator over (prompt_index, token) while generation runs on a worker
-    thread. Closing it early (or breaking out of a for loop over it) stops
-    generation at the next token. After it is exhausted, `finish_reasons`
-    holds "stop", "length" or "cancelled" per prompt.
+    """Iterator over (prompt_index, token): each step makes one token in C,
+    on the iterating thread (`pyffi_generation`: no callback, no second
+    thread). The prompts run one after another. Closing it early (or
+    breaking out of a for loop over it) stops generation there, with no
+    further forward pass. After it is exhausted, `finish_reasons` holds
+    "stop", "length" or "cancelled" per prompt run.
 
-    Tokens come through one C queue per prompt (`pyffi_token_queue`), pushed
-    by the C generate loop itself: the generating thread never takes the
-    interpreter lock per token, and this one waits in C without it."""
-
-    _WAIT_MS = 100  # between two looks for Ctrl-C while waiting
+    Between two tokens the session is free, but another call on it ends
+    the stream: its next step raises InvalidArgumentError."""
 
     def __init__(self, session, jobs, params):
-        self._queues = [_token_queue() for _ in jobs]
-        self._failure = []
+        self._session = session
+        self._jobs = jobs
+        self._params = params  # (pyffi_sampling_params *, the stop tokens it points to)
+        self._at = 0  # the prompt being generated for
+        self._gen = None  # its pyffi_generation, once started
         self._token = ffi.new("int32_t *")
-        self._at = 0  # the prompt whose queue is read
-        self.finish_reasons = []
-        queues = self._queues
-
-        def worker():
-            try:
-                for (prompt, max_new), q in zip(jobs, queues):
-                    _, finish = session._generate_one(prompt, max_new, params, None, queue=q)
-                    self.finish_reasons.append(_FINISH.get(finish, "stop"))
-                    lib.pyffi_token_queue_finish(q)
-                    if finish == 2:  # closed: the prompts after it are not run
-                        break
-            except BaseException as e:  # raised by __next__ after the tokens before it
-                self._failure.append(e)
-            finally:
-                for q in queues:
-                    lib.pyffi_token_queue_finish(q)
-
-        self._thread = threading.Thread(target=worker, daemon=True)
-        self._thread.start()
+        self._finish = ffi.new("pyffi_finish_reason *")
+        self._err = ffi.new("pyffi_error **")
         self._finished = False
+        self.finish_reasons = []
 
     def __iter__(self):
         return self
 
     def __next__(self):
-        while not self._finished and self._at < len(self._queues):
-            r = lib.pyffi_token_queue_pop(self._queues[self._at], self._WAIT_MS, self._token)
-            if r == lib.PYFFI_QUEUE_TOKEN:
-                return self._at, self._token[0]
-            if r == lib.PYFFI_QUEUE_END:
-                self._at += 1
-            elif r != lib.PYFFI_QUEUE_TIMEOUT:
-                raise errors.InternalError(f"token queue: {r}")
-        if not self._finished:
-            self._finish()
-            if self._failure:
-                raise self._failure[0]
+        while not self._finished:
+            if self._gen is None:
+                if self._at == len(self._jobs):
+                    self._finished = True
+                    break
+                self._start(*self._jobs[self._at])
+            status = lib.pyffi_generation_next(self._gen, self._token, self._finish, self._err)
+            if status != _OK:
+                self._end("cancelled")
+                self._finished = True
+                raise_error(status, self._err[0])
+            tok = self._token[0]
+            if tok != lib.PYFFI_TOKEN_NONE:
+                return self._at, tok
+            self._end(_FINISH.get(int(self._finish[0]), "stop"))
+            self._at += 1
         raise StopIteration
 
-    def _finish(self):
-        self._finished = True
-        self._thread.join()
+    def _start(self, prompt, max_new):
+        out = ffi.new("pyffi_generation **")
+        try:
+            call(lib.pyffi_generation_new, self._session._handle(), ffi.from_buffer("int32_t[]", prompt),
+                 len(prompt), self._params[0], max_new, out)
+        except BaseException:
+            self._finished = True
+            raise
+        self._gen = ffi.gc(out[0], lib.pyffi_generation_free)
+
+    def _end(self, reason):
+        """Frees the running generation, if any, recording why it ended."""
+        if self._gen is not None:
+            self.finish_reasons.append(reason)
+            ffi.release(self._gen)
+            self._gen = None
 
     def close(self):
-        """Stop generation now (the tokens already made are discarded)."""
-        if not self._finished:
-            for q in self._queues:
-                lib.pyffi_token_queue_close(q)
-            self._finish()
+        """Stop generation now; the prompt being generated for ends "cancelled"
+        and the prompts after it are not run."""
+        self._end("cancelled")
+        self._finished = True
 
     def __del__(self):
         self.close()

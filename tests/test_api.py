@@ -277,15 +277,15 @@ def test_stream_equals_plain_generate_and_stops_early():
         assert list(model.generate([1, 5], stream=True, **args)) == plain
         it = model.generate([1, 5], stream=True, **args)
         assert [next(it), next(it)] == plain[:2]
-        it.close()  # stops the worker; the session is free again
+        it.close()  # stops generation there; the session is free again
         assert model.generate([1, 5], **args) == plain
         pairs = list(model.generate([[1, 5], [1, 6]], stream=True, **args))
         assert [t for i, t in pairs if i == 0] == plain
 
 
 def test_stream_raises_after_the_tokens_before_the_error_and_keeps_finish_reasons():
-    """The stream's tokens come through C queues: an error in a later prompt
-    comes after the earlier prompt's tokens; close() mid-way is "cancelled"."""
+    """The prompts run one after another: an error in a later prompt comes
+    after the earlier prompt's tokens; close() mid-way is "cancelled"."""
     with pyffi.Transformer.from_pretrained(model_dir("stories260K")) as model:
         args = dict(max_gen_len=4, temperature=0, stop_tokens=[])
         want = model.generate([1, 5], **args)
@@ -302,6 +302,28 @@ def test_stream_raises_after_the_tokens_before_the_error_and_keeps_finish_reason
         assert next(it) == want[0]
         it.close()
         assert it.finish_reason == "cancelled" and list(it) == []
+
+
+def test_stream_runs_on_the_calling_thread_and_another_call_between_tokens_ends_it():
+    """Each step is one C call on the iterating thread (no worker thread).
+    Between tokens the session is free: a call on it there ends the stream
+    with a clear error at its next step, and nothing else is lost."""
+    with pyffi.Transformer.from_pretrained(model_dir("stories260K")) as model:
+        args = dict(max_gen_len=6, temperature=0, stop_tokens=[])
+        want = model.generate([1, 5], **args)
+        threads = threading.active_count()
+        it = model.generate([1, 5], stream=True, **args)
+        assert next(it) == want[0] and threading.active_count() == threads
+        logits = model.forward([[1, 7]], last_only=True)
+        with pytest.raises(pyffi.InvalidArgumentError, match="another call"):
+            next(it)
+        assert it.finish_reason == "cancelled" and list(it) == []
+        np.testing.assert_array_equal(model.forward([[1, 7]], last_only=True), logits)
+        assert model.generate([1, 5], **args) == want
+        # A stream keeps its session alive after the model is closed.
+        it = model.generate([1, 5], stream=True, **args)
+        first = next(it)
+    assert [first] + list(it) == want and it.finish_reason == "length"
 
 
 def test_generate_callback_sees_every_token_and_can_stop():

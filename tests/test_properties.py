@@ -225,6 +225,38 @@ def test_seed_and_thread_count_determinism(data):
     np.testing.assert_array_equal(s2.forward(seqs), ref)
 
 
+@settings(max_examples=examples(150), **SETTINGS)
+@given(data=st.data())
+def test_streamed_tokens_are_generates_tokens(data):
+    """stream=True (one C step per token, pyffi_generation) gives generate's
+    tokens for any sampling, limit and stop tokens, and ends for the reason
+    the limits say; stopping it after k tokens keeps those k and leaves the
+    session as good as new."""
+    config, _, model = data.draw(models())
+    vocab = config.vocab_size
+    prompt = data.draw(token_lists(vocab), label="prompt")
+    max_new = data.draw(st.integers(0, N_CTX + 4), label="max_gen_len")
+    stops = data.draw(st.lists(st.integers(0, vocab - 1), max_size=3), label="stop_tokens")
+    kw = dict(data.draw(sampling, label="sampling"), max_gen_len=max_new, stop_tokens=stops,
+              temperature=data.draw(st.sampled_from([0.0, 0.9]), label="temperature"))
+    plain = model.generate(prompt, **kw)
+    # The last token may sit at position n_ctx, which is never fed.
+    limit = min(max_new, N_CTX - len(prompt) + 1)
+    assert len(plain) <= limit and not set(plain) & set(stops)
+    it = model.generate(prompt, stream=True, **kw)
+    assert list(it) == plain
+    assert it.finish_reason == ("length" if len(plain) == limit else "stop")
+
+    k = data.draw(st.integers(1, max(1, len(plain))), label="taken")
+    it = model.generate(prompt, stream=True, **kw)
+    taken = [t for _, t in zip(range(k), it)]
+    it.close()
+    assert taken == plain[:k]
+    assert it.finish_reason == ("cancelled" if plain else "length" if limit == 0 else "stop")
+    assert list(it) == []
+    assert model.generate(prompt, **kw) == plain
+
+
 @settings(max_examples=examples(100), **SETTINGS)
 @given(data=st.data())
 def test_two_python_threads_two_sessions(data):

@@ -20,7 +20,7 @@ pub mod tokenizer;
 
 pub use config::ModelConfig;
 pub use error::{Error, ErrorKind, Result};
-pub use generate::{FinishReason, GenerateRequest};
+pub use generate::{FinishReason, GenerateRequest, Generation};
 pub use model::Model;
 pub use sampling::SamplingParams;
 pub use session::{Session, SessionParams};

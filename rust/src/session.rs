@@ -49,6 +49,17 @@ pub struct Session {
     lengths: Vec<usize>,
     starts: Vec<usize>,
     slots: Vec<usize>,
+    /// Changed by every forward pass (unique over all sessions): a
+    /// `Generation` compares it to tell whether another call came between
+    /// two of its tokens.
+    stamp: u64,
+}
+
+/// The source of session stamps.
+static STAMPS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+fn new_stamp() -> u64 {
+    STAMPS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
 }
 
 /// Most tokens one forward pass takes (llama.cpp's `n_ubatch`): a longer
@@ -111,6 +122,7 @@ impl Session {
             lengths: Vec::new(),
             starts: Vec::new(),
             slots: Vec::new(),
+            stamp: new_stamp(),
         })
     }
 
@@ -120,6 +132,11 @@ impl Session {
 
     pub fn n_ctx(&self) -> usize {
         self.cache.n_ctx
+    }
+
+    /// Changes with every forward pass (see `Generation`).
+    pub(crate) fn stamp(&self) -> u64 {
+        self.stamp
     }
 
     /// Positions cached for batch row `seq`.
@@ -160,6 +177,7 @@ impl Session {
         last_only: bool,
         out: &mut [f32],
     ) -> Result<usize> {
+        self.stamp = new_stamp();
         let vocab = self.model.config.vocab_size;
         let n_seq = lengths.len();
         if n_seq == 0 {

@@ -4,7 +4,9 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use pyffi::{ErrorKind, GenerateRequest, Model, SamplingParams, Session, SessionParams};
+use pyffi::{
+    ErrorKind, FinishReason, GenerateRequest, Model, SamplingParams, Session, SessionParams,
+};
 
 fn fixtures() -> PathBuf {
     std::env::var_os("PYFFI_FIXTURES")
@@ -101,4 +103,97 @@ fn seeded_generation_repeats_and_greedy_is_seed_free() {
     };
     assert_eq!(run(1.0, 3), run(1.0, 3));
     assert_eq!(run(0.0, 1), run(0.0, 2));
+}
+
+/// Greedy by hand: forward, argmax, feed back; `n` tokens at most.
+fn greedy_by_hand(s: &mut Session, prompt: &[i32], n: usize) -> Vec<i32> {
+    let vocab = s.model().config.vocab_size;
+    let mut logits = vec![0.0f32; vocab];
+    s.forward(prompt, &[prompt.len() as u32], None, true, &mut logits)
+        .unwrap();
+    let mut out = Vec::new();
+    while out.len() < n {
+        let tok = (0..vocab)
+            .max_by(|&a, &b| logits[a].total_cmp(&logits[b]).then(b.cmp(&a)))
+            .unwrap() as i32;
+        out.push(tok);
+        let pos = (prompt.len() + out.len() - 1) as u32;
+        s.forward(&[tok], &[1], Some(&[pos]), true, &mut logits)
+            .unwrap();
+    }
+    out
+}
+
+#[test]
+fn step_generation_is_the_decode_loop_and_ends_for_each_reason() {
+    let mut s = Session::new(
+        load("tiny-llama"),
+        &SessionParams {
+            n_ctx: 16,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let prompt = [1, 2, 3];
+    let want = greedy_by_hand(&mut s, &prompt, 8);
+    let req = |max_new_tokens, stop_tokens| GenerateRequest {
+        prompt: &prompt,
+        max_new_tokens,
+        sampling: SamplingParams {
+            temperature: 0.0,
+            ..Default::default()
+        },
+        stop_tokens,
+        stop_at_eos: false,
+    };
+    let drain = |s: &mut Session, r: &GenerateRequest| {
+        let mut g = s.start_generation(r).unwrap();
+        let mut got = Vec::new();
+        while let Some(t) = g.next(s).unwrap() {
+            got.push(t);
+        }
+        assert_eq!(g.next(s).unwrap(), None, "an ended generation stays ended");
+        assert_eq!(g.n_tokens(), got.len());
+        (got, g.finish_reason().unwrap())
+    };
+    assert_eq!(
+        drain(&mut s, &req(8, &[])),
+        (want.clone(), FinishReason::Length)
+    );
+    assert_eq!(drain(&mut s, &req(0, &[])), (vec![], FinishReason::Length));
+    // A stop token ends it before that token (first place it occurs).
+    let stop = want[4];
+    let cut = want.iter().position(|&t| t == stop).unwrap();
+    let stops = [stop];
+    assert_eq!(
+        drain(&mut s, &req(8, &stops)),
+        (want[..cut].to_vec(), FinishReason::Stop)
+    );
+    // The context's end: the last token is the one at position n_ctx - 1's
+    // successor, never fed.
+    let (all, why) = drain(&mut s, &req(100, &[]));
+    assert_eq!(
+        (all.len(), why),
+        (16 - prompt.len() + 1, FinishReason::Length)
+    );
+    assert_eq!(all[..8], want[..]);
+    // The callback loop gives the same tokens.
+    let mut out = vec![0; 8];
+    let (n, why) = s.generate(&req(8, &[]), &mut out, &mut |_| true).unwrap();
+    assert_eq!((&out[..n], why), (&want[..], FinishReason::Length));
+
+    // Another call on the session between two tokens ends the generation.
+    let mut g = s.start_generation(&req(8, &[])).unwrap();
+    assert_eq!(g.next(&mut s).unwrap(), Some(want[0]));
+    let mut logits = vec![0.0f32; s.model().config.vocab_size];
+    s.forward(&[5], &[1], None, true, &mut logits).unwrap();
+    let e = g.next(&mut s).unwrap_err();
+    assert_eq!(e.kind, ErrorKind::InvalidArgument);
+    assert!(e.message.contains("another call"), "{}", e.message);
+    assert_eq!(g.next(&mut s).unwrap(), None);
+    assert_eq!(g.finish_reason(), Some(FinishReason::Cancelled));
+    // A generation of another session is refused the same way.
+    let mut other = Session::new(load("tiny-llama"), &SessionParams::default()).unwrap();
+    let mut g = s.start_generation(&req(8, &[])).unwrap();
+    assert!(g.next(&mut other).is_err());
 }

@@ -231,6 +231,56 @@ int main(int argc, char **argv) {
     st = pyffi_generate(session, toks, 3, &p, 4, NULL, 4, &n_out, &finish, NULL, NULL, &err);
     expect_error(st, err, PYFFI_INVALID_ARGUMENT, "out_tokens", "NULL output array");
 
+    /* Generation one token per call (pyffi_generation): pyffi_generate's tokens. */
+    int32_t whole[8];
+    st = pyffi_generate(session, toks, 3, &p, 4, whole, 8, &n_out, &finish, NULL, NULL, &err);
+    expect(st == PYFFI_OK && n_out == 4 && finish == PYFFI_FINISH_LENGTH, "generate 4 tokens with a seed");
+    pyffi_generation *gen = (pyffi_generation *)&p; /* not a handle: a failed call must clear it */
+    st = pyffi_generation_new(NULL, toks, 3, &p, 4, &gen, &err);
+    expect_error(st, err, PYFFI_INVALID_ARGUMENT, "session", "generation_new with a NULL session");
+    expect(gen == NULL, "a failed generation_new leaves NULL in *out");
+    st = pyffi_generation_new(session, toks, 0, &p, 4, &gen, &err);
+    expect_error(st, err, PYFFI_INVALID_ARGUMENT, "prompt", "generation_new with an empty prompt");
+    st = pyffi_generation_new(session, long_prompt, 9, &p, 4, &gen, &err);
+    expect_error(st, err, PYFFI_OUT_OF_RANGE, "n_ctx", "generation_new with a prompt longer than n_ctx");
+    bad_p = p;
+    bad_p.temperature = -1.0f;
+    st = pyffi_generation_new(session, toks, 3, &bad_p, 4, &gen, &err);
+    expect_error(st, err, PYFFI_INVALID_ARGUMENT, "temperature", "generation_new with a negative temperature");
+    st = pyffi_generation_new(session, toks, 3, &p, 4, NULL, &err);
+    expect_error(st, err, PYFFI_INVALID_ARGUMENT, "out", "generation_new with a NULL out-param");
+    st = pyffi_generation_new(session, toks, 3, &p, 4, &gen, &err);
+    expect(st == PYFFI_OK && gen != NULL && err == NULL, "generation_new");
+    int32_t next_tok = 0;
+    size_t n_gen = 0;
+    int same = 1;
+    while ((st = pyffi_generation_next(gen, &next_tok, &finish, &err)) == PYFFI_OK && next_tok != PYFFI_TOKEN_NONE) {
+        same &= n_gen < 4 && next_tok == whole[n_gen];
+        n_gen++;
+    }
+    expect(st == PYFFI_OK && same && n_gen == 4 && finish == PYFFI_FINISH_LENGTH &&
+               pyffi_generation_n_tokens(gen) == 4,
+           "generation_next gives generate's tokens, then PYFFI_TOKEN_NONE and why");
+    st = pyffi_generation_next(gen, &next_tok, NULL, &err);
+    expect(st == PYFFI_OK && next_tok == PYFFI_TOKEN_NONE, "an ended generation stays ended (finish may be NULL)");
+    st = pyffi_generation_next(gen, NULL, &finish, &err);
+    expect_error(st, err, PYFFI_INVALID_ARGUMENT, "token", "generation_next with a NULL token");
+    next_tok = 5;
+    st = pyffi_generation_next(NULL, &next_tok, &finish, &err);
+    expect_error(st, err, PYFFI_INVALID_ARGUMENT, "generation", "generation_next with a NULL generation");
+    expect(next_tok == PYFFI_TOKEN_NONE && pyffi_generation_n_tokens(NULL) == 0, "a failed next gives no token");
+    pyffi_generation_free(gen);
+    st = pyffi_generation_new(session, toks, 3, &p, 4, &gen, &err);
+    st = pyffi_generation_next(gen, &next_tok, &finish, &err);
+    expect(st == PYFFI_OK && next_tok == whole[0], "a second generation's first token");
+    st = pyffi_forward(session, toks, len3, 1, NULL, false, logits, 32 * 3, &n_logits, &err);
+    st = pyffi_generation_next(gen, &next_tok, &finish, &err);
+    expect_error(st, err, PYFFI_INVALID_ARGUMENT, "another call", "a call on the session between two tokens ends the generation");
+    st = pyffi_generation_next(gen, &next_tok, &finish, &err);
+    expect(st == PYFFI_OK && next_tok == PYFFI_TOKEN_NONE && finish == PYFFI_FINISH_CANCELLED, "... as cancelled");
+    pyffi_generation_free(gen);
+    pyffi_generation_free(NULL);
+
     /* A real model folder from disk still loads after all of the above. */
     pyffi_model *real = NULL;
     st = pyffi_model_load(argv[1], &real, &err);

@@ -378,3 +378,72 @@ func (s *Session) Generate(prompt []int32, maxNew int, p SamplingParams, onToken
 	}
 	return out[:nOut], FinishReason(finish), nil
 }
+
+// Generation is a generation in progress, one token per Next call on the
+// calling goroutine (no callback): Go's natural streaming loop. Close it
+// when done; stopping early costs no further forward pass.
+type Generation struct {
+	ptr    *C.pyffi_generation
+	finish FinishReason
+}
+
+// Start prefills prompt (KV slot 0, starting fresh) and returns a
+// generation of at most maxNew tokens. Any other call on the session between
+// two Next calls ends the generation with an error at the next one.
+func (s *Session) Start(prompt []int32, maxNew int, p SamplingParams) (*Generation, error) {
+	if maxNew < 0 {
+		return nil, invalidArgument("maxNew must be >= 0, got %d", maxNew)
+	}
+	cp, free, err := p.toC()
+	if err != nil {
+		return nil, err
+	}
+	defer free() // the engine copies the prompt and the stop tokens
+	var out *C.pyffi_generation
+	var e *C.pyffi_error
+	status := C.pyffi_generation_new(s.ptr, cptr[C.int32_t](prompt), C.size_t(len(prompt)), &cp,
+		C.size_t(maxNew), &out, &e)
+	runtime.KeepAlive(s)
+	if err := statusError(status, e); err != nil {
+		return nil, err
+	}
+	g := &Generation{ptr: out}
+	runtime.SetFinalizer(g, (*Generation).Close)
+	return g, nil
+}
+
+// Next returns the next token and true, or false once the generation has
+// ended (Finish then says why). An error ends the generation.
+func (g *Generation) Next() (int32, bool, error) {
+	if g.ptr == nil {
+		return 0, false, invalidArgument("the generation is closed")
+	}
+	var tok C.int32_t
+	var finish C.pyffi_finish_reason
+	var e *C.pyffi_error
+	status := C.pyffi_generation_next(g.ptr, &tok, &finish, &e)
+	runtime.KeepAlive(g)
+	if err := statusError(status, e); err != nil {
+		g.finish = FinishCancelled
+		return 0, false, err
+	}
+	if tok == C.PYFFI_TOKEN_NONE {
+		g.finish = FinishReason(finish)
+		return 0, false, nil
+	}
+	return int32(tok), true, nil
+}
+
+// Finish says why the generation ended, once Next has returned false.
+func (g *Generation) Finish() FinishReason { return g.finish }
+
+// Close frees the generation (stopping it where it is). Calling it again is
+// a no-op.
+func (g *Generation) Close() {
+	if g.ptr == nil {
+		return
+	}
+	runtime.SetFinalizer(g, nil)
+	C.pyffi_generation_free(g.ptr)
+	g.ptr = nil
+}

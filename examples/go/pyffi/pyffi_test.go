@@ -306,3 +306,53 @@ func TestTokenizerTextPath(t *testing.T) {
 		t.Fatalf("missing tokenizer: got %v", err)
 	}
 }
+
+func TestGenerationStepsGiveGenerateTokens(t *testing.T) {
+	_, s := open(t)
+	want, _, err := s.Generate([]int32{1, 2, 3}, 10, sampling(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g, err := s.Start([]int32{1, 2, 3}, 10, sampling())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []int32
+	for {
+		tok, ok, err := g.Next()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !ok {
+			break
+		}
+		got = append(got, tok)
+	}
+	g.Close()
+	if !slices.Equal(got, want) || g.Finish() != FinishLength {
+		t.Fatalf("steps gave %v (%s), Generate %v (length)", got, g.Finish(), want)
+	}
+	if _, _, err := g.Next(); err == nil {
+		t.Error("Next on a closed generation: no error")
+	}
+
+	// Another call on the session between two tokens ends it with an error.
+	g, err = s.Start([]int32{1, 2, 3}, 10, sampling())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer g.Close()
+	if tok, ok, err := g.Next(); err != nil || !ok || tok != want[0] {
+		t.Fatalf("first step: %d %v %v, want %d", tok, ok, err, want[0])
+	}
+	if _, err := s.Forward([][]int32{{1, 7}}, nil, true); err != nil {
+		t.Fatal(err)
+	}
+	_, ok, err := g.Next()
+	wantStatus(t, err, 1)
+	if ok || g.Finish() != FinishCancelled || !strings.Contains(err.Error(), "another call") {
+		t.Errorf("after another call: ok %v, finish %s, error %v", ok, g.Finish(), err)
+	}
+	_, err = s.Start(nil, 4, sampling())
+	wantStatus(t, err, 1)
+}

@@ -18,6 +18,7 @@
 
 pub mod config;
 pub mod error;
+pub mod generation;
 pub mod model;
 pub mod quantize;
 pub mod session;

@@ -2,7 +2,7 @@
 //! `pyffi_forward` and `pyffi_generate` run on it.
 
 use std::ffi::c_void;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use super::model::pyffi_model;
 use super::{arg, pyffi_error, pyffi_status, read_params, run, set, slice, slice_mut};
@@ -15,7 +15,9 @@ use crate::session::{Session, SessionParams};
 /// A session. One call runs on it at a time (a second thread waits); use one
 /// session per thread to run in parallel.
 pub struct pyffi_session {
-    inner: Mutex<Session>,
+    /// Shared with the session's generations (`pyffi_generation`), which
+    /// keep it alive after `pyffi_session_free`.
+    pub(crate) inner: Arc<Mutex<Session>>,
 }
 
 /// Session settings. Get them from `pyffi_session_default_params()`, which
@@ -87,15 +89,19 @@ pub unsafe extern "C" fn pyffi_session_new(
         };
         let session = Session::new(model, &params)?;
         *out = Box::into_raw(Box::new(pyffi_session {
-            inner: Mutex::new(session),
+            inner: Arc::new(Mutex::new(session)),
         }));
         Ok(())
     })
 }
 
 fn lock(s: &pyffi_session) -> crate::Result<std::sync::MutexGuard<'_, Session>> {
-    s.inner
-        .lock()
+    lock_session(&s.inner)
+}
+
+/// The session behind a handle's mutex (a session handle's or a generation's).
+pub(crate) fn lock_session(s: &Mutex<Session>) -> crate::Result<std::sync::MutexGuard<'_, Session>> {
+    s.lock()
         .map_err(|_| invalid_argument("session is unusable after an internal error; free it"))
 }
 
@@ -298,8 +304,19 @@ pub enum pyffi_finish_reason {
     PYFFI_FINISH_STOP = 0,
     /// max_new_tokens reached, or the context is full.
     PYFFI_FINISH_LENGTH = 1,
-    /// The callback returned false.
+    /// The callback returned false, or the generation was freed or failed
+    /// before its end.
     PYFFI_FINISH_CANCELLED = 2,
+}
+
+impl From<FinishReason> for pyffi_finish_reason {
+    fn from(r: FinishReason) -> Self {
+        match r {
+            FinishReason::Stop => pyffi_finish_reason::PYFFI_FINISH_STOP,
+            FinishReason::Length => pyffi_finish_reason::PYFFI_FINISH_LENGTH,
+            FinishReason::Cancelled => pyffi_finish_reason::PYFFI_FINISH_CANCELLED,
+        }
+    }
 }
 
 /// Called after each new token; return false to stop generating.
@@ -315,6 +332,35 @@ fn random_seed() -> u64 {
             .map_or(0, |d| d.as_nanos()),
     );
     h.finish() & !(1 << 63)
+}
+
+/// The sampling settings, stop tokens and EOS rule of a caller's `params`
+/// (NULL: the defaults). The stop tokens are the caller's array.
+pub(crate) unsafe fn read_sampling<'a>(
+    params: *const pyffi_sampling_params,
+) -> crate::Result<(SamplingParams, &'a [i32], bool)> {
+    let p = read_params(params, pyffi_sampling_default_params(), "params")?;
+    if p.top_k < 0 {
+        return Err(invalid_argument(format!(
+            "top_k must be >= 0, got {}",
+            p.top_k
+        )));
+    }
+    let sampling = SamplingParams {
+        temperature: p.temperature,
+        top_k: p.top_k as usize,
+        top_p: p.top_p,
+        min_p: p.min_p,
+        repeat_penalty: p.repeat_penalty,
+        repeat_last_n: p.repeat_last_n as i64,
+        seed: if p.seed == PYFFI_SEED_RANDOM {
+            random_seed()
+        } else {
+            p.seed
+        },
+    };
+    let stop_tokens = slice(p.stop_tokens, p.n_stop_tokens, "params.stop_tokens")?;
+    Ok((sampling, stop_tokens, p.stop_at_eos))
 }
 
 /// Generate up to `max_new_tokens` after `prompt` (starting fresh in KV slot
@@ -341,27 +387,7 @@ pub unsafe extern "C" fn pyffi_generate(
     run(err, || {
         let s = arg(session, "session")?;
         let prompt = slice(prompt, n_prompt, "prompt")?;
-        let p = read_params(params, pyffi_sampling_default_params(), "params")?;
-        if p.top_k < 0 {
-            return Err(invalid_argument(format!(
-                "top_k must be >= 0, got {}",
-                p.top_k
-            )));
-        }
-        let sampling = SamplingParams {
-            temperature: p.temperature,
-            top_k: p.top_k as usize,
-            top_p: p.top_p,
-            min_p: p.min_p,
-            repeat_penalty: p.repeat_penalty,
-            repeat_last_n: p.repeat_last_n as i64,
-            seed: if p.seed == PYFFI_SEED_RANDOM {
-                random_seed()
-            } else {
-                p.seed
-            },
-        };
-        let stop_tokens = slice(p.stop_tokens, p.n_stop_tokens, "params.stop_tokens")?;
+        let (sampling, stop_tokens, stop_at_eos) = read_sampling(params)?;
         if out_cap < max_new_tokens {
             return Err(Error::new(
                 crate::ErrorKind::BufferTooSmall,
@@ -374,7 +400,7 @@ pub unsafe extern "C" fn pyffi_generate(
             max_new_tokens,
             sampling,
             stop_tokens,
-            stop_at_eos: p.stop_at_eos,
+            stop_at_eos,
         };
         let mut on_token = |tok: i32| match callback {
             // SAFETY: the caller promises the callback and user_data are valid for this call.
@@ -384,14 +410,7 @@ pub unsafe extern "C" fn pyffi_generate(
         let mut guard = lock(s)?;
         let (n, reason) = guard.generate(&req, out, &mut on_token)?;
         set(n_out, n);
-        set(
-            finish,
-            match reason {
-                FinishReason::Stop => pyffi_finish_reason::PYFFI_FINISH_STOP,
-                FinishReason::Length => pyffi_finish_reason::PYFFI_FINISH_LENGTH,
-                FinishReason::Cancelled => pyffi_finish_reason::PYFFI_FINISH_CANCELLED,
-            },
-        );
+        set(finish, reason.into());
         Ok(())
     })
 }
