@@ -326,6 +326,50 @@ def test_stream_runs_on_the_calling_thread_and_another_call_between_tokens_ends_
     assert [first] + list(it) == want and it.finish_reason == "length"
 
 
+def test_c_token_queue_carries_generate_to_another_thread():
+    """The C path for consuming tokens on another thread than the generating
+    one (README, C): pyffi_generate with pyffi_token_queue_push as its
+    callback on a worker thread, pyffi_token_queue_pop here; close() stops
+    the generation at its next token."""
+    from pyffi._ffi import call, ffi, lib
+    with pyffi.Transformer.from_pretrained(model_dir("stories260K")) as model:
+        args = dict(max_gen_len=12, temperature=0, stop_tokens=[])
+        want = model.generate([1, 5], **args)
+        session = model.session
+        params, _ = session._sampling_params(0, None, None, None, 1.0, 64, None, [])
+
+        def run(max_new):
+            q = ffi.new("pyffi_token_queue **")
+            call(lib.pyffi_token_queue_new, q)
+            q = ffi.gc(q[0], lib.pyffi_token_queue_free)
+            prompt = np.array([1, 5], np.int32)
+            out = np.empty(max_new, np.int32)
+            n_out, finish = ffi.new("size_t *"), ffi.new("pyffi_finish_reason *")
+
+            def produce():
+                call(lib.pyffi_generate, session._handle(), ffi.from_buffer("int32_t[]", prompt), 2, params,
+                     max_new, ffi.from_buffer("int32_t[]", out, require_writable=True), max_new, n_out, finish,
+                     ffi.addressof(lib, "pyffi_token_queue_push"), q)
+                lib.pyffi_token_queue_finish(q)
+            return q, out, n_out, finish, threading.Thread(target=produce)
+
+        q, out, n_out, finish, worker = run(12)
+        worker.start()
+        tok, got = ffi.new("int32_t *"), []
+        while (r := lib.pyffi_token_queue_pop(q, 1000, tok)) != lib.PYFFI_QUEUE_END:
+            assert r in (lib.PYFFI_QUEUE_TOKEN, lib.PYFFI_QUEUE_TIMEOUT)
+            if r == lib.PYFFI_QUEUE_TOKEN:
+                got.append(tok[0])
+        worker.join()
+        assert got == want == out[: n_out[0]].tolist() and finish[0] == lib.PYFFI_FINISH_LENGTH
+
+        q, out, n_out, finish, worker = run(200)
+        lib.pyffi_token_queue_close(q)  # before the first token: generation stops at it
+        worker.start()
+        worker.join()
+        assert n_out[0] == 1 and finish[0] == lib.PYFFI_FINISH_CANCELLED
+
+
 def test_generate_callback_sees_every_token_and_can_stop():
     with pyffi.Transformer.from_pretrained(model_dir("stories260K")) as model:
         args = dict(max_gen_len=20, temperature=0.9, top_k=30, seed=5, stop_tokens=[])
