@@ -126,28 +126,29 @@ impl Generation {
             return Ok(None);
         }
         if session.stamp() != self.stamp {
-            self.finish = Some(FinishReason::Cancelled);
+            self.cancel();
             return Err(invalid_argument(
                 "the session ran another call since this generation's last token \
                  (its cache no longer holds the generation); start a new one",
             ));
         }
+        // At the limit, before feeding: the last token costs no forward pass.
+        if self.n == self.max_new_tokens {
+            return Ok(self.end(FinishReason::Length));
+        }
         if self.unfed {
             let pos = self.history.len() - 1;
-            if self.n == self.max_new_tokens || pos + 1 > session.n_ctx() {
+            if pos + 1 > session.n_ctx() {
                 return Ok(self.end(FinishReason::Length));
             }
             let tok = self.history[pos] as i32;
             let fed = session.forward(&[tok], &[1], Some(&[pos as u32]), true, &mut self.logits);
             self.stamp = session.stamp();
             if let Err(e) = fed {
-                self.finish = Some(FinishReason::Cancelled);
+                self.cancel();
                 return Err(e);
             }
             self.unfed = false;
-        }
-        if self.n == self.max_new_tokens {
-            return Ok(self.end(FinishReason::Length));
         }
         let tok = self.sampler.sample(&mut self.logits, &self.history) as i32;
         if self.stops.contains(&tok) {
